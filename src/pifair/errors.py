@@ -1,0 +1,55 @@
+"""Error types of pifair.
+
+Every error subclasses a builtin (mostly ``ValueError``) so callers can catch it either way.
+Messages say what was received, what is allowed, and what to do.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "PifairError",
+    "UnknownNameError",
+    "BudgetError",
+    "DataNotFoundError",
+    "ResumeMismatchError",
+    "MissingExtraError",
+    "UnsupportedLayerError",
+]
+
+
+class PifairError(Exception):
+    """Base class of every error raised on purpose by pifair."""
+
+
+class UnknownNameError(PifairError, ValueError):
+    """A registry lookup (data set, model, ...) got a name it does not know."""
+
+    def __init__(self, kind: str, name: str, available: list[str]) -> None:
+        self.kind, self.name, self.available = kind, name, list(available)
+        super().__init__(f"unknown {kind} {name!r}; available: {', '.join(sorted(available))}")
+
+
+class BudgetError(PifairError, ValueError):
+    """A ReLU budget that cannot be met (unparseable, negative or above the model's count)."""
+
+
+class DataNotFoundError(PifairError, FileNotFoundError):
+    """A data set's files are not where pifair looked."""
+
+
+class ResumeMismatchError(PifairError, ValueError):
+    """``--resume`` pointed at a run folder whose config differs from the one given."""
+
+
+class MissingExtraError(PifairError, ImportError):
+    """An optional dependency stack (an extra) is not installed."""
+
+    def __init__(self, package: str, extra: str, purpose: str) -> None:
+        super().__init__(
+            f"{purpose} needs the optional package {package!r}, which is not installed. "
+            f"Install it with: pip install 'pifair[{extra}]'"
+        )
+
+
+class UnsupportedLayerError(PifairError, ValueError):
+    """A model holds a layer that an engine (HE, MPC, DP) cannot run."""

@@ -1,0 +1,20 @@
+"""Model zoo with a registry (DESIGN.md section 2): every nonlinearity is an activation site."""
+
+from . import resnet, small, wrn  # noqa: F401  (registers the families)
+from ._registry import ModelSpec, create_model, get_model_spec, list_models, register_model
+from .resnet import ResNet
+from .small import MLP, FairDPCNN, LeNet
+from .wrn import WideResNet
+
+__all__ = [
+    "MLP",
+    "FairDPCNN",
+    "LeNet",
+    "ModelSpec",
+    "ResNet",
+    "WideResNet",
+    "create_model",
+    "get_model_spec",
+    "list_models",
+    "register_model",
+]

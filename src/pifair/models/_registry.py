@@ -1,0 +1,63 @@
+"""Model registry: ``create_model(name, ...)`` and ``list_models()``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
+
+from ..errors import UnknownNameError
+
+__all__ = ["ModelSpec", "register_model", "create_model", "list_models"]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A registered model family: its factory and what inputs it expects."""
+
+    name: str
+    factory: Callable[..., nn.Module]
+    description: str
+    input_kind: str  # "image" or "tabular"
+
+
+_MODELS: dict[str, ModelSpec] = {}
+
+
+def register_model(name: str, *, description: str, input_kind: str = "image"):
+    """Decorator: register ``factory(*, num_classes, input_shape, **options)`` under ``name``."""
+
+    def wrap(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        _MODELS[name] = ModelSpec(name, factory, description, input_kind)
+        return factory
+
+    return wrap
+
+
+def list_models() -> list[str]:
+    """Names of the registered models."""
+    return sorted(_MODELS)
+
+
+def get_model_spec(name: str) -> ModelSpec:
+    if name not in _MODELS:
+        raise UnknownNameError("model", name, list(_MODELS))
+    return _MODELS[name]
+
+
+def create_model(
+    name: str, *, num_classes: int, input_shape: tuple[int, ...], **options
+) -> nn.Module:
+    """Build model ``name`` for inputs of per-sample ``input_shape`` and ``num_classes`` outputs.
+
+    ``options`` are the family's keyword arguments (e.g. ``snl_variant=True`` for resnet18,
+    ``act_layer=DenseTanh``).
+    """
+    spec = get_model_spec(name)
+    try:
+        return spec.factory(num_classes=num_classes, input_shape=tuple(input_shape), **options)
+    except TypeError as err:
+        raise ValueError(
+            f"model {name!r} does not take these options {sorted(options)}: {err}"
+        ) from err

@@ -1,0 +1,156 @@
+"""Small models: a LeNet-style CNN for 28x28 images, the fair-dp CNN, an MLP for tables."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from ..relu.sites import ActivationSite, DenseReLU, DenseTanh
+from ._registry import register_model
+
+__all__ = ["LeNet", "FairDPCNN", "MLP", "lenet", "fairdp_cnn", "mlp"]
+
+ActLayer = Callable[[], ActivationSite]
+
+
+class LeNet(nn.Module):
+    """Two conv-bn-act-avgpool stages and a two-layer head.
+
+    Average pooling (not max pooling) keeps the model linear between sites, so every secure
+    engine can run it once its sites are reduced or polynomial.
+    """
+
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        input_shape: tuple[int, ...],
+        act_layer: ActLayer,
+        width: int = 16,
+    ) -> None:
+        super().__init__()
+        c, h, w = input_shape
+        self.conv1 = nn.Conv2d(c, width, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.act1 = act_layer()
+        self.pool1 = nn.AvgPool2d(2)
+        self.conv2 = nn.Conv2d(width, 2 * width, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(2 * width)
+        self.act2 = act_layer()
+        self.pool2 = nn.AvgPool2d(2)
+        self.fc1 = nn.Linear(2 * width * (h // 4) * (w // 4), 128)
+        self.act3 = act_layer()
+        self.fc2 = nn.Linear(128, num_classes)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool1(self.act1(self.bn1(self.conv1(x))))
+        return self.pool2(self.act2(self.bn2(self.conv2(x))))
+
+    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act3(self.fc1(torch.flatten(x, 1))))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+class FairDPCNN(nn.Module):
+    """The CNN of the fair-dp experiments (Esipova et al. 2023): conv 32 -> conv 16, 3x3, tanh,
+    max pooling, one linear layer. No batch norm, so it is DP-SGD compatible as is."""
+
+    def __init__(
+        self, *, num_classes: int, input_shape: tuple[int, ...], act_layer: ActLayer
+    ) -> None:
+        super().__init__()
+        c, h, w = input_shape
+        self.conv1 = nn.Conv2d(c, 32, 3, 1)
+        self.act1 = act_layer()
+        self.pool1 = nn.MaxPool2d(2)
+        self.conv2 = nn.Conv2d(32, 16, 3, 1)
+        self.act2 = act_layer()
+        self.pool2 = nn.MaxPool2d(2)
+        side = lambda n: ((n - 2) // 2 - 2) // 2  # noqa: E731
+        self.fc = nn.Linear(16 * side(h) * side(w), num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool1(self.act1(self.conv1(x)))
+        x = self.pool2(self.act2(self.conv2(x)))
+        return self.fc(torch.flatten(x, 1))
+
+
+class MLP(nn.Module):
+    """Fully connected network for tabular data: (linear-act) x depth, then a linear head."""
+
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        input_shape: tuple[int, ...],
+        act_layer: ActLayer,
+        hidden: tuple[int, ...] = (256, 256),
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Flatten()]
+        width = math.prod(input_shape)
+        for h in hidden:
+            layers += [nn.Linear(width, h), act_layer()]
+            width = h
+        layers.append(nn.Linear(width, num_classes))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+_ACTS: dict[str, ActLayer] = {"relu": DenseReLU, "tanh": DenseTanh}
+
+
+def _act(act: str | ActLayer) -> ActLayer:
+    if callable(act):
+        return act
+    if act not in _ACTS:
+        raise ValueError(f"unknown activation {act!r}; choose one of {sorted(_ACTS)}")
+    return _ACTS[act]
+
+
+@register_model("lenet", description="LeNet-style CNN for 28x28 images (ReLU, avg pooling)")
+def lenet(
+    *,
+    num_classes: int,
+    input_shape: tuple[int, ...] = (1, 28, 28),
+    act_layer: str | ActLayer = "relu",
+    width: int = 16,
+) -> LeNet:
+    return LeNet(
+        num_classes=num_classes, input_shape=input_shape, act_layer=_act(act_layer), width=width
+    )
+
+
+@register_model("fairdp_cnn", description="fair-dp CNN: conv 32->16, 3x3, tanh, one linear layer")
+def fairdp_cnn(
+    *,
+    num_classes: int,
+    input_shape: tuple[int, ...] = (1, 28, 28),
+    act_layer: str | ActLayer = "tanh",
+) -> FairDPCNN:
+    return FairDPCNN(num_classes=num_classes, input_shape=input_shape, act_layer=_act(act_layer))
+
+
+@register_model(
+    "mlp", description="MLP for tabular data (2 x 256 hidden units)", input_kind="tabular"
+)
+def mlp(
+    *,
+    num_classes: int,
+    input_shape: tuple[int, ...],
+    act_layer: str | ActLayer = "relu",
+    hidden: tuple[int, ...] = (256, 256),
+) -> MLP:
+    return MLP(
+        num_classes=num_classes,
+        input_shape=input_shape,
+        act_layer=_act(act_layer),
+        hidden=tuple(hidden),
+    )

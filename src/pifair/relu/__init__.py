@@ -1,0 +1,33 @@
+"""Activation sites and ReLU budgets (DESIGN.md section 2)."""
+
+from .budget import parse_budget
+from .sites import (
+    ActivationSite,
+    DenseReLU,
+    DenseTanh,
+    MaskedReLU,
+    PolynomialSite,
+    ReluCount,
+    SharedReLUSite,
+    SiteCount,
+    count_relus,
+    iter_sites,
+    record_feature_shapes,
+    replace_activations,
+)
+
+__all__ = [
+    "ActivationSite",
+    "DenseReLU",
+    "DenseTanh",
+    "MaskedReLU",
+    "PolynomialSite",
+    "ReluCount",
+    "SharedReLUSite",
+    "SiteCount",
+    "count_relus",
+    "iter_sites",
+    "parse_budget",
+    "record_feature_shapes",
+    "replace_activations",
+]
