@@ -33,6 +33,8 @@ __all__ = [
     "SiteCount",
     "ReluCount",
     "iter_sites",
+    "register_site",
+    "site_from_spec",
     "replace_activations",
     "record_feature_shapes",
     "count_relus",
@@ -67,10 +69,36 @@ class ActivationSite(nn.Module, ABC):
         """Ciphertext-ciphertext multiplication depth under HE (0 for identity)."""
         return 0
 
+    def spec(self) -> dict:
+        """What rebuilds this site (its parameters and buffers come from the state dict)."""
+        return {"kind": self.kind}
+
+    @classmethod
+    def from_spec(cls, spec: dict) -> ActivationSite:
+        return cls()
+
     def extra_repr(self) -> str:
         return "" if self.feature_shape is None else f"feature_shape={self.feature_shape}"
 
 
+_SITE_TYPES: dict[str, type[ActivationSite]] = {}
+
+
+def register_site(cls: type[ActivationSite]) -> type[ActivationSite]:
+    """Class decorator: make a site type loadable from saved models by its ``kind``."""
+    _SITE_TYPES[cls.kind] = cls
+    return cls
+
+
+def site_from_spec(spec: dict) -> ActivationSite:
+    """Rebuild a site from :meth:`ActivationSite.spec` (parameters come from the state dict)."""
+    kind = spec.get("kind")
+    if kind not in _SITE_TYPES:
+        raise ValueError(f"unknown activation site kind {kind!r}; known: {sorted(_SITE_TYPES)}")
+    return _SITE_TYPES[kind].from_spec(spec)
+
+
+@register_site
 class DenseReLU(ActivationSite):
     """Plain ReLU: one comparison per element."""
 
@@ -84,6 +112,7 @@ class DenseReLU(ActivationSite):
         return math.prod(feature_shape)
 
 
+@register_site
 class DenseTanh(ActivationSite):
     """Tanh (the fair-dp CNN's nonlinearity). No comparison; no HE or MPC engine runs it."""
 
@@ -97,6 +126,7 @@ class DenseTanh(ActivationSite):
         return 0
 
 
+@register_site
 class MaskedReLU(ActivationSite):
     """ReLU on the positions where ``mask`` is 1, identity where it is 0 (SNL, Cho et al. 2022).
 
@@ -123,6 +153,13 @@ class MaskedReLU(ActivationSite):
     def granularity(self) -> str:
         """``"channel"`` when the mask has one entry per channel, else ``"pixel"``."""
         return "channel" if self.mask.dim() == 3 and self.mask.shape[1:] == (1, 1) else "pixel"
+
+    def spec(self) -> dict:
+        return {"kind": self.kind, "mask_shape": list(self.mask.shape)}
+
+    @classmethod
+    def from_spec(cls, spec: dict) -> MaskedReLU:
+        return cls(torch.ones(spec["mask_shape"]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._record_shape(x)

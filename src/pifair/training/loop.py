@@ -1,0 +1,253 @@
+"""The training loop: SGD with a cosine or one-cycle schedule, per-epoch validation, atomic
+checkpoints and resume. Used by ``pifair train`` and by every fine-tuning step (SNL, sharing,
+polynomials) through ``loss_fn``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..data import Dataset, ResidentLoader, make_dataloader
+from ..fairness import GroupReport, group_report
+from ..runs import Run
+
+__all__ = ["resolve_device", "LoopSettings", "fit", "predict", "evaluate", "autocast_for"]
+
+LossFn = Callable[
+    [torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor
+]  # (logits, y, x) -> loss
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``"auto"`` picks CUDA when present, else CPU; other names are passed to torch."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"device {name!r} asked for, but CUDA is not available here; use --device cpu"
+        )
+    return device
+
+
+def autocast_for(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA (tensor cores), nothing on CPU (bf16 is slower there)."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@dataclass
+class LoopSettings:
+    """What the loop needs beyond model and data."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    seed: int = 0
+    device: torch.device | None = None
+    loader: str = "resident"
+    optimizer: str = "sgd"
+    progress: bool = True
+
+
+def _make_loader(data: Dataset, split: str, s: LoopSettings, device: torch.device, *, train: bool):
+    if s.loader == "dataloader":
+        return make_dataloader(data, split, batch_size=s.batch_size, shuffle=train, seed=s.seed)
+    return ResidentLoader(
+        data, split, batch_size=s.batch_size, device=device, shuffle=train, augment=train,
+        drop_last=train and len(data.split(split)) > s.batch_size, seed=s.seed, channels_last=device.type == "cuda",
+    )  # fmt: skip
+
+
+def _batches(loader, data: Dataset, device: torch.device):
+    for x, y, g in loader:
+        if x.device != device:  # the DataLoader path: move and normalise per batch
+            x, y, g = (
+                x.to(device, non_blocking=True),
+                y.to(device, non_blocking=True),
+                g.to(device, non_blocking=True),
+            )
+            x = data.normalize(x)
+        yield x, y, g
+
+
+def _optimizer(model: nn.Module, s: LoopSettings, steps: int):
+    params = [p for p in model.parameters() if p.requires_grad]
+    if s.optimizer == "adam":
+        opt = torch.optim.Adam(params, lr=s.lr, weight_decay=s.weight_decay)
+    else:
+        opt = torch.optim.SGD(
+            params,
+            lr=s.lr,
+            momentum=s.momentum,
+            weight_decay=s.weight_decay,
+            nesterov=s.momentum > 0,
+        )
+    total = s.epochs * steps
+    if s.schedule == "onecycle":
+        sched = torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=s.lr, total_steps=total, pct_start=0.25
+        )
+    elif s.schedule == "cosine":
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda t: 0.5 * (1 + math.cos(math.pi * min(t, total) / total))
+        )
+    else:
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1.0)
+    return opt, sched
+
+
+def fit(
+    model: nn.Module,
+    data: Dataset,
+    settings: LoopSettings,
+    *,
+    loss_fn: LossFn,
+    run: Run | None = None,
+    resume: bool = False,
+    on_epoch_end: Callable[[int, dict], None] | None = None,
+) -> list[dict]:
+    """Train ``model`` on ``data.train``, validating on ``data.val`` after every epoch.
+
+    With a ``run``, each epoch ends with an atomic checkpoint (model, optimizer, schedule,
+    history); ``resume=True`` continues from it. Returns the per-epoch history.
+    """
+    device = settings.device or resolve_device()
+    model.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    train_loader = _make_loader(data, "train", settings, device, train=True)
+    steps = len(train_loader)
+    opt, sched = _optimizer(model, settings, steps)
+    history: list[dict] = []
+    start = 0
+    if (
+        resume
+        and run is not None
+        and (state := run.load_checkpoint(map_location=device)) is not None
+    ):
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        history, start = state["history"], state["epoch"]
+        run.log.info("resumed from epoch %d", start)
+    torch.manual_seed(settings.seed + start)
+    for epoch in range(start, settings.epochs):
+        t0 = time.perf_counter()
+        model.train()
+        if hasattr(train_loader, "set_epoch"):
+            train_loader.set_epoch(epoch)
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        seen = 0
+        bar = tqdm(
+            _batches(train_loader, data, device),
+            total=steps,
+            desc=f"epoch {epoch + 1}/{settings.epochs}",
+            leave=False,
+            disable=None if settings.progress else True,
+        )
+        for x, y, _ in bar:
+            with autocast_for(device):
+                logits = model(x)
+                loss = loss_fn(logits, y, x)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            loss_sum += loss.detach() * len(y)  # stays on the device: no per-step host sync
+            correct += (logits.detach().argmax(1) == y).sum()
+            seen += len(y)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        train_time = time.perf_counter() - t0
+        val = evaluate(model, data, "val", batch_size=max(settings.batch_size, 512), device=device)
+        record = {
+            "epoch": epoch + 1,
+            "train_loss": float(loss_sum) / max(seen, 1),
+            "train_accuracy": float(correct) / max(seen, 1),
+            "val_loss": val.loss,
+            "val_accuracy": val.accuracy,
+            "lr": opt.param_groups[0]["lr"],
+            "epoch_time_s": train_time,
+        }
+        history.append(record)
+        if not math.isfinite(record["train_loss"]):
+            raise FloatingPointError(
+                f"training diverged at epoch {epoch + 1} (loss {record['train_loss']}); lower --lr"
+            )
+        if run is not None:
+            run.save_checkpoint(
+                {
+                    "epoch": epoch + 1,
+                    "model": model.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(),
+                    "history": history,
+                }
+            )
+            run.log.info("epoch %d: %s", epoch + 1, record)
+        if settings.progress:
+            tqdm.write(
+                f"epoch {epoch + 1}/{settings.epochs}  loss {record['train_loss']:.4f}  train {100 * record['train_accuracy']:.2f}%  "
+                f"val {100 * record['val_accuracy']:.2f}%  {train_time:.1f}s"
+            )
+        if on_epoch_end is not None:
+            on_epoch_end(epoch + 1, record)
+    return history
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module,
+    data: Dataset,
+    split: str,
+    *,
+    batch_size: int = 512,
+    device: torch.device | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Logits (float32, CPU), labels and groups of ``split``, in order."""
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    loader = ResidentLoader(
+        data, split, batch_size=batch_size, device=device, channels_last=device.type == "cuda"
+    )
+    outs, ys, gs = [], [], []
+    for x, y, g in loader:
+        with autocast_for(device):
+            outs.append(model(x).float())
+        ys.append(y)
+        gs.append(g)
+    model.train(was_training)
+    return torch.cat(outs).cpu(), torch.cat(ys).cpu(), torch.cat(gs).cpu()
+
+
+def evaluate(
+    model: nn.Module,
+    data: Dataset,
+    split: str,
+    *,
+    batch_size: int = 512,
+    device: torch.device | None = None,
+) -> GroupReport:
+    """Overall and per-group accuracy and cross-entropy of ``model`` on ``split``."""
+    logits, y, g = predict(model, data, split, batch_size=batch_size, device=device)
+    losses = F.cross_entropy(logits, y, reduction="none").numpy()
+    return group_report(
+        y.numpy(), logits.argmax(1).numpy(), g.numpy(), data.group_names, losses=np.asarray(losses)
+    )
