@@ -1,0 +1,41 @@
+"""pifair: privacy-preserving deep learning that stays accurate, cheap and fair.
+
+The public API; the command line (``pifair --help``) is a thin layer over it.
+"""
+
+from .data import Dataset, list_datasets, load_dataset
+from .errors import (
+    BudgetError,
+    DataNotFoundError,
+    MissingExtraError,
+    PifairError,
+    ResumeMismatchError,
+    UnknownNameError,
+    UnsupportedLayerError,
+)
+from .models import create_model, list_models
+from .relu import count_relus, parse_budget, replace_activations
+from .training import TrainConfig, evaluate, train
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BudgetError",
+    "DataNotFoundError",
+    "Dataset",
+    "MissingExtraError",
+    "PifairError",
+    "ResumeMismatchError",
+    "TrainConfig",
+    "UnknownNameError",
+    "UnsupportedLayerError",
+    "count_relus",
+    "create_model",
+    "evaluate",
+    "list_datasets",
+    "list_models",
+    "load_dataset",
+    "parse_budget",
+    "replace_activations",
+    "train",
+]

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from ..errors import UnknownNameError
+from ..errors import DataNotFoundError, UnknownNameError
 from ._base import Dataset, Split, hold_out_validation
 from .images import (
     CIFAR10_CLASSES,
@@ -163,6 +164,10 @@ def load_dataset(
     """
     if name not in _DATASETS:
         raise UnknownNameError("dataset", name, list(_DATASETS))
+    if data_dir is not None and not Path(data_dir).expanduser().exists() and not download:
+        raise DataNotFoundError(
+            f"data directory {data_dir} does not exist; pass an existing --data-dir for {name!r} (or leave it out to use the default places)"
+        )
     raw = _DATASETS[name].loader(data_dir, download, limit)
     if group_by == "class":
         group_names = list(raw.classes)

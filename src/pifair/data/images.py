@@ -71,7 +71,8 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
 def _fashion_dir(data_dir: str | os.PathLike | None) -> Path | None:
     name = _FASHION_FILES["train"][0]
     candidates = []
-    for root in ([Path(data_dir)] if data_dir else []) + [FASHION_DEBIAN_DIR] + search_roots():
+    roots = search_roots(data_dir) if data_dir else [FASHION_DEBIAN_DIR, *search_roots()]
+    for root in roots:
         for sub in ("", "fashion-mnist", "FashionMNIST/raw"):
             for ext in (".gz", ""):
                 candidates.append(root / sub / (name + ext))
@@ -100,7 +101,7 @@ def load_fashion_mnist_arrays(
     if folder is None:
         raise DataNotFoundError(
             "Fashion-MNIST not found. Looked for train-images-idx3-ubyte(.gz) in "
-            f"{data_dir or '(no --data-dir)'}, {FASHION_DEBIAN_DIR} and {[str(r) for r in search_roots()]}. "
+            f"{[str(r) for r in (search_roots(data_dir) if data_dir else [FASHION_DEBIAN_DIR, *search_roots()])]}. "
             "Install it with 'apt-get install -y dataset-fashion-mnist' (as root; 'make data' does it), "
             "pass --data-dir DIR holding the four IDX files, or --download (network + torchvision)."
         )

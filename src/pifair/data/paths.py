@@ -11,11 +11,11 @@ _REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
 def search_roots(data_dir: str | os.PathLike | None = None) -> list[Path]:
-    """Folders to search, in order: ``data_dir``, ``$PIFAIR_DATA_DIR``, ``./data``,
+    """Folders to search: ``data_dir`` alone when given; else ``$PIFAIR_DATA_DIR``, ``./data``,
     ``../shared/data`` (from the working directory and from the checkout)."""
+    if data_dir is not None:  # an explicit folder is the only place to look
+        return [Path(data_dir).expanduser()]
     roots = []
-    if data_dir is not None:
-        roots.append(Path(data_dir).expanduser())
     if os.environ.get("PIFAIR_DATA_DIR"):
         roots.append(Path(os.environ["PIFAIR_DATA_DIR"]).expanduser())
     roots += [

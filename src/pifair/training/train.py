@@ -30,13 +30,13 @@ def train(
     progress: bool = True,
 ) -> Run:
     """Train ``cfg.model`` on ``cfg.data``; with ``resume`` continue the killed run in that folder."""
-    run = (
-        Run.resume(resume, cfg.as_dict()) if resume else Run.create("train", cfg.as_dict(), out=out)
-    )
     torch.manual_seed(cfg.seed)
     data = load_dataset(**cfg.data_config.load_kwargs(cfg.seed))
     model = create_model(
         cfg.model, num_classes=data.num_classes, input_shape=data.input_shape, **cfg.model_options()
+    )
+    run = (
+        Run.resume(resume, cfg.as_dict()) if resume else Run.create("train", cfg.as_dict(), out=out)
     )
     relus = count_relus(model, data.input_shape)
     run.write_json("relus.json", relus.as_dict())

@@ -1,0 +1,210 @@
+"""The ``pifair`` command line: a thin layer over the Python API (DESIGN.md section 1)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import types
+import typing
+from pathlib import Path
+
+import yaml
+
+from .errors import PifairError
+
+__all__ = ["main", "build_parser"]
+
+
+def _field_type(hints: dict, name: str) -> type:
+    """The flag's value type: ``X`` for fields typed ``X`` or ``X | None``."""
+    tp = hints[name]
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        tp = next(a for a in typing.get_args(tp) if a is not type(None))
+    return tp
+
+
+def _add_dataclass_flags(parser: argparse.ArgumentParser, cls: type) -> None:
+    """One ``--flag`` per field; defaults stay in the dataclass (SUPPRESS marks explicit flags)."""
+    defaults, hints = cls(), typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        tp, default = _field_type(hints, f.name), getattr(defaults, f.name)
+        if tp is bool:
+            parser.add_argument(
+                flag,
+                dest=f.name,
+                action=argparse.BooleanOptionalAction,
+                default=argparse.SUPPRESS,
+                help=f"(default: {default})",
+            )
+        else:
+            parser.add_argument(
+                flag, dest=f.name, type=tp, default=argparse.SUPPRESS, help=f"(default: {default})"
+            )
+
+
+def _explicit(ns: argparse.Namespace, cls: type) -> dict:
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in vars(ns).items() if k in names}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .training import TrainConfig
+
+    parser = argparse.ArgumentParser(
+        prog="pifair",
+        description="Privacy-preserving deep learning that stays accurate, cheap and fair.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "train",
+        help="train a model; writes a run folder",
+        description="Train a model. Every option has a default; --config re-runs a saved config.yaml.",
+    )
+    _add_dataclass_flags(p, TrainConfig)
+    p.add_argument("--config", type=Path, help="config.yaml of an earlier run (flags override it)")
+    p.add_argument("--out", type=Path, help="run folder (default runs/train-TIMESTAMP)")
+    p.add_argument("--resume", type=Path, help="continue the killed run in this folder")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    p = sub.add_parser("eval", help="overall and per-group accuracy of a run's model")
+    p.add_argument("run", type=Path)
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true", help="print JSON instead of the table")
+
+    p = sub.add_parser("report", help="one self-contained HTML page for run folders")
+    p.add_argument("runs", type=Path, nargs="+")
+    p.add_argument(
+        "--out", type=Path, help="HTML file (default: report.html in the first run's parent)"
+    )
+    p.add_argument("--title", default="pifair report")
+
+    p = sub.add_parser(
+        "demo", help="the whole pipeline on Fashion-MNIST on CPU, ending with the report"
+    )
+    p.add_argument("--out", type=Path, default=Path("runs/demo"))
+    p.add_argument("--epochs", type=int, help="epochs of the dense model (default 4)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-dir")
+    p.add_argument("--no-progress", action="store_true")
+
+    p = sub.add_parser("relus", help="count a model's ReLUs per layer")
+    p.add_argument("run", type=Path, nargs="?", help="a run folder (or give --model)")
+    p.add_argument("--model")
+    p.add_argument("--input-shape", default="3,32,32", help="per-sample input shape, e.g. 3,32,32")
+    p.add_argument("--num-classes", type=int, default=10)
+    p.add_argument("--snl-variant", action="store_true")
+
+    sub.add_parser("list", help="the registered data sets and models")
+    return parser
+
+
+def _cmd_train(ns: argparse.Namespace) -> None:
+    from .runs import Run
+    from .training import TrainConfig, train
+
+    explicit = _explicit(ns, TrainConfig)
+    if ns.resume:
+        saved = {k: v for k, v in Run.open(ns.resume).config.items() if k != "command"}
+        cfg = TrainConfig.from_dict(saved | explicit)
+    elif ns.config:
+        with open(ns.config) as f:
+            base = {k: v for k, v in (yaml.safe_load(f) or {}).items() if k != "command"}
+        cfg = TrainConfig.from_dict(base | explicit)
+    else:
+        cfg = TrainConfig(**explicit)
+    run = train(cfg, out=ns.out, resume=ns.resume, progress=not ns.no_progress)
+    m = run.metrics
+    print(f"test accuracy {100 * m['test_accuracy']:.2f}%  ({m['relus']:,} ReLUs)  run: {run.path}")
+
+
+def _cmd_eval(ns: argparse.Namespace) -> None:
+    import json
+
+    from .evaluation import evaluate_run
+
+    report = evaluate_run(ns.run, split=ns.split, device=ns.device)
+    print(json.dumps(report.as_dict(), indent=2) if ns.json else report.table())
+
+
+def _cmd_report(ns: argparse.Namespace) -> None:
+    from .report import build_report
+
+    out = ns.out or ns.runs[0].parent / "report.html"
+    print(f"report: {build_report(ns.runs, out, title=ns.title)}")
+
+
+def _cmd_demo(ns: argparse.Namespace) -> None:
+    from .demo import run_demo
+
+    run_demo(
+        ns.out, epochs=ns.epochs, seed=ns.seed, data_dir=ns.data_dir, progress=not ns.no_progress
+    )
+
+
+def _cmd_relus(ns: argparse.Namespace) -> None:
+    from .models import create_model
+    from .relu import count_relus
+
+    if ns.run:
+        from .training import load_from_run
+
+        model, record, _ = load_from_run(ns.run)
+        shape = tuple(record["input_shape"])
+    elif ns.model:
+        shape = tuple(int(s) for s in ns.input_shape.split(","))
+        model = create_model(
+            ns.model,
+            num_classes=ns.num_classes,
+            input_shape=shape,
+            **({"snl_variant": True} if ns.snl_variant else {}),
+        )
+    else:
+        raise ValueError("give a run folder or --model NAME")
+    print(count_relus(model, shape).table())
+
+
+def _cmd_list(ns: argparse.Namespace) -> None:
+    from .data import list_datasets
+    from .models import get_model_spec, list_models
+
+    print("data sets:", ", ".join(list_datasets()))
+    print("models:")
+    for name in list_models():
+        print(f"  {name:<12} {get_model_spec(name).description}")
+
+
+_COMMANDS = {
+    "train": _cmd_train,
+    "eval": _cmd_eval,
+    "report": _cmd_report,
+    "demo": _cmd_demo,
+    "relus": _cmd_relus,
+    "list": _cmd_list,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ns = build_parser().parse_args(argv)
+    try:
+        _COMMANDS[ns.command](ns)
+    except (PifairError, ValueError, FileNotFoundError, FileExistsError) as err:
+        if os.environ.get("PIFAIR_DEBUG"):
+            raise
+        print(f"pifair {ns.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            "\ninterrupted; the last checkpoint is intact: continue with --resume RUN_FOLDER",
+            file=sys.stderr,
+        )
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

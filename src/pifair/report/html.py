@@ -1,0 +1,162 @@
+"""One self-contained HTML page for a set of run folders: tables and plots embedded (base64).
+
+Each run kind (``train``, later ``linearize``, ``share``, ...) has a section renderer in
+:data:`SECTIONS`; a capability adds its section by registering one.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import os
+import platform
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from ..atomic import atomic_write_text
+from ..runs import Run
+
+__all__ = ["SECTIONS", "register_section", "build_report", "img", "table", "machine_summary"]
+
+SectionRenderer = Callable[[Run], str]
+SECTIONS: dict[str, SectionRenderer] = {}
+
+
+def register_section(kind: str):
+    """Decorator: render runs whose config ``command`` is ``kind``."""
+
+    def wrap(fn: SectionRenderer) -> SectionRenderer:
+        SECTIONS[kind] = fn
+        return fn
+
+    return wrap
+
+
+def img(path: Path, alt: str = "") -> str:
+    """An <img> with the PNG at ``path`` embedded, or nothing when the file is missing."""
+    if not path.exists():
+        return ""
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def table(header: list[str], rows: list[list[object]]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.2f}%"
+
+
+def machine_summary() -> dict[str, str]:
+    """Where the report was made: host, CPU count, torch, device, git commit."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).parent,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return {
+        "machine": f"{platform.node()} ({platform.machine()}, {os.cpu_count()} CPUs)",
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
+        "commit": commit or "unknown",
+        "made": _dt.datetime.now().isoformat(timespec="seconds"),
+    }
+
+
+@register_section("train")
+def _train_section(run: Run) -> str:
+    m, c = run.metrics, run.config
+    if not m:
+        return f"<p>Run {html.escape(str(run.path))} has no metrics yet (still running, or killed: resume it).</p>"
+    test = m.get("test", {})
+    rows = [
+        [
+            "data",
+            f"{c.get('data')} (groups: {c.get('group_by')}{', keep ' + str(c['keep']) if c.get('keep') else ''})",
+        ],
+        ["model", f"{c.get('model')} ({m.get('relus', 0):,} ReLUs)"],
+        [
+            "epochs / batch / lr",
+            f"{c.get('epochs')} / {c.get('batch_size')} / {c.get('lr')} ({c.get('schedule')})",
+        ],
+        ["validation accuracy", pct(m.get("val_accuracy"))],
+        ["test accuracy", pct(m.get("test_accuracy"))],
+        ["worst-group test accuracy", pct(test.get("worst_group_accuracy"))],
+        ["wall time", f"{m.get('wall_time_s', 0):.1f} s on {m.get('device')}"],
+    ]
+    groups = [
+        [g["name"], g["count"], pct(g["accuracy"]), f"{g['loss']:.4f}"]
+        for g in test.get("groups", [])
+    ]
+    return (
+        table(["", ""], rows)
+        + img(run.file("curves.png"), "training curves")
+        + "<h4>Per-group test accuracy</h4>"
+        + table(["group", "n", "accuracy", "loss"], groups)
+        + img(run.file("groups.png"), "per-group accuracy")
+    )
+
+
+_CSS = """
+body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left}
+th{background:#f3f3f3}img{max-width:100%;display:block;margin:.6em 0}h2{border-bottom:2px solid #ddd}
+.meta{color:#666;font-size:.9em}
+"""
+
+
+def build_report(
+    run_dirs: list[str | os.PathLike], out: str | os.PathLike, *, title: str = "pifair report"
+) -> Path:
+    """Write the report for ``run_dirs`` to ``out`` (atomically) and return its path."""
+    runs = [Run.open(p) for p in run_dirs]
+    overview = []
+    sections = []
+    for run in runs:
+        m, kind = run.metrics, run.config.get("command", "?")
+        overview.append(
+            [
+                run.path.name,
+                kind,
+                run.config.get("data", "-"),
+                run.config.get("model", "-"),
+                f"{m.get('relus', 0):,}" if "relus" in m else "-",
+                pct(m.get("test_accuracy")),
+            ]
+        )
+        renderer = SECTIONS.get(kind)
+        body = (
+            renderer(run)
+            if renderer
+            else f"<p>No report section for runs of kind {html.escape(kind)}.</p>"
+        )
+        sections.append(f'<h2 id="{html.escape(run.path.name)}">{html.escape(run.path.name)} <small>({html.escape(kind)})</small></h2>'
+                        f'<p class="meta">{html.escape(str(run.path))}</p>{body}')  # fmt: skip
+    meta = machine_summary()
+    page = (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{_CSS}</style></head><body>"
+        f"<h1>{html.escape(title)}</h1>"
+        f"<p class='meta'>{' · '.join(f'{k}: {html.escape(v)}' for k, v in meta.items())}</p>"
+        "<h2>Overview</h2>"
+        + table(["run", "kind", "data", "model", "ReLUs", "test accuracy"], overview)
+        + "".join(sections)
+        + "</body></html>"
+    )
+    out = Path(out)
+    atomic_write_text(out, page)
+    return out
