@@ -13,7 +13,9 @@ from .sites import (
     count_relus,
     iter_sites,
     record_feature_shapes,
+    register_site,
     replace_activations,
+    site_from_spec,
 )
 
 __all__ = [
@@ -29,5 +31,7 @@ __all__ = [
     "iter_sites",
     "parse_budget",
     "record_feature_shapes",
+    "register_site",
     "replace_activations",
+    "site_from_spec",
 ]

@@ -1,0 +1,51 @@
+import pytest
+import torch
+from torch import nn
+
+from pifair.errors import UnknownNameError
+from pifair.models import create_model, list_models
+from pifair.models.io import load_model, save_model
+from pifair.relu import ActivationSite, MaskedReLU, count_relus, replace_activations
+
+SHAPES = {
+    "resnet18": (3, 32, 32),
+    "wrn22_8": (3, 32, 32),
+    "lenet": (1, 28, 28),
+    "fairdp_cnn": (1, 28, 28),
+    "mlp": (20,),
+}
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_model_runs_and_every_nonlinearity_is_a_site(name):
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=7, input_shape=SHAPES[name]).eval()
+    out = model(torch.randn(2, *SHAPES[name]))
+    assert out.shape == (2, 7)
+    plain = [m for m in model.modules() if isinstance(m, nn.ReLU | nn.Tanh | nn.GELU | nn.SiLU)]
+    assert plain == []
+    assert any(isinstance(m, ActivationSite) for m in model.modules())
+
+
+def test_unknown_model_lists_the_registry():
+    with pytest.raises(UnknownNameError, match="resnet18"):
+        create_model("resnet19", num_classes=10, input_shape=(3, 32, 32))
+
+
+def test_save_and_load_keep_reduced_sites(tmp_path):
+    torch.manual_seed(0)
+    model = create_model("lenet", num_classes=10, input_shape=(1, 28, 28)).eval()
+    replace_activations(
+        model,
+        lambda name, m: (
+            MaskedReLU((torch.rand(16, 28, 28) < 0.3).float()) if name == "act1" else None
+        ),
+    )
+    before = count_relus(model, (1, 28, 28)).total
+    save_model(tmp_path / "m.pt", model, name="lenet", num_classes=10, input_shape=(1, 28, 28))
+    loaded, record = load_model(tmp_path / "m.pt")
+    loaded.eval()
+    x = torch.randn(3, 1, 28, 28)
+    torch.testing.assert_close(loaded(x), model(x))
+    assert count_relus(loaded, (1, 28, 28)).total == before
+    assert record["sites"]["act1"]["kind"] == "masked_relu"

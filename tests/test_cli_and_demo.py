@@ -1,0 +1,44 @@
+from pathlib import Path
+
+import pytest
+
+from pifair.cli import main
+from pifair.demo import run_demo
+from pifair.report import build_report
+from pifair.training import TrainConfig, train
+
+FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
+
+
+def test_list_and_relus(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "resnet18" in out and "fashion-mnist" in out
+    assert main(["relus", "--model", "resnet18", "--snl-variant"]) == 0
+    assert "491,520" in capsys.readouterr().out
+
+
+def test_report_is_self_contained(tmp_path):
+    run = train(
+        TrainConfig(data="digits", model="mlp", epochs=1, device="cpu"),
+        out=tmp_path / "r",
+        progress=False,
+    )
+    page = build_report([run.path], tmp_path / "report.html").read_text()
+    assert "data:image/png;base64," in page
+    assert "Per-group test accuracy" in page and 'src="http' not in page
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not FASHION.exists(), reason="Fashion-MNIST Debian package not installed (make data)"
+)
+def test_demo_end_to_end(tmp_path):
+    report = run_demo(tmp_path / "demo", epochs=1, progress=False)
+    page = report.read_text()
+    assert "pifair demo" in page and "lenet" in page
+    assert (tmp_path / "demo" / "train" / "eval-test.json").exists()
+    # a second run keeps the finished stages
+    mtime = (tmp_path / "demo" / "train" / "model.pt").stat().st_mtime
+    run_demo(tmp_path / "demo", epochs=1, progress=False)
+    assert (tmp_path / "demo" / "train" / "model.pt").stat().st_mtime == mtime

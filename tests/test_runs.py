@@ -1,0 +1,43 @@
+import pytest
+import torch
+
+from pifair.atomic import atomic_torch_save
+from pifair.errors import ResumeMismatchError
+from pifair.runs import Run
+
+
+def test_failed_checkpoint_write_leaves_previous_intact(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    atomic_torch_save({"epoch": 1}, path)
+
+    def crashing_save(obj, f):
+        f.write(b"half a checkpoint")
+        raise KeyboardInterrupt  # Ctrl-C mid-write
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_torch_save({"epoch": 2}, path, save=crashing_save)
+    assert torch.load(path)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]  # no temporary file left
+
+
+def test_run_folder_files(tmp_path):
+    run = Run.create("train", {"seed": 3, "lr": 0.1}, out=tmp_path / "r")
+    run.update_metrics(a=1)
+    run.update_metrics(b=2)
+    assert Run.open(tmp_path / "r").config == {"command": "train", "seed": 3, "lr": 0.1}
+    assert run.metrics == {"a": 1, "b": 2}
+    assert (tmp_path / "r" / "log.txt").exists()
+    with pytest.raises(FileExistsError, match="--resume"):
+        Run.create("train", {"seed": 3}, out=tmp_path / "r")
+
+
+def test_resume_with_a_different_config_is_refused(tmp_path):
+    Run.create("train", {"seed": 3, "lr": 0.1, "device": "cpu"}, out=tmp_path / "r")
+    Run.resume(tmp_path / "r", {"seed": 3, "lr": 0.1, "device": "cuda"})  # runtime keys may differ
+    with pytest.raises(ResumeMismatchError, match="lr: saved 0.1 vs given 0.2"):
+        Run.resume(tmp_path / "r", {"seed": 3, "lr": 0.2})
+
+
+def test_open_rejects_a_folder_that_is_not_a_run(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a pifair run folder"):
+        Run.open(tmp_path)
