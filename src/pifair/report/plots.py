@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import os
 
-import matplotlib
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+def _pyplot():
+    """matplotlib, imported on first use with the file-only backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
 
 __all__ = ["training_curves", "group_accuracy"]
 
 
 def training_curves(history: list[dict], path: str | os.PathLike, *, title: str = "") -> None:
     """Loss and accuracy per epoch (train and validation)."""
+    plt = _pyplot()
     epochs = [h["epoch"] for h in history]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.2))
     ax1.plot(epochs, [h["train_loss"] for h in history], label="train")
@@ -33,6 +40,7 @@ def training_curves(history: list[dict], path: str | os.PathLike, *, title: str 
 
 def group_accuracy(report: dict, path: str | os.PathLike, *, title: str = "") -> None:
     """Bar chart of per-group accuracy with the overall accuracy as a line."""
+    plt = _pyplot()
     groups = report["groups"]
     fig, ax = plt.subplots(figsize=(max(4, 0.6 * len(groups) + 2), 3.2))
     ax.bar([g["name"] for g in groups], [100 * g["accuracy"] for g in groups], color="tab:blue")
