@@ -99,8 +99,178 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-classes", type=int, default=10)
     p.add_argument("--snl-variant", action="store_true")
 
+    p = sub.add_parser(
+        "linearize",
+        help="SNL: keep exactly a budget of ReLUs, fine-tune with KD",
+        description="Selective network linearization (Cho et al. 2022) to an exact ReLU budget.",
+    )
+    p.add_argument(
+        "--budget",
+        dest="budgets",
+        type=lambda s: [s],
+        default=argparse.SUPPRESS,
+        help="ReLUs to keep: 50000, 50k or 12.5%%",
+    )
+    _add_linearize_flags(p, method_flag="--method")
+
+    p = sub.add_parser("sweep", help="run a reduction at several budgets: Pareto table and plot")
+    sweeps = p.add_subparsers(dest="sweep", required=True, metavar="WHAT")
+    p = sweeps.add_parser(
+        "linearize", help="SNL (one shared search) and the naive baseline at several budgets"
+    )
+    p.add_argument(
+        "--budgets",
+        type=lambda s: [b.strip() for b in s.split(",") if b.strip()],
+        default=argparse.SUPPRESS,
+        help="e.g. 15k,25k,50k,100k",
+    )
+    _add_linearize_flags(p, method_flag="--methods")
+
     sub.add_parser("list", help="the registered data sets and models")
     return parser
+
+
+# flag -> (section of LinearizeJob, key); section None is the job itself
+_LINEARIZE_FLAGS = {
+    "from_run": (None, "from_run"), "granularity": (None, "granularity"), "reference": (None, "reference"),
+    "seed": (None, "seed"), "device": (None, "device"), "budgets": (None, "budgets"), "methods": (None, "methods"),
+    "search_epochs": ("search", "max_epochs"), "mask_lr": ("search", "mask_lr"), "lambda_init": ("search", "lambda_init"),
+    "lambda_growth": ("search", "lambda_growth"), "lambda_warmup": ("search", "lambda_warmup"),
+    "finetune_epochs": ("finetune", "epochs"), "finetune_lr": ("finetune", "lr"), "batch_size": (None, "batch_size"),
+}  # fmt: skip
+
+
+def _add_linearize_flags(p: argparse.ArgumentParser, *, method_flag: str) -> None:
+    S = argparse.SUPPRESS
+    p.add_argument("--from", dest="from_run", default=S, help="run folder of the dense model")
+    if method_flag == "--method":
+        p.add_argument(
+            "--method",
+            dest="methods",
+            type=lambda s: [s],
+            default=S,
+            help="snl (default) or naive (top-k mean |x|)",
+        )
+    else:
+        p.add_argument(
+            "--methods",
+            dest="methods",
+            type=lambda s: s.split(","),
+            default=S,
+            help="comma list of snl, naive (default both)",
+        )
+    p.add_argument(
+        "--granularity", choices=["pixel", "channel"], default=S, help="(default: pixel)"
+    )
+    p.add_argument(
+        "--reference",
+        action="store_true",
+        default=S,
+        help="SNL's reference settings: lambda x1.1, threshold binarization, no corrections",
+    )
+    p.add_argument(
+        "--search-epochs", type=int, default=S, help="most SNL search epochs (default 30)"
+    )
+    p.add_argument(
+        "--mask-lr", type=float, default=S, help="Adam lr of the masks (default: the weights' 1e-3)"
+    )
+    p.add_argument("--lambda-init", type=float, default=S, help="(default 1e-5)")
+    p.add_argument(
+        "--lambda-growth",
+        type=float,
+        default=S,
+        help="(default 1.5 after every epoch; SNL: 1.1 when the count stalls)",
+    )
+    p.add_argument(
+        "--lambda-warmup",
+        type=int,
+        default=S,
+        help="epochs before lambda may grow (default 0; SNL 5)",
+    )
+    p.add_argument("--finetune-epochs", type=int, default=S, help="(default 20)")
+    p.add_argument("--finetune-lr", type=float, default=S, help="(default 0.01)")
+    p.add_argument(
+        "--batch-size", type=int, default=S, help="search and fine-tuning batch (default 128)"
+    )
+    p.add_argument("--seed", type=int, default=S)
+    p.add_argument("--device", default=S)
+    p.add_argument("--config", type=Path, help="config.yaml of an earlier run (flags override it)")
+    p.add_argument("--out", type=Path, help="run folder (default runs/linearize-TIMESTAMP)")
+    p.add_argument("--resume", type=Path, help="continue the killed run in this folder")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _linearize_job(ns: argparse.Namespace, *, sweep: bool):
+    from .workflows.linearize import LinearizeJob
+
+    if ns.resume:
+        base = LinearizeJob.from_config(_load_config(ns.resume / "config.yaml")).as_config()
+    elif ns.config:
+        base = LinearizeJob.from_config(_load_config(ns.config)).as_config()
+    else:
+        base = {"search": {}, "finetune": {}} | ({"methods": ["snl", "naive"]} if sweep else {})
+    for flag, (section, key) in _LINEARIZE_FLAGS.items():
+        if flag not in ns:
+            continue
+        value = getattr(ns, flag)
+        if flag == "batch_size":
+            base["search"]["batch_size"] = base["finetune"]["batch_size"] = value
+        elif section:
+            base[section][key] = value
+        else:
+            base["from" if key == "from_run" else key] = value
+    if "from" not in base:
+        raise ValueError("give --from RUN (the dense model's run folder), or --resume / --config")
+    if not base.get("budgets"):
+        raise ValueError(
+            "give " + ("--budgets 15k,25k,..." if sweep else "--budget N (e.g. 50k or 10%)")
+        )
+    if not sweep and len(base.get("methods", ["snl"])) != 1:
+        raise ValueError("linearize runs one method; use 'pifair sweep linearize' for several")
+    unknown = set(base.get("methods", [])) - {"snl", "naive"}
+    if unknown:
+        raise ValueError(f"unknown method(s) {sorted(unknown)}; choose snl or naive")
+    return LinearizeJob.from_config(base)
+
+
+def _load_config(path: Path) -> dict:
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist")
+    with open(path) as f:
+        return yaml.safe_load(f) or {}
+
+
+def _cmd_linearize(ns: argparse.Namespace) -> None:
+    from .workflows.linearize import run_linearize
+
+    job = _linearize_job(ns, sweep=False)
+    run = run_linearize(
+        job, out=ns.resume or ns.out, resume=ns.resume is not None, progress=not ns.no_progress
+    )
+    m = run.metrics
+    print(
+        f"{m['relus']:,} ReLUs (budget {m['budget']:,}): test {100 * m['test_accuracy']:.2f}% (dense {100 * m['dense_test_accuracy']:.2f}%, drop {100 * m['drop']:.2f} points)  run: {run.path}"
+    )
+
+
+def _cmd_sweep(ns: argparse.Namespace) -> None:
+    from .workflows.linearize import run_linearize
+
+    job = _linearize_job(ns, sweep=True)
+    run = run_linearize(
+        job,
+        out=ns.resume or ns.out,
+        resume=ns.resume is not None,
+        progress=not ns.no_progress,
+        sweep=True,
+    )
+    rows = run.metrics["rows"]
+    print(f"{'method':<7} {'budget':>8} {'ReLUs':>9} {'test':>7} {'drop':>6} {'time s':>7}")
+    for r in sorted(rows, key=lambda r: (r["method"], r["relus"])):
+        print(
+            f"{r['method']:<7} {r['budget']:>8} {r['relus']:>9,} {100 * r['test_accuracy']:6.2f}% {100 * r['drop']:6.2f} {r['total_s']:7.0f}"
+        )
+    print(f"sweep: {run.path} (pareto.csv, pareto.png)")
 
 
 def _cmd_train(ns: argparse.Namespace) -> None:

@@ -120,8 +120,10 @@ def fit(
     run: Run | None = None,
     resume: bool = False,
     on_epoch_end: Callable[[int, dict], None] | None = None,
+    select_best: bool = False,
 ) -> list[dict]:
     """Train ``model`` on ``data.train``, validating on ``data.val`` after every epoch.
+    ``select_best`` ends with the weights of the best validation epoch (never the test set).
 
     With a ``run``, each epoch ends with an atomic checkpoint (model, optimizer, schedule,
     history); ``resume=True`` continues from it. Returns the per-epoch history.
@@ -135,6 +137,7 @@ def fit(
     opt, sched = _optimizer(model, settings, steps)
     history: list[dict] = []
     start = 0
+    best: dict | None = None  # {"val_accuracy", "epoch", "model"} of the best validation epoch
     if (
         resume
         and run is not None
@@ -144,6 +147,7 @@ def fit(
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         history, start = state["history"], state["epoch"]
+        best = state.get("best")
         run.log.info("resumed from epoch %d", start)
     torch.manual_seed(settings.seed + start)
     for epoch in range(start, settings.epochs):
@@ -186,6 +190,12 @@ def fit(
             "epoch_time_s": train_time,
         }
         history.append(record)
+        if select_best and (best is None or val.accuracy > best["val_accuracy"]):
+            best = {
+                "val_accuracy": val.accuracy,
+                "epoch": epoch + 1,
+                "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+            }
         if not math.isfinite(record["train_loss"]):
             raise FloatingPointError(
                 f"training diverged at epoch {epoch + 1} (loss {record['train_loss']}); lower --lr"
@@ -198,6 +208,7 @@ def fit(
                     "optimizer": opt.state_dict(),
                     "scheduler": sched.state_dict(),
                     "history": history,
+                    "best": best,
                 }
             )
             run.log.info("epoch %d: %s", epoch + 1, record)
@@ -208,6 +219,10 @@ def fit(
             )
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, record)
+    if select_best and best is not None:
+        model.load_state_dict(best["model"])
+        for h in history:
+            h["selected"] = h["epoch"] == best["epoch"]
     return history
 
 

@@ -1,0 +1,355 @@
+"""``pifair.linearize``: reduce a model to an exact ReLU budget, by SNL or by a naive baseline.
+
+Pipeline per budget (DESIGN.md section 3, with pifair's corrections):
+1. scores -- SNL's searched masks ``a`` (:mod:`pifair.relu.snl`), or mean |x| of each site's
+   input on a calibration set (the naive baseline);
+2. binarize -- exactly ``budget`` ReLUs kept (top-k; whole channels for channel-wise, the largest
+   count the channel sizes allow without going over) -- or SNL's own ``a > 1e-2`` threshold
+   in reference mode;
+3. batch-norm statistics recomputed for the binarized network (binarizing shifts every
+   activation's distribution; stale statistics send accuracy to chance);
+4. fine-tune with CE + KD (T = 4) from the dense model, keeping the best validation epoch.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from ..data import Dataset, ResidentLoader
+from ..errors import BudgetError
+from .budget import parse_budget
+from .distill import DistillationLoss
+from .selection import select_channels, select_pixels
+from .sites import (
+    DenseReLU,
+    MaskedReLU,
+    count_relus,
+    iter_sites,
+    record_feature_shapes,
+    replace_activations,
+)
+from .snl import SearchSettings, SNLSite, attach_snl_sites, snl_search
+
+__all__ = [
+    "FinetuneSettings",
+    "LinearizeResult",
+    "linearize",
+    "linearize_many",
+    "magnitude_scores",
+    "recalibrate_batchnorm",
+    "reference_settings",
+]
+
+
+@dataclass
+class FinetuneSettings:
+    """Fine-tuning after binarization. SNL's paper: SGD lr 1e-3, 100 epochs, final epoch."""
+
+    epochs: int = 20
+    batch_size: int = 128
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    temperature: float = 4.0
+    kd_weight: float = 1.0
+    recalibrate_bn: bool = True
+    select_best: bool = True
+    seed: int = 0
+
+
+def reference_settings(
+    search: SearchSettings, finetune: FinetuneSettings
+) -> tuple[SearchSettings, FinetuneSettings]:
+    """SNL's reference code settings: lambda x1.1 on stall, threshold binarization, lr 1e-3,
+    no batch-norm recalibration, the last fine-tuning epoch kept."""
+    search = _replace(
+        search,
+        lambda_init=1e-5,
+        lambda_growth=1.1,
+        lambda_rule="stall",
+        lambda_warmup=5,
+        mask_lr=None,
+    )
+    finetune = _replace(finetune, lr=1e-3, recalibrate_bn=False, select_best=False)
+    return search, finetune
+
+
+def _replace(obj, **changes):
+    return type(obj)(**(asdict(obj) | changes))
+
+
+@dataclass
+class LinearizeResult:
+    """A reduced model and how it was made."""
+
+    model: nn.Module
+    budget: int
+    relus: int
+    method: str
+    granularity: str
+    binarize: str
+    search: dict = field(default_factory=dict)
+    finetune_history: list[dict] = field(default_factory=list)
+    seconds: dict = field(default_factory=dict)
+    val_accuracy_before_finetune: float | None = None
+
+
+def magnitude_scores(
+    model: nn.Module,
+    data: Dataset,
+    granularity: str,
+    *,
+    device: torch.device,
+    batches: int = 20,
+    batch_size: int = 256,
+) -> dict[str, torch.Tensor]:
+    """Naive baseline scores: mean |x| at each dense ReLU site's input over calibration batches
+    of the training split (per element, or per channel averaged over H x W)."""
+    sites = {n: s for n, s in iter_sites(model) if isinstance(s, DenseReLU)}
+    sums: dict[str, torch.Tensor] = {}
+
+    def hook(name: str):
+        def fn(module, inputs, output):
+            x = inputs[0].detach().float().abs().sum(0)
+            if granularity == "channel" and x.dim() == 3:
+                x = x.mean(dim=(1, 2), keepdim=True)
+            sums[name] = sums.get(name, 0) + x
+
+        return fn
+
+    handles = [s.register_forward_hook(hook(n)) for n, s in sites.items()]
+    model.to(device).eval()
+    loader = ResidentLoader(
+        data, "train", batch_size=batch_size, device=device, shuffle=True, seed=12345
+    )
+    seen = 0
+    with torch.no_grad():
+        for i, (x, _, _) in enumerate(loader):
+            if i >= batches:
+                break
+            model(x)
+            seen += len(x)
+    for h in handles:
+        h.remove()
+    return {n: (s / seen).cpu() for n, s in sums.items()}
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(
+    model: nn.Module,
+    data: Dataset,
+    *,
+    device: torch.device,
+    batches: int = 50,
+    batch_size: int = 256,
+) -> None:
+    """Recompute every BatchNorm's running statistics on training batches (cumulative average)."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return
+    saved = [(m.momentum, m.training) for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    model.to(device).train()
+    loader = ResidentLoader(
+        data,
+        "train",
+        batch_size=batch_size,
+        device=device,
+        shuffle=True,
+        seed=54321,
+        channels_last=device.type == "cuda",
+    )
+    for i, (x, _, _) in enumerate(loader):
+        if i >= batches:
+            break
+        model(x)
+    for m, (momentum, training) in zip(bns, saved):
+        m.momentum = momentum
+        m.train(training)
+    model.eval()
+
+
+def _masks_from_scores(
+    scores: dict[str, torch.Tensor],
+    sites: dict[str, SNLSite | DenseReLU],
+    budget: int,
+    granularity: str,
+) -> dict[str, torch.Tensor]:
+    if granularity == "pixel":
+        return select_pixels(scores, budget)
+    sizes = {n: sites[n].relu_count(sites[n].feature_shape) // scores[n].numel() for n in scores}
+    return select_channels(scores, sizes, budget)
+
+
+def _apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
+    def swap(name: str, m: nn.Module):
+        if name in masks:
+            return MaskedReLU(masks[name], feature_shape=m.feature_shape)
+        return None
+
+    return replace_activations(model, swap)
+
+
+def _finetune(
+    model: nn.Module,
+    teacher: nn.Module,
+    data: Dataset,
+    settings: FinetuneSettings,
+    *,
+    device: torch.device,
+    progress: bool,
+    run=None,
+    resume: bool = False,
+) -> list[dict]:
+    from ..training.loop import LoopSettings, fit  # late import: training imports relu
+
+    if settings.epochs == 0:
+        return []
+    loop = LoopSettings(epochs=settings.epochs, batch_size=settings.batch_size, lr=settings.lr, momentum=settings.momentum,
+                        weight_decay=settings.weight_decay, schedule="cosine", seed=settings.seed, device=device, progress=progress)  # fmt: skip
+    loss = DistillationLoss(teacher, temperature=settings.temperature, weight=settings.kd_weight)
+    return fit(
+        model, data, loop, loss_fn=loss, run=run, resume=resume, select_best=settings.select_best
+    )
+
+
+def linearize_many(
+    model: nn.Module,
+    data: Dataset,
+    budgets: list[int | str],
+    *,
+    granularity: str = "pixel",
+    method: str = "snl",
+    search: SearchSettings | None = None,
+    finetune: FinetuneSettings | None = None,
+    reference: bool = False,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+    search_state: dict | None = None,
+    on_search_epoch: Callable[[dict], None] | None = None,
+    finetune_run: Callable[[int], tuple[object, bool]] | None = None,
+) -> dict[int, LinearizeResult]:
+    """Reduce ``model`` to each budget; SNL runs one search for all of them.
+
+    ``model`` is not modified. ``finetune_run(budget)`` may give ``(run, resume)`` so each
+    fine-tuning checkpoints into its own run folder.
+    """
+    if granularity not in ("pixel", "channel"):
+        raise ValueError(f"granularity must be 'pixel' or 'channel', got {granularity!r}")
+    if method not in ("snl", "naive"):
+        raise ValueError(f"method must be 'snl' or 'naive', got {method!r}")
+    device = torch.device(device)
+    search, finetune = search or SearchSettings(), finetune or FinetuneSettings()
+    if reference:
+        search, finetune = reference_settings(search, finetune)
+    dense = copy.deepcopy(model).to(device).eval()
+    total = count_relus(dense, data.input_shape).total
+    if any(s.kind in ("masked_relu", "snl_alpha", "shared_relu") for _, s in iter_sites(dense)):
+        raise ValueError(
+            "linearize needs a dense model (its ReLU sites all DenseReLU); pass the dense parent"
+        )
+    wanted = sorted({parse_budget(b, total) for b in budgets})
+    results: dict[int, LinearizeResult] = {}
+    search_summary: dict = {}
+    snapshots = {}
+    t0 = time.perf_counter()
+    work = copy.deepcopy(dense)
+    if method == "snl":
+        attach_snl_sites(work, data.input_shape, granularity, threshold=search.threshold)
+        to_search = [b for b in wanted if b < total]
+        if to_search:
+            outcome = snl_search(
+                work,
+                dense,
+                data,
+                to_search,
+                search,
+                device=device,
+                progress=progress,
+                state=search_state,
+                on_epoch_end=on_search_epoch,
+            )
+            snapshots, search_summary = outcome.snapshots, outcome.summary()
+    search_seconds = time.perf_counter() - t0
+    for budget in wanted:
+        t1 = time.perf_counter()
+        if budget == total:  # every ReLU kept: the dense model itself
+            results[budget] = LinearizeResult(
+                copy.deepcopy(dense).cpu(),
+                budget,
+                total,
+                method,
+                granularity,
+                "none",
+                search_summary,
+                [],
+                {"search": 0.0, "finetune": 0.0},
+            )
+            continue
+        reduced = copy.deepcopy(work)
+        if method == "snl":
+            reduced.load_state_dict(snapshots[budget].state_dict)
+            sites = {n: s for n, s in iter_sites(reduced) if isinstance(s, SNLSite)}
+            scores = {n: s.alpha.detach().cpu() for n, s in sites.items()}
+        else:
+            record_feature_shapes(reduced, data.input_shape)
+            sites = {n: s for n, s in iter_sites(reduced) if isinstance(s, DenseReLU)}
+            scores = magnitude_scores(reduced, data, granularity, device=device)
+        if reference and method == "snl":
+            masks = {n: (scores[n] > search.threshold).float() for n in scores}
+            binarize = f"threshold a > {search.threshold}"
+        else:
+            masks = _masks_from_scores(scores, sites, budget, granularity)
+            binarize = (
+                "top-k" if granularity == "pixel" else "top channels (largest count <= budget)"
+            )
+        _apply_masks(reduced, masks)
+        reduced.to(device)
+        if finetune.recalibrate_bn:
+            recalibrate_batchnorm(reduced, data, device=device)
+        from ..training.loop import evaluate  # late import: training imports relu
+
+        before = evaluate(reduced, data, "val", device=device).accuracy
+        run, resume = finetune_run(budget) if finetune_run else (None, False)
+        history = _finetune(
+            reduced, dense, data, finetune, device=device, progress=progress, run=run, resume=resume
+        )
+        relus = count_relus(reduced, data.input_shape).total
+        if not reference and (relus > budget or (granularity == "pixel" and relus != budget)):
+            raise BudgetError(
+                f"internal error: reduced model keeps {relus:,} ReLUs for a budget of {budget:,}"
+            )
+        results[budget] = LinearizeResult(
+            model=reduced.cpu().eval(), budget=budget, relus=relus, method=method, granularity=granularity, binarize=binarize,
+            search=search_summary, finetune_history=history, val_accuracy_before_finetune=before,
+            seconds={"search": search_seconds, "finetune": time.perf_counter() - t1},
+        )  # fmt: skip
+    return results
+
+
+def linearize(
+    model: nn.Module,
+    train_data: Dataset,
+    budget: int | str,
+    *,
+    granularity: str = "pixel",
+    **options,
+) -> nn.Module:
+    """The reduced copy of ``model`` keeping exactly ``budget`` ReLUs (pixel-wise), or the
+    largest count <= ``budget`` that whole channels allow (channel-wise).
+
+    ``budget`` is a count or a string (``"50k"``, ``"12.5%"``); ``options`` are those of
+    :func:`linearize_many` (``method="naive"``, ``search=SearchSettings(...)``, ...).
+
+    >>> reduced = pifair.linearize(model, data, "5k", device="cuda")  # doctest: +SKIP
+    """
+    results = linearize_many(model, train_data, [budget], granularity=granularity, **options)
+    return next(iter(results.values())).model

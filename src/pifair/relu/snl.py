@@ -1,0 +1,316 @@
+"""Selective Network Linearization (Cho, Joshi, Reagen, Garg, Hegde, ICML 2022), DESIGN.md s. 3.
+
+Each ReLU site becomes ``a * relu(x) + (1 - a) * x`` with a trainable ``a`` per element
+(pixel-wise) or per channel, initialised to 1. The search minimises CE + KD (T = 4) +
+lambda * sum |a| (each ``a`` weighted by the ReLUs it controls) with Adam on weights and masks
+together; lambda grows when the count of ``a > 1e-2`` stalls. One search trajectory serves
+every budget: the state is snapshotted at the first epoch whose count is <= each budget.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..data import Dataset, ResidentLoader
+from .distill import DistillationLoss
+from .sites import (
+    ActivationSite,
+    DenseReLU,
+    iter_sites,
+    record_feature_shapes,
+    register_site,
+    replace_activations,
+)
+
+__all__ = [
+    "SNLSite",
+    "LambdaSchedule",
+    "SearchSettings",
+    "SearchResult",
+    "attach_snl_sites",
+    "snl_search",
+]
+
+
+@register_site
+class SNLSite(ActivationSite):
+    """SNL's relaxed site: ``x + a * (relu(x) - x)``, ``a`` per element or per channel."""
+
+    kind = "snl_alpha"
+
+    def __init__(
+        self, feature_shape: tuple[int, ...], granularity: str = "pixel", *, threshold: float = 1e-2
+    ) -> None:
+        super().__init__()
+        if granularity not in ("pixel", "channel"):
+            raise ValueError(f"granularity must be 'pixel' or 'channel', got {granularity!r}")
+        self.feature_shape = tuple(feature_shape)
+        self.granularity, self.threshold = granularity, threshold
+        shape = (
+            self.feature_shape
+            if granularity == "pixel" or len(self.feature_shape) == 1
+            else (self.feature_shape[0], 1, 1)
+        )
+        self.alpha = nn.Parameter(torch.ones(shape))
+
+    @property
+    def cost_per_alpha(self) -> int:
+        """ReLUs one entry of ``alpha`` controls (1 pixel-wise, H x W channel-wise)."""
+        return math.prod(self.feature_shape) // self.alpha.numel()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.alpha.to(x.dtype)
+        return x + a * (torch.relu(x) - x)
+
+    def relu_count(self, feature_shape: tuple[int, ...] | None = None) -> int:
+        """Entries of ``a`` above the threshold, read from the parameter (no forward pass)."""
+        return int((self.alpha.detach() > self.threshold).sum()) * self.cost_per_alpha
+
+    def spec(self) -> dict:
+        return {
+            "kind": self.kind,
+            "feature_shape": list(self.feature_shape),
+            "granularity": self.granularity,
+        }
+
+    @classmethod
+    def from_spec(cls, spec: dict) -> SNLSite:
+        return cls(tuple(spec["feature_shape"]), spec["granularity"])
+
+
+@dataclass
+class LambdaSchedule:
+    """SNL's lambda rule: after each epoch, if the count set no new minimum and ``epoch >=
+    warmup`` (0-based), multiply lambda by ``growth``. ``rule="always"`` grows it after every
+    epoch past the warm-up, stall or not."""
+
+    init: float = 1e-5
+    growth: float = 1.1
+    warmup: int = 5
+    rule: str = "stall"
+    value: float = field(init=False)
+    best: float = field(init=False, default=math.inf)
+
+    def __post_init__(self) -> None:
+        if self.init <= 0 or self.growth < 1:
+            raise ValueError(
+                f"lambda needs init > 0 and growth >= 1, got init {self.init}, growth {self.growth}"
+            )
+        if self.rule not in ("stall", "always"):
+            raise ValueError(f"lambda rule must be 'stall' or 'always', got {self.rule!r}")
+        self.value = self.init
+
+    def update(self, epoch: int, count: int) -> float:
+        """Apply the rule after 0-based ``epoch`` that ended with ``count``; return lambda."""
+        new_minimum = count < self.best
+        self.best = min(self.best, count)
+        if epoch >= self.warmup and (self.rule == "always" or not new_minimum):
+            self.value *= self.growth
+        return self.value
+
+    def state_dict(self) -> dict:
+        return {"value": self.value, "best": self.best}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.value, self.best = state["value"], state["best"]
+
+
+@dataclass
+class SearchSettings:
+    """The mask search. SNL's reference values: Adam lr 1e-3, lambda 1e-5 x1.1 on stall after
+    epoch 5, T = 4. pifair's defaults grow lambda x1.5 after every epoch past the warm-up, so a
+    search ends in tens of epochs, not hundreds; top-k binarization makes the count exact
+    wherever the search stops."""
+
+    max_epochs: int = 30
+    batch_size: int = 128
+    lr: float = 1e-3
+    mask_lr: float | None = None  # Adam lr of the masks a (None: the same as the weights')
+    lambda_init: float = 1e-5
+    lambda_growth: float = 1.5
+    lambda_warmup: int = 0
+    lambda_rule: str = "always"
+    threshold: float = 1e-2
+    temperature: float = 4.0
+    kd_weight: float = 1.0
+    seed: int = 0
+
+    def schedule(self) -> LambdaSchedule:
+        return LambdaSchedule(
+            init=self.lambda_init,
+            growth=self.lambda_growth,
+            warmup=self.lambda_warmup,
+            rule=self.lambda_rule,
+        )
+
+
+@dataclass
+class Snapshot:
+    """The search state at the first epoch whose count was <= a budget (or at the end)."""
+
+    epoch: int
+    count: int
+    state_dict: dict[str, torch.Tensor]
+    reached: bool
+
+
+@dataclass
+class SearchResult:
+    snapshots: dict[int, Snapshot]
+    history: list[dict]
+    seconds: float
+
+    def summary(self) -> dict:
+        return {
+            "history": self.history,
+            "seconds": self.seconds,
+            "snapshots": {
+                str(b): {"epoch": s.epoch, "count": s.count, "reached": s.reached}
+                for b, s in self.snapshots.items()
+            },
+        }
+
+
+def attach_snl_sites(
+    model: nn.Module, input_shape: tuple[int, ...], granularity: str, *, threshold: float = 1e-2
+) -> nn.Module:
+    """Replace every :class:`DenseReLU` of ``model`` (in place) by an :class:`SNLSite`."""
+    record_feature_shapes(model, input_shape)
+
+    def swap(name: str, m: nn.Module) -> ActivationSite | None:
+        if isinstance(m, DenseReLU):
+            return SNLSite(m.feature_shape, granularity, threshold=threshold)
+        return None
+
+    replace_activations(model, swap)
+    if not any(isinstance(s, SNLSite) for _, s in iter_sites(model)):
+        raise ValueError("the model has no dense ReLU site to linearize")
+    return model
+
+
+def snl_sites(model: nn.Module) -> list[tuple[str, SNLSite]]:
+    return [(n, s) for n, s in iter_sites(model) if isinstance(s, SNLSite)]
+
+
+def alpha_count(model: nn.Module) -> int:
+    return sum(s.relu_count() for _, s in snl_sites(model))
+
+
+def _l1(sites: list[SNLSite]) -> torch.Tensor:
+    return sum(s.alpha.abs().sum() * s.cost_per_alpha for s in sites)
+
+
+def snl_search(
+    model: nn.Module,
+    teacher: nn.Module,
+    data: Dataset,
+    budgets: list[int],
+    settings: SearchSettings,
+    *,
+    device: torch.device,
+    progress: bool = True,
+    state: dict | None = None,
+    on_epoch_end: Callable[[dict], None] | None = None,
+) -> SearchResult:
+    """Run the SNL search on ``model`` (already holding :class:`SNLSite` s) until the count is
+    <= the smallest budget or ``max_epochs`` pass; snapshot the state for each budget.
+
+    ``state`` resumes a search from what ``on_epoch_end`` was given (a checkpointable dict).
+    """
+    model.to(device)
+    teacher = teacher.to(device).eval()
+    sites = [s for _, s in snl_sites(model)]
+    loss_fn = DistillationLoss(teacher, temperature=settings.temperature, weight=settings.kd_weight)
+    alphas = [s.alpha for s in sites]
+    alpha_ids = {id(a) for a in alphas}
+    weights = [p for p in model.parameters() if id(p) not in alpha_ids]
+    optimizer = torch.optim.Adam(
+        [{"params": weights}, {"params": alphas, "lr": settings.mask_lr or settings.lr}],
+        lr=settings.lr,
+    )
+    schedule = settings.schedule()
+    loader = ResidentLoader(
+        data,
+        "train",
+        batch_size=settings.batch_size,
+        device=device,
+        shuffle=True,
+        augment=True,
+        drop_last=True,
+        seed=settings.seed,
+        channels_last=device.type == "cuda",
+    )
+    history: list[dict] = []
+    snapshots: dict[int, Snapshot] = {}
+    start, seconds = 0, 0.0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        history, snapshots, start, seconds = (
+            state["history"],
+            state["snapshots"],
+            state["epoch"],
+            state["seconds"],
+        )
+    pending = sorted((b for b in budgets if b not in snapshots), reverse=True)
+    from ..training.loop import autocast_for  # late import: training imports relu
+
+    epoch = start
+    for epoch in range(start, settings.max_epochs):
+        if not pending:
+            break
+        t0 = time.perf_counter()
+        model.train()
+        loader.set_epoch(epoch)
+        lam = torch.tensor(schedule.value, device=device)
+        bar = tqdm(
+            loader, desc=f"SNL search {epoch + 1}", leave=False, disable=None if progress else True
+        )
+        for x, y, _ in bar:
+            with autocast_for(device):
+                logits = model(x)
+                loss = loss_fn(logits, y, x)
+            loss = loss + lam * _l1(sites)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        count = alpha_count(model)  # one host sync per epoch
+        seconds += time.perf_counter() - t0
+        record = {"epoch": epoch + 1, "count": count, "lambda": schedule.value, "seconds": seconds}
+        schedule.update(epoch, count)
+        history.append(record)
+        for b in list(pending):
+            if count <= b:
+                snapshots[b] = Snapshot(
+                    epoch + 1,
+                    count,
+                    copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()}),
+                    True,
+                )
+                pending.remove(b)
+        if progress:
+            tqdm.write(
+                f"SNL search epoch {epoch + 1}: {count:,} ReLUs with a > {settings.threshold}  lambda {record['lambda']:.2e}  {seconds:.0f}s"
+            )
+        if on_epoch_end is not None:
+            on_epoch_end({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                          "history": history, "snapshots": snapshots, "epoch": epoch + 1, "seconds": seconds})  # fmt: skip
+    if pending:  # budgets the search did not reach: the final state, binarized by top-k
+        final = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        count = alpha_count(model)
+        for b in pending:
+            snapshots[b] = Snapshot(len(history), count, final, False)
+    return SearchResult(snapshots=snapshots, history=history, seconds=seconds)
+
+
+def settings_dict(settings: SearchSettings) -> dict:
+    return asdict(settings)

@@ -1,0 +1,94 @@
+"""Report sections of ``pifair linearize`` and ``pifair sweep linearize``."""
+
+from __future__ import annotations
+
+from ..runs import Run
+from .html import img, pct, register_section, table
+
+
+@register_section("linearize")
+def linearize_section(run: Run) -> str:
+    m = run.metrics
+    if "relus" not in m:
+        return "<p>Not finished: resume it with <code>pifair linearize --resume</code>.</p>"
+    rows = [
+        [
+            "method",
+            f"{m['method']} ({m['granularity']}-wise, binarized by {m['binarize']}){' - SNL reference settings' if m.get('reference') else ''}",
+        ],
+        [
+            "ReLUs",
+            f"{m['relus']:,} of {m['dense_relus']:,} (budget {m['budget']:,}; {100 * m['relus'] / m['dense_relus']:.2f} %)",
+        ],
+        [
+            "test accuracy",
+            f"{pct(m['test_accuracy'])} (dense {pct(m['dense_test_accuracy'])}, drop {100 * m['drop']:.2f} points)",
+        ],
+        [
+            "validation accuracy",
+            f"{pct(m['val_accuracy'])} (after binarization, before fine-tuning: {pct(m.get('val_accuracy_before_finetune'))})",
+        ],
+        [
+            "worst-group test accuracy",
+            f"{pct(m['test']['worst_group_accuracy'])} (dense {pct(m['dense_test']['worst_group_accuracy'])})",
+        ],
+        [
+            "time",
+            f"search {m['seconds']['search']:.0f} s, fine-tune {m['seconds']['finetune']:.0f} s on {m.get('device')}",
+        ],
+    ]
+    dense_groups = {g["name"]: g["accuracy"] for g in m["dense_test"]["groups"]}
+    groups = [
+        [
+            g["name"],
+            pct(dense_groups.get(g["name"])),
+            pct(g["accuracy"]),
+            f"{100 * (dense_groups.get(g['name'], 0) - g['accuracy']):.2f}",
+        ]
+        for g in m["test"]["groups"]
+    ]
+    return (
+        table(["", ""], rows)
+        + img(run.file("search.png"), "SNL search")
+        + img(run.file("curves.png"), "fine-tuning")
+        + "<h4>Per-group test accuracy against the dense parent</h4>"
+        + table(["group", "dense", "reduced", "drop (points)"], groups)
+    )
+
+
+@register_section("sweep-linearize")
+def sweep_section(run: Run) -> str:
+    m = run.metrics
+    if "rows" not in m:
+        return "<p>Not finished: resume it with <code>pifair sweep linearize --resume</code>.</p>"
+    rows = [
+        [
+            r["method"],
+            r["budget"],
+            f"{r['relus']:,}",
+            pct(r["test_accuracy"]),
+            f"{100 * r['drop']:.2f}",
+            pct(r["worst_group_accuracy"]),
+            f"{r['search_s']:.0f}",
+            f"{r['finetune_s']:.0f}",
+        ]
+        for r in sorted(m["rows"], key=lambda r: (r["method"], r["relus"]))
+    ]
+    return (
+        f"<p>Dense parent: {pct(m['dense_test_accuracy'])} with {m['dense_relus']:,} ReLUs on {m['data']}. "
+        "The SNL search is shared by all budgets (its time is counted once per budget in the table).</p>"
+        + table(
+            [
+                "method",
+                "budget",
+                "ReLUs",
+                "test acc.",
+                "drop (pts)",
+                "worst group",
+                "search s",
+                "fine-tune s",
+            ],
+            rows,
+        )
+        + img(run.file("pareto.png"), "Pareto plot")
+    )

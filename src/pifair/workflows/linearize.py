@@ -1,0 +1,237 @@
+"""``pifair linearize`` and ``pifair sweep linearize``: SNL or naive reduction into run folders.
+
+A linearize run folder holds the reduced model (``model.pt``), its metrics against the dense
+parent, the search trajectory and the fine-tuning curves. A sweep folder holds one such run per
+(method, budget), the shared SNL search checkpoint, and the Pareto table and plot.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..atomic import atomic_open
+from ..models.io import save_model
+from ..relu import count_relus
+from ..relu.linearize import FinetuneSettings, LinearizeResult, linearize_many
+from ..relu.snl import SearchSettings
+from ..report import plots
+from ..runs import CHECKPOINT, MODEL, Run
+from ..training import dataset_for_run, evaluate, load_from_run, resolve_device
+
+__all__ = ["LinearizeJob", "run_linearize", "SNL_PUBLISHED_CIFAR10"]
+
+SEARCH = "search.pt"
+# SNL (Cho et al. 2022), CIFAR-10, lossless images, dense ~95.2 %: (ReLUs, top-1 %, drop in points)
+SNL_PUBLISHED_CIFAR10 = [
+    (14_900, 88.43, 6.8),
+    (25_000, 90.88, 4.3),
+    (49_400, 92.27, 2.9),
+    (99_900, 93.50, 1.7),
+]
+
+
+@dataclass
+class LinearizeJob:
+    """What ``pifair linearize`` / ``sweep linearize`` runs; its dict is the run's config.yaml."""
+
+    from_run: str
+    budgets: list[str]
+    methods: list[str] = field(default_factory=lambda: ["snl"])
+    granularity: str = "pixel"
+    reference: bool = False
+    seed: int = 0
+    device: str = "auto"
+    search: SearchSettings = field(default_factory=SearchSettings)
+    finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
+
+    def as_config(self) -> dict:
+        d = asdict(self)
+        d["from"] = str(d.pop("from_run"))
+        return d
+
+    @classmethod
+    def from_config(cls, d: dict) -> LinearizeJob:
+        d = {k: v for k, v in d.items() if k != "command"}
+        return cls(
+            from_run=d.pop("from"),
+            search=SearchSettings(**d.pop("search", {})),
+            finetune=FinetuneSettings(**d.pop("finetune", {})),
+            **d,
+        )
+
+
+def _budget_label(b: str | int) -> str:
+    return str(b).replace("%", "pct")
+
+
+def _write_result(
+    run: Run,
+    result: LinearizeResult,
+    *,
+    data,
+    dense_test,
+    dense_relus: int,
+    job: LinearizeJob,
+    parent: str,
+) -> dict:
+    """Save the reduced model and its metrics and plots into ``run``."""
+    _, record, _ = load_from_run(parent)
+    save_model(
+        run.file(MODEL),
+        result.model,
+        name=record["model"],
+        num_classes=record["num_classes"],
+        input_shape=tuple(record["input_shape"]),
+        options=record["options"],
+    )
+    test = evaluate(result.model, data, "test")
+    val = evaluate(result.model, data, "val")
+    metrics = run.update_metrics(
+        kind="linearize", method=result.method, granularity=result.granularity, binarize=result.binarize, budget=result.budget,
+        relus=result.relus, dense_relus=dense_relus, dense_test_accuracy=dense_test.accuracy, test_accuracy=test.accuracy,
+        drop=dense_test.accuracy - test.accuracy, val_accuracy=val.accuracy, val_accuracy_before_finetune=result.val_accuracy_before_finetune,
+        test=test.as_dict(), dense_test=dense_test.as_dict(), search=result.search, history=result.finetune_history,
+        seconds=result.seconds | {"total": result.seconds["search"] + result.seconds["finetune"]}, reference=job.reference,
+        data=data.summary(), model=record["model"], device=str(resolve_device(job.device)),
+    )  # fmt: skip
+    if result.finetune_history:
+        plots.training_curves(
+            result.finetune_history,
+            run.file("curves.png"),
+            title=f"fine-tuning at {result.relus:,} ReLUs",
+        )
+    if result.search.get("history"):
+        plots.search_trajectory(
+            result.search["history"], run.file("search.png"), budgets=[result.budget]
+        )
+    plots.group_accuracy(
+        test.as_dict(),
+        run.file("groups.png"),
+        title=f"test accuracy per group, {result.relus:,} ReLUs",
+    )
+    run.log.info(
+        "%s %s: %s ReLUs, test %.4f (dense %.4f)",
+        result.method,
+        result.budget,
+        f"{result.relus:,}",
+        test.accuracy,
+        dense_test.accuracy,
+    )
+    return metrics
+
+
+def run_linearize(
+    job: LinearizeJob,
+    *,
+    out: str | os.PathLike | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    sweep: bool = False,
+) -> Run:
+    """Run ``job``; a single (method, budget) writes one run folder, a sweep a folder of them."""
+    device = resolve_device(job.device)
+    dense, record, parent = load_from_run(job.from_run)
+    data = dataset_for_run(parent)
+    dense_relus = count_relus(dense, data.input_shape).total
+    command = "sweep-linearize" if sweep else "linearize"
+    if resume:
+        root = Run.resume(out, job.as_config() | {"command": command})
+    else:
+        root = Run.create(command, job.as_config(), out=out)
+    dense_test = evaluate(dense.to(device), data, "test")
+    torch.manual_seed(job.seed)
+    rows = []
+    for method in job.methods:
+
+        def run_for(budget_str: str) -> Run:
+            if not sweep:
+                return root
+            path = root.path / f"{method}-{_budget_label(budget_str)}"
+            sub = LinearizeJob(
+                **(
+                    asdict(job)
+                    | {
+                        "budgets": [budget_str],
+                        "methods": [method],
+                        "search": job.search,
+                        "finetune": job.finetune,
+                    }
+                )
+            )
+            if (path / "config.yaml").exists():
+                return Run.resume(path, sub.as_config() | {"command": "linearize"})
+            return Run.create("linearize", sub.as_config(), out=path)
+
+        runs = {b: run_for(b) for b in job.budgets}
+        todo = [b for b in job.budgets if not (runs[b].path / MODEL).exists()]
+        if not todo:
+            continue
+        from ..relu.budget import parse_budget
+
+        by_count = {parse_budget(b, dense_relus): runs[b] for b in todo}
+        search_file = root.file(f"{SEARCH}" if len(job.methods) == 1 else f"search-{method}.pt")
+        state = (
+            torch.load(search_file, map_location="cpu", weights_only=False)
+            if (resume or sweep) and search_file.exists()
+            else None
+        )
+
+        def save_search(s: dict, search_file: Path = search_file) -> None:
+            with atomic_open(search_file, "wb") as f:
+                torch.save(s, f)
+
+        def finetune_run(budget: int) -> tuple[Run, bool]:
+            run = by_count[budget]
+            return run, (run.path / CHECKPOINT).exists()
+
+        results = linearize_many(
+            dense, data, todo, granularity=job.granularity, method=method, search=job.search, finetune=job.finetune,
+            reference=job.reference, device=device, progress=progress, search_state=state, on_search_epoch=save_search if method == "snl" else None,
+            finetune_run=finetune_run,
+        )  # fmt: skip
+        for budget, result in results.items():
+            _write_result(
+                by_count[budget],
+                result,
+                data=data,
+                dense_test=dense_test,
+                dense_relus=dense_relus,
+                job=job,
+                parent=job.from_run,
+            )
+    if sweep:
+        for method in job.methods:
+            for b in job.budgets:
+                m = Run.open(root.path / f"{method}-{_budget_label(b)}").metrics
+                rows.append({
+                    "method": method, "budget": b, "relus": m["relus"], "test_accuracy": m["test_accuracy"], "drop": m["drop"],
+                    "val_accuracy": m["val_accuracy"], "search_s": m["seconds"]["search"], "finetune_s": m["seconds"]["finetune"],
+                    "total_s": m["seconds"]["total"], "worst_group_accuracy": m["test"]["worst_group_accuracy"],
+                })  # fmt: skip
+        _write_pareto(root, rows, dense_test.accuracy, dense_relus, data.name)
+    return root
+
+
+def _write_pareto(
+    root: Run, rows: list[dict], dense_accuracy: float, dense_relus: int, data_name: str
+) -> None:
+    root.update_metrics(
+        kind="sweep-linearize",
+        rows=rows,
+        dense_test_accuracy=dense_accuracy,
+        dense_relus=dense_relus,
+        data=data_name,
+        made=time.strftime("%Y-%m-%d %H:%M:%S"),
+    )
+    with atomic_open(root.file("pareto.csv"), "w") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    reference = SNL_PUBLISHED_CIFAR10 if data_name == "cifar10" else None
+    plots.pareto(rows, dense_accuracy, dense_relus, root.file("pareto.png"), published=reference)
