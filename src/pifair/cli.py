@@ -349,6 +349,8 @@ def _cmd_list(ns: argparse.Namespace) -> None:
 
 
 _COMMANDS = {
+    "linearize": _cmd_linearize,
+    "sweep": _cmd_sweep,
     "train": _cmd_train,
     "eval": _cmd_eval,
     "report": _cmd_report,

@@ -11,6 +11,7 @@ import csv
 import os
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -18,6 +19,7 @@ import torch
 from ..atomic import atomic_open
 from ..models.io import save_model
 from ..relu import count_relus
+from ..relu.budget import parse_budget
 from ..relu.linearize import FinetuneSettings, LinearizeResult, linearize_many
 from ..relu.snl import SearchSettings
 from ..report import plots
@@ -126,6 +128,35 @@ def _write_result(
     return metrics
 
 
+def _budget_run(root: Run, job: LinearizeJob, method: str, budget: str) -> Run:
+    """The sub-run of a sweep for one (method, budget): created, or reopened to resume."""
+    path = root.path / f"{method}-{_budget_label(budget)}"
+    sub = LinearizeJob(
+        **(
+            asdict(job)
+            | {
+                "budgets": [budget],
+                "methods": [method],
+                "search": job.search,
+                "finetune": job.finetune,
+            }
+        )
+    )
+    if (path / "config.yaml").exists():
+        return Run.resume(path, sub.as_config() | {"command": "linearize"})
+    return Run.create("linearize", sub.as_config(), out=path)
+
+
+def _save_search(path: Path, state: dict) -> None:
+    with atomic_open(path, "wb") as f:
+        torch.save(state, f)
+
+
+def _finetune_run(runs_by_count: dict[int, Run], budget: int) -> tuple[Run, bool]:
+    run = runs_by_count[budget]
+    return run, (run.path / CHECKPOINT).exists()
+
+
 def run_linearize(
     job: LinearizeJob,
     *,
@@ -146,54 +177,22 @@ def run_linearize(
         root = Run.create(command, job.as_config(), out=out)
     dense_test = evaluate(dense.to(device), data, "test")
     torch.manual_seed(job.seed)
-    rows = []
     for method in job.methods:
-
-        def run_for(budget_str: str) -> Run:
-            if not sweep:
-                return root
-            path = root.path / f"{method}-{_budget_label(budget_str)}"
-            sub = LinearizeJob(
-                **(
-                    asdict(job)
-                    | {
-                        "budgets": [budget_str],
-                        "methods": [method],
-                        "search": job.search,
-                        "finetune": job.finetune,
-                    }
-                )
-            )
-            if (path / "config.yaml").exists():
-                return Run.resume(path, sub.as_config() | {"command": "linearize"})
-            return Run.create("linearize", sub.as_config(), out=path)
-
-        runs = {b: run_for(b) for b in job.budgets}
+        runs = {b: _budget_run(root, job, method, b) if sweep else root for b in job.budgets}
         todo = [b for b in job.budgets if not (runs[b].path / MODEL).exists()]
         if not todo:
             continue
-        from ..relu.budget import parse_budget
-
         by_count = {parse_budget(b, dense_relus): runs[b] for b in todo}
-        search_file = root.file(f"{SEARCH}" if len(job.methods) == 1 else f"search-{method}.pt")
+        search_file = root.file(SEARCH if len(job.methods) == 1 else f"search-{method}.pt")
         state = (
             torch.load(search_file, map_location="cpu", weights_only=False)
-            if (resume or sweep) and search_file.exists()
+            if search_file.exists()
             else None
         )
-
-        def save_search(s: dict, search_file: Path = search_file) -> None:
-            with atomic_open(search_file, "wb") as f:
-                torch.save(s, f)
-
-        def finetune_run(budget: int) -> tuple[Run, bool]:
-            run = by_count[budget]
-            return run, (run.path / CHECKPOINT).exists()
-
         results = linearize_many(
             dense, data, todo, granularity=job.granularity, method=method, search=job.search, finetune=job.finetune,
-            reference=job.reference, device=device, progress=progress, search_state=state, on_search_epoch=save_search if method == "snl" else None,
-            finetune_run=finetune_run,
+            reference=job.reference, device=device, progress=progress, search_state=state,
+            on_search_epoch=partial(_save_search, search_file), finetune_run=partial(_finetune_run, by_count),
         )  # fmt: skip
         for budget, result in results.items():
             _write_result(
@@ -205,6 +204,7 @@ def run_linearize(
                 job=job,
                 parent=job.from_run,
             )
+    rows = []
     if sweep:
         for method in job.methods:
             for b in job.budgets:

@@ -1,0 +1,123 @@
+import csv
+import json
+
+import pytest
+import torch
+
+from pifair.cli import main
+from pifair.models import create_model
+from pifair.relu.linearize import FinetuneSettings, linearize_many
+from pifair.relu.snl import SearchSettings
+from pifair.training import TrainConfig, train
+
+QUICK = [
+    "--search-epochs",
+    "2",
+    "--finetune-epochs",
+    "1",
+    "--lambda-init",
+    "1e-3",
+    "--mask-lr",
+    "0.02",
+    "--batch-size",
+    "64",
+    "--device",
+    "cpu",
+    "--no-progress",
+]
+
+
+@pytest.fixture(scope="module")
+def dense_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("dense") / "run"
+    train(
+        TrainConfig(data="digits", model="lenet", epochs=2, lr=0.05, batch_size=64, device="cpu"),
+        out=out,
+        progress=False,
+    )
+    return out
+
+
+def test_linearize_command_writes_an_exact_reduced_run(dense_run, tmp_path, capsys):
+    out = tmp_path / "lin"
+    assert (
+        main(["linearize", "--from", str(dense_run), "--budget", "100", "--out", str(out), *QUICK])
+        == 0
+    )
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["relus"] == 100 and m["budget"] == 100 and m["method"] == "snl"
+    assert m["dense_relus"] == 1664 and m["drop"] == pytest.approx(
+        m["dense_test_accuracy"] - m["test_accuracy"]
+    )
+    assert main(["relus", str(out)]) == 0
+    assert "100" in capsys.readouterr().out.splitlines()[-1]
+    # downstream commands read the reduced run like any other
+    assert main(["eval", str(out)]) == 0
+
+
+def test_sweep_writes_pareto_and_resumes_without_redoing(dense_run, tmp_path):
+    out = tmp_path / "sweep"
+    args = [
+        "sweep",
+        "linearize",
+        "--from",
+        str(dense_run),
+        "--budgets",
+        "50,200",
+        "--out",
+        str(out),
+        *QUICK,
+    ]
+    assert main(args) == 0
+    with open(out / "pareto.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {(r["method"], int(r["relus"])) for r in rows} == {
+        ("snl", 50),
+        ("snl", 200),
+        ("naive", 50),
+        ("naive", 200),
+    }
+    assert (out / "pareto.png").exists() and (out / "search-snl.pt").exists()
+    stamp = (out / "snl-50" / "model.pt").stat().st_mtime_ns
+    assert main(["sweep", "linearize", "--resume", str(out), "--no-progress"]) == 0
+    assert (out / "snl-50" / "model.pt").stat().st_mtime_ns == stamp
+
+
+def test_bad_linearize_input_is_one_line(dense_run, capsys):
+    assert main(["linearize", "--from", str(dense_run), "--budget", "5k", *QUICK]) == 2
+    assert "above the model's ReLU count of 1,664" in capsys.readouterr().err
+    assert main(["linearize", "--budget", "5"]) == 2
+    assert "--from" in capsys.readouterr().err
+    assert main(["linearize", "--from", str(dense_run), "--budget", "5", "--method", "magic"]) == 2
+    assert "unknown method" in capsys.readouterr().err
+
+
+def test_interrupted_search_resumes_from_its_state(digits):
+    torch.manual_seed(0)
+    model = create_model("lenet", num_classes=10, input_shape=(1, 8, 8)).eval()
+    search = SearchSettings(max_epochs=3, lambda_init=1e-3, mask_lr=0.02, batch_size=64)
+    saved = []
+
+    def crash_after_first(state):
+        saved.append(state)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        linearize_many(
+            model,
+            digits,
+            [10],
+            search=search,
+            finetune=FinetuneSettings(epochs=0),
+            progress=False,
+            on_search_epoch=crash_after_first,
+        )
+    assert saved[0]["epoch"] == 1
+    epochs = []
+    result = linearize_many(
+        model, digits, [10], search=search, finetune=FinetuneSettings(epochs=0), progress=False,
+        search_state=saved[0], on_search_epoch=lambda s: epochs.append(s["epoch"]),
+    )  # fmt: skip
+    assert epochs and epochs[0] == 2  # continued, not restarted
+    assert [h["epoch"] for h in result[10].search["history"]][:2] == [1, 2]
+    assert result[10].relus == 10
