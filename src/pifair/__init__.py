@@ -15,6 +15,7 @@ from .errors import (
 )
 from .models import create_model, list_models
 from .relu import count_relus, parse_budget, replace_activations
+from .relu.linearize import linearize
 from .training import TrainConfig, evaluate, train
 
 __version__ = "0.1.0"
@@ -33,6 +34,7 @@ __all__ = [
     "create_model",
     "evaluate",
     "list_datasets",
+    "linearize",
     "list_models",
     "load_dataset",
     "parse_budget",

@@ -303,7 +303,7 @@ def linearize_many(
             record_feature_shapes(reduced, data.input_shape)
             sites = {n: s for n, s in iter_sites(reduced) if isinstance(s, DenseReLU)}
             scores = magnitude_scores(reduced, data, granularity, device=device)
-        if reference and method == "snl":
+        if reference and method == "snl" and snapshots[budget].reached:
             masks = {n: (scores[n] > search.threshold).float() for n in scores}
             binarize = f"threshold a > {search.threshold}"
         else:

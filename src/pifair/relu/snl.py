@@ -227,6 +227,10 @@ def snl_search(
     """
     model.to(device)
     teacher = teacher.to(device).eval()
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        model.to(memory_format=torch.channels_last)
+        teacher.to(memory_format=torch.channels_last)
     sites = [s for _, s in snl_sites(model)]
     loss_fn = DistillationLoss(teacher, temperature=settings.temperature, weight=settings.kd_weight)
     alphas = [s.alpha for s in sites]

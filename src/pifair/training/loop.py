@@ -131,6 +131,7 @@ def fit(
     device = settings.device or resolve_device()
     model.to(device)
     if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
         model.to(memory_format=torch.channels_last)
     train_loader = _make_loader(data, "train", settings, device, train=True)
     steps = len(train_loader)
