@@ -19,6 +19,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -99,11 +100,13 @@ def main() -> None:
     ref = None
     if not args.no_reference:
         ref_dir = args.out / f"reference-{setting['reference_budget']}"
+        # SNL's code searches until the count is under the budget: give it more epochs
+        ref_search = replace(setting["search"], max_epochs=setting["reference_epochs"])
         ref_job = LinearizeJob(
             from_run=str(dense_dir),
             budgets=[setting["reference_budget"]],
             reference=True,
-            search=setting["search"],
+            search=ref_search,
             finetune=setting["finetune"],
         )
         if not (ref_dir / MODEL).exists():

@@ -29,7 +29,7 @@ def dense(digits):
         model,
         digits,
         LoopSettings(epochs=3, batch_size=64, lr=0.05, progress=False),
-        loss_fn=lambda logits, y, x: torch.nn.functional.cross_entropy(logits, y),
+        loss_fn=lambda logits, y, x, g: torch.nn.functional.cross_entropy(logits, y),
     )
     return model.eval()
 

@@ -18,6 +18,7 @@ class GroupRow:
     count: int
     accuracy: float
     loss: float | None = None
+    extras: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,7 @@ class GroupReport:
 
 
 def _mean_loss(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Mean of a per-sample value passed as ``y_pred`` (MetricFrame groups it for us)."""
     return float(np.mean(y_pred))
 
 
@@ -73,10 +75,12 @@ def group_report(
     group_names: list[str],
     *,
     losses: np.ndarray | None = None,
+    per_sample: dict[str, np.ndarray] | None = None,
 ) -> GroupReport:
     """Accuracy (and mean per-sample loss, when given) overall and per group.
 
-    Groups with no sample in ``groups`` are left out of the table.
+    ``per_sample`` adds the per-group mean of other per-sample values (margins, gradient
+    norms) to each row's ``extras``. Groups with no sample in ``groups`` are left out.
     """
     y_true, y_pred, groups = np.asarray(y_true), np.asarray(y_pred), np.asarray(groups)
     if not len(y_true) == len(y_pred) == len(groups):
@@ -96,6 +100,15 @@ def group_report(
         loss_by_group = MetricFrame(
             metrics=_mean_loss, y_true=y_true, y_pred=losses, sensitive_features=groups
         ).by_group
+    extra_by_group = {
+        name: MetricFrame(
+            metrics=_mean_loss,
+            y_true=y_true,
+            y_pred=np.asarray(values, dtype=np.float64),
+            sensitive_features=groups,
+        ).by_group
+        for name, values in (per_sample or {}).items()
+    }
     rows = [
         GroupRow(
             group=int(g),
@@ -103,6 +116,7 @@ def group_report(
             count=int(by_group.loc[g, "count"]),
             accuracy=float(by_group.loc[g, "accuracy"]),
             loss=None if loss_by_group is None else float(loss_by_group.loc[g]),
+            extras={name: float(frame.loc[g]) for name, frame in extra_by_group.items()},
         )
         for g in sorted(by_group.index)
     ]

@@ -23,7 +23,7 @@ def kd_loss(
 
 
 class DistillationLoss:
-    """``loss(logits, y, x)`` = CE(logits, y) + weight * KD(logits, teacher(x)).
+    """``loss(logits, y, x, groups)`` = CE(logits, y) + weight * KD(logits, teacher(x)).
 
     The teacher runs in eval mode without gradients; it must live on the batch's device.
     """
@@ -43,8 +43,22 @@ class DistillationLoss:
             p.requires_grad_(False)
         self.temperature, self.weight, self.label_smoothing = temperature, weight, label_smoothing
 
-    def __call__(self, logits: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    def per_sample(self, logits: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """CE + weight * KD of each sample (the fairness objectives weigh or group these)."""
         with torch.no_grad():
             teacher_logits = self.teacher(x)
-        ce = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
-        return ce + self.weight * kd_loss(logits, teacher_logits, temperature=self.temperature)
+        ce = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing, reduction="none")
+        t = self.temperature
+        log_p = F.log_softmax(logits.float() / t, dim=1)
+        log_q = F.log_softmax(teacher_logits.float() / t, dim=1)
+        kd = F.kl_div(log_p, log_q, reduction="none", log_target=True).sum(1) * t * t
+        return ce + self.weight * kd
+
+    def __call__(
+        self,
+        logits: torch.Tensor,
+        y: torch.Tensor,
+        x: torch.Tensor,
+        groups: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        return self.per_sample(logits, y, x).mean()

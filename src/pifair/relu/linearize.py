@@ -61,6 +61,14 @@ class FinetuneSettings:
     recalibrate_bn: bool = True
     select_best: bool = True
     seed: int = 0
+    objective: str = "kd"  # "kd", or fairness-aware: "constrained" (Das et al. 2024), "reweight"
+    mu: float = 1e-3  # dual step of the constrained objective
+
+    def __post_init__(self) -> None:
+        if self.objective not in ("kd", "constrained", "reweight"):
+            raise ValueError(
+                f"fine-tuning objective must be kd, constrained or reweight, got {self.objective!r}"
+            )
 
 
 def reference_settings(
@@ -216,6 +224,14 @@ def _finetune(
     loop = LoopSettings(epochs=settings.epochs, batch_size=settings.batch_size, lr=settings.lr, momentum=settings.momentum,
                         weight_decay=settings.weight_decay, schedule="cosine", seed=settings.seed, device=device, progress=progress)  # fmt: skip
     loss = DistillationLoss(teacher, temperature=settings.temperature, weight=settings.kd_weight)
+    if settings.objective != "kd":
+        from ..fairness.mitigation import ConstrainedLoss, ReweightedLoss
+
+        groups = len(data.group_names)
+        if settings.objective == "constrained":
+            loss = ConstrainedLoss(loss, groups, mu=settings.mu)
+        else:
+            loss = ReweightedLoss(loss, torch.bincount(data.train.groups, minlength=groups))
     return fit(
         model, data, loop, loss_fn=loss, run=run, resume=resume, select_best=settings.select_best
     )

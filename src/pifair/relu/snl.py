@@ -279,10 +279,10 @@ def snl_search(
         bar = tqdm(
             loader, desc=f"SNL search {epoch + 1}", leave=False, disable=None if progress else True
         )
-        for x, y, _ in bar:
+        for x, y, g in bar:
             with autocast_for(device):
                 logits = model(x)
-                loss = loss_fn(logits, y, x)
+                loss = loss_fn(logits, y, x, g)
             loss = loss + lam * _l1(sites)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

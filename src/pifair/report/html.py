@@ -120,6 +120,11 @@ th{background:#f3f3f3}img{max-width:100%;display:block;margin:.6em 0}h2{border-b
 """
 
 
+def _data_name(run: Run) -> str:
+    data = run.metrics.get("data") or run.config.get("data", "-")
+    return data.get("name", "-") if isinstance(data, dict) else str(data)
+
+
 def build_report(
     run_dirs: list[str | os.PathLike], out: str | os.PathLike, *, title: str = "pifair report"
 ) -> Path:
@@ -133,8 +138,8 @@ def build_report(
             [
                 run.path.name,
                 kind,
-                run.config.get("data", "-"),
-                run.config.get("model", "-"),
+                _data_name(run),
+                m.get("model") or run.config.get("model", "-"),
                 f"{m.get('relus', 0):,}" if "relus" in m else "-",
                 pct(m.get("test_accuracy")),
             ]

@@ -15,7 +15,14 @@ def _pyplot():
     return plt
 
 
-__all__ = ["training_curves", "group_accuracy", "search_trajectory", "pareto"]
+__all__ = [
+    "training_curves",
+    "group_accuracy",
+    "search_trajectory",
+    "pareto",
+    "drops_by_budget",
+    "margin_distributions",
+]
 
 
 def training_curves(history: list[dict], path: str | os.PathLike, *, title: str = "") -> None:
@@ -129,6 +136,61 @@ def pareto(
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def drops_by_budget(summary: list[dict], path: str | os.PathLike) -> None:
+    """Per-group accuracy drop against ReLU count, one panel per method (minority dashed)."""
+    plt = _pyplot()
+    labels = list(dict.fromkeys(r["label"] for r in summary))
+    fig, axes = plt.subplots(1, len(labels), figsize=(5 * len(labels), 3.6), squeeze=False)
+    for ax, label in zip(axes[0], labels):
+        rows = sorted((r for r in summary if r["label"] == label), key=lambda r: r["relus"])
+        for name in rows[0]["group_drops"]:
+            minority = name in rows[0]["minority"]
+            ax.plot(
+                [r["relus"] for r in rows],
+                [100 * r["group_drops"][name] for r in rows],
+                marker="o",
+                ls="--" if minority else "-",
+                lw=2 if minority else 1,
+                label=name + (" (minority)" if minority else ""),
+            )
+        ax.set(xscale="log", xlabel="ReLUs", ylabel="accuracy drop (points)", title=label)
+        ax.grid(alpha=0.3, which="both")
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def margin_distributions(
+    margins: dict[str, dict[str, list[float]]], path: str | os.PathLike, *, title: str = ""
+) -> None:
+    """Per group, box plots of the softmax top-1 minus top-2 margin of dense and reduced models."""
+    plt = _pyplot()
+    models = list(margins)
+    groups = list(margins[models[0]])
+    fig, ax = plt.subplots(figsize=(max(6, 0.8 * len(groups) + 2), 3.4))
+    width = 0.8 / len(models)
+    for i, model in enumerate(models):
+        pos = [j + (i - (len(models) - 1) / 2) * width for j in range(len(groups))]
+        box = ax.boxplot(
+            [margins[model][g] for g in groups],
+            positions=pos,
+            widths=width * 0.9,
+            patch_artist=True,
+            showfliers=False,
+        )
+        for patch in box["boxes"]:
+            patch.set_facecolor(f"C{i}")
+            patch.set_alpha(0.6)
+        ax.plot([], [], color=f"C{i}", lw=6, alpha=0.6, label=model)
+    ax.set_xticks(range(len(groups)), groups, rotation=45)
+    ax.set(ylabel="top-1 minus top-2 softmax", title=title)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -149,6 +149,8 @@ def fit(
         sched.load_state_dict(state["scheduler"])
         history, start = state["history"], state["epoch"]
         best = state.get("best")
+        if state.get("loss") is not None and hasattr(loss_fn, "load_state_dict"):
+            loss_fn.load_state_dict(state["loss"])
         run.log.info("resumed from epoch %d", start)
     torch.manual_seed(settings.seed + start)
     for epoch in range(start, settings.epochs):
@@ -166,10 +168,10 @@ def fit(
             leave=False,
             disable=None if settings.progress else True,
         )
-        for x, y, _ in bar:
+        for x, y, g in bar:
             with autocast_for(device):
                 logits = model(x)
-                loss = loss_fn(logits, y, x)
+                loss = loss_fn(logits, y, x, g)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -190,6 +192,8 @@ def fit(
             "lr": opt.param_groups[0]["lr"],
             "epoch_time_s": train_time,
         }
+        if hasattr(loss_fn, "end_epoch"):  # objectives with per-epoch state (dual variables)
+            record |= loss_fn.end_epoch()
         history.append(record)
         if select_best and (best is None or val.accuracy > best["val_accuracy"]):
             best = {
@@ -210,6 +214,7 @@ def fit(
                     "scheduler": sched.state_dict(),
                     "history": history,
                     "best": best,
+                    "loss": loss_fn.state_dict() if hasattr(loss_fn, "state_dict") else None,
                 }
             )
             run.log.info("epoch %d: %s", epoch + 1, record)

@@ -78,7 +78,9 @@ def train(
 
 
 def _cross_entropy(label_smoothing: float):
-    def loss(logits: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    def loss(
+        logits: torch.Tensor, y: torch.Tensor, x: torch.Tensor, groups: torch.Tensor
+    ) -> torch.Tensor:
         return F.cross_entropy(logits, y, label_smoothing=label_smoothing)
 
     return loss

@@ -68,6 +68,21 @@ class LinearizeJob:
         )
 
 
+def search_checkpoint_of(run_dir: Path) -> Path | None:
+    """The SNL search checkpoint that produced a linearize run (its own, or its sweep's)."""
+    run_dir = Path(run_dir)
+    config = Run.open(run_dir).config
+    method = (config.get("methods") or ["snl"])[0]
+    for candidate in (
+        run_dir / SEARCH,
+        run_dir.parent / f"search-{method}.pt",
+        run_dir.parent / SEARCH,
+    ):
+        if candidate.exists():
+            return candidate
+    return None
+
+
 def _budget_label(b: str | int) -> str:
     return str(b).replace("%", "pct")
 
@@ -100,7 +115,7 @@ def _write_result(
         drop=dense_test.accuracy - test.accuracy, val_accuracy=val.accuracy, val_accuracy_before_finetune=result.val_accuracy_before_finetune,
         test=test.as_dict(), dense_test=dense_test.as_dict(), search=result.search, history=result.finetune_history,
         seconds=result.seconds | {"total": result.seconds["search"] + result.seconds["finetune"]}, reference=job.reference,
-        data=data.summary(), model=record["model"], device=str(resolve_device(job.device)),
+        data=data.summary(), model=record["model"], device=str(resolve_device(job.device)), objective=job.finetune.objective,
     )  # fmt: skip
     if result.finetune_history:
         plots.training_curves(
@@ -147,9 +162,18 @@ def _budget_run(root: Run, job: LinearizeJob, method: str, budget: str) -> Run:
     return Run.create("linearize", sub.as_config(), out=path)
 
 
-def _save_search(path: Path, state: dict) -> None:
+def _save_search(path: Path, log, state: dict) -> None:
+    """Checkpoint the search (atomically) and log its epoch."""
     with atomic_open(path, "wb") as f:
         torch.save(state, f)
+    last = state["history"][-1]
+    log.info(
+        "SNL search epoch %d: %s ReLUs above threshold, lambda %.3g, %.0f s",
+        last["epoch"],
+        f"{last['count']:,}",
+        last["lambda"],
+        last["seconds"],
+    )
 
 
 def _finetune_run(runs_by_count: dict[int, Run], budget: int) -> tuple[Run, bool]:
@@ -192,7 +216,7 @@ def run_linearize(
         results = linearize_many(
             dense, data, todo, granularity=job.granularity, method=method, search=job.search, finetune=job.finetune,
             reference=job.reference, device=device, progress=progress, search_state=state,
-            on_search_epoch=partial(_save_search, search_file), finetune_run=partial(_finetune_run, by_count),
+            on_search_epoch=partial(_save_search, search_file, root.log), finetune_run=partial(_finetune_run, by_count),
         )  # fmt: skip
         for budget, result in results.items():
             _write_result(

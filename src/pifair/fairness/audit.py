@@ -1,0 +1,230 @@
+"""Who pays for a ReLU reduction (Das, Romanelli, Fioretto, ICML 2024; DESIGN.md section 7).
+
+For a reduced model and its dense parent, per group: accuracy and loss of both, the drop, the
+mean distance to the decision boundary (softmax top-1 minus top-2) and the mean per-sample
+gradient norm; overall: worst-group accuracy, the spread between the largest and smallest
+drops, and the gap between the mean drops of minority and majority groups.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data import Dataset
+from ._group_metrics import GroupReport, group_report
+
+__all__ = [
+    "GroupAudit",
+    "PairAudit",
+    "audit_pair",
+    "margins",
+    "per_sample_grad_norms",
+    "minority_groups",
+    "mean_ci",
+]
+
+
+def margins(logits: torch.Tensor) -> torch.Tensor:
+    """Softmax top-1 minus top-2 of each sample: its distance to the decision boundary."""
+    top2 = torch.softmax(logits.float(), dim=1).topk(2, dim=1).values
+    return top2[:, 0] - top2[:, 1]
+
+
+def per_sample_grad_norms(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, chunk: int = 64
+) -> torch.Tensor:
+    """L2 norm of each sample's cross-entropy gradient over all trainable parameters.
+
+    torch.func (vmap over grad) gives per-sample gradients without Opacus; the model runs in
+    eval mode so batch norm uses its running statistics and samples stay independent.
+    """
+    from torch.func import functional_call, grad, vmap
+
+    model.eval()
+    params = {k: v.detach() for k, v in model.named_parameters() if v.requires_grad}
+    buffers = {k: v.detach() for k, v in model.named_buffers()}
+
+    def loss(p, xi, yi):
+        out = functional_call(model, (p, buffers), (xi.unsqueeze(0),))
+        return F.cross_entropy(out, yi.unsqueeze(0))
+
+    per_sample = vmap(grad(loss), in_dims=(None, 0, 0))
+    norms = []
+    for i in range(0, len(x), chunk):
+        grads = per_sample(params, x[i : i + chunk], y[i : i + chunk])
+        sq = sum(g.flatten(1).pow(2).sum(1) for g in grads.values())
+        norms.append(sq.sqrt())
+    return torch.cat(norms)
+
+
+def minority_groups(data: Dataset) -> list[int]:
+    """Groups with fewer than half the training samples of the largest group (none when the
+    groups are balanced, e.g. classes of Fashion-MNIST without ``--keep``)."""
+    counts = torch.bincount(data.train.groups, minlength=len(data.group_names)).float()
+    present = counts > 0
+    largest = counts.max()
+    return [g for g in range(len(counts)) if present[g] and counts[g] < 0.5 * largest]
+
+
+@dataclass
+class GroupAudit:
+    group: int
+    name: str
+    count: int
+    minority: bool
+    dense_accuracy: float
+    reduced_accuracy: float
+    drop: float
+    dense_loss: float
+    reduced_loss: float
+    dense_margin: float
+    reduced_margin: float
+    dense_grad_norm: float | None
+    reduced_grad_norm: float | None
+
+
+@dataclass
+class PairAudit:
+    """One reduced model against its dense parent on one split."""
+
+    name: str
+    relus: int
+    dense_relus: int
+    dense_accuracy: float
+    reduced_accuracy: float
+    groups: list[GroupAudit] = field(default_factory=list)
+    margins: dict[str, dict[str, list[float]]] = field(
+        default_factory=dict
+    )  # model -> group name -> values
+
+    @property
+    def drop(self) -> float:
+        return self.dense_accuracy - self.reduced_accuracy
+
+    @property
+    def worst_group_accuracy(self) -> float:
+        return min(g.reduced_accuracy for g in self.groups)
+
+    @property
+    def drop_spread(self) -> float:
+        """Largest minus smallest per-group drop."""
+        drops = [g.drop for g in self.groups]
+        return max(drops) - min(drops)
+
+    @property
+    def minority_gap(self) -> float | None:
+        """Mean drop of minority groups minus mean drop of majority groups (None if balanced)."""
+        minority = [g.drop for g in self.groups if g.minority]
+        majority = [g.drop for g in self.groups if not g.minority]
+        if not minority or not majority:
+            return None
+        return float(np.mean(minority) - np.mean(majority))
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("margins")
+        return d | {
+            "drop": self.drop,
+            "worst_group_accuracy": self.worst_group_accuracy,
+            "drop_spread": self.drop_spread,
+            "minority_gap": self.minority_gap,
+        }
+
+
+def _report(
+    model: nn.Module, data: Dataset, split: str, device: torch.device
+) -> tuple[GroupReport, torch.Tensor, torch.Tensor, torch.Tensor]:
+    from ..training.loop import predict  # late import: training imports fairness
+
+    logits, y, g = predict(model.to(device), data, split, device=device)
+    losses = F.cross_entropy(logits, y, reduction="none")
+    m = margins(logits)
+    report = group_report(
+        y.numpy(),
+        logits.argmax(1).numpy(),
+        g.numpy(),
+        data.group_names,
+        losses=losses.numpy(),
+        per_sample={"margin": m.numpy()},
+    )
+    return report, m, y, g
+
+
+def _grad_norm_by_group(
+    model: nn.Module, data: Dataset, split: str, device: torch.device, per_group: int
+) -> dict[int, float]:
+    s = data.split(split)
+    gen = torch.Generator().manual_seed(0)
+    index = torch.cat(
+        [
+            idx[torch.randperm(len(idx), generator=gen)[:per_group]]
+            for idx in (torch.nonzero(s.groups == g).flatten() for g in torch.unique(s.groups))
+        ]
+    )
+    x = data.normalize(s.x[index].to(device))
+    norms = per_sample_grad_norms(model.to(device), x, s.y[index].to(device)).cpu()
+    report = group_report(
+        s.y[index].numpy(),
+        s.y[index].numpy(),
+        s.groups[index].numpy(),
+        data.group_names,
+        per_sample={"grad_norm": norms.numpy()},
+    )
+    return {r.group: r.extras["grad_norm"] for r in report.groups}
+
+
+def audit_pair(dense: nn.Module, reduced: nn.Module, data: Dataset, *, name: str = "reduced", relus: int, dense_relus: int,
+               split: str = "test", grad_samples: int = 128, device: torch.device | str = "cpu") -> PairAudit:  # fmt: skip
+    """Per-group audit of ``reduced`` against ``dense`` on ``split``.
+
+    ``grad_samples`` per group enter the gradient-norm means (0 skips them: they cost one
+    backward pass per sample).
+    """
+    device = torch.device(device)
+    minority = set(minority_groups(data))
+    d_rep, d_m, _, g = _report(dense, data, split, device)
+    r_rep, r_m, _, _ = _report(reduced, data, split, device)
+    d_norm = _grad_norm_by_group(dense, data, split, device, grad_samples) if grad_samples else {}
+    r_norm = _grad_norm_by_group(reduced, data, split, device, grad_samples) if grad_samples else {}
+    rows = []
+    for d, r in zip(d_rep.groups, r_rep.groups):
+        rows.append(GroupAudit(
+            group=d.group, name=d.name, count=d.count, minority=d.group in minority,
+            dense_accuracy=d.accuracy, reduced_accuracy=r.accuracy, drop=d.accuracy - r.accuracy,
+            dense_loss=d.loss, reduced_loss=r.loss, dense_margin=d.extras["margin"], reduced_margin=r.extras["margin"],
+            dense_grad_norm=d_norm.get(d.group), reduced_grad_norm=r_norm.get(d.group),
+        ))  # fmt: skip
+    names = data.group_names
+    dist = {
+        label: {names[int(k)]: m[g == k].tolist() for k in torch.unique(g)}
+        for label, m in (("dense", d_m), (name, r_m))
+    }
+    return PairAudit(
+        name=name,
+        relus=relus,
+        dense_relus=dense_relus,
+        dense_accuracy=d_rep.accuracy,
+        reduced_accuracy=r_rep.accuracy,
+        groups=rows,
+        margins=dist,
+    )
+
+
+def mean_ci(values: list[float], confidence: float = 0.95) -> tuple[float, float]:
+    """Mean and half-width of the t confidence interval (0 for a single value)."""
+    from scipy import stats
+
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    if not values:
+        return float("nan"), float("nan")
+    mean = float(np.mean(values))
+    if len(values) < 2:
+        return mean, 0.0
+    half = float(stats.t.ppf(0.5 + confidence / 2, len(values) - 1) * stats.sem(values))
+    return mean, half

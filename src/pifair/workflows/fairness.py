@@ -1,0 +1,131 @@
+"""``pifair audit`` and ``pifair mitigate``: who pays for a reduction, and fine-tuning that
+spreads the cost more evenly."""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from dataclasses import replace
+from pathlib import Path
+
+from ..fairness.audit import PairAudit, audit_pair, mean_ci
+from ..relu import count_relus
+from ..report import plots
+from ..runs import Run
+from ..training import dataset_for_run, load_from_run, resolve_device
+from .linearize import LinearizeJob, run_linearize, search_checkpoint_of
+
+__all__ = ["run_audit", "run_mitigate"]
+
+
+def _parent_of(reduced: Path, default: Path) -> Path:
+    parent = Run.open(reduced).config.get("from")
+    return Path(parent) if parent and (Path(parent) / "model.pt").exists() else default
+
+
+def _label(run: Run) -> str:
+    m = run.metrics
+    objective = m.get("objective", "kd")
+    return f"{m.get('method', 'reduced')}{'' if objective == 'kd' else '+' + objective}"
+
+
+def run_audit(dense_dir: str | os.PathLike, reduced_dirs: list[str | os.PathLike], *, out: str | os.PathLike | None = None,
+              split: str = "test", grad_samples: int = 128, device: str = "auto") -> Run:  # fmt: skip
+    """Audit each reduced run against its dense parent (its ``--from`` run, else ``dense_dir``).
+
+    Runs that differ only by seed are summarised with a 95 % confidence interval.
+    """
+    dev = resolve_device(device)
+    config = {
+        "dense": str(dense_dir),
+        "reduced": [str(r) for r in reduced_dirs],
+        "split": split,
+        "grad_samples": grad_samples,
+        "device": device,
+    }
+    run = Run.create("audit", config, out=out)
+    pairs: list[tuple[Run, PairAudit]] = []
+    for reduced_dir in map(Path, reduced_dirs):
+        parent_dir = _parent_of(reduced_dir, Path(dense_dir))
+        dense, _, parent = load_from_run(parent_dir)
+        reduced, _, reduced_run = load_from_run(reduced_dir)
+        data = dataset_for_run(parent)
+        audit = audit_pair(dense, reduced, data, name=reduced_dir.name, relus=count_relus(reduced, data.input_shape).total,
+                           dense_relus=count_relus(dense, data.input_shape).total, split=split, grad_samples=grad_samples, device=dev)  # fmt: skip
+        pairs.append((reduced_run, audit))
+        run.log.info(
+            "%s: drop %.4f, worst group %.4f, spread %.4f, minority gap %s",
+            reduced_dir,
+            audit.drop,
+            audit.worst_group_accuracy,
+            audit.drop_spread,
+            audit.minority_gap,
+        )
+    summary = _summarise(pairs)
+    run.update_metrics(
+        kind="audit",
+        split=split,
+        group_by=data.group_by,
+        pairs=[a.as_dict() | {"run": str(r.path), "label": _label(r)} for r, a in pairs],
+        summary=summary,
+    )
+    plots.drops_by_budget(summary, run.file("drops.png"))
+    for i, (_, audit) in enumerate(pairs[:6]):
+        plots.margin_distributions(
+            audit.margins,
+            run.file(f"margins-{i}.png"),
+            title=f"distance to the decision boundary: {audit.name}",
+        )
+    return run
+
+
+def _summarise(pairs: list[tuple[Run, PairAudit]]) -> list[dict]:
+    """Per (label, ReLUs): mean and 95 % CI across seeds of the overall and per-group numbers."""
+    by_key: dict[tuple[str, int], list[PairAudit]] = defaultdict(list)
+    for run, audit in pairs:
+        by_key[(_label(run), audit.relus)].append(audit)
+    rows = []
+    for (label, relus), audits in sorted(by_key.items(), key=lambda kv: (kv[0][0], kv[0][1])):
+        row = {"label": label, "relus": relus, "runs": len(audits)}
+        for key, values in (
+            ("drop", [a.drop for a in audits]),
+            ("accuracy", [a.reduced_accuracy for a in audits]),
+            ("worst_group_accuracy", [a.worst_group_accuracy for a in audits]),
+            ("drop_spread", [a.drop_spread for a in audits]),
+            ("minority_gap", [a.minority_gap for a in audits]),
+        ):
+            mean, half = mean_ci(values)
+            row[key], row[f"{key}_ci"] = mean, half
+        names = [g.name for g in audits[0].groups]
+        row["group_drops"] = {
+            n: mean_ci([a.groups[i].drop for a in audits])[0] for i, n in enumerate(names)
+        }
+        row["minority"] = [g.name for g in audits[0].groups if g.minority]
+        rows.append(row)
+    return rows
+
+
+def run_mitigate(reduced_dir: str | os.PathLike, *, objective: str = "constrained", mu: float = 1e-3, out: str | os.PathLike | None = None,
+                 epochs: int | None = None, progress: bool = True) -> Run:  # fmt: skip
+    """Redo the fine-tuning of a linearize run with a fairness-aware objective.
+
+    The reduction itself is replayed from the run's SNL search checkpoint (same masks), so the
+    only difference from the original run is the fine-tuning objective.
+    """
+    reduced_dir = Path(reduced_dir)
+    config = Run.open(reduced_dir).config
+    if config.get("command") != "linearize":
+        raise ValueError(
+            f"{reduced_dir} is not a linearize run (command {config.get('command')!r}); give a reduced model's run folder"
+        )
+    job = LinearizeJob.from_config(config)
+    finetune = replace(
+        job.finetune, objective=objective, mu=mu, **({"epochs": epochs} if epochs else {})
+    )
+    job = replace(job, finetune=finetune)
+    search = search_checkpoint_of(reduced_dir)
+    if search is None and "snl" in job.methods:
+        raise FileNotFoundError(
+            f"no SNL search checkpoint for {reduced_dir} (search.pt); rerun pifair linearize with --mitigate instead"
+        )
+    return run_linearize(job, out=out, progress=progress, search_from=search)
