@@ -121,3 +121,66 @@ def test_interrupted_search_resumes_from_its_state(digits):
     assert epochs and epochs[0] == 2  # continued, not restarted
     assert [h["epoch"] for h in result[10].search["history"]][:2] == [1, 2]
     assert result[10].relus == 10
+
+
+def test_mitigate_and_audit_commands(dense_run, tmp_path, capsys):
+    lin = tmp_path / "lin"
+    assert (
+        main(["linearize", "--from", str(dense_run), "--budget", "100", "--out", str(lin), *QUICK])
+        == 0
+    )
+    mit = tmp_path / "mit"
+    assert (
+        main(["mitigate", "--from", str(lin), "--epochs", "1", "--out", str(mit), "--no-progress"])
+        == 0
+    )
+    m = json.loads((mit / "metrics.json").read_text())
+    assert m["objective"] == "constrained" and m["relus"] == 100 and "gamma" in m["history"][0]
+    # the same masks as the run it mitigates: only the fine-tuning differs
+    a = torch.load(lin / "model.pt", weights_only=True)["state_dict"]
+    b = torch.load(mit / "model.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a if k.endswith("mask"))
+    audit = tmp_path / "audit"
+    assert (
+        main(
+            [
+                "audit",
+                str(dense_run),
+                str(lin),
+                str(mit),
+                "--grad-samples",
+                "4",
+                "--out",
+                str(audit),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
+    pairs = json.loads((audit / "metrics.json").read_text())["pairs"]
+    assert [p["label"] for p in pairs] == ["snl", "snl+constrained"]
+    assert (audit / "drops.png").exists() and (audit / "margins-0.png").exists()
+    assert main(["mitigate", "--from", str(dense_run)]) == 2
+    assert "not a linearize run" in capsys.readouterr().err
+
+
+def test_linearize_with_mitigate_flag(dense_run, tmp_path):
+    out = tmp_path / "linmit"
+    assert (
+        main(
+            [
+                "linearize",
+                "--from",
+                str(dense_run),
+                "--budget",
+                "100",
+                "--mitigate",
+                "--out",
+                str(out),
+                *QUICK,
+            ]
+        )
+        == 0
+    )
+    assert json.loads((out / "metrics.json").read_text())["objective"] == "constrained"

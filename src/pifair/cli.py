@@ -126,8 +126,103 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_linearize_flags(p, method_flag="--methods")
 
+    p = sub.add_parser(
+        "audit",
+        help="per-group accuracy, drop, margins and gradient norms of reduced models vs their dense parent",
+    )
+    p.add_argument(
+        "dense", type=Path, help="the dense run (parent of reduced runs that do not name theirs)"
+    )
+    p.add_argument(
+        "reduced", type=Path, nargs="+", help="reduced runs (linearize runs, or sweep folders)"
+    )
+    p.add_argument("--split", default="test", choices=["val", "test"])
+    p.add_argument(
+        "--grad-samples",
+        type=int,
+        default=128,
+        help="samples per group for the gradient norms (0: skip)",
+    )
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", type=Path)
+
+    p = sub.add_parser(
+        "mitigate", help="redo a reduced model's fine-tuning with a fairness-aware objective"
+    )
+    p.add_argument(
+        "--from", dest="from_run", type=Path, required=True, help="a linearize run folder"
+    )
+    p.add_argument(
+        "--objective",
+        choices=["constrained", "reweight"],
+        default="constrained",
+        help="constrained: Das et al. 2024 (default); reweight: inverse group frequency",
+    )
+    p.add_argument(
+        "--mu",
+        type=float,
+        default=1e-3,
+        help="dual step of the constrained objective (default 1e-3)",
+    )
+    p.add_argument("--epochs", type=int, help="fine-tuning epochs (default: the run's)")
+    p.add_argument("--out", type=Path)
+    p.add_argument("--no-progress", action="store_true")
+
     sub.add_parser("list", help="the registered data sets and models")
     return parser
+
+
+def _expand_sweeps(paths: list[Path]) -> list[Path]:
+    """Sweep folders stand for their sub-runs."""
+    out = []
+    for p in paths:
+        subs = (
+            sorted(q for q in p.iterdir() if (q / "model.pt").exists())
+            if p.is_dir() and not (p / "model.pt").exists()
+            else []
+        )
+        out += subs or [p]
+    return out
+
+
+def _cmd_audit(ns: argparse.Namespace) -> None:
+    from .workflows.fairness import run_audit
+
+    run = run_audit(
+        ns.dense,
+        _expand_sweeps(ns.reduced),
+        out=ns.out,
+        split=ns.split,
+        grad_samples=ns.grad_samples,
+        device=ns.device,
+    )
+    print(
+        f"{'run':<28} {'ReLUs':>8} {'acc':>7} {'drop':>6} {'worst':>7} {'spread':>7} {'min-maj':>8}"
+    )
+    for p in run.metrics["pairs"]:
+        gap = "-" if p["minority_gap"] is None else f"{100 * p['minority_gap']:.2f}"
+        print(
+            f"{Path(p['run']).name:<28} {p['relus']:>8,} {100 * p['reduced_accuracy']:6.2f}% {100 * p['drop']:6.2f} {100 * p['worst_group_accuracy']:6.2f}% {100 * p['drop_spread']:7.2f} {gap:>8}"
+        )
+    print(f"audit: {run.path}")
+
+
+def _cmd_mitigate(ns: argparse.Namespace) -> None:
+    from .workflows.fairness import run_mitigate
+
+    run = run_mitigate(
+        ns.from_run,
+        objective=ns.objective,
+        mu=ns.mu,
+        out=ns.out,
+        epochs=ns.epochs,
+        progress=not ns.no_progress,
+    )
+    m = run.metrics
+    print(
+        f"{ns.objective} fine-tuning at {m['relus']:,} ReLUs: test {100 * m['test_accuracy']:.2f}% (dense {100 * m['dense_test_accuracy']:.2f}%), "
+        f"worst group {100 * m['test']['worst_group_accuracy']:.2f}%  run: {run.path}"
+    )
 
 
 # flag -> (section of LinearizeJob, key); section None is the job itself
@@ -137,6 +232,7 @@ _LINEARIZE_FLAGS = {
     "search_epochs": ("search", "max_epochs"), "mask_lr": ("search", "mask_lr"), "lambda_init": ("search", "lambda_init"),
     "lambda_growth": ("search", "lambda_growth"), "lambda_warmup": ("search", "lambda_warmup"),
     "finetune_epochs": ("finetune", "epochs"), "finetune_lr": ("finetune", "lr"), "batch_size": (None, "batch_size"),
+    "objective": ("finetune", "objective"),
 }  # fmt: skip
 
 
@@ -168,6 +264,10 @@ def _add_linearize_flags(p: argparse.ArgumentParser, *, method_flag: str) -> Non
         default=S,
         help="SNL's reference settings: lambda x1.1, threshold binarization, no corrections",
     )
+    p.add_argument(
+        "--mitigate", dest="objective", action="store_const", const="constrained", default=S,
+        help="fine-tune with Das et al.'s fairness-constrained objective instead of plain CE + KD",
+    )  # fmt: skip
     p.add_argument(
         "--search-epochs", type=int, default=S, help="most SNL search epochs (default 30)"
     )
@@ -350,6 +450,8 @@ def _cmd_list(ns: argparse.Namespace) -> None:
 
 _COMMANDS = {
     "linearize": _cmd_linearize,
+    "audit": _cmd_audit,
+    "mitigate": _cmd_mitigate,
     "sweep": _cmd_sweep,
     "train": _cmd_train,
     "eval": _cmd_eval,

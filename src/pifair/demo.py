@@ -7,6 +7,7 @@ after Ctrl-C continues where it stopped. Every capability adds its stage here.
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from .relu.snl import SearchSettings
 from .report import build_report
 from .runs import CHECKPOINT, MODEL, Run
 from .training import TrainConfig, train
+from .workflows.fairness import run_audit, run_mitigate
 from .workflows.linearize import LinearizeJob, run_linearize
 
 __all__ = ["run_demo", "DEMO_TRAIN"]
@@ -83,8 +85,35 @@ def run_demo(
             f"SNL {row['relus']:>6,} ReLUs: test {100 * row['test_accuracy']:.2f}% (drop {100 * row['drop']:.2f} points)"
         )
 
+    _stage("4. mitigate: refit the 1,000-ReLU model with the fairness-constrained objective")
+    mitigated = out / "mitigate-1000"
+    if not (mitigated / MODEL).exists():
+        shutil.rmtree(
+            mitigated, ignore_errors=True
+        )  # a killed mitigation restarts (its search is reused)
+        run_mitigate(
+            sweep / f"snl-{DEMO_BUDGETS[0]}",
+            objective="constrained",
+            out=mitigated,
+            progress=progress,
+        )
+    m = Run.open(mitigated).metrics
+    print(
+        f"constrained fine-tuning: test {100 * m['test_accuracy']:.2f}%, worst group {100 * m['test']['worst_group_accuracy']:.2f}%"
+    )
+
+    _stage("5. audit: who pays for the reduction")
+    reduced = sorted(p for p in sweep.iterdir() if (p / MODEL).exists()) + [mitigated]
+    audit = out / "audit"
+    shutil.rmtree(audit, ignore_errors=True)  # cheap: always redone from the models
+    audit_run = run_audit(base, reduced, out=audit, grad_samples=64)
+    for p in audit_run.metrics["pairs"]:
+        print(
+            f"{p['label']:<16} {p['relus']:>6,} ReLUs: drop {100 * p['drop']:.2f} points, worst group {100 * p['worst_group_accuracy']:.2f}%, spread of drops {100 * p['drop_spread']:.2f}"
+        )
+
     _stage("report")
-    runs = [base, sweep] + sorted(p for p in sweep.iterdir() if (p / MODEL).exists())
+    runs = [base, sweep, *reduced, audit]
     report = build_report(runs, out / "report.html", title="pifair demo: Fashion-MNIST on CPU")
     print(f"demo finished in {time.perf_counter() - t0:.0f} s; report: {report}")
     return report

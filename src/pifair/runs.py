@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -74,14 +75,25 @@ class Run:
             return cls(path, yaml.safe_load(f) or {})
 
     @classmethod
-    def resume(cls, path: str | os.PathLike, config: dict[str, Any] | None = None) -> Run:
-        """Reopen a run to continue it. ``config`` (when given) must match the saved one."""
+    def resume(
+        cls,
+        path: str | os.PathLike,
+        config: dict[str, Any] | None = None,
+        *,
+        normalize: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    ) -> Run:
+        """Reopen a run to continue it. ``config`` (when given) must match the saved one.
+
+        ``normalize`` maps the saved config through its dataclass first, so settings added
+        since the run was written compare equal to their defaults.
+        """
         run = cls.open(path)
         if config is not None:
+            saved = normalize(run.config) if normalize else run.config
             diffs = {
-                k: (run.config.get(k), v)
-                for k, v in {"command": run.config.get("command"), **config}.items()
-                if k not in _RUNTIME_KEYS and run.config.get(k) != v
+                k: (saved.get(k), v)
+                for k, v in {"command": saved.get("command"), **config}.items()
+                if k not in _RUNTIME_KEYS and saved.get(k) != v
             }
             if diffs:
                 lines = ", ".join(f"{k}: saved {a!r} vs given {b!r}" for k, (a, b) in diffs.items())

@@ -83,6 +83,11 @@ def search_checkpoint_of(run_dir: Path) -> Path | None:
     return None
 
 
+def _normalized(config: dict) -> dict:
+    """A saved job config with the defaults of settings added since it was written."""
+    return LinearizeJob.from_config(config).as_config() | {"command": config.get("command")}
+
+
 def _budget_label(b: str | int) -> str:
     return str(b).replace("%", "pct")
 
@@ -158,7 +163,7 @@ def _budget_run(root: Run, job: LinearizeJob, method: str, budget: str) -> Run:
         )
     )
     if (path / "config.yaml").exists():
-        return Run.resume(path, sub.as_config() | {"command": "linearize"})
+        return Run.resume(path, sub.as_config() | {"command": "linearize"}, normalize=_normalized)
     return Run.create("linearize", sub.as_config(), out=path)
 
 
@@ -188,15 +193,20 @@ def run_linearize(
     resume: bool = False,
     progress: bool = True,
     sweep: bool = False,
+    search_from: Path | None = None,
 ) -> Run:
-    """Run ``job``; a single (method, budget) writes one run folder, a sweep a folder of them."""
+    """Run ``job``; a single (method, budget) writes one run folder, a sweep a folder of them.
+
+    ``search_from`` reuses the SNL search checkpoint of an earlier run (same search settings),
+    so only the binarization and fine-tuning are redone (``pifair mitigate``).
+    """
     device = resolve_device(job.device)
     dense, record, parent = load_from_run(job.from_run)
     data = dataset_for_run(parent)
     dense_relus = count_relus(dense, data.input_shape).total
     command = "sweep-linearize" if sweep else "linearize"
     if resume:
-        root = Run.resume(out, job.as_config() | {"command": command})
+        root = Run.resume(out, job.as_config() | {"command": command}, normalize=_normalized)
     else:
         root = Run.create(command, job.as_config(), out=out)
     dense_test = evaluate(dense.to(device), data, "test")
@@ -208,11 +218,8 @@ def run_linearize(
             continue
         by_count = {parse_budget(b, dense_relus): runs[b] for b in todo}
         search_file = root.file(SEARCH if len(job.methods) == 1 else f"search-{method}.pt")
-        state = (
-            torch.load(search_file, map_location="cpu", weights_only=False)
-            if search_file.exists()
-            else None
-        )
+        source = search_file if search_file.exists() else search_from
+        state = torch.load(source, map_location="cpu", weights_only=False) if source else None
         results = linearize_many(
             dense, data, todo, granularity=job.granularity, method=method, search=job.search, finetune=job.finetune,
             reference=job.reference, device=device, progress=progress, search_state=state,
