@@ -1,5 +1,6 @@
 import csv
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -184,3 +185,52 @@ def test_linearize_with_mitigate_flag(dense_run, tmp_path):
         == 0
     )
     assert json.loads((out / "metrics.json").read_text())["objective"] == "constrained"
+
+
+ADULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "adult"
+
+
+@pytest.mark.skipif(not (ADULT / "adult.data").exists(), reason="Adult not present")
+def test_adult_mlp_by_sex_linearize_and_audit(tmp_path):
+    dense = tmp_path / "dense"
+    assert main(["train", "--data", "adult", "--data-dir", str(ADULT), "--group-by", "sex", "--model", "mlp", "--limit", "3000",
+                 "--epochs", "2", "--lr", "0.05", "--device", "cpu", "--out", str(dense), "--no-progress"]) == 0  # fmt: skip
+    lin = tmp_path / "lin"
+    assert (
+        main(
+            [
+                "linearize",
+                "--from",
+                str(dense),
+                "--budget",
+                "10%",
+                "--mitigate",
+                "--out",
+                str(lin),
+                *QUICK,
+            ]
+        )
+        == 0
+    )
+    assert json.loads((lin / "metrics.json").read_text())["relus"] == round(0.1 * 512)
+    audit = tmp_path / "audit"
+    assert (
+        main(
+            [
+                "audit",
+                str(dense),
+                str(lin),
+                "--grad-samples",
+                "8",
+                "--out",
+                str(audit),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
+    pair = json.loads((audit / "metrics.json").read_text())["pairs"][0]
+    assert [g["name"] for g in pair["groups"]] == ["Female", "Male"]
+    assert [g["minority"] for g in pair["groups"]] == [True, False]
+    assert pair["minority_gap"] is not None

@@ -64,12 +64,12 @@ def per_sample_grad_norms(
 
 
 def minority_groups(data: Dataset) -> list[int]:
-    """Groups with fewer than half the training samples of the largest group (none when the
-    groups are balanced, e.g. classes of Fashion-MNIST without ``--keep``)."""
+    """Groups with fewer than 80 % of the mean group's training samples: the smaller sex in
+    Adult, the kept-at-10 % classes of ``--keep``; none when groups are balanced."""
     counts = torch.bincount(data.train.groups, minlength=len(data.group_names)).float()
     present = counts > 0
-    largest = counts.max()
-    return [g for g in range(len(counts)) if present[g] and counts[g] < 0.5 * largest]
+    mean = counts[present].mean()
+    return [g for g in range(len(counts)) if present[g] and counts[g] < 0.8 * mean]
 
 
 @dataclass

@@ -28,7 +28,7 @@ def audit_section(run: Run) -> str:
     parts = [
         f"<p>Per-group audit on the {m['split']} split, groups by {m['group_by']}. Drops in points (dense minus reduced); "
         "± is the 95 % confidence interval across seeds. <i>min-maj</i>: mean drop of minority groups minus that of majority groups "
-        "(minority: fewer than half the training samples of the largest group).</p>",
+        "(minority: fewer than 80 % of the mean group's training samples).</p>",
         table(
             [
                 "method",
