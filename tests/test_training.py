@@ -13,6 +13,19 @@ from pifair.cli import main
 from pifair.evaluation import evaluate_run
 from pifair.training import TrainConfig, load_from_run, train
 
+TRAIN_DIGITS_MLP = [
+    "train",
+    "--data",
+    "digits",
+    "--model",
+    "mlp",
+    "--epochs",
+    "1",
+    "--device",
+    "cpu",
+    "--no-progress",
+]
+
 
 def _cfg(**kw) -> TrainConfig:
     base = dict(data="digits", model="mlp", epochs=3, batch_size=64, lr=0.05, seed=0, device="cpu")
@@ -51,25 +64,7 @@ def test_same_seed_same_model(tmp_path):
 
 
 def test_config_yaml_reruns_the_command(tmp_path, capsys):
-    assert (
-        main(
-            [
-                "train",
-                "--data",
-                "digits",
-                "--model",
-                "mlp",
-                "--epochs",
-                "1",
-                "--device",
-                "cpu",
-                "--out",
-                str(tmp_path / "a"),
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
+    assert main([*TRAIN_DIGITS_MLP, "--out", str(tmp_path / "a")]) == 0
     assert (
         main(
             [
@@ -101,25 +96,7 @@ def test_cli_errors_are_one_clear_line(capsys, tmp_path):
 
 
 def test_resume_refuses_a_different_config(tmp_path, capsys):
-    assert (
-        main(
-            [
-                "train",
-                "--data",
-                "digits",
-                "--model",
-                "mlp",
-                "--epochs",
-                "1",
-                "--device",
-                "cpu",
-                "--out",
-                str(tmp_path / "a"),
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
+    assert main([*TRAIN_DIGITS_MLP, "--out", str(tmp_path / "a")]) == 0
     assert main(["train", "--resume", str(tmp_path / "a"), "--lr", "0.3"]) == 2
     assert "lr: saved 0.1 vs given 0.3" in capsys.readouterr().err
 

@@ -13,7 +13,8 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_open
-from ..errors import DataNotFoundError, MissingExtraError
+from ..errors import DataNotFoundError
+from ..extras import require
 from .paths import find_file, search_roots
 
 __all__ = ["read_idx", "load_fashion_mnist_arrays", "load_cifar10_arrays", "load_digits_arrays"]
@@ -90,13 +91,12 @@ def load_fashion_mnist_arrays(
     """
     folder = _fashion_dir(data_dir)
     if folder is None and download:
-        try:
-            from torchvision.datasets import FashionMNIST
-        except ImportError as err:
-            raise MissingExtraError("torchvision", "vision", "downloading Fashion-MNIST") from err
+        datasets = require(
+            "torchvision.datasets", extra="vision", purpose="downloading Fashion-MNIST"
+        )
         root = Path(data_dir or "data")
-        FashionMNIST(str(root), train=True, download=True)
-        FashionMNIST(str(root), train=False, download=True)
+        for train in (True, False):
+            datasets.FashionMNIST(str(root), train=train, download=True)
         folder = _fashion_dir(root)
     if folder is None:
         raise DataNotFoundError(
@@ -198,12 +198,9 @@ def load_cifar10_arrays(
         [c for c in candidates if c.suffix == ".npz" or c.name == "cifar-10-batches-py"]
     )
     if bundle is None and download:
-        try:
-            from torchvision.datasets import CIFAR10
-        except ImportError as err:
-            raise MissingExtraError("torchvision", "vision", "downloading CIFAR-10") from err
+        datasets = require("torchvision.datasets", extra="vision", purpose="downloading CIFAR-10")
         root = Path(data_dir or "data")
-        CIFAR10(str(root), train=True, download=True)
+        datasets.CIFAR10(str(root), train=True, download=True)
         bundle = root / "cifar-10-batches-py"
     if bundle is None:
         raise DataNotFoundError(
