@@ -1,8 +1,9 @@
-"""Does linearization hurt the minority more, and does the constrained fine-tuning fix it?
+"""Does linearization hurt the minority more, and does fairness-aware fine-tuning fix it?
 
 Das et al. (ICML 2024) protocol: classes 0-4 kept at 90 % and 5-9 at 10 % in train and test.
 For each seed: a dense model, SNL at three budgets (one shared search), the same reductions
-fine-tuned with the fairness-constrained objective (``pifair mitigate``), then one audit of all
+fine-tuned with the fairness-constrained objective and with group reweighting (``pifair
+mitigate``), then one audit of all
 of them. Reported with the spread across seeds, whatever it shows:
 - the minority-majority gap in accuracy drops (positive: the minority loses more);
 - whether mitigation cuts that gap by at least half at a cost of at most 1 point overall.
@@ -51,7 +52,11 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--out", type=Path, default=Path("runs/bench-fairness"))
     parser.add_argument("--data-dir")
+    parser.add_argument(
+        "--objectives", default="constrained,reweight", help="mitigation objectives to compare"
+    )
     args = parser.parse_args()
+    objectives = args.objectives.split(",")
     setting = GPU if torch.cuda.is_available() else CPU
     seeds = [int(s) for s in args.seeds.split(",")]
     print(
@@ -83,13 +88,15 @@ def main() -> None:
         )
         for b in setting["budgets"]:
             lin = sweep / f"snl-{b}"
-            mit = root / f"mitigated-{b}"
-            if not (mit / MODEL).exists():
-                shutil.rmtree(
-                    mit, ignore_errors=True
-                )  # a killed mitigation restarts; its search is reused
-                run_mitigate(lin, objective="constrained", out=mit, progress=False)
-            reduced += [lin, mit]
+            reduced.append(lin)
+            for objective in objectives:
+                mit = root / f"{'mitigated' if objective == 'constrained' else objective}-{b}"
+                if not (mit / MODEL).exists():
+                    shutil.rmtree(
+                        mit, ignore_errors=True
+                    )  # a killed one restarts; the search is reused
+                    run_mitigate(lin, objective=objective, out=mit, progress=False)
+                reduced.append(mit)
     audit_dir = args.out / "audit"
     shutil.rmtree(audit_dir, ignore_errors=True)  # cheap: always redone from the models
     audit = run_audit(dense_dirs[0], reduced, out=audit_dir, grad_samples=64)
@@ -123,13 +130,16 @@ def main() -> None:
         rows,
     )
     verdicts = []
-    for r in (r for r in summary if r["label"] == "snl"):
-        m = next(x for x in summary if x["label"] == "snl+constrained" and x["relus"] == r["relus"])
+    for r, objective in ((r, o) for r in summary if r["label"] == "snl" for o in objectives):
+        m = next(
+            x for x in summary if x["label"] == f"snl+{objective}" and x["relus"] == r["relus"]
+        )
         halved = m["minority_gap"] <= 0.5 * r["minority_gap"] if r["minority_gap"] > 0 else None
         cost = r["accuracy"] - m["accuracy"]
         verdicts.append(
             {
                 "relus": r["relus"],
+                "objective": objective,
                 "minority_loses_more": r["minority_gap"] > 0,
                 "gap": r["minority_gap"],
                 "gap_mitigated": m["minority_gap"],
@@ -138,7 +148,7 @@ def main() -> None:
             }
         )
         print(f"{r['relus']:>7,} ReLUs: minority loses {'more' if r['minority_gap'] > 0 else 'less'} (gap {100 * r['minority_gap']:.2f} pts); "
-              f"mitigated gap {100 * m['minority_gap']:.2f} pts ({'halved' if halved else 'not halved'}), overall accuracy cost {100 * cost:.2f} pts")  # fmt: skip
+              f"{objective}: gap {100 * m['minority_gap']:.2f} pts ({'halved' if halved else 'not halved'}), overall accuracy cost {100 * cost:.2f} pts")  # fmt: skip
     (args.out / "results.json").write_text(
         json.dumps(
             {
