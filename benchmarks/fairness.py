@@ -134,7 +134,9 @@ def main() -> None:
         m = next(
             x for x in summary if x["label"] == f"snl+{objective}" and x["relus"] == r["relus"]
         )
-        halved = m["minority_gap"] <= 0.5 * r["minority_gap"] if r["minority_gap"] > 0 else None
+        # halved in size: |gap| at most half; a gap that changes sign is reported as reversed
+        halved = abs(m["minority_gap"]) <= 0.5 * abs(r["minority_gap"])
+        reversed_ = m["minority_gap"] * r["minority_gap"] < 0
         cost = r["accuracy"] - m["accuracy"]
         verdicts.append(
             {
@@ -144,11 +146,12 @@ def main() -> None:
                 "gap": r["minority_gap"],
                 "gap_mitigated": m["minority_gap"],
                 "gap_halved": halved,
+                "gap_reversed": reversed_,
                 "accuracy_cost": cost,
             }
         )
         print(f"{r['relus']:>7,} ReLUs: minority loses {'more' if r['minority_gap'] > 0 else 'less'} (gap {100 * r['minority_gap']:.2f} pts); "
-              f"{objective}: gap {100 * m['minority_gap']:.2f} pts ({'halved' if halved else 'not halved'}), overall accuracy cost {100 * cost:.2f} pts")  # fmt: skip
+              f"{objective}: gap {100 * m['minority_gap']:.2f} pts ({'halved' if halved else 'not halved'}{', reversed' if reversed_ else ''}), overall accuracy cost {100 * cost:.2f} pts")  # fmt: skip
     (args.out / "results.json").write_text(
         json.dumps(
             {
