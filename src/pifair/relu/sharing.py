@@ -1,0 +1,157 @@
+"""ReLU sharing: one sign decision serves a group of activations (DESIGN.md section 4).
+
+``out = x * step(d_group)``: each group compares once (one DReLU) and every member copies the
+bit. Groups are given by an index map over the per-sample feature shape, so every grouping is
+the same site: spatial patches per channel (Helbitz & Avidan 2021; Block-ReLU, Gorski et al.
+2023), channel groups at the same pixel, or any clustering. Decision rules: the sign of the
+group mean (Block-ReLU), of a representative member, or of a learned linear combination.
+Gradients flow through ``x``; the step bit is a constant.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .sites import SharedReLUSite, register_site
+
+__all__ = ["SharedReLU", "patch_groups", "channel_groups", "grouping_options", "RULES"]
+
+RULES = ("mean", "representative", "learned")
+
+
+def patch_groups(feature_shape: tuple[int, ...], patch: tuple[int, int]) -> torch.Tensor:
+    """Group index of each element: ``bh x bw`` spatial patches within each channel (edge
+    patches are smaller). For 1-D features, runs of ``bh * bw`` consecutive units."""
+    if len(feature_shape) == 1:
+        size = patch[0] * patch[1]
+        return torch.arange(feature_shape[0]) // size
+    c, h, w = feature_shape
+    bh, bw = patch
+    if bh < 1 or bw < 1:
+        raise ValueError(f"patch sizes must be >= 1, got {patch}")
+    ph, pw = math.ceil(h / bh), math.ceil(w / bw)
+    rows = (torch.arange(h) // bh).view(1, h, 1)
+    cols = (torch.arange(w) // bw).view(1, 1, w)
+    chans = torch.arange(c).view(c, 1, 1)
+    return chans * (ph * pw) + rows * pw + cols
+
+
+def channel_groups(feature_shape: tuple[int, ...], size: int) -> torch.Tensor:
+    """Group index: ``size`` consecutive channels at the same pixel share a decision."""
+    if len(feature_shape) == 1:
+        return torch.arange(feature_shape[0]) // size
+    c, h, w = feature_shape
+    if size < 1:
+        raise ValueError(f"channel group size must be >= 1, got {size}")
+    pixel = torch.arange(h * w).view(1, h, w)
+    return (torch.arange(c).view(c, 1, 1) // size) * (h * w) + pixel
+
+
+@register_site
+class SharedReLU(SharedReLUSite):
+    """``x * step(d_g)`` with ``d_g`` the rule applied to group ``g``'s members.
+
+    ``groups`` maps each element of the per-sample feature shape to a group id in
+    ``[0, G)``; ``G`` is the site's comparison count.
+    """
+
+    kind = "shared_relu"
+
+    def __init__(
+        self,
+        groups: torch.Tensor,
+        *,
+        rule: str = "mean",
+        representatives: torch.Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        if rule not in RULES:
+            raise ValueError(f"unknown decision rule {rule!r}; choose one of {list(RULES)}")
+        groups = torch.as_tensor(groups, dtype=torch.long)
+        ids = torch.unique(groups)
+        if ids.min() != 0 or ids.max() != len(ids) - 1:
+            # compact arbitrary ids (e.g. from clustering) to 0..G-1
+            groups = torch.searchsorted(ids, groups)
+        self.rule = rule
+        self.feature_shape = tuple(groups.shape)
+        self.register_buffer("groups", groups)
+        self.register_buffer("sizes", torch.bincount(groups.flatten()).float())
+        if representatives is None:  # the first member of each group, in flat order
+            flat = groups.flatten()
+            order = torch.argsort(flat, stable=True)
+            starts = torch.cumsum(torch.bincount(flat), 0) - torch.bincount(flat)
+            representatives = order[starts]
+        self.register_buffer("representatives", torch.as_tensor(representatives, dtype=torch.long))
+        self.weight = nn.Parameter(1.0 / self.sizes[groups]) if rule == "learned" else None
+        self.temperature = 0.1  # of the straight-through surrogate (learned rule only)
+
+    @property
+    def num_decisions(self) -> int:
+        return len(self.sizes)
+
+    def num_groups(self, feature_shape: tuple[int, ...] | None = None) -> int:
+        return self.num_decisions
+
+    def decisions(self, x: torch.Tensor) -> torch.Tensor:
+        """The per-group decision value ``d`` (batch, G)."""
+        flat = x.flatten(1)
+        idx = self.groups.flatten()
+        if self.rule == "representative":
+            return flat[:, self.representatives]
+        if self.rule == "learned":
+            flat = flat * self.weight.flatten().to(flat.dtype)
+        sums = torch.zeros(
+            flat.shape[0], self.num_decisions, dtype=flat.dtype, device=flat.device
+        ).index_add(1, idx, flat)
+        return sums / self.sizes.to(flat.dtype) if self.rule == "mean" else sums
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._record_shape(x)
+        if self.rule == "learned" and self.training:
+            # the weights learn through a sigmoid straight-through surrogate of the step; x
+            # enters the decision detached, so its own gradient still sees a constant bit
+            d = self.decisions(x.detach())
+            soft = torch.sigmoid(d / self.temperature)
+            bits = (d > 0).to(x.dtype) + (soft - soft.detach()).to(x.dtype)
+        else:
+            bits = (self.decisions(x) > 0).to(x.dtype).detach()  # the step bit: constant
+        return x * bits[:, self.groups.flatten()].view_as(x)
+
+    def spec(self) -> dict:
+        return {
+            "kind": self.kind,
+            "rule": self.rule,
+            "feature_shape": list(self.feature_shape),
+            "num_groups": self.num_decisions,
+        }
+
+    @classmethod
+    def from_spec(cls, spec: dict) -> SharedReLU:
+        # the group map, sizes and representatives are buffers: the state dict restores them
+        shape = tuple(spec["feature_shape"])
+        groups = torch.arange(math.prod(shape)).view(shape) % spec["num_groups"]
+        return cls(groups, rule=spec["rule"])
+
+
+def grouping_options(feature_shape: tuple[int, ...], scheme: str) -> list[tuple[str, torch.Tensor]]:
+    """Candidate groupings of one site, from plain ReLU (one element per group) to coarse."""
+    if scheme not in ("patch", "channel"):
+        raise ValueError(f"unknown sharing scheme {scheme!r}; choose patch or channel")
+    options = []
+    if len(feature_shape) == 1 or scheme == "channel":
+        limit = feature_shape[0]
+        size = 1
+        while size < limit:
+            options.append((f"{size}", channel_groups(feature_shape, size)))
+            size *= 2
+        options.append((f"{limit}", channel_groups(feature_shape, limit)))
+        return options
+    _, h, w = feature_shape
+    for bh, bw in [(1, 1), (1, 2), (2, 2), (2, 4), (4, 4), (4, 8), (8, 8), (16, 16)]:
+        if bh < h and bw < w:
+            options.append((f"{bh}x{bw}", patch_groups(feature_shape, (bh, bw))))
+    options.append((f"{h}x{w}", patch_groups(feature_shape, (h, w))))  # one decision per channel
+    return options
