@@ -234,3 +234,40 @@ def test_adult_mlp_by_sex_linearize_and_audit(tmp_path):
     assert [g["name"] for g in pair["groups"]] == ["Female", "Male"]
     assert [g["minority"] for g in pair["groups"]] == [True, False]
     assert pair["minority_gap"] is not None
+
+
+def test_share_command(dense_run, tmp_path, capsys):
+    out = tmp_path / "share"
+    args = [
+        "share",
+        "--from",
+        str(dense_run),
+        "--budget",
+        "300",
+        "--finetune-epochs",
+        "1",
+        "--batch-size",
+        "64",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
+    assert main(args) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert (
+        m["relus"] <= 300
+        and m["kind"] == "share"
+        and set(m["allocation"]) == {"act1", "act2", "act3"}
+    )
+    assert main(["relus", str(out)]) == 0
+    assert f"{m['relus']:,}" in capsys.readouterr().out.splitlines()[-1]
+    assert main([*args, "--resume"]) == 0  # a finished fine-tuning resumes to the same end
+    assert (
+        main(
+            ["share", "--from", str(dense_run), "--budget", "5", "--device", "cpu", "--no-progress"]
+        )
+        == 2
+    )
+    assert "coarsest grouping keeps" in capsys.readouterr().err

@@ -127,6 +127,34 @@ def build_parser() -> argparse.ArgumentParser:
     _add_linearize_flags(p, method_flag="--methods")
 
     p = sub.add_parser(
+        "share", help="ReLU sharing: one sign decision per group of activations, under a budget"
+    )
+    p.add_argument(
+        "--from", dest="from_run", type=Path, required=True, help="run folder of the dense model"
+    )
+    p.add_argument("--budget", required=True, help="sign decisions to keep: 5000, 5k or 1%%")
+    p.add_argument(
+        "--scheme",
+        choices=["patch", "channel"],
+        default="patch",
+        help="spatial patches per channel, or channel groups per pixel",
+    )
+    p.add_argument(
+        "--rule",
+        choices=["mean", "representative", "learned"],
+        default="mean",
+        help="what decides a group's sign",
+    )
+    p.add_argument("--finetune-epochs", type=int, default=20)
+    p.add_argument("--finetune-lr", type=float, default=0.01)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", type=Path)
+    p.add_argument("--resume", action="store_true", help="continue the killed run in --out")
+    p.add_argument("--no-progress", action="store_true")
+
+    p = sub.add_parser(
         "audit",
         help="per-group accuracy, drop, margins and gradient norms of reduced models vs their dense parent",
     )
@@ -205,6 +233,30 @@ def _cmd_audit(ns: argparse.Namespace) -> None:
             f"{Path(p['run']).name:<28} {p['relus']:>8,} {100 * p['reduced_accuracy']:6.2f}% {100 * p['drop']:6.2f} {100 * p['worst_group_accuracy']:6.2f}% {100 * p['drop_spread']:7.2f} {gap:>8}"
         )
     print(f"audit: {run.path}")
+
+
+def _cmd_share(ns: argparse.Namespace) -> None:
+    from .relu.linearize import FinetuneSettings
+    from .workflows.share import ShareJob, run_share
+
+    finetune = FinetuneSettings(
+        epochs=ns.finetune_epochs, lr=ns.finetune_lr, batch_size=ns.batch_size, seed=ns.seed
+    )
+    job = ShareJob(
+        from_run=str(ns.from_run),
+        budget=ns.budget,
+        scheme=ns.scheme,
+        rule=ns.rule,
+        seed=ns.seed,
+        device=ns.device,
+        finetune=finetune,
+    )
+    if ns.resume and not ns.out:
+        raise ValueError("--resume needs --out RUN_FOLDER")
+    run = run_share(job, out=ns.out, resume=ns.resume, progress=not ns.no_progress)
+    m = run.metrics
+    print(f"{m['relus']:,} shared decisions (budget {m['budget']:,}; {m['allocation']}): test {100 * m['test_accuracy']:.2f}% "
+          f"(dense {100 * m['dense_test_accuracy']:.2f}%, drop {100 * m['drop']:.2f} points)  run: {run.path}")  # fmt: skip
 
 
 def _cmd_mitigate(ns: argparse.Namespace) -> None:
@@ -451,6 +503,7 @@ def _cmd_list(ns: argparse.Namespace) -> None:
 _COMMANDS = {
     "linearize": _cmd_linearize,
     "audit": _cmd_audit,
+    "share": _cmd_share,
     "mitigate": _cmd_mitigate,
     "sweep": _cmd_sweep,
     "train": _cmd_train,

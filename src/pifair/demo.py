@@ -19,6 +19,7 @@ from .runs import CHECKPOINT, MODEL, Run
 from .training import TrainConfig, train
 from .workflows.fairness import run_audit, run_mitigate
 from .workflows.linearize import LinearizeJob, run_linearize
+from .workflows.share import ShareJob, run_share
 
 __all__ = ["run_demo", "DEMO_TRAIN"]
 
@@ -85,7 +86,24 @@ def run_demo(
             f"SNL {row['relus']:>6,} ReLUs: test {100 * row['test_accuracy']:.2f}% (drop {100 * row['drop']:.2f} points)"
         )
 
-    _stage("4. mitigate: refit the 1,000-ReLU model with the fairness-constrained objective")
+    _stage("4. share ReLUs: one sign decision per patch, 1,000 decisions")
+    shared = out / "share-1000"
+    if not (shared / MODEL).exists():
+        job = ShareJob(
+            from_run=str(base),
+            budget=DEMO_BUDGETS[0],
+            scheme="patch",
+            rule="mean",
+            seed=seed,
+            finetune=DEMO_FINETUNE,
+        )
+        run_share(job, out=shared, resume=(shared / "config.yaml").exists(), progress=progress)
+    m = Run.open(shared).metrics
+    print(
+        f"sharing {m['relus']:,} decisions ({m['allocation']}): test {100 * m['test_accuracy']:.2f}% (drop {100 * m['drop']:.2f} points)"
+    )
+
+    _stage("5. mitigate: refit the 1,000-ReLU model with the fairness-constrained objective")
     mitigated = out / "mitigate-1000"
     if not (mitigated / MODEL).exists():
         shutil.rmtree(
@@ -102,8 +120,8 @@ def run_demo(
         f"constrained fine-tuning: test {100 * m['test_accuracy']:.2f}%, worst group {100 * m['test']['worst_group_accuracy']:.2f}%"
     )
 
-    _stage("5. audit: who pays for the reduction")
-    reduced = sorted(p for p in sweep.iterdir() if (p / MODEL).exists()) + [mitigated]
+    _stage("6. audit: who pays for the reduction")
+    reduced = sorted(p for p in sweep.iterdir() if (p / MODEL).exists()) + [shared, mitigated]
     audit = out / "audit"
     shutil.rmtree(audit, ignore_errors=True)  # cheap: always redone from the models
     audit_run = run_audit(base, reduced, out=audit, grad_samples=64)

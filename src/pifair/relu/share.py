@@ -103,8 +103,14 @@ def share(
     finetune: FinetuneSettings | None = None,
     device: torch.device | str = "cpu",
     progress: bool = True,
+    run=None,
+    resume: bool = False,
 ) -> ShareResult:
-    """A copy of ``model`` whose ReLUs share sign decisions, at most ``budget`` of them."""
+    """A copy of ``model`` whose ReLUs share sign decisions, at most ``budget`` of them.
+
+    ``run`` (a :class:`pifair.runs.Run`) checkpoints the fine-tuning; ``resume`` continues it
+    (the allocation is deterministic and is recomputed).
+    """
     device = torch.device(device)
     finetune = finetune or FinetuneSettings()
     dense = copy.deepcopy(model).to(device).eval()
@@ -125,7 +131,16 @@ def share(
     allocate_s = time.perf_counter() - t0
     recalibrate_batchnorm(shared, train_data, device=device)
     t1 = time.perf_counter()
-    history = _finetune(shared, dense, train_data, finetune, device=device, progress=progress)
+    history = _finetune(
+        shared,
+        dense,
+        train_data,
+        finetune,
+        device=device,
+        progress=progress,
+        run=run,
+        resume=resume,
+    )
     relus = count_relus(shared, train_data.input_shape).total
     return ShareResult(
         model=shared.cpu().eval(), budget=k, relus=relus, scheme=scheme, rule=rule,

@@ -92,3 +92,35 @@ def sweep_section(run: Run) -> str:
         )
         + img(run.file("pareto.png"), "Pareto plot")
     )
+
+
+@register_section("share")
+def share_section(run: Run) -> str:
+    m = run.metrics
+    if "relus" not in m:
+        return "<p>Not finished: resume it with <code>pifair share --resume --out RUN</code>.</p>"
+    rows = [
+        ["scheme / rule", f"{m['scheme']} / {m['rule']}"],
+        [
+            "sign decisions",
+            f"{m['relus']:,} (budget {m['budget']:,}; dense {m['dense_relus']:,}: {m['dense_relus'] / max(m['relus'], 1):.0f}x fewer)",
+        ],
+        ["groupings", ", ".join(f"{k}: {v}" for k, v in m["allocation"].items())],
+        [
+            "test accuracy",
+            f"{pct(m['test_accuracy'])} (dense {pct(m['dense_test_accuracy'])}, drop {100 * m['drop']:.2f} points)",
+        ],
+        [
+            "worst-group test accuracy",
+            f"{pct(m['test']['worst_group_accuracy'])} (dense {pct(m['dense_test']['worst_group_accuracy'])})",
+        ],
+        [
+            "time",
+            f"allocation {m['seconds']['allocate']:.0f} s, fine-tune {m['seconds']['finetune']:.0f} s on {m.get('device')}",
+        ],
+    ]
+    return (
+        table(["", ""], rows)
+        + img(run.file("curves.png"), "fine-tuning")
+        + img(run.file("groups.png"), "per-group accuracy")
+    )

@@ -1,0 +1,91 @@
+"""``pifair share``: a ReLU-sharing reduction of a trained run, into its own run folder."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from ..models.io import save_model
+from ..relu import count_relus
+from ..relu.linearize import FinetuneSettings
+from ..relu.share import share
+from ..report import plots
+from ..runs import CHECKPOINT, MODEL, Run
+from ..training import dataset_for_run, evaluate, load_from_run, resolve_device
+
+__all__ = ["ShareJob", "run_share"]
+
+
+@dataclass
+class ShareJob:
+    """What ``pifair share`` runs; its dict is the run's config.yaml."""
+
+    from_run: str
+    budget: str
+    scheme: str = "patch"
+    rule: str = "mean"
+    seed: int = 0
+    device: str = "auto"
+    finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
+
+    def as_config(self) -> dict:
+        d = asdict(self)
+        d["from"] = str(d.pop("from_run"))
+        return d
+
+    @classmethod
+    def from_config(cls, d: dict) -> ShareJob:
+        d = {k: v for k, v in d.items() if k != "command"}
+        return cls(from_run=d.pop("from"), finetune=FinetuneSettings(**d.pop("finetune", {})), **d)
+
+
+def run_share(
+    job: ShareJob,
+    *,
+    out: str | os.PathLike | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> Run:
+    device = resolve_device(job.device)
+    dense, record, parent = load_from_run(job.from_run)
+    data = dataset_for_run(parent)
+    normalize = lambda c: ShareJob.from_config(c).as_config() | {"command": c.get("command")}  # noqa: E731
+    run = (
+        Run.resume(out, job.as_config() | {"command": "share"}, normalize=normalize)
+        if resume
+        else Run.create("share", job.as_config(), out=out)
+    )
+    torch.manual_seed(job.seed)
+    dense_test = evaluate(dense.to(device), data, "test")
+    result = share(dense, data, job.budget, scheme=job.scheme, rule=job.rule, finetune=job.finetune, device=device, progress=progress,
+                   run=run, resume=(run.path / CHECKPOINT).exists())  # fmt: skip
+    save_model(
+        run.file(MODEL),
+        result.model,
+        name=record["model"],
+        num_classes=record["num_classes"],
+        input_shape=tuple(record["input_shape"]),
+        options=record["options"],
+    )
+    test = evaluate(result.model, data, "test")
+    run.update_metrics(
+        kind="share", method=f"share-{job.scheme}-{job.rule}", scheme=job.scheme, rule=job.rule, budget=result.budget, relus=result.relus,
+        dense_relus=count_relus(dense, data.input_shape).total, allocation=result.allocation, test_accuracy=test.accuracy,
+        dense_test_accuracy=dense_test.accuracy, drop=dense_test.accuracy - test.accuracy, val_accuracy=evaluate(result.model, data, "val").accuracy,
+        test=test.as_dict(), dense_test=dense_test.as_dict(), history=result.finetune_history,
+        seconds=result.seconds | {"total": sum(result.seconds.values())}, data=data.summary(), model=record["model"], device=str(device),
+    )  # fmt: skip
+    if result.finetune_history:
+        plots.training_curves(
+            result.finetune_history,
+            run.file("curves.png"),
+            title=f"fine-tuning with {result.relus:,} shared decisions",
+        )
+    plots.group_accuracy(
+        test.as_dict(),
+        run.file("groups.png"),
+        title=f"test accuracy per group, {result.relus:,} decisions",
+    )
+    return run
