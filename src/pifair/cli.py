@@ -135,9 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", required=True, help="sign decisions to keep: 5000, 5k or 1%%")
     p.add_argument(
         "--scheme",
-        choices=["patch", "channel"],
+        choices=["patch", "channel", "cluster"],
         default="patch",
-        help="spatial patches per channel, or channel groups per pixel",
+        help="spatial patches per channel, channel groups per pixel, or clusters of activations whose signs agree",
     )
     p.add_argument(
         "--rule",

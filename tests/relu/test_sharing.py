@@ -72,9 +72,50 @@ def test_learned_weights_get_gradients():
 
 
 def test_options_run_from_relu_to_one_decision_per_channel():
-    names = [n for n, _ in grouping_options((4, 14, 14), "patch")]
+    names = [o[0] for o in grouping_options((4, 14, 14), "patch")]
     assert names[0] == "1x1" and names[-1] == "14x14"
-    assert [n for n, _ in grouping_options((128,), "patch")][-1] == "128"
+    assert [o[0] for o in grouping_options((128,), "patch")][-1] == "128"
+
+
+def test_clusters_follow_sign_patterns():
+    from pifair.relu.clustering import cluster_groups, farthest_point_order, sign_patterns
+
+    torch.manual_seed(0)
+    base = torch.randn(64, 1)
+    # elements 0-3 follow base, 4-7 follow -base: two clusters of agreeing signs
+    x = torch.cat([base.expand(64, 4), -base.expand(64, 4)], dim=1) + 0.01 * torch.randn(64, 8)
+    patterns = sign_patterns(x)
+    protos = farthest_point_order(patterns, 2)
+    groups = cluster_groups(patterns, protos, (8,))
+    assert (
+        len(set(groups[:4].tolist())) == 1
+        and len(set(groups[4:].tolist())) == 1
+        and groups[0] != groups[4]
+    )
+    site = SharedReLU(groups, rule="representative", representatives=protos)
+    out = site(x)
+    rep = x[:, protos]
+    for g in range(2):
+        members = groups == g
+        assert torch.equal(
+            out[:, members] != 0,
+            (rep[:, g : g + 1] > 0).expand(-1, int(members.sum())) & (x[:, members] != 0),
+        )
+
+
+def test_cluster_scheme_reaches_very_low_budgets(digits):
+    torch.manual_seed(0)
+    model = create_model("lenet", num_classes=10, input_shape=(1, 8, 8)).eval()
+    result = share(
+        model,
+        digits,
+        3,
+        scheme="cluster",
+        rule="representative",
+        finetune=FinetuneSettings(epochs=0),
+        progress=False,
+    )
+    assert result.relus == 3  # one prototype per site: 1664 / 3 = 555x fewer decisions
 
 
 def test_share_meets_the_budget_and_round_trips(digits, tmp_path):

@@ -44,30 +44,69 @@ def _calibration_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> flo
     return float(F.cross_entropy(model(x), y))
 
 
+@torch.no_grad()
+def _site_patterns(
+    model: nn.Module,
+    sites: dict[str, DenseReLU],
+    data: Dataset,
+    device: torch.device,
+    samples: int = 256,
+) -> dict[str, torch.Tensor]:
+    """Sign patterns (elements x samples) of each site's input on training samples."""
+    from .clustering import sign_patterns
+
+    seen: dict[str, torch.Tensor] = {}
+    hooks = [
+        s.register_forward_hook(
+            lambda m, inp, out, n=n: seen.__setitem__(
+                n, sign_patterns(inp[0].detach().float().cpu())
+            )
+        )
+        for n, s in sites.items()
+    ]
+    model.eval()(data.normalize(data.train.x[:samples].to(device)))
+    for h in hooks:
+        h.remove()
+    return seen
+
+
+def site_options(
+    model: nn.Module, data: Dataset, scheme: str, *, device: torch.device
+) -> dict[str, list]:
+    """The candidate groupings of every dense ReLU site of ``model``."""
+    record_feature_shapes(model, data.input_shape)
+    sites = {n: s for n, s in iter_sites(model) if isinstance(s, DenseReLU)}
+    patterns = _site_patterns(model, sites, data, device) if scheme == "cluster" else {}
+    return {
+        n: grouping_options(s.feature_shape, scheme, patterns=patterns.get(n))
+        for n, s in sites.items()
+    }
+
+
+def _site(option: tuple, rule: str) -> SharedReLU:
+    _, groups, representatives = option
+    return SharedReLU(groups, rule=rule, representatives=representatives)
+
+
 def allocate_groups(
     model: nn.Module,
     data: Dataset,
     budget: int,
     *,
-    scheme: str,
+    options: dict[str, list],
     rule: str,
     device: torch.device,
     calibration: int = 512,
 ) -> dict[str, int]:
-    """Choose each site's grouping (an index into :func:`grouping_options`) greedily."""
-    record_feature_shapes(model, data.input_shape)
-    sites = {n: s for n, s in iter_sites(model) if isinstance(s, DenseReLU)}
-    options = {n: grouping_options(s.feature_shape, scheme) for n, s in sites.items()}
-    choice = dict.fromkeys(sites, 0)
-    val = data.val
-    x = data.normalize(val.x[:calibration].to(device))
-    y = val.y[:calibration].to(device)
+    """Choose each site's grouping (an index into its ``options``) greedily."""
+    choice = dict.fromkeys(options, 0)
+    x = data.normalize(data.val.x[:calibration].to(device))
+    y = data.val.y[:calibration].to(device)
     work = copy.deepcopy(model).to(device)
 
     def apply(names: dict[str, int]) -> None:
         replace_activations(
-            work,
-            lambda n, m: SharedReLU(options[n][names[n]][1], rule=rule) if n in names else None,
+            work, lambda n, m: _site(options[n][names[n]], rule) if n in names else None
         )
 
     def decisions(names: dict[str, int]) -> int:
@@ -75,7 +114,7 @@ def allocate_groups(
 
     while decisions(choice) > budget:
         best, best_score = None, None
-        for n in sites:
+        for n in options:
             if choice[n] + 1 >= len(options[n]):
                 continue
             trial = dict(choice) | {n: choice[n] + 1}
@@ -86,7 +125,7 @@ def allocate_groups(
                 best, best_score = n, score
         if best is None:
             raise ValueError(
-                f"cannot reach {budget:,} decisions with scheme {scheme!r}: the coarsest grouping keeps {decisions(choice):,}"
+                f"cannot reach {budget:,} decisions: the coarsest grouping keeps {decisions(choice):,}; try --scheme cluster"
             )
         choice[best] += 1
         apply(choice)
@@ -117,16 +156,11 @@ def share(
     total = count_relus(dense, train_data.input_shape).total
     k = parse_budget(budget, total)
     t0 = time.perf_counter()
-    choice = allocate_groups(dense, train_data, k, scheme=scheme, rule=rule, device=device)
-    options = {
-        n: grouping_options(s.feature_shape, scheme)
-        for n, s in iter_sites(dense)
-        if isinstance(s, DenseReLU)
-    }
+    options = site_options(dense, train_data, scheme, device=device)
+    choice = allocate_groups(dense, train_data, k, options=options, rule=rule, device=device)
     shared = copy.deepcopy(dense)
     replace_activations(
-        shared,
-        lambda n, m: SharedReLU(options[n][choice[n]][1], rule=rule) if n in choice else None,
+        shared, lambda n, m: _site(options[n][choice[n]], rule) if n in choice else None
     )
     allocate_s = time.perf_counter() - t0
     recalibrate_batchnorm(shared, train_data, device=device)

@@ -136,22 +136,51 @@ class SharedReLU(SharedReLUSite):
         return cls(groups, rule=spec["rule"])
 
 
-def grouping_options(feature_shape: tuple[int, ...], scheme: str) -> list[tuple[str, torch.Tensor]]:
-    """Candidate groupings of one site, from plain ReLU (one element per group) to coarse."""
-    if scheme not in ("patch", "channel"):
-        raise ValueError(f"unknown sharing scheme {scheme!r}; choose patch or channel")
-    options = []
+def grouping_options(
+    feature_shape: tuple[int, ...],
+    scheme: str,
+    *,
+    patterns: torch.Tensor | None = None,
+    max_clusters: int = 1024,
+) -> list[tuple[str, torch.Tensor, torch.Tensor | None]]:
+    """Candidate groupings of one site, from plain ReLU (one element per group) to coarse:
+    ``(name, group index map, representatives or None)``.
+
+    ``cluster`` needs the site's sign ``patterns`` (:func:`pifair.relu.clustering.sign_patterns`)
+    and offers ``max_clusters``, half that, ... down to one prototype.
+    """
+    if scheme not in ("patch", "channel", "cluster"):
+        raise ValueError(f"unknown sharing scheme {scheme!r}; choose patch, channel or cluster")
+    elements = math.prod(feature_shape)
+    options: list[tuple[str, torch.Tensor, torch.Tensor | None]] = [
+        ("1x1", torch.arange(elements).view(feature_shape), None)
+    ]
+    if scheme == "cluster":
+        from .clustering import cluster_groups, farthest_point_order
+
+        if patterns is None:
+            raise ValueError("the cluster scheme needs sign patterns from a calibration set")
+        k = min(max_clusters, elements // 2)
+        order = farthest_point_order(patterns, k) if k else torch.zeros(0, dtype=torch.long)
+        while k >= 1:
+            options.append(
+                (f"{k} clusters", cluster_groups(patterns, order[:k], feature_shape), order[:k])
+            )
+            k //= 2
+        return options
     if len(feature_shape) == 1 or scheme == "channel":
-        limit = feature_shape[0]
-        size = 1
+        limit, size = feature_shape[0], 2
         while size < limit:
-            options.append((f"{size}", channel_groups(feature_shape, size)))
+            options.append((f"{size}", channel_groups(feature_shape, size), None))
             size *= 2
-        options.append((f"{limit}", channel_groups(feature_shape, limit)))
+        if limit > 1:
+            options.append((f"{limit}", channel_groups(feature_shape, limit), None))
         return options
     _, h, w = feature_shape
-    for bh, bw in [(1, 1), (1, 2), (2, 2), (2, 4), (4, 4), (4, 8), (8, 8), (16, 16)]:
+    for bh, bw in [(1, 2), (2, 2), (2, 4), (4, 4), (4, 8), (8, 8), (16, 16)]:
         if bh < h and bw < w:
-            options.append((f"{bh}x{bw}", patch_groups(feature_shape, (bh, bw))))
-    options.append((f"{h}x{w}", patch_groups(feature_shape, (h, w))))  # one decision per channel
+            options.append((f"{bh}x{bw}", patch_groups(feature_shape, (bh, bw)), None))
+    options.append(
+        (f"{h}x{w}", patch_groups(feature_shape, (h, w)), None)
+    )  # one decision per channel
     return options
