@@ -271,3 +271,33 @@ def test_share_command(dense_run, tmp_path, capsys):
         == 2
     )
     assert "coarsest grouping keeps" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_sweep_share_puts_sharing_and_snl_on_one_pareto(dense_run, tmp_path):
+    out = tmp_path / "sweep-share"
+    args = [
+        "sweep",
+        "share",
+        "--from",
+        str(dense_run),
+        "--budgets",
+        "200,8",
+        "--out",
+        str(out),
+        *QUICK,
+    ]
+    assert main(args) == 0
+    with open(out / "pareto.csv") as f:
+        rows = list(csv.DictReader(f))
+    methods = {(r["method"], r["budget"]) for r in rows}
+    # patches cannot go below one decision per channel (49 here): that point is skipped, not fatal
+    assert ("share-patch", "200") in methods and ("share-patch", "8") not in methods
+    assert {
+        ("share-cluster", "200"),
+        ("share-cluster", "8"),
+        ("snl", "200"),
+        ("snl", "8"),
+    } <= methods
+    assert all(int(r["relus"]) <= int(r["budget"]) for r in rows)
+    assert "skipped" in (out / "log.txt").read_text()

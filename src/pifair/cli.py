@@ -125,6 +125,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="e.g. 15k,25k,50k,100k",
     )
     _add_linearize_flags(p, method_flag="--methods")
+    p = sweeps.add_parser(
+        "share", help="ReLU sharing (and SNL) at several budgets, on one Pareto plot"
+    )
+    p.add_argument(
+        "--budgets",
+        type=lambda s: [b.strip() for b in s.split(",") if b.strip()],
+        default=argparse.SUPPRESS,
+        help="e.g. 5k,1k,200,50",
+    )
+    _add_linearize_flags(p, method_flag="--methods")
 
     p = sub.add_parser(
         "share", help="ReLU sharing: one sign decision per group of activations, under a budget"
@@ -305,7 +315,7 @@ def _add_linearize_flags(p: argparse.ArgumentParser, *, method_flag: str) -> Non
             dest="methods",
             type=lambda s: s.split(","),
             default=S,
-            help="comma list of snl, naive (default both)",
+            help="comma list of snl, naive, share-patch, share-channel, share-cluster (default: snl,naive; sweep share: share-patch,share-cluster,snl)",
         )
     p.add_argument(
         "--granularity", choices=["pixel", "channel"], default=S, help="(default: pixel)"
@@ -353,14 +363,19 @@ def _add_linearize_flags(p: argparse.ArgumentParser, *, method_flag: str) -> Non
 
 
 def _linearize_job(ns: argparse.Namespace, *, sweep: bool):
-    from .workflows.linearize import LinearizeJob
+    from .workflows.linearize import SHARE_METHODS, LinearizeJob
 
     if ns.resume:
         base = LinearizeJob.from_config(_load_config(ns.resume / "config.yaml")).as_config()
     elif ns.config:
         base = LinearizeJob.from_config(_load_config(ns.config)).as_config()
     else:
-        base = {"search": {}, "finetune": {}} | ({"methods": ["snl", "naive"]} if sweep else {})
+        default_methods = (
+            ["share-patch", "share-cluster", "snl"]
+            if getattr(ns, "sweep", None) == "share"
+            else ["snl", "naive"]
+        )
+        base = {"search": {}, "finetune": {}} | ({"methods": default_methods} if sweep else {})
     for flag, (section, key) in _LINEARIZE_FLAGS.items():
         if flag not in ns:
             continue
@@ -379,9 +394,10 @@ def _linearize_job(ns: argparse.Namespace, *, sweep: bool):
         )
     if not sweep and len(base.get("methods", ["snl"])) != 1:
         raise ValueError("linearize runs one method; use 'pifair sweep linearize' for several")
-    unknown = set(base.get("methods", [])) - {"snl", "naive"}
+    known = {"snl", "naive", *SHARE_METHODS}
+    unknown = set(base.get("methods", [])) - known
     if unknown:
-        raise ValueError(f"unknown method(s) {sorted(unknown)}; choose snl or naive")
+        raise ValueError(f"unknown method(s) {sorted(unknown)}; choose from {sorted(known)}")
     return LinearizeJob.from_config(base)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from functools import partial
@@ -81,6 +82,38 @@ def search_checkpoint_of(run_dir: Path) -> Path | None:
         if candidate.exists():
             return candidate
     return None
+
+
+SHARE_METHODS = {
+    "share-patch": ("patch", "mean"),
+    "share-channel": ("channel", "mean"),
+    "share-cluster": ("cluster", "representative"),
+}
+
+
+def _share_budgets(root: Run, job: LinearizeJob, method: str) -> None:
+    """ReLU sharing at each budget of a sweep, one ``share`` run each (same fine-tuning)."""
+    from .share import ShareJob, run_share
+
+    scheme, rule = SHARE_METHODS[method]
+    for budget in job.budgets:
+        path = root.path / f"{method}-{_budget_label(budget)}"
+        if (path / MODEL).exists():
+            continue
+        share_job = ShareJob(
+            from_run=job.from_run,
+            budget=budget,
+            scheme=scheme,
+            rule=rule,
+            seed=job.seed,
+            device=job.device,
+            finetune=job.finetune,
+        )
+        try:
+            run_share(share_job, out=path, resume=(path / "config.yaml").exists(), progress=False)
+        except ValueError as err:  # e.g. a budget below what the scheme's coarsest grouping keeps
+            root.log.warning("%s at %s skipped: %s", method, budget, err)
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _normalized(config: dict) -> dict:
@@ -212,6 +245,9 @@ def run_linearize(
     dense_test = evaluate(dense.to(device), data, "test")
     torch.manual_seed(job.seed)
     for method in job.methods:
+        if method.startswith("share-"):
+            _share_budgets(root, job, method)
+            continue
         runs = {b: _budget_run(root, job, method, b) if sweep else root for b in job.budgets}
         todo = [b for b in job.budgets if not (runs[b].path / MODEL).exists()]
         if not todo:
@@ -239,10 +275,13 @@ def run_linearize(
     if sweep:
         for method in job.methods:
             for b in job.budgets:
-                m = Run.open(root.path / f"{method}-{_budget_label(b)}").metrics
+                path = root.path / f"{method}-{_budget_label(b)}"
+                if not (path / MODEL).exists():
+                    continue  # skipped (unreachable for this method)
+                m = Run.open(path).metrics
                 rows.append({
                     "method": method, "budget": b, "relus": m["relus"], "test_accuracy": m["test_accuracy"], "drop": m["drop"],
-                    "val_accuracy": m["val_accuracy"], "search_s": m["seconds"]["search"], "finetune_s": m["seconds"]["finetune"],
+                    "val_accuracy": m["val_accuracy"], "search_s": m["seconds"].get("search", m["seconds"].get("allocate", 0.0)), "finetune_s": m["seconds"]["finetune"],
                     "total_s": m["seconds"]["total"], "worst_group_accuracy": m["test"]["worst_group_accuracy"],
                 })  # fmt: skip
         _write_pareto(root, rows, dense_test.accuracy, dense_relus, data.name)
