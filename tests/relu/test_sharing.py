@@ -145,3 +145,12 @@ def test_replace_with_shared_sites_counts_groups():
     )
     count = count_relus(model, (1, 28, 28))
     assert count.sites[0].relus == 16 * 7 * 7
+
+
+def test_patch_fast_path_gives_the_same_bits_as_the_group_map():
+    torch.manual_seed(0)
+    x = torch.randn(6, 3, 7, 5)
+    for patch in [(1, 1), (2, 2), (3, 2), (7, 5)]:
+        fast = SharedReLU(patch_groups((3, 7, 5), patch), patch=patch)
+        slow = SharedReLU(patch_groups((3, 7, 5), patch))
+        torch.testing.assert_close(fast(x), slow(x))

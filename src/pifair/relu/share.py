@@ -84,8 +84,8 @@ def site_options(
 
 
 def _site(option: tuple, rule: str) -> SharedReLU:
-    _, groups, representatives = option
-    return SharedReLU(groups, rule=rule, representatives=representatives)
+    _, groups, representatives, patch = option
+    return SharedReLU(groups, rule=rule, representatives=representatives, patch=patch)
 
 
 def allocate_groups(

@@ -66,8 +66,13 @@ class SharedReLU(SharedReLUSite):
         *,
         rule: str = "mean",
         representatives: torch.Tensor | None = None,
+        patch: tuple[int, int] | None = None,
     ) -> None:
         super().__init__()
+        # patch groupings with the mean rule take a pooling fast path (same bits, no scatter)
+        self.patch = (
+            tuple(patch) if patch is not None and torch.as_tensor(groups).dim() == 3 else None
+        )
         if rule not in RULES:
             raise ValueError(f"unknown decision rule {rule!r}; choose one of {list(RULES)}")
         groups = torch.as_tensor(groups, dtype=torch.long)
@@ -110,6 +115,8 @@ class SharedReLU(SharedReLUSite):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._record_shape(x)
+        if self.patch is not None and self.rule == "mean" and x.dim() == 4:
+            return x * self._patch_bits(x)
         if self.rule == "learned" and self.training:
             # the weights learn through a sigmoid straight-through surrogate of the step; x
             # enters the decision detached, so its own gradient still sees a constant bit
@@ -120,12 +127,22 @@ class SharedReLU(SharedReLUSite):
             bits = (self.decisions(x) > 0).to(x.dtype).detach()  # the step bit: constant
         return x * bits[:, self.groups.flatten()].view_as(x)
 
+    def _patch_bits(self, x: torch.Tensor) -> torch.Tensor:
+        """Bits of patch groups by pooling: the sign of a patch's average is that of its mean,
+        whatever the divisor of the smaller edge patches."""
+        bh, bw = self.patch
+        h, w = x.shape[-2:]
+        pooled = torch.nn.functional.avg_pool2d(x.detach(), (bh, bw), ceil_mode=True)
+        bits = (pooled > 0).to(x.dtype).repeat_interleave(bh, dim=2).repeat_interleave(bw, dim=3)
+        return bits[..., :h, :w]
+
     def spec(self) -> dict:
         return {
             "kind": self.kind,
             "rule": self.rule,
             "feature_shape": list(self.feature_shape),
             "num_groups": self.num_decisions,
+            "patch": list(self.patch) if self.patch else None,
         }
 
     @classmethod
@@ -133,7 +150,7 @@ class SharedReLU(SharedReLUSite):
         # the group map, sizes and representatives are buffers: the state dict restores them
         shape = tuple(spec["feature_shape"])
         groups = torch.arange(math.prod(shape)).view(shape) % spec["num_groups"]
-        return cls(groups, rule=spec["rule"])
+        return cls(groups, rule=spec["rule"], patch=spec.get("patch"))
 
 
 def grouping_options(
@@ -144,7 +161,7 @@ def grouping_options(
     max_clusters: int = 1024,
 ) -> list[tuple[str, torch.Tensor, torch.Tensor | None]]:
     """Candidate groupings of one site, from plain ReLU (one element per group) to coarse:
-    ``(name, group index map, representatives or None)``.
+    ``(name, group index map, representatives or None, patch size or None)``.
 
     ``cluster`` needs the site's sign ``patterns`` (:func:`pifair.relu.clustering.sign_patterns`)
     and offers ``max_clusters``, half that, ... down to one prototype.
@@ -152,9 +169,8 @@ def grouping_options(
     if scheme not in ("patch", "channel", "cluster"):
         raise ValueError(f"unknown sharing scheme {scheme!r}; choose patch, channel or cluster")
     elements = math.prod(feature_shape)
-    options: list[tuple[str, torch.Tensor, torch.Tensor | None]] = [
-        ("1x1", torch.arange(elements).view(feature_shape), None)
-    ]
+    first_patch = (1, 1) if len(feature_shape) == 3 else None
+    options: list[tuple] = [("1x1", torch.arange(elements).view(feature_shape), None, first_patch)]
     if scheme == "cluster":
         from .clustering import cluster_groups, farthest_point_order
 
@@ -164,23 +180,28 @@ def grouping_options(
         order = farthest_point_order(patterns, k) if k else torch.zeros(0, dtype=torch.long)
         while k >= 1:
             options.append(
-                (f"{k} clusters", cluster_groups(patterns, order[:k], feature_shape), order[:k])
+                (
+                    f"{k} clusters",
+                    cluster_groups(patterns, order[:k], feature_shape),
+                    order[:k],
+                    None,
+                )
             )
             k //= 2
         return options
     if len(feature_shape) == 1 or scheme == "channel":
         limit, size = feature_shape[0], 2
         while size < limit:
-            options.append((f"{size}", channel_groups(feature_shape, size), None))
+            options.append((f"{size}", channel_groups(feature_shape, size), None, None))
             size *= 2
         if limit > 1:
-            options.append((f"{limit}", channel_groups(feature_shape, limit), None))
+            options.append((f"{limit}", channel_groups(feature_shape, limit), None, None))
         return options
     _, h, w = feature_shape
     for bh, bw in [(1, 2), (2, 2), (2, 4), (4, 4), (4, 8), (8, 8), (16, 16)]:
         if bh < h and bw < w:
-            options.append((f"{bh}x{bw}", patch_groups(feature_shape, (bh, bw)), None))
+            options.append((f"{bh}x{bw}", patch_groups(feature_shape, (bh, bw)), None, (bh, bw)))
     options.append(
-        (f"{h}x{w}", patch_groups(feature_shape, (h, w)), None)
+        (f"{h}x{w}", patch_groups(feature_shape, (h, w)), None, (h, w))
     )  # one decision per channel
     return options
