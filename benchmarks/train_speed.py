@@ -99,7 +99,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--data-dir")
     parser.add_argument(
-        "--limit", type=int, help="first N samples of train and test (quick checks)"
+        "--limit", type=int, help="N evenly spaced samples of train and test (quick checks)"
     )
     parser.add_argument("--out", type=Path, default=Path("runs/bench-train-speed"))
     args = parser.parse_args()

@@ -34,11 +34,11 @@ def test_report_is_self_contained(tmp_path):
     not FASHION.exists(), reason="Fashion-MNIST Debian package not installed (make data)"
 )
 def test_demo_end_to_end(tmp_path):
-    report = run_demo(tmp_path / "demo", epochs=1, progress=False)
+    report = run_demo(tmp_path / "demo", epochs=1, limit=3000, progress=False)
     page = report.read_text()
     assert "pifair demo" in page and "lenet" in page
     assert (tmp_path / "demo" / "train" / "eval-test.json").exists()
     # a second run keeps the finished stages
     mtime = (tmp_path / "demo" / "train" / "model.pt").stat().st_mtime
-    run_demo(tmp_path / "demo", epochs=1, progress=False)
+    run_demo(tmp_path / "demo", epochs=1, limit=3000, progress=False)
     assert (tmp_path / "demo" / "train" / "model.pt").stat().st_mtime == mtime

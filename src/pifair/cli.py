@@ -90,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, help="epochs of the dense model (default 4)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir")
+    p.add_argument(
+        "--limit", type=int, help="N evenly spaced images of train and test (a quick look)"
+    )
     p.add_argument("--no-progress", action="store_true")
 
     p = sub.add_parser("relus", help="count a model's ReLUs per layer")
@@ -480,7 +483,12 @@ def _cmd_demo(ns: argparse.Namespace) -> None:
     from .demo import run_demo
 
     run_demo(
-        ns.out, epochs=ns.epochs, seed=ns.seed, data_dir=ns.data_dir, progress=not ns.no_progress
+        ns.out,
+        epochs=ns.epochs,
+        seed=ns.seed,
+        data_dir=ns.data_dir,
+        limit=ns.limit,
+        progress=not ns.no_progress,
     )
 
 

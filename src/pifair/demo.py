@@ -44,15 +44,19 @@ def run_demo(
     epochs: int | None = None,
     seed: int = 0,
     data_dir: str | None = None,
+    limit: int | None = None,
     progress: bool = True,
 ) -> Path:
-    """Run every stage into ``out`` and return the path of the HTML report."""
+    """Run every stage into ``out`` and return the path of the HTML report.
+
+    ``limit`` keeps N evenly spaced images of train and test (a quick look; the tests use it).
+    """
     out = Path(out)
     t0 = time.perf_counter()
     cfg = TrainConfig(
         **(
             DEMO_TRAIN
-            | {"seed": seed, "data_dir": data_dir}
+            | {"seed": seed, "data_dir": data_dir, "limit": limit}
             | ({"epochs": epochs} if epochs else {})
         )
     )

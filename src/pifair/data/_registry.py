@@ -160,7 +160,7 @@ def load_dataset(
 
     ``keep`` subsamples classes (``"8:0.09"``; :mod:`pifair.data.imbalance`) in train, and in
     test too with ``keep_test``. ``group_by`` is ``"class"`` (default) or a sensitive column
-    (``"sex"``, ``"race"`` for Adult). ``limit`` keeps the first N samples of train and test.
+    (``"sex"``, ``"race"`` for Adult). ``limit`` keeps N evenly spaced samples of train and test.
     """
     if name not in _DATASETS:
         raise UnknownNameError("dataset", name, list(_DATASETS))

@@ -184,7 +184,7 @@ def load_cifar10_arrays(
 
     Reads, in order: a JPEG bundle (``cifar10_jpeg.npz``, the file itself or a folder holding it),
     a torchvision CIFAR10 root (``cifar-10-batches-py``); ``download=True`` fetches the latter
-    with torchvision. ``limit`` keeps the first N of each split (fast tests).
+    with torchvision. ``limit`` keeps N evenly spaced images of each split (fast tests).
     """
     candidates = []
     for root in search_roots(data_dir):
