@@ -118,26 +118,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sweep", help="run a reduction at several budgets: Pareto table and plot")
     sweeps = p.add_subparsers(dest="sweep", required=True, metavar="WHAT")
-    p = sweeps.add_parser(
-        "linearize", help="SNL (one shared search) and the naive baseline at several budgets"
-    )
-    p.add_argument(
-        "--budgets",
-        type=lambda s: [b.strip() for b in s.split(",") if b.strip()],
-        default=argparse.SUPPRESS,
-        help="e.g. 15k,25k,50k,100k",
-    )
-    _add_linearize_flags(p, method_flag="--methods")
-    p = sweeps.add_parser(
-        "share", help="ReLU sharing (and SNL) at several budgets, on one Pareto plot"
-    )
-    p.add_argument(
-        "--budgets",
-        type=lambda s: [b.strip() for b in s.split(",") if b.strip()],
-        default=argparse.SUPPRESS,
-        help="e.g. 5k,1k,200,50",
-    )
-    _add_linearize_flags(p, method_flag="--methods")
+    for what, help_text, example in (
+        (
+            "linearize",
+            "SNL (one shared search) and the naive baseline at several budgets",
+            "15k,25k,50k,100k",
+        ),
+        ("share", "ReLU sharing (and SNL) at several budgets, on one Pareto plot", "5k,1k,200,50"),
+    ):
+        p = sweeps.add_parser(what, help=help_text)
+        p.add_argument(
+            "--budgets",
+            type=lambda s: [b.strip() for b in s.split(",") if b.strip()],
+            default=argparse.SUPPRESS,
+            help=f"e.g. {example}",
+        )
+        _add_linearize_flags(p, method_flag="--methods")
 
     p = sub.add_parser(
         "share", help="ReLU sharing: one sign decision per group of activations, under a budget"

@@ -14,6 +14,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 
@@ -26,6 +27,7 @@ from ..relu.snl import SearchSettings
 from ..report import plots
 from ..runs import CHECKPOINT, MODEL, Run
 from ..training import dataset_for_run, evaluate, load_from_run, resolve_device
+from ._jobs import RunJob
 
 __all__ = ["LinearizeJob", "run_linearize", "SNL_PUBLISHED_CIFAR10"]
 
@@ -40,7 +42,7 @@ SNL_PUBLISHED_CIFAR10 = [
 
 
 @dataclass
-class LinearizeJob:
+class LinearizeJob(RunJob):
     """What ``pifair linearize`` / ``sweep linearize`` runs; its dict is the run's config.yaml."""
 
     from_run: str
@@ -53,20 +55,7 @@ class LinearizeJob:
     search: SearchSettings = field(default_factory=SearchSettings)
     finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
 
-    def as_config(self) -> dict:
-        d = asdict(self)
-        d["from"] = str(d.pop("from_run"))
-        return d
-
-    @classmethod
-    def from_config(cls, d: dict) -> LinearizeJob:
-        d = {k: v for k, v in d.items() if k != "command"}
-        return cls(
-            from_run=d.pop("from"),
-            search=SearchSettings(**d.pop("search", {})),
-            finetune=FinetuneSettings(**d.pop("finetune", {})),
-            **d,
-        )
+    _nested: ClassVar[dict[str, type]] = {"search": SearchSettings, "finetune": FinetuneSettings}
 
 
 def search_checkpoint_of(run_dir: Path) -> Path | None:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 
@@ -14,12 +15,13 @@ from ..relu.share import share
 from ..report import plots
 from ..runs import CHECKPOINT, MODEL, Run
 from ..training import dataset_for_run, evaluate, load_from_run, resolve_device
+from ._jobs import RunJob
 
 __all__ = ["ShareJob", "run_share"]
 
 
 @dataclass
-class ShareJob:
+class ShareJob(RunJob):
     """What ``pifair share`` runs; its dict is the run's config.yaml."""
 
     from_run: str
@@ -30,15 +32,7 @@ class ShareJob:
     device: str = "auto"
     finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
 
-    def as_config(self) -> dict:
-        d = asdict(self)
-        d["from"] = str(d.pop("from_run"))
-        return d
-
-    @classmethod
-    def from_config(cls, d: dict) -> ShareJob:
-        d = {k: v for k, v in d.items() if k != "command"}
-        return cls(from_run=d.pop("from"), finetune=FinetuneSettings(**d.pop("finetune", {})), **d)
+    _nested: ClassVar[dict[str, type]] = {"finetune": FinetuneSettings}
 
 
 def run_share(
