@@ -16,6 +16,7 @@ from .errors import (
 from .models import create_model, list_models
 from .relu import count_relus, parse_budget, replace_activations
 from .relu.linearize import linearize
+from .relu.share import share
 from .training import TrainConfig, evaluate, train
 
 __version__ = "0.1.0"
@@ -39,5 +40,6 @@ __all__ = [
     "load_dataset",
     "parse_budget",
     "replace_activations",
+    "share",
     "train",
 ]
