@@ -61,6 +61,7 @@ class FinetuneSettings:
     recalibrate_bn: bool = True
     select_best: bool = True
     seed: int = 0
+    grad_clip: float | None = 5.0  # nearly linear networks (tiny budgets) can diverge without it
     objective: str = "kd"  # "kd", or fairness-aware: "constrained" (Das et al. 2024), "reweight"
     mu: float = 1e-3  # dual step of the constrained objective
 
@@ -222,7 +223,7 @@ def _finetune(
     if settings.epochs == 0:
         return []
     loop = LoopSettings(epochs=settings.epochs, batch_size=settings.batch_size, lr=settings.lr, momentum=settings.momentum,
-                        weight_decay=settings.weight_decay, schedule="cosine", seed=settings.seed, device=device, progress=progress)  # fmt: skip
+                        weight_decay=settings.weight_decay, schedule="cosine", seed=settings.seed, device=device, progress=progress, grad_clip=settings.grad_clip)  # fmt: skip
     loss = DistillationLoss(teacher, temperature=settings.temperature, weight=settings.kd_weight)
     if settings.objective != "kd":
         from ..fairness.mitigation import ConstrainedLoss, ReweightedLoss

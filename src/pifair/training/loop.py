@@ -62,6 +62,7 @@ class LoopSettings:
     loader: str = "resident"
     optimizer: str = "sgd"
     progress: bool = True
+    grad_clip: float | None = None  # max global gradient norm (None: no clipping)
 
 
 def _make_loader(data: Dataset, split: str, s: LoopSettings, device: torch.device, *, train: bool):
@@ -174,6 +175,8 @@ def fit(
                 loss = loss_fn(logits, y, x, g)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if settings.grad_clip:  # clips on the device, no host sync
+                torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
             opt.step()
             sched.step()
             loss_sum += loss.detach() * len(y)  # stays on the device: no per-step host sync
