@@ -17,7 +17,7 @@ from ..atomic import atomic_torch_save
 from ..relu.sites import ActivationSite, iter_sites, replace_activations, site_from_spec
 from ._registry import create_model
 
-__all__ = ["save_model", "load_model", "model_record", "model_from_record"]
+__all__ = ["save_model", "save_model_like", "load_model", "model_record", "model_from_record"]
 
 FORMAT = "pifair-model/1"
 
@@ -66,6 +66,16 @@ def model_from_record(record: dict[str, Any]) -> nn.Module:
 def save_model(path: str | os.PathLike, model: nn.Module, **meta: Any) -> None:
     """Write :func:`model_record` atomically to ``path``."""
     atomic_torch_save(model_record(model, **meta), path)
+
+
+def save_model_like(
+    path: str | os.PathLike, model: nn.Module, parent_record: dict[str, Any]
+) -> None:
+    """Save a reduced ``model`` with the architecture record of the model it came from."""
+    save_model(
+        path, model, name=parent_record["model"], num_classes=parent_record["num_classes"],
+        input_shape=tuple(parent_record["input_shape"]), options=parent_record["options"],
+    )  # fmt: skip
 
 
 def load_model(

@@ -19,7 +19,7 @@ from typing import ClassVar
 import torch
 
 from ..atomic import atomic_open
-from ..models.io import save_model
+from ..models.io import save_model_like
 from ..relu import count_relus
 from ..relu.budget import parse_budget
 from ..relu.linearize import FinetuneSettings, LinearizeResult, linearize_many
@@ -126,14 +126,7 @@ def _write_result(
 ) -> dict:
     """Save the reduced model and its metrics and plots into ``run``."""
     _, record, _ = load_from_run(parent)
-    save_model(
-        run.file(MODEL),
-        result.model,
-        name=record["model"],
-        num_classes=record["num_classes"],
-        input_shape=tuple(record["input_shape"]),
-        options=record["options"],
-    )
+    save_model_like(run.file(MODEL), result.model, record)
     test = evaluate(result.model, data, "test")
     val = evaluate(result.model, data, "val")
     metrics = run.update_metrics(

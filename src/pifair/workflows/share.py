@@ -8,7 +8,7 @@ from typing import ClassVar
 
 import torch
 
-from ..models.io import save_model
+from ..models.io import save_model_like
 from ..relu import count_relus
 from ..relu.linearize import FinetuneSettings
 from ..relu.share import share
@@ -55,14 +55,7 @@ def run_share(
     dense_test = evaluate(dense.to(device), data, "test")
     result = share(dense, data, job.budget, scheme=job.scheme, rule=job.rule, finetune=job.finetune, device=device, progress=progress,
                    run=run, resume=(run.path / CHECKPOINT).exists())  # fmt: skip
-    save_model(
-        run.file(MODEL),
-        result.model,
-        name=record["model"],
-        num_classes=record["num_classes"],
-        input_shape=tuple(record["input_shape"]),
-        options=record["options"],
-    )
+    save_model_like(run.file(MODEL), result.model, record)
     test = evaluate(result.model, data, "test")
     run.update_metrics(
         kind="share", method=f"share-{job.scheme}-{job.rule}", scheme=job.scheme, rule=job.rule, budget=result.budget, relus=result.relus,
