@@ -76,7 +76,7 @@ def sweep_section(run: Run) -> str:
     ]
     return (
         f"<p>Dense parent: {pct(m['dense_test_accuracy'])} with {m['dense_relus']:,} ReLUs on {m['data']}. "
-        "The SNL search is shared by all budgets (its time is counted once per budget in the table).</p>"
+        "The SNL search is shared by all budgets (its time appears in each of its rows); for sharing the column is the layer allocation.</p>"
         + table(
             [
                 "method",
@@ -85,7 +85,7 @@ def sweep_section(run: Run) -> str:
                 "test acc.",
                 "drop (pts)",
                 "worst group",
-                "search s",
+                "search / allocation s",
                 "fine-tune s",
             ],
             rows,
