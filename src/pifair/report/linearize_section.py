@@ -17,6 +17,14 @@ def linearize_section(run: Run) -> str:
             f"{m['method']} ({m['granularity']}-wise, binarized by {m['binarize']}){' - SNL reference settings' if m.get('reference') else ''}",
         ],
         [
+            "fine-tuning objective",
+            {
+                "kd": "CE + KD",
+                "constrained": "CE + KD, fairness-constrained (Das et al.)",
+                "reweight": "CE + KD, groups reweighted",
+            }.get(m.get("objective", "kd"), m.get("objective")),
+        ],
+        [
             "ReLUs",
             f"{m['relus']:,} of {m['dense_relus']:,} (budget {m['budget']:,}; {100 * m['relus'] / m['dense_relus']:.2f} %)",
         ],
