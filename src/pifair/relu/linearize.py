@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
@@ -77,7 +77,7 @@ def reference_settings(
 ) -> tuple[SearchSettings, FinetuneSettings]:
     """SNL's reference code settings: lambda x1.1 on stall, threshold binarization, lr 1e-3,
     no batch-norm recalibration, the last fine-tuning epoch kept."""
-    search = _replace(
+    search = replace(
         search,
         lambda_init=1e-5,
         lambda_growth=1.1,
@@ -85,12 +85,8 @@ def reference_settings(
         lambda_warmup=5,
         mask_lr=None,
     )
-    finetune = _replace(finetune, lr=1e-3, recalibrate_bn=False, select_best=False)
+    finetune = replace(finetune, lr=1e-3, recalibrate_bn=False, select_best=False)
     return search, finetune
-
-
-def _replace(obj, **changes):
-    return type(obj)(**(asdict(obj) | changes))
 
 
 @dataclass
