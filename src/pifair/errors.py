@@ -14,6 +14,7 @@ __all__ = [
     "ResumeMismatchError",
     "MissingExtraError",
     "UnsupportedLayerError",
+    "PrivacyParameterError",
 ]
 
 
@@ -53,3 +54,8 @@ class MissingExtraError(PifairError, ImportError):
 
 class UnsupportedLayerError(PifairError, ValueError):
     """A model holds a layer that an engine (HE, MPC, DP) cannot run."""
+
+
+class PrivacyParameterError(PifairError, ValueError):
+    """A differential-privacy setting that gives no guarantee (epsilon <= 0, delta >= 1/N, a
+    clip bound <= 0) or a target epsilon that cannot be reached."""

@@ -22,6 +22,7 @@ __all__ = [
     "pareto",
     "drops_by_budget",
     "margin_distributions",
+    "dp_curves",
 ]
 
 
@@ -191,6 +192,37 @@ def margin_distributions(
     ax.set_xticks(range(len(groups)), groups, rotation=45)
     ax.set(ylabel="top-1 minus top-2 softmax", title=title)
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def dp_curves(history: list[dict], path: str | os.PathLike, *, title: str = "") -> None:
+    """Per-group test accuracy, epsilon spent, and per-group direction error, per epoch."""
+    plt = _pyplot()
+    epochs = [h["epoch"] for h in history]
+    groups = list(history[-1]["test_groups"]) if history else []
+    private = bool(history) and "epsilon" in history[-1]
+    fig, axes = plt.subplots(1, 3 if private else 1, figsize=(13 if private else 5, 3.4))
+    axes = axes if private else [axes]
+    for name in groups:
+        axes[0].plot(
+            epochs, [100 * h["test_groups"].get(name, float("nan")) for h in history], label=name
+        )
+    axes[0].set(xlabel="epoch", ylabel="test accuracy (%)", title="per group")
+    if private:
+        axes[1].plot(epochs, [h["epsilon"] for h in history], color="k")
+        axes[1].set(xlabel="epoch", ylabel="epsilon spent", title="privacy")
+        for name in groups:
+            ys = [h["alignment"].get(name, {}).get("cosine", float("nan")) for h in history]
+            axes[2].plot(epochs, ys, label=name)
+        axes[2].set(
+            xlabel="epoch", ylabel="cos(clipped, unclipped)", title="direction error per group"
+        )
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=6, ncol=2)
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

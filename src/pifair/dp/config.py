@@ -1,0 +1,100 @@
+"""``pifair dp-train`` settings. Unset method settings take the fair-dp MNIST script's values."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from ..errors import PrivacyParameterError, UnknownNameError
+from ..training.config import DataConfig
+from .rules import METHODS
+
+__all__ = ["DPConfig", "METHOD_DEFAULTS"]
+
+# From layer6ai-labs/fair-dp experiment_scripts/mnist_script.sh (the protocol we reproduce).
+METHOD_DEFAULTS: dict[str, dict[str, float]] = {
+    "nonprivate": {"lr": 0.01, "clip": 1.0},
+    "dpsgd": {"lr": 0.01, "clip": 1.0},
+    "global": {"lr": 0.01, "clip": 20.0, "z": 100.0},
+    "global-adapt": {"lr": 0.1, "clip": 1.0, "z": 50.0, "tau": 0.7, "count_noise": 10.0},
+    "dpsgd-f": {"lr": 0.01, "clip": 1.0, "count_noise": 8.0},
+}
+
+
+@dataclass
+class DPConfig(DataConfig):
+    """A DP training run; every field is a ``pifair dp-train --flag``."""
+
+    val_fraction: float = 0.0  # the fair-dp protocol trains on the whole training set
+    method: str = "global-adapt"
+    model: str = "fairdp_cnn"
+    epochs: int = 20
+    batch_size: int = 256  # expected (Poisson) batch size
+    lr: float | None = None
+    momentum: float = 0.0
+    clip: float | None = None  # C (DPSGD-F: C0)
+    z: float | None = None  # Z (Global) or Z0 (Global-Adapt)
+    tau: float | None = None  # Global-Adapt: count gradients above tau * Z_t
+    eta_z: float = 0.1
+    count_noise: float | None = None  # s_b (Global-Adapt) or sigma_1 (DPSGD-F)
+    epsilon: float | None = None
+    delta: float = 1e-6
+    noise_multiplier: float | None = None
+    grad_path: str = "ghost"  # ghost (fast) or hooks (Opacus' per-sample gradients)
+    secure_noise: bool = False  # Opacus secure_mode: CSPRNG noise, not reproducible
+    diag_every: int = 25  # steps between misalignment measurements (0: never)
+    baseline: str | None = None  # a non-private run folder: privacy cost per group
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise UnknownNameError("DP method", self.method, list(METHODS))
+        for key, value in METHOD_DEFAULTS[self.method].items():
+            if getattr(self, key) is None:
+                setattr(self, key, value)
+        self.z = 100.0 if self.z is None else self.z
+        self.count_noise = 10.0 if self.count_noise is None else self.count_noise
+        self.tau = 1.0 if self.tau is None else self.tau
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError(
+                f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}"
+            )
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not self.clip > 0:
+            raise PrivacyParameterError(f"clip bound must be > 0, got {self.clip}")
+        if self.grad_path not in ("ghost", "hooks"):
+            raise ValueError(f"grad_path must be ghost or hooks, got {self.grad_path!r}")
+        if self.private:
+            if self.epsilon is not None and self.noise_multiplier is not None:
+                raise PrivacyParameterError(
+                    "give --epsilon (the noise is derived) or --noise-multiplier (epsilon is reported), not both"
+                )
+            if self.epsilon is None and self.noise_multiplier is None:
+                raise PrivacyParameterError(
+                    f"{self.method} needs a privacy level: --epsilon 6 (noise derived from it) or "
+                    f"--noise-multiplier 0.8 (epsilon reported)"
+                )
+            if self.epsilon is not None and not self.epsilon > 0:
+                raise PrivacyParameterError(f"epsilon must be > 0, got {self.epsilon}")
+            if self.noise_multiplier is not None and not self.noise_multiplier > 0:
+                raise PrivacyParameterError(
+                    f"noise multiplier must be > 0, got {self.noise_multiplier}"
+                )
+
+    @property
+    def private(self) -> bool:
+        return self.method != "nonprivate"
+
+    @property
+    def data_config(self) -> DataConfig:
+        return DataConfig(**{f.name: getattr(self, f.name) for f in fields(DataConfig)})
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DPConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})

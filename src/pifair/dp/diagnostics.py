@@ -1,0 +1,78 @@
+"""Per-group gradient misalignment (Esipova et al. 2023): how clipping bends each group's step.
+
+For the samples of group k in a batch, the unclipped mean gradient g_k = mean_i g_i and the
+released (clipped, before noise) mean c_k = mean_i s_i g_i. The direction error is
+cos(g_k, c_k) (1 = aligned) and the magnitude error |c_k| / |g_k|. Per-sample gradients come
+from torch.func here, apart from either Opacus path, so the diagnostic does not depend on the
+path it checks. These values are computed on private data and are not themselves private:
+they are for analysing a method, not for release.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["per_sample_grads", "GroupAlignment", "group_alignment", "privacy_cost"]
+
+
+def per_sample_grads(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, chunk: int = 128
+) -> torch.Tensor:
+    """(N, P) per-sample cross-entropy gradients over the trainable parameters, flattened."""
+    from torch.func import functional_call, grad, vmap
+
+    params = {k: v.detach() for k, v in model.named_parameters() if v.requires_grad}
+    buffers = {k: v.detach() for k, v in model.named_buffers()}
+
+    def loss(p, xi, yi):
+        return F.cross_entropy(
+            functional_call(model, (p, buffers), (xi.unsqueeze(0),)), yi.unsqueeze(0)
+        )
+
+    per_sample = vmap(grad(loss), in_dims=(None, 0, 0))
+    rows = []
+    for i in range(0, len(x), chunk):
+        g = per_sample(params, x[i : i + chunk], y[i : i + chunk])
+        rows.append(torch.cat([t.flatten(1) for t in g.values()], dim=1))
+    return torch.cat(rows)
+
+
+@dataclass
+class GroupAlignment:
+    group: int
+    count: int
+    cosine: float  # direction error: cos(unclipped mean, clipped mean)
+    norm_ratio: float  # magnitude error: |clipped mean| / |unclipped mean|
+
+
+def group_alignment(
+    grads: torch.Tensor, factors: torch.Tensor, groups: torch.Tensor
+) -> list[GroupAlignment]:
+    """Direction and magnitude error of every group present in the batch."""
+    out = []
+    for k in torch.unique(groups).tolist():
+        mask = groups == k
+        g = grads[mask]
+        s = factors[mask].to(g.dtype)
+        raw = g.mean(0)
+        clipped = (s[:, None] * g).mean(0)
+        cos = F.cosine_similarity(raw, clipped, dim=0, eps=1e-12)
+        ratio = clipped.norm() / raw.norm().clamp(min=1e-12)
+        out.append(
+            GroupAlignment(
+                group=int(k),
+                count=int(mask.sum()),
+                cosine=float(cos),
+                norm_ratio=float(ratio),
+            )
+        )
+    return out
+
+
+def privacy_cost(nonprivate: dict[str, float], private: dict[str, float]) -> dict[str, float]:
+    """pi_g = acc_nonprivate,g - acc_private,g for every group both dicts hold."""
+    return {g: nonprivate[g] - private[g] for g in private if g in nonprivate}

@@ -1,0 +1,113 @@
+"""``dp-train`` end to end on a small real slice: accounting of every release, resume, errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("opacus")
+
+from opacus.accountants import RDPAccountant  # noqa: E402
+
+from pifair.cli import main  # noqa: E402
+from pifair.dp import DPConfig, dp_train  # noqa: E402
+from pifair.errors import PrivacyParameterError, UnsupportedLayerError  # noqa: E402
+from pifair.models.io import load_model  # noqa: E402
+
+FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
+needs_fashion = pytest.mark.skipif(
+    not FASHION.exists(), reason="Fashion-MNIST Debian package not installed"
+)
+
+
+def _cfg(**kw) -> DPConfig:
+    base = dict(data="digits", model="mlp", epochs=2, batch_size=64, noise_multiplier=1.0, delta=1e-4, diag_every=4)  # fmt: skip
+    return DPConfig(**(base | kw))
+
+
+def test_every_release_is_accounted(tmp_path):
+    run = dp_train(_cfg(method="global-adapt"), out=tmp_path / "ga", progress=False)
+    m = run.metrics
+    steps = m["steps"]
+    assert steps == 2 * int(1 / m["sample_rate"])
+    q = m["sample_rate"]
+    acc = RDPAccountant()
+    for _ in range(steps):  # one gradient release and one count release per step
+        acc.step(noise_multiplier=1.0, sample_rate=q)
+        acc.step(noise_multiplier=10.0, sample_rate=q)  # s_b, the default
+    assert sorted(map(tuple, m["releases"])) == [(1.0, q, steps), (10.0, q, steps)]
+    assert m["epsilon"] == pytest.approx(acc.get_epsilon(1e-4), rel=1e-9)
+    assert [h["epoch"] for h in m["history"]] == [1, 2]
+    assert set(m["history"][-1]["alignment"]) <= set(m["test_groups"])
+    assert (run.path / "dp_curves.png").exists()
+
+
+def test_target_epsilon_is_met_with_the_count_releases(tmp_path):
+    run = dp_train(_cfg(method="dpsgd-f", noise_multiplier=None, epsilon=4.0, count_noise=3.0), out=tmp_path / "f", progress=False)  # fmt: skip
+    m = run.metrics
+    assert 4.0 - 0.02 <= m["epsilon"] <= 4.0
+    assert len(m["releases"]) == 2
+
+
+def test_privacy_cost_against_a_nonprivate_baseline(tmp_path):
+    base = dp_train(_cfg(method="nonprivate", noise_multiplier=None), out=tmp_path / "np", progress=False)  # fmt: skip
+    run = dp_train(_cfg(method="dpsgd", baseline=str(base.path)), out=tmp_path / "dp", progress=False)  # fmt: skip
+    m, b = run.metrics, base.metrics
+    for name, cost in m["privacy_cost"].items():
+        assert cost == pytest.approx(b["test_groups"][name] - m["test_groups"][name])
+    assert m["privacy_cost_gap"] == pytest.approx(max(m["privacy_cost"].values()) - min(m["privacy_cost"].values()))  # fmt: skip
+
+
+def test_a_killed_run_resumes_to_the_same_model(tmp_path, monkeypatch):
+    cfg = _cfg(method="global-adapt", epochs=3)
+    whole = dp_train(cfg, out=tmp_path / "whole", progress=False)
+
+    import pifair.dp.train as train_mod
+
+    real_evaluate, calls = train_mod.evaluate, {"n": 0}
+
+    def dies_in_epoch_two(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "evaluate", dies_in_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        dp_train(cfg, out=tmp_path / "killed", progress=False)
+    monkeypatch.setattr(train_mod, "evaluate", real_evaluate)
+    resumed = dp_train(cfg, resume=tmp_path / "killed", progress=False)
+    a, _ = load_model(whole.path / "model.pt")
+    b, _ = load_model(resumed.path / "model.pt")
+    for p, q in zip(a.state_dict().values(), b.state_dict().values(), strict=True):
+        assert torch.allclose(p, q)
+    assert resumed.metrics["epsilon"] == whole.metrics["epsilon"]
+    assert resumed.metrics["rule_state"] == whole.metrics["rule_state"]
+
+
+def test_bad_input_gets_clear_errors(tmp_path, capsys):
+    with pytest.raises(PrivacyParameterError, match="needs a privacy level"):
+        DPConfig(method="dpsgd")
+    with pytest.raises(PrivacyParameterError, match="clip bound must be > 0"):
+        _cfg(clip=-1.0)
+    with pytest.raises(PrivacyParameterError, match=r"delta must be in \(0, 1/N\)"):
+        dp_train(_cfg(delta=0.1), out=tmp_path / "d", progress=False)
+    with pytest.raises(UnsupportedLayerError, match="batch norm .*ModuleValidator.fix"):
+        dp_train(_cfg(model="lenet"), out=tmp_path / "bn", progress=False)
+    assert main(["dp-train", "--data", "digits", "--model", "mlp", "--epsilon", "0"]) == 2
+    assert "epsilon must be > 0" in capsys.readouterr().err
+
+
+@needs_fashion
+@pytest.mark.slow
+def test_cli_fair_dp_protocol_on_fashion_mnist(tmp_path, capsys):
+    """The protocol's data and CNN (class 8 kept at 9 %), one short epoch, ghost path."""
+    args = ["dp-train", "--data", "fashion-mnist", "--limit", "4000", "--keep", "8:0.09", "--epochs", "1",
+            "--method", "global-adapt", "--epsilon", "6", "--out", str(tmp_path / "run"), "--no-progress"]  # fmt: skip
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "global-adapt: test accuracy" in out
+    epsilon = float(out.split("epsilon ")[1].split()[0])
+    assert 5.98 <= epsilon <= 6.0

@@ -1,0 +1,113 @@
+"""The Opacus optimizers: the hooks path is Opacus' DPSGD, the ghost path agrees with the hooks
+path for every method, and the noise has the standard deviation the rule asks for."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+pytest.importorskip("opacus")
+
+from opacus import GradSampleModule  # noqa: E402
+from opacus.grad_sample import GradSampleModuleFastGradientClipping  # noqa: E402
+from opacus.optimizers import DPOptimizer  # noqa: E402
+
+from pifair.dp.optimizers import FairDPOptimizer, FairDPOptimizerFast, ghost_backward  # noqa: E402
+from pifair.dp.rules import make_rule  # noqa: E402
+
+
+def _cnn() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3), nn.Tanh(), nn.AvgPool2d(2), nn.Flatten(), nn.Linear(4 * 3 * 3, 16),
+        nn.Tanh(), nn.Linear(16, 3),
+    )  # fmt: skip
+
+
+def _batch(n: int = 24):
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(n, 1, 8, 8, generator=gen) * 3
+    y = torch.randint(0, 3, (n,), generator=gen)
+    groups = torch.randint(0, 2, (n,), generator=gen)
+    return x, y, groups
+
+
+def _rule(method: str):
+    # small bounds so that every method's clipping is active on this batch
+    return make_rule(method, clip=0.3, z=1.0, count_noise=1.0, tau=0.7, num_groups=2)
+
+
+def _hooks_grads(method, model, x, y, g, sigma=0.0, seed=0):
+    gsm = GradSampleModule(copy.deepcopy(model))
+    opt = FairDPOptimizer(
+        torch.optim.SGD(gsm.parameters(), lr=0.0), rule=_rule(method), noise_multiplier=sigma,
+        expected_batch_size=len(x), count_generator=torch.Generator().manual_seed(seed),
+    )  # fmt: skip
+    opt.zero_grad()
+    opt.set_groups(g)
+    F.cross_entropy(gsm(x), y).backward()
+    opt.step()
+    return [p.grad.clone() for p in gsm.parameters()], opt
+
+
+def test_hooks_path_with_flat_clipping_is_opacus_dpsgd():
+    """Same batch, same noise generator: FairDPOptimizer(dpsgd) releases what Opacus does."""
+    model, (x, y, _) = _cnn(), _batch()
+    released = []
+    for make in (
+        lambda params: DPOptimizer(torch.optim.SGD(params, lr=0.0), noise_multiplier=0.7, max_grad_norm=0.3, expected_batch_size=len(x), generator=torch.Generator().manual_seed(5)),
+        lambda params: FairDPOptimizer(torch.optim.SGD(params, lr=0.0), rule=_rule("dpsgd"), noise_multiplier=0.7, expected_batch_size=len(x), generator=torch.Generator().manual_seed(5)),
+    ):  # fmt: skip
+        gsm = GradSampleModule(copy.deepcopy(model))
+        opt = make(gsm.parameters())
+        F.cross_entropy(gsm(x), y).backward()
+        opt.step()
+        released.append([p.grad.clone() for p in gsm.parameters()])
+    for a, b in zip(*released, strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["dpsgd", "global", "global-adapt", "dpsgd-f"])
+def test_ghost_path_agrees_with_the_hooks_path(method):
+    model, (x, y, g) = _cnn(), _batch()
+    reference, ref_opt = _hooks_grads(method, model, x, y, g)
+    gsm = GradSampleModuleFastGradientClipping(copy.deepcopy(model), max_grad_norm=0.3, use_ghost_clipping=True)  # fmt: skip
+    opt = FairDPOptimizerFast(
+        torch.optim.SGD(gsm.parameters(), lr=0.0), rule=_rule(method), noise_multiplier=0.0,
+        expected_batch_size=len(x), count_generator=torch.Generator().manual_seed(0),
+    )  # fmt: skip
+    opt.zero_grad()
+    opt.set_groups(g)
+    ghost_backward(gsm, opt, F.cross_entropy(gsm(x), y, reduction="none"))
+    opt.step()
+    assert torch.allclose(opt.last_step.factors, ref_opt.last_step.factors, atol=1e-5)
+    assert opt.last_step.sensitivity == pytest.approx(ref_opt.last_step.sensitivity)
+    assert (opt.last_step.factors < 1).any()  # the rule did act on this batch
+    for ours, ref in zip((p.grad for p in gsm.parameters()), reference, strict=True):
+        assert torch.allclose(ours, ref, atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("method", ["dpsgd", "global-adapt", "dpsgd-f"])
+def test_noise_std_is_sigma_times_the_sensitivity_over_the_batch(method):
+    """Zero gradients: what the optimizer releases is noise only, N(0, (sigma S / B)^2)."""
+    torch.manual_seed(0)
+    model = nn.Linear(100, 100)
+    gsm = GradSampleModuleFastGradientClipping(model, max_grad_norm=1.0)
+    opt = FairDPOptimizerFast(
+        torch.optim.SGD(gsm.parameters(), lr=0.0), rule=make_rule(method, clip=1.0, count_noise=1.0, num_groups=2),
+        noise_multiplier=1.5, expected_batch_size=32, generator=torch.Generator().manual_seed(0),
+        count_generator=torch.Generator().manual_seed(0),
+    )  # fmt: skip
+    x = torch.randn(32, 100)
+    opt.zero_grad()
+    opt.set_groups(torch.randint(0, 2, (32,)))
+    ghost_backward(gsm, opt, 0.0 * gsm(x).sum(1))
+    opt.step()
+    noise = model.weight.grad.flatten()  # 10,000 draws
+    expected = 1.5 * opt.last_step.sensitivity / 32
+    assert float(noise.std()) == pytest.approx(expected, rel=0.03)
+    assert abs(float(noise.mean())) < 4 * expected / 100
