@@ -28,6 +28,7 @@ class DPConfig(DataConfig):
     val_fraction: float = 0.0  # the fair-dp protocol trains on the whole training set
     method: str = "global-adapt"
     model: str = "fairdp_cnn"
+    act: str | None = None  # activation of the model (fairdp_cnn: tanh; mlp: relu, or tanh as in fair-dp)
     epochs: int = 20
     batch_size: int = 256  # expected (Poisson) batch size
     lr: float | None = None
@@ -86,6 +87,9 @@ class DPConfig(DataConfig):
     @property
     def private(self) -> bool:
         return self.method != "nonprivate"
+
+    def model_options(self) -> dict[str, Any]:
+        return {"act_layer": self.act} if self.act else {}
 
     @property
     def data_config(self) -> DataConfig:

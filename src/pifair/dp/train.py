@@ -196,13 +196,15 @@ def dp_train(
     progress: bool = True,
 ) -> Run | None:
     """Train ``cfg.model`` with ``cfg.method``; returns the run (``None`` on ranks other than 0)."""
+    if cfg.baseline:
+        _check_baseline(cfg.baseline)
     rank, world = _distributed()
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
     if world > 1 and device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     data = load_dataset(**cfg.data_config.load_kwargs(cfg.seed))
-    model = create_model(cfg.model, num_classes=data.num_classes, input_shape=data.input_shape)
+    model = create_model(cfg.model, num_classes=data.num_classes, input_shape=data.input_shape, **cfg.model_options())
     if cfg.private:
         check_dp_compatible(model)
     model.to(device)
@@ -258,6 +260,15 @@ def dp_train(
     return run
 
 
+def _check_baseline(path: str) -> None:
+    base = Run.open(path)
+    if base.config.get("command") != "dp-train" or "test_groups" not in base.metrics:
+        raise ValueError(
+            f"--baseline {path} is not a finished dp-train run; train one with "
+            f"`pifair dp-train --method nonprivate` on the same data first"
+        )
+
+
 def _train_epoch(cfg, model, data, train, optimizer, private, epoch, device, progress) -> dict:
     model.train()
     n = len(train)
@@ -311,7 +322,7 @@ def _finish(
     from ..report import plots
 
     test = evaluate(model, data, "test")
-    save_model(run.file(MODEL), model, name=cfg.model, num_classes=data.num_classes, input_shape=data.input_shape)  # fmt: skip
+    save_model(run.file(MODEL), model, name=cfg.model, num_classes=data.num_classes, input_shape=data.input_shape, options=cfg.model_options())  # fmt: skip
     metrics = {
         "kind": "dp-train", "method": cfg.method, "model": cfg.model, "data": data.summary(),
         "history": history, "test": test.as_dict(), "test_accuracy": test.accuracy,

@@ -1,0 +1,56 @@
+"""Report section of ``pifair dp-train``: privacy spent, per-group accuracy, privacy cost and
+gradient misalignment."""
+
+from __future__ import annotations
+
+from ..runs import Run
+from .html import img, pct, register_section, table
+
+
+def _mean_alignment(history: list[dict], group: str, key: str) -> float | None:
+    values = [h["alignment"][group][key] for h in history if group in h.get("alignment", {})]
+    return sum(values) / len(values) if values else None
+
+
+@register_section("dp-train")
+def dp_section(run: Run) -> str:
+    m, c = run.metrics, run.config
+    if "test_groups" not in m:
+        return "<p>DP training not finished (resume it with <code>--resume</code>).</p>"
+    if "epsilon" in m:
+        state = ", ".join(f"{k} = {v:.3g}" if isinstance(v, float) else f"{k} = {[round(b, 2) for b in v]}" for k, v in m["rule_state"].items())  # fmt: skip
+        privacy = (
+            f"({m['epsilon']:.3f}, {m['delta']:g})-DP over {m['steps']:,} steps: noise multiplier "
+            f"{m['noise_multiplier']:.4f}, sampling rate {m['sample_rate']:.5f} (Poisson), clip {c['clip']:g}; "
+            f"{sum(n for _, _, n in m['releases']) - m['steps']:,} further count releases accounted. "
+            f"{'Final ' + state + '. ' if state else ''}"
+        )
+    else:
+        privacy = "Non-private baseline (plain SGD). "
+    history = m["history"]
+    cost = m.get("privacy_cost", {})
+    rows = [
+        [name, pct(acc), "-" if name not in cost else f"{100 * cost[name]:.2f}",
+         *(("-" if (v := _mean_alignment(history, name, k)) is None else f"{v:.3f}") for k in ("cosine", "norm_ratio"))]
+        for name, acc in m["test_groups"].items()
+    ]  # fmt: skip
+    gap = (
+        f" Privacy-cost gap (largest minus smallest group cost): <b>{100 * m['privacy_cost_gap']:.2f} points</b> "
+        f"against <code>{m['baseline']}</code>."
+        if "privacy_cost_gap" in m
+        else ""
+    )
+    return "".join(
+        [
+            f"<p><b>{c['method']}</b> on {c['data']}{' (keep ' + c['keep'] + ')' if c.get('keep') else ''}, "
+            f"{c['model']}, {c['epochs']} epochs, expected batch {c['batch_size']}, lr {c['lr']:g}, "
+            f"{c['grad_path']} path, {m['samples_per_s']:.0f} samples/s. {privacy}{gap}</p>",
+            table(
+                ["group", "test accuracy", "privacy cost (points)", "cos(clipped, raw)", "|clipped| / |raw|"],
+                rows,
+            ),
+            "<p class='meta'>Misalignment: per group, the mean over measured steps of the cosine and the norm ratio "
+            "between the clipped and the unclipped mean gradient of the group's samples in the batch (before noise).</p>",
+            img(run.file("dp_curves.png"), "per-group accuracy, epsilon and direction error per epoch"),
+        ]
+    )
