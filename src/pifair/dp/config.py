@@ -28,7 +28,9 @@ class DPConfig(DataConfig):
     val_fraction: float = 0.0  # the fair-dp protocol trains on the whole training set
     method: str = "global-adapt"
     model: str = "fairdp_cnn"
-    act: str | None = None  # activation of the model (fairdp_cnn: tanh; mlp: relu, or tanh as in fair-dp)
+    act: str | None = (
+        None  # activation of the model (fairdp_cnn: tanh; mlp: relu, or tanh as in fair-dp)
+    )
     epochs: int = 20
     batch_size: int = 256  # expected (Poisson) batch size
     lr: float | None = None

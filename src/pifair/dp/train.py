@@ -134,13 +134,10 @@ class _Private:
         sampler_mod = require("opacus.utils.uniform_sampler", extra="dp", purpose="DP-SGD")
         gen = _generator(seed, epoch, 104_729 + self.rank)
         if self.world > 1:
-            sampler = sampler_mod.DistributedUniformWithReplacementSampler(
-                total_size=n, sample_rate=self.sample_rate, shuffle_seed=seed + epoch, generator=gen
-            )
-        else:
-            sampler = sampler_mod.UniformWithReplacementSampler(
-                num_samples=n, sample_rate=self.sample_rate, generator=gen
-            )
+            return _lockstep_poisson(n, self.sample_rate, self.steps_per_epoch, self.rank, self.world, seed + epoch, gen)  # fmt: skip
+        sampler = sampler_mod.UniformWithReplacementSampler(
+            num_samples=n, sample_rate=self.sample_rate, generator=gen
+        )
         return [list(b) for b in sampler]
 
     def backward(self, loss_per_sample: torch.Tensor) -> None:
@@ -173,6 +170,8 @@ class _Private:
         opt.add_noise()
         opt.scale_grad()
         self._charge(opt)
+        if self.world > 1:
+            opt.reduce_gradients()
         opt.original_optimizer.step()
 
     def state(self) -> dict:
@@ -181,6 +180,19 @@ class _Private:
     def load_state(self, state: dict) -> None:
         self.ledger = PrivacyLedger.from_state(state["ledger"])
         self.rule.load_state(state["rule"])
+
+
+def _lockstep_poisson(
+    n: int, rate: float, steps: int, rank: int, world: int, shuffle_seed: int, gen: torch.Generator
+) -> list[list[int]]:
+    """Poisson batches of this rank's shard, one per step, empty ones included.
+
+    Opacus' ``DistributedUniformWithReplacementSampler`` skips a rank's empty local batch, so
+    the ranks would take different numbers of steps and block in the gradient all-reduce; the
+    sampling here is the same (a seeded shuffle split by rank, then Poisson), in lockstep.
+    """
+    shard = torch.randperm(n, generator=torch.Generator().manual_seed(shuffle_seed))[rank::world]
+    return [shard[torch.rand(len(shard), generator=gen) < rate].tolist() for _ in range(steps)]
 
 
 def _nonprivate_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[torch.Tensor]:
@@ -199,12 +211,16 @@ def dp_train(
     if cfg.baseline:
         _check_baseline(cfg.baseline)
     rank, world = _distributed()
+    if world > 1 and not cfg.private:
+        raise ValueError("the non-private baseline trains in one process: run it without torchrun")
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
     if world > 1 and device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     data = load_dataset(**cfg.data_config.load_kwargs(cfg.seed))
-    model = create_model(cfg.model, num_classes=data.num_classes, input_shape=data.input_shape, **cfg.model_options())
+    model = create_model(
+        cfg.model, num_classes=data.num_classes, input_shape=data.input_shape, **cfg.model_options()
+    )
     if cfg.private:
         check_dp_compatible(model)
     model.to(device)
@@ -254,10 +270,20 @@ def dp_train(
             "epoch %d: loss %.4f, test %.4f%s, %.0f samples/s", epoch + 1, record["train_loss"],
             test.accuracy, f", epsilon {record['epsilon']:.3f}" if private else "", record["samples_per_s"],
         )  # fmt: skip
+    in_sync = _ranks_agree(model) if world > 1 else True
     if rank != 0:
         return None
-    _finish(cfg, run, model, data, history, private)
+    _finish(cfg, run, model, data, history, private, world_size=world, ranks_in_sync=in_sync)
     return run
+
+
+def _ranks_agree(model: nn.Module) -> bool:
+    """Whether every rank ends with the same weights (the data-parallel invariant)."""
+    flat = torch.cat([p.detach().flatten() for p in model.parameters()]).cpu()
+    high, low = flat.clone(), flat.clone()
+    torch.distributed.all_reduce(high, op=torch.distributed.ReduceOp.MAX)
+    torch.distributed.all_reduce(low, op=torch.distributed.ReduceOp.MIN)
+    return bool((high - low).abs().max() <= 1e-6)
 
 
 def _check_baseline(path: str) -> None:
@@ -317,7 +343,7 @@ def _train_epoch(cfg, model, data, train, optimizer, private, epoch, device, pro
 
 
 def _finish(
-    cfg: DPConfig, run: Run, model: nn.Module, data: Dataset, history: list[dict], private
+    cfg: DPConfig, run: Run, model: nn.Module, data: Dataset, history: list[dict], private, **extra
 ) -> None:
     from ..report import plots
 
@@ -328,6 +354,7 @@ def _finish(
         "history": history, "test": test.as_dict(), "test_accuracy": test.accuracy,
         "test_groups": {r.name: r.accuracy for r in test.groups},
         "samples_per_s": sum(h["samples"] for h in history) / max(sum(h["seconds"] for h in history), 1e-9),
+        **extra,
     }  # fmt: skip
     if private:
         metrics |= {

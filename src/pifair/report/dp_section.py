@@ -46,11 +46,20 @@ def dp_section(run: Run) -> str:
             f"{c['model']}, {c['epochs']} epochs, expected batch {c['batch_size']}, lr {c['lr']:g}, "
             f"{c['grad_path']} path, {m['samples_per_s']:.0f} samples/s. {privacy}{gap}</p>",
             table(
-                ["group", "test accuracy", "privacy cost (points)", "cos(clipped, raw)", "|clipped| / |raw|"],
+                [
+                    "group",
+                    "test accuracy",
+                    "privacy cost (points)",
+                    "cos(clipped, raw)",
+                    "|clipped| / |raw|",
+                ],
                 rows,
             ),
             "<p class='meta'>Misalignment: per group, the mean over measured steps of the cosine and the norm ratio "
             "between the clipped and the unclipped mean gradient of the group's samples in the batch (before noise).</p>",
-            img(run.file("dp_curves.png"), "per-group accuracy, epsilon and direction error per epoch"),
+            img(
+                run.file("dp_curves.png"),
+                "per-group accuracy, epsilon and direction error per epoch",
+            ),
         ]
     )
