@@ -70,18 +70,18 @@ def _train(cfg: DPConfig, out: Path) -> Run:
     return dp_train(cfg, out=out, progress=False)
 
 
-def fairness(name: str, seeds: list[int], epochs: int, root: Path) -> list[dict]:
+def fairness(
+    name: str, seeds: list[int], epochs: int, root: Path, *, momentum: float
+) -> list[dict]:
     minority, reference = PROTOCOLS[name]["groups"]
     rows = []
     for seed in seeds:
-        base = _train(
-            _config(name, "nonprivate", seed, epochs), root / name / f"s{seed}-nonprivate"
-        )
+        base = _train(_config(name, "nonprivate", seed, epochs, momentum=momentum), root / name / f"s{seed}-nonprivate")  # fmt: skip
         b = base.metrics
         rows.append(dict(method="nonprivate", seed=seed, accuracy=b["test_accuracy"], minority=b["test_groups"][minority],
                          reference=b["test_groups"][reference], gap=0.0, epsilon=None, sps=b["samples_per_s"]))  # fmt: skip
         for method in METHODS:
-            cfg = _config(name, method, seed, epochs, baseline=str(base.path), diag_every=50)
+            cfg = _config(name, method, seed, epochs, baseline=str(base.path), diag_every=50, momentum=momentum)  # fmt: skip
             m = _train(cfg, root / name / f"s{seed}-{method}").metrics
             cost = m["privacy_cost"]
             rows.append(dict(method=method, seed=seed, accuracy=m["test_accuracy"], minority=m["test_groups"][minority],
@@ -157,6 +157,7 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--epochs", type=int, help="epochs per run (default: the protocol's, 60 / 20)")  # fmt: skip
     parser.add_argument("--data", default="fashion-mnist,adult")
+    parser.add_argument("--momentum", type=float, default=0.0, help="SGD momentum of every method (the protocol: 0; with few CPU epochs 0.9 stands in for the missing ones)")  # fmt: skip
     parser.add_argument("--speed", action="store_true", help="also measure throughput")
     parser.add_argument("--no-fairness", action="store_true", help="throughput only")
     parser.add_argument("--out", type=Path, default=Path("runs/bench-dp"))
@@ -168,8 +169,8 @@ def main() -> None:
         if not ns.no_fairness:
             epochs = ns.epochs or PROTOCOLS[name]["default_epochs"]
             print(f"\n## {name}: {epochs} epochs, seeds {seeds}")
-            rows = fairness(name, seeds, epochs, ns.out)
-            results[name] = {"epochs": epochs, "runs": rows, "summary": summarize(name, rows)}
+            rows = fairness(name, seeds, epochs, ns.out, momentum=ns.momentum)
+            results[name] = {"epochs": epochs, "momentum": ns.momentum, "runs": rows, "summary": summarize(name, rows)}  # fmt: skip
         if ns.speed:
             print(f"\n## {name}: throughput, one epoch each")
             results[f"{name}-speed"] = speed(name, ns.out)

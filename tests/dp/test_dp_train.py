@@ -111,3 +111,12 @@ def test_cli_fair_dp_protocol_on_fashion_mnist(tmp_path, capsys):
     assert "global-adapt: test accuracy" in out
     epsilon = float(out.split("epsilon ")[1].split()[0])
     assert 5.98 <= epsilon <= 6.0
+
+
+def test_seeded_noise_repeats_and_secure_noise_does_not(tmp_path):
+    def weights(name: str, **kw):
+        run = dp_train(_cfg(epochs=1, diag_every=0, **kw), out=tmp_path / name, progress=False)
+        return torch.cat([p.flatten() for p in load_model(run.path / "model.pt")[0].parameters()])
+
+    assert torch.equal(weights("a"), weights("b"))
+    assert not torch.equal(weights("c", secure_noise=True), weights("d", secure_noise=True))

@@ -44,7 +44,7 @@ class DPConfig(DataConfig):
     delta: float = 1e-6
     noise_multiplier: float | None = None
     grad_path: str = "ghost"  # ghost (fast) or hooks (Opacus' per-sample gradients)
-    secure_noise: bool = False  # Opacus secure_mode: CSPRNG noise, not reproducible
+    secure_noise: bool = False  # noise seeded from the OS and Opacus' secure_mode; not reproducible
     diag_every: int = 25  # steps between misalignment measurements (0: never)
     baseline: str | None = None  # a non-private run folder: privacy cost per group
     seed: int = 0

@@ -127,10 +127,12 @@ class _Private:
 
     def start_epoch(self, epoch: int, n: int) -> list[list[int]]:
         seed = self.cfg.seed
-        if not self.cfg.secure_noise:
-            self.optimizer.generator = _generator(seed, epoch, 1 + self.rank)
+        # Noise seeds: from the run seed (reproducible), or with --secure-noise from the OS
+        # (unpredictable; rank 0's draw is shared so every rank draws the same count noise).
+        noise_seed = _secret_seed(self.world) if self.cfg.secure_noise else seed
+        self.optimizer.generator = _generator(noise_seed, epoch, 1 + self.rank)
         # Same count noise on every rank: the count is released once, for the whole batch.
-        self.optimizer.count_generator = _generator(seed, epoch, 7_919)
+        self.optimizer.count_generator = _generator(noise_seed, epoch, 7_919)
         sampler_mod = require("opacus.utils.uniform_sampler", extra="dp", purpose="DP-SGD")
         gen = _generator(seed, epoch, 104_729 + self.rank)
         if self.world > 1:
@@ -180,6 +182,13 @@ class _Private:
     def load_state(self, state: dict) -> None:
         self.ledger = PrivacyLedger.from_state(state["ledger"])
         self.rule.load_state(state["rule"])
+
+
+def _secret_seed(world: int) -> int:
+    seed = torch.tensor([int.from_bytes(os.urandom(6), "little")], dtype=torch.int64)
+    if world > 1:
+        torch.distributed.broadcast(seed, src=0)
+    return int(seed)
 
 
 def _lockstep_poisson(
