@@ -4,11 +4,13 @@ The public API; the command line (``pifair --help``) is a thin layer over it.
 """
 
 from .data import Dataset, list_datasets, load_dataset
+from .dp import DPConfig, dp_train
 from .errors import (
     BudgetError,
     DataNotFoundError,
     MissingExtraError,
     PifairError,
+    PrivacyParameterError,
     ResumeMismatchError,
     UnknownNameError,
     UnsupportedLayerError,
@@ -25,14 +27,17 @@ __all__ = [
     "BudgetError",
     "DataNotFoundError",
     "Dataset",
+    "DPConfig",
     "MissingExtraError",
     "PifairError",
+    "PrivacyParameterError",
     "ResumeMismatchError",
     "TrainConfig",
     "UnknownNameError",
     "UnsupportedLayerError",
     "count_relus",
     "create_model",
+    "dp_train",
     "evaluate",
     "list_datasets",
     "linearize",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -41,6 +42,10 @@ def test_every_release_is_accounted(tmp_path):
     assert m["epsilon"] == pytest.approx(acc.get_epsilon(1e-4), rel=1e-9)
     assert [h["epoch"] for h in m["history"]] == [1, 2]
     assert set(m["history"][-1]["alignment"]) <= set(m["test_groups"])
+    measured = json.loads((run.path / "alignment.json").read_text())
+    assert {r["epoch"] for r in measured} == {1, 2} and all(
+        -1 <= r["cosine"] <= 1 for r in measured
+    )
     assert (run.path / "dp_curves.png").exists()
 
 

@@ -60,7 +60,7 @@ def group_alignment(
         s = factors[mask].to(g.dtype)
         raw = g.mean(0)
         clipped = (s[:, None] * g).mean(0)
-        cos = F.cosine_similarity(raw, clipped, dim=0, eps=1e-12)
+        cos = F.cosine_similarity(raw, clipped, dim=0, eps=1e-12).clamp(-1.0, 1.0)
         ratio = clipped.norm() / raw.norm().clamp(min=1e-12)
         out.append(
             GroupAlignment(

