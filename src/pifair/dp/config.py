@@ -7,7 +7,7 @@ from typing import Any
 
 from ..errors import PrivacyParameterError, UnknownNameError
 from ..training.config import DataConfig
-from .rules import METHODS
+from .rules import METHODS, make_rule
 
 __all__ = ["DPConfig", "METHOD_DEFAULTS"]
 
@@ -28,9 +28,8 @@ class DPConfig(DataConfig):
     val_fraction: float = 0.0  # the fair-dp protocol trains on the whole training set
     method: str = "global-adapt"
     model: str = "fairdp_cnn"
-    act: str | None = (
-        None  # activation of the model (fairdp_cnn: tanh; mlp: relu, or tanh as in fair-dp)
-    )
+    # activation of the model (fairdp_cnn: tanh; mlp: relu, or tanh as in fair-dp)
+    act: str | None = None
     epochs: int = 20
     batch_size: int = 256  # expected (Poisson) batch size
     lr: float | None = None
@@ -70,6 +69,8 @@ class DPConfig(DataConfig):
         if self.grad_path not in ("ghost", "hooks"):
             raise ValueError(f"grad_path must be ghost or hooks, got {self.grad_path!r}")
         if self.private:
+            # builds the rule once so that bad thresholds fail here, before any run folder
+            make_rule(self.method, clip=self.clip, z=self.z, count_noise=self.count_noise, eta_z=self.eta_z, tau=self.tau)  # fmt: skip
             if self.epsilon is not None and self.noise_multiplier is not None:
                 raise PrivacyParameterError(
                     "give --epsilon (the noise is derived) or --noise-multiplier (epsilon is reported), not both"
