@@ -213,14 +213,21 @@ def dp_curves(history: list[dict], path: str | os.PathLike, *, title: str = "") 
     if private:
         axes[1].plot(epochs, [h["epsilon"] for h in history], color="k")
         axes[1].set(xlabel="epoch", ylabel="epsilon spent", title="privacy")
-        for name in groups:
-            ys = [h["alignment"].get(name, {}).get("cosine", float("nan")) for h in history]
-            axes[2].plot(epochs, ys, label=name)
+        for name in groups:  # 1 - cos on a log axis: aligned steps sit near 1e-6, bent ones near 1
+            ys = [
+                max(1 - h["alignment"].get(name, {}).get("cosine", float("nan")), 1e-7)
+                for h in history
+            ]
+            axes[2].plot(epochs, ys, label=name, marker=".")
+        axes[2].set_yscale("log")
         axes[2].set(
-            xlabel="epoch", ylabel="cos(clipped, unclipped)", title="direction error per group"
+            xlabel="epoch", ylabel="1 - cos(clipped, unclipped)", title="direction error per group"
         )
+    from matplotlib.ticker import MaxNLocator
+
     for ax in axes:
         ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0].legend(fontsize=6, ncol=2)
     fig.suptitle(title)
     fig.tight_layout()
