@@ -18,6 +18,7 @@ from .errors import (
 from .models import create_model, list_models
 from .relu import count_relus, parse_budget, replace_activations
 from .relu.linearize import linearize
+from .relu.poly import PolyAct, polyfit
 from .relu.share import share
 from .training import TrainConfig, evaluate, train
 
@@ -30,6 +31,7 @@ __all__ = [
     "DPConfig",
     "MissingExtraError",
     "PifairError",
+    "PolyAct",
     "PrivacyParameterError",
     "ResumeMismatchError",
     "TrainConfig",
@@ -44,6 +46,7 @@ __all__ = [
     "list_models",
     "load_dataset",
     "parse_budget",
+    "polyfit",
     "replace_activations",
     "share",
     "train",

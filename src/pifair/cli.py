@@ -205,6 +205,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path)
     p.add_argument("--no-progress", action="store_true")
 
+    p = sub.add_parser(
+        "polyfit",
+        help="HE-ready model: every ReLU becomes a trained low-degree polynomial (KD from the parent)",
+    )
+    p.add_argument("--from", dest="from_run", type=Path, required=True, help="run folder of the ReLU model")  # fmt: skip
+    p.add_argument("--degree", type=int, default=2, help="polynomial degree (default 2)")
+    p.add_argument(
+        "--granularity",
+        choices=["layer", "channel", "element"],
+        default="element",
+        help="one polynomial per layer, per channel or per activation position (default)",
+    )
+    p.add_argument("--finetune-epochs", type=int, default=20)
+    p.add_argument("--finetune-lr", type=float, default=0.01)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", type=Path)
+    p.add_argument("--resume", action="store_true", help="continue the killed run in --out")
+    p.add_argument("--no-progress", action="store_true")
+
     from .dp.config import DPConfig
 
     p = sub.add_parser(
@@ -284,6 +305,20 @@ def _cmd_share(ns: argparse.Namespace) -> None:
     m = run.metrics
     print(f"{m['relus']:,} shared decisions (budget {m['budget']:,}; {m['allocation']}): test {100 * m['test_accuracy']:.2f}% "
           f"(dense {100 * m['dense_test_accuracy']:.2f}%, drop {100 * m['drop']:.2f} points)  run: {run.path}")  # fmt: skip
+
+
+def _cmd_polyfit(ns: argparse.Namespace) -> None:
+    from .relu.linearize import FinetuneSettings
+    from .workflows.polyfit import PolyfitJob, run_polyfit
+
+    finetune = FinetuneSettings(epochs=ns.finetune_epochs, lr=ns.finetune_lr, batch_size=ns.batch_size, seed=ns.seed)  # fmt: skip
+    job = PolyfitJob(from_run=str(ns.from_run), degree=ns.degree, granularity=ns.granularity, seed=ns.seed, device=ns.device, finetune=finetune)  # fmt: skip
+    if ns.resume and not ns.out:
+        raise ValueError("--resume needs --out RUN_FOLDER")
+    run = run_polyfit(job, out=ns.out, resume=ns.resume, progress=not ns.no_progress)
+    m = run.metrics
+    print(f"degree-{m['degree']} {m['granularity']}-wise polynomials at {m['poly_sites']} sites ({m['coefficients']:,} coefficients): "
+          f"test {100 * m['test_accuracy']:.2f}% (ReLU parent {100 * m['parent_test_accuracy']:.2f}%), {m['relus']} ReLUs left  run: {run.path}")  # fmt: skip
 
 
 def _cmd_mitigate(ns: argparse.Namespace) -> None:
@@ -576,6 +611,7 @@ _COMMANDS = {
     "sweep": _cmd_sweep,
     "train": _cmd_train,
     "dp-train": _cmd_dp_train,
+    "polyfit": _cmd_polyfit,
     "eval": _cmd_eval,
     "report": _cmd_report,
     "demo": _cmd_demo,
