@@ -11,7 +11,7 @@ from torch import nn
 from ..relu.sites import ActivationSite, DenseReLU, DenseTanh
 from ._registry import register_model
 
-__all__ = ["LeNet", "FairDPCNN", "MLP", "lenet", "fairdp_cnn", "mlp"]
+__all__ = ["LeNet", "FairDPCNN", "HECNN", "MLP", "lenet", "fairdp_cnn", "he_cnn", "mlp"]
 
 ActLayer = Callable[[], ActivationSite]
 
@@ -80,6 +80,26 @@ class FairDPCNN(nn.Module):
         return self.fc(torch.flatten(x, 1))
 
 
+class HECNN(nn.Module):
+    """CryptoNets-style CNN for HE (Dowlin et al. 2016): conv 5x5 stride 2 (5 channels), an
+    activation, a 100-unit linear layer, an activation, the output layer. Small and shallow,
+    so that after ``polyfit`` it runs under CKKS with batch-oriented packing in seconds."""
+
+    def __init__(self, *, num_classes: int, input_shape: tuple[int, ...], act_layer: ActLayer, channels: int = 5, hidden: int = 100) -> None:  # fmt: skip
+        super().__init__()
+        c, h, w = input_shape
+        self.conv = nn.Conv2d(c, channels, 5, stride=2, padding=1)
+        self.act1 = act_layer()
+        side = lambda n: (n + 2 - 5) // 2 + 1  # noqa: E731
+        self.fc1 = nn.Linear(channels * side(h) * side(w), hidden)
+        self.act2 = act_layer()
+        self.fc2 = nn.Linear(hidden, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act1(self.conv(x))
+        return self.fc2(self.act2(self.fc1(torch.flatten(x, 1))))
+
+
 class MLP(nn.Module):
     """Fully connected network for tabular data: (linear-act) x depth, then a linear head."""
 
@@ -136,6 +156,18 @@ def fairdp_cnn(
     act_layer: str | ActLayer = "tanh",
 ) -> FairDPCNN:
     return FairDPCNN(num_classes=num_classes, input_shape=input_shape, act_layer=_act(act_layer))
+
+
+@register_model("he_cnn", description="CryptoNets-style CNN for HE: conv 5x5/2 (5 ch), 100 units")
+def he_cnn(
+    *,
+    num_classes: int,
+    input_shape: tuple[int, ...] = (1, 28, 28),
+    act_layer: str | ActLayer = "relu",
+    channels: int = 5,
+    hidden: int = 100,
+) -> HECNN:
+    return HECNN(num_classes=num_classes, input_shape=input_shape, act_layer=_act(act_layer), channels=channels, hidden=hidden)  # fmt: skip
 
 
 @register_model(

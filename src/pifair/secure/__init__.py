@@ -1,0 +1,1 @@
+"""Private inference for real: CKKS (``he``, TenSEAL) and 2PC/3PC (``mpc``, SPU)."""

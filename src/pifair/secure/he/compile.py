@@ -1,0 +1,195 @@
+"""An HE-ready model as a CKKS program: affine stages between polynomial sites.
+
+Between two :class:`~pifair.relu.poly.PolyAct` sites, convolutions, batch norm (folded in, as
+it is affine at inference), average pooling, flattening and linear layers compose to one affine
+map. Each map is read off the model itself: the map of the identity basis (plus a zero input
+for the bias) through that part of the network, in float64, in chunks. Its rows keep only their
+structural nonzeros, so a convolution becomes, per output position, a short weighted sum of
+input positions: exactly the plaintext-scalar multiply-accumulate that batch-oriented packing
+runs. The compiled program is checked against the torch model before use.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from scipy import sparse
+from torch import nn
+
+from ...errors import UnsupportedLayerError
+from ...relu.poly import PolyAct
+from ...relu.sites import ActivationSite, iter_sites
+
+__all__ = ["LinearStage", "PolyStage", "HEProgram", "check_he_ready", "compile_model"]
+
+_LINEAR_TYPES = (nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.Identity, nn.Dropout)  # fmt: skip
+
+
+@dataclass
+class LinearStage:
+    """``y = W x + b`` with ``W`` sparse (CSR): one multiply-accumulate per stored entry."""
+
+    weights: sparse.csr_matrix  # (out, in)
+    bias: np.ndarray
+    depth: int = 1
+
+    @property
+    def terms(self) -> int:
+        return int(self.weights.nnz)
+
+
+@dataclass
+class PolyStage:
+    """``y_j = sum_k c_kj x_j^k`` per feature (coefficients broadcast to the feature shape)."""
+
+    coefficients: np.ndarray  # (degree + 1, features)
+
+    @property
+    def degree(self) -> int:
+        return self.coefficients.shape[0] - 1
+
+    @property
+    def depth(self) -> int:
+        return 2 if self.degree == 2 else 1  # x^2 and its coefficient; degree 1: the coefficient
+
+
+@dataclass
+class HEProgram:
+    input_shape: tuple[int, ...]
+    stages: list[LinearStage | PolyStage] = field(default_factory=list)
+
+    @property
+    def depth(self) -> int:
+        return sum(s.depth for s in self.stages)
+
+    @property
+    def input_features(self) -> int:
+        return int(np.prod(self.input_shape))
+
+    def summary(self) -> list[dict]:
+        out = []
+        for s in self.stages:
+            if isinstance(s, LinearStage):
+                out.append({"stage": "linear", "in": s.weights.shape[1], "out": s.weights.shape[0], "terms": s.terms, "depth": s.depth})  # fmt: skip
+            else:
+                out.append({"stage": f"poly{s.degree}", "features": s.coefficients.shape[1], "depth": s.depth})  # fmt: skip
+        return out
+
+    def run_plain(self, x: np.ndarray) -> np.ndarray:
+        """The program in float64 on plaintext (B, features): the reference of the HE run."""
+        x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
+        for s in self.stages:
+            if isinstance(s, LinearStage):
+                x = (s.weights @ x.T).T + s.bias
+            else:
+                c = s.coefficients
+                x = sum(c[k] * x**k for k in range(c.shape[0]))
+        return x
+
+
+def check_he_ready(model: nn.Module) -> None:
+    """Refuse layers that CKKS cannot run, naming the layer and what to do."""
+    for name, m in model.named_modules():
+        if list(m.children()):
+            continue  # containers
+        if isinstance(m, PolyAct):
+            if m.degree > 2:
+                raise UnsupportedLayerError(
+                    f"layer {name} is a degree-{m.degree} polynomial; the HE engine runs degree 1 or 2 "
+                    f"(pifair polyfit --degree 2)"
+                )
+            continue
+        if isinstance(m, ActivationSite) and m.kind in ("relu", "masked_relu", "shared_relu", "snl_alpha") or isinstance(m, nn.ReLU):  # fmt: skip
+            raise UnsupportedLayerError(
+                f"layer {name} is a ReLU ({type(m).__name__}): CKKS cannot compare, so replace the "
+                f"ReLUs by polynomials first: pifair polyfit --from RUN --degree 2"
+            )
+        if isinstance(m, nn.MaxPool2d | nn.AdaptiveMaxPool2d):
+            raise UnsupportedLayerError(
+                f"layer {name} is max pooling, which CKKS cannot compute; use a model with average "
+                f"pooling (lenet, he_cnn), train it, then run pifair polyfit"
+            )
+        if not isinstance(m, _LINEAR_TYPES):
+            raise UnsupportedLayerError(
+                f"layer {name} ({type(m).__name__}) cannot run under CKKS: HE-ready models use "
+                f"conv, average pooling, linear, batch norm and PolyAct only"
+            )
+
+
+class _Stop(Exception):
+    def __init__(self, value: torch.Tensor) -> None:
+        self.value = value
+
+
+def _stage_map(model: nn.Module, input_shape, sites: list[PolyAct], k: int, chunk: int) -> tuple[sparse.csr_matrix, np.ndarray]:  # fmt: skip
+    """The affine map from stage k's input (the image, or site k-1's output) to its output (site
+    k's input, or the logits), as (CSR weights, bias)."""
+    in_shape = tuple(input_shape) if k == 0 else sites[k - 1].feature_shape
+    dim = int(np.prod(in_shape))
+
+    def outputs(probe: torch.Tensor) -> torch.Tensor:
+        handles = []
+        if k > 0:
+            handles.append(
+                sites[k - 1].register_forward_hook(lambda m, i, o: probe.view(-1, *in_shape))
+            )
+        if k < len(sites):
+
+            def stop(m, inputs):
+                raise _Stop(inputs[0])
+
+            handles.append(sites[k].register_forward_pre_hook(stop))
+        x = probe.view(-1, *input_shape) if k == 0 else torch.zeros(len(probe), *input_shape, dtype=torch.float64)  # fmt: skip
+        try:
+            out = model(x)
+        except _Stop as s:
+            out = s.value
+        finally:
+            for h in handles:
+                h.remove()
+        return out.reshape(len(probe), -1)
+
+    with torch.no_grad():
+        bias = outputs(torch.zeros(1, dim, dtype=torch.float64))[0]
+        blocks = []
+        for start in range(0, dim, chunk):
+            eye = torch.zeros(min(chunk, dim - start), dim, dtype=torch.float64)
+            eye[torch.arange(len(eye)), torch.arange(start, start + len(eye))] = 1.0
+            cols = (outputs(eye) - bias).numpy()  # (chunk, out): columns of W
+            blocks.append(sparse.csr_matrix(np.where(np.abs(cols) > 1e-12 * max(1.0, np.abs(cols).max()), cols, 0.0)))  # fmt: skip
+    weights = sparse.vstack(blocks).T.tocsr()
+    weights.eliminate_zeros()
+    return weights, bias.numpy()
+
+
+def compile_model(model: nn.Module, input_shape, *, chunk: int = 1024, check_samples: int = 8) -> HEProgram:  # fmt: skip
+    """The CKKS program of an HE-ready ``model`` (checked against it on random inputs)."""
+    check_he_ready(model)
+    m = copy.deepcopy(model).double().eval()
+    order: list[PolyAct] = []
+    handles = [s.register_forward_pre_hook(lambda mod, i: order.append(mod)) for _, s in iter_sites(m) if isinstance(s, PolyAct)]  # fmt: skip
+    with torch.no_grad():
+        m(torch.zeros(1, *input_shape, dtype=torch.float64))
+    for h in handles:
+        h.remove()
+    program = HEProgram(tuple(input_shape))
+    for k in range(len(order) + 1):
+        w, b = _stage_map(m, input_shape, order, k, chunk)
+        program.stages.append(LinearStage(w, b))
+        if k < len(order):
+            c = order[k].coefficients.detach().double()
+            c = c.expand(c.shape[0], *order[k].feature_shape).reshape(c.shape[0], -1).numpy()
+            program.stages.append(PolyStage(np.ascontiguousarray(c)))
+    x = torch.randn(check_samples, *input_shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0))  # fmt: skip
+    with torch.no_grad():
+        expected = m(x).numpy()
+    got = program.run_plain(x.numpy())
+    if not np.allclose(got, expected, rtol=1e-6, atol=1e-6 * max(1.0, np.abs(expected).max())):
+        raise UnsupportedLayerError(
+            "the model is not a chain of affine layers and polynomial sites (a residual or other "
+            "branching connection?): the HE engine runs sequential models only"
+        )
+    return program

@@ -1,0 +1,233 @@
+"""CKKS inference with batch-oriented element-wise packing, on SEAL through TenSEAL's sealapi.
+
+One ciphertext holds one feature position (a pixel, an activation) for a whole batch of
+images, one image per slot. Every stage then works slot-wise with no rotation: a linear output
+is ``sum_j w_j ct_j`` (plaintext scalars), rescaled once; a degree-2 polynomial is
+``c2 x^2 + c1 x + c0`` with per-feature coefficients. TenSEAL's vector API rescales after every
+product; sealapi lets us rescale once per weighted sum and pick each plaintext's scale so that
+every ciphertext leaves a stage at exactly the same scale Delta, which CKKS additions require.
+
+Roles: :class:`HEClient` makes the keys, encrypts and decrypts; it hands :class:`HEServer` a
+:class:`ServerKeys` (parameters, public and relinearization keys; no secret key), and the
+server runs the program on ciphertexts only.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ...extras import require
+from .compile import HEProgram, LinearStage, PolyStage
+from .params import CKKSParameters
+
+__all__ = ["ServerKeys", "HEClient", "HEServer", "StageTiming"]
+
+
+def _seal():
+    return require("tenseal.sealapi", extra="he", purpose="CKKS inference", package="tenseal")
+
+
+def _context(params: CKKSParameters):
+    s = _seal()
+    parms = s.EncryptionParameters(s.SCHEME_TYPE.CKKS)
+    parms.set_poly_modulus_degree(params.poly_modulus_degree)
+    parms.set_coeff_modulus(
+        s.CoeffModulus.Create(params.poly_modulus_degree, list(params.coeff_bits))
+    )
+    return parms, s.SEALContext(parms, True, s.SEC_LEVEL_TYPE.TC128)
+
+
+@dataclass
+class ServerKeys:
+    """What the server receives: files of the parameters and the evaluation keys."""
+
+    params: CKKSParameters
+    folder: Path
+
+    def files(self) -> list[str]:
+        return sorted(p.name for p in self.folder.iterdir())
+
+
+@dataclass
+class StageTiming:
+    stage: str
+    seconds: float
+    operations: int
+
+
+class HEClient:
+    """Holds the secret key: encrypts inputs, decrypts outputs."""
+
+    def __init__(self, params: CKKSParameters) -> None:
+        s = _seal()
+        self.params = params
+        self.parms, self.context = _context(params)
+        keygen = s.KeyGenerator(self.context)
+        self._secret = keygen.secret_key()
+        self._public = s.PublicKey()
+        keygen.create_public_key(self._public)
+        self._relin = s.RelinKeys()
+        keygen.create_relin_keys(self._relin)
+        self.encoder = s.CKKSEncoder(self.context)
+        self.encryptor = s.Encryptor(self.context, self._public)
+        self.decryptor = s.Decryptor(self.context, self._secret)
+        self.scale = 2.0**params.scale_bits
+
+    def server_keys(self, folder: str | os.PathLike | None = None) -> ServerKeys:
+        """Write the parameters, public key and relinearization keys (not the secret key)."""
+        folder = Path(folder or tempfile.mkdtemp(prefix="pifair-he-"))
+        folder.mkdir(parents=True, exist_ok=True)
+        self.parms.save(str(folder / "parms.seal"))
+        self._public.save(str(folder / "public.seal"))
+        self._relin.save(str(folder / "relin.seal"))
+        return ServerKeys(self.params, folder)
+
+    def encrypt(self, x: np.ndarray) -> list:
+        """(B, features) -> one ciphertext per feature, image b in slot b (B <= slots)."""
+        s = _seal()
+        x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
+        if len(x) > self.params.slots:
+            raise ValueError(f"batch {len(x)} exceeds the {self.params.slots} slots; split it (HEInference does)")  # fmt: skip
+        out = []
+        for column in x.T:
+            pt, ct = s.Plaintext(), s.Ciphertext()
+            self.encoder.encode(column.tolist(), self.scale, pt)
+            self.encryptor.encrypt(pt, ct)
+            out.append(ct)
+        return out
+
+    def decrypt(self, cts: list, batch: int) -> np.ndarray:
+        s = _seal()
+        cols = []
+        for ct in cts:
+            pt = s.Plaintext()
+            self.decryptor.decrypt(ct, pt)
+            cols.append(np.asarray(self.encoder.decode_double(pt))[:batch])
+        return np.stack(cols, axis=1)
+
+
+@dataclass
+class HEServer:
+    """Evaluates a program on ciphertexts with the public keys only."""
+
+    keys: ServerKeys
+    timings: list[StageTiming] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        s = _seal()
+        self.parms = s.EncryptionParameters(s.SCHEME_TYPE.CKKS)
+        self.parms.load(str(self.keys.folder / "parms.seal"))
+        self.context = s.SEALContext(self.parms, True, s.SEC_LEVEL_TYPE.TC128)
+        self.relin = s.RelinKeys()
+        self.relin.load(self.context, str(self.keys.folder / "relin.seal"))
+        self.evaluator = s.Evaluator(self.context)
+        self.encoder = s.CKKSEncoder(self.context)
+        self.scale = 2.0**self.keys.params.scale_bits
+
+    # -- helpers ---------------------------------------------------------------------------------
+    def _last_prime(self, ct) -> float:
+        data = self.context.get_context_data(ct.parms_id())
+        return float(data.parms().coeff_modulus()[-1].value())
+
+    def _plain(self, value: float, parms_id, scale: float):
+        pt = _seal().Plaintext()
+        self.encoder.encode(float(value), parms_id, scale, pt)
+        return pt
+
+    def _scaled_sum(self, terms: list[tuple[object, float]], target: float):
+        """``sum_i w_i ct_i`` (all at one level and scale), rescaled once to scale ``target``."""
+        s, ev = _seal(), self.evaluator
+        first = terms[0][0]
+        q = self._last_prime(first)
+        pt_scale = target * q / first.scale  # product scale target*q, exactly target after rescale
+        acc, tmp = None, s.Ciphertext()
+        for ct, w in terms:
+            if acc is None:
+                acc = s.Ciphertext()
+                ev.multiply_plain(ct, self._plain(w, ct.parms_id(), pt_scale), acc)
+            else:
+                ev.multiply_plain(ct, self._plain(w, ct.parms_id(), pt_scale), tmp)
+                ev.add_inplace(acc, tmp)
+        ev.rescale_to_next_inplace(acc)
+        acc.scale = target  # equal up to rounding of the division above
+        return acc
+
+    def _add_constant(self, ct, value: float) -> None:
+        if value != 0.0:
+            self.evaluator.add_plain_inplace(ct, self._plain(value, ct.parms_id(), ct.scale))
+
+    # -- stages ----------------------------------------------------------------------------------
+    def _linear(self, stage: LinearStage, cts: list) -> list:
+        w = stage.weights
+        out = []
+        for o in range(w.shape[0]):
+            lo, hi = w.indptr[o], w.indptr[o + 1]
+            terms = [(cts[j], float(v)) for j, v in zip(w.indices[lo:hi], w.data[lo:hi])]
+            if not terms:
+                raise ValueError(f"output {o} of a linear stage depends on no input (a constant); the engine does not encrypt constants")  # fmt: skip
+            acc = self._scaled_sum(terms, self.scale)
+            self._add_constant(acc, float(stage.bias[o]))
+            out.append(acc)
+        return out
+
+    def _poly(self, stage: PolyStage, cts: list) -> list:
+        s, ev = _seal(), self.evaluator
+        c = stage.coefficients
+        out = []
+        for j, x in enumerate(cts):
+            if stage.degree == 1:
+                y = self._scaled_sum([(x, c[1, j])], self.scale) if c[1, j] != 0 else None
+            else:
+                sq = s.Ciphertext()
+                ev.square(x, sq)
+                ev.relinearize_inplace(sq, self.relin)
+                ev.rescale_to_next_inplace(sq)
+                terms = []
+                if c[2, j] != 0:
+                    terms.append((sq, c[2, j]))
+                if c[1, j] != 0:
+                    x1 = s.Ciphertext()
+                    ev.mod_switch_to(x, sq.parms_id(), x1)  # same level as x^2, scale Delta
+                    terms.append((x1, c[1, j]))
+                y = self._mixed_sum(terms) if terms else None
+            if y is None:
+                raise ValueError(f"feature {j}: a constant polynomial; the engine does not encrypt constants")  # fmt: skip
+            self._add_constant(y, float(c[0, j]))
+            out.append(y)
+        return out
+
+    def _mixed_sum(self, terms: list[tuple[object, float]]):
+        """Weighted sum of ciphertexts at one level but different scales, rescaled to Delta."""
+        s, ev = _seal(), self.evaluator
+        q = self._last_prime(terms[0][0])
+        acc, tmp = None, s.Ciphertext()
+        for ct, w in terms:
+            pt = self._plain(w, ct.parms_id(), self.scale * q / ct.scale)
+            if acc is None:
+                acc = s.Ciphertext()
+                ev.multiply_plain(ct, pt, acc)
+            else:
+                ev.multiply_plain(ct, pt, tmp)
+                tmp.scale = acc.scale
+                ev.add_inplace(acc, tmp)
+        ev.rescale_to_next_inplace(acc)
+        acc.scale = self.scale
+        return acc
+
+    def run(self, program: HEProgram, cts: list) -> list:
+        self.timings = []
+        for stage in program.stages:
+            t0 = time.perf_counter()
+            if isinstance(stage, LinearStage):
+                cts = self._linear(stage, cts)
+                self.timings.append(StageTiming(f"linear {stage.weights.shape[1]}->{stage.weights.shape[0]}", time.perf_counter() - t0, stage.terms))  # fmt: skip
+            else:
+                cts = self._poly(stage, cts)
+                self.timings.append(StageTiming(f"poly{stage.degree} x{len(cts)}", time.perf_counter() - t0, len(cts)))  # fmt: skip
+        return cts

@@ -1,0 +1,62 @@
+"""CKKS parameters from a program's multiplicative depth, within the HE standard's 128-bit limits.
+
+The coefficient modulus is [first, scale x depth, special]: the first prime holds the final
+result (scale bits plus head room for its integer part), each level costs one scale-sized
+prime, and the special prime serves key switching. The largest total allowed for 128-bit
+classical security (HomomorphicEncryption.org standard, as SEAL's ``CoeffModulus.MaxBitCount``)
+decides the ring degree N; the slots, N/2, are the images one ciphertext carries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from ...errors import UnsupportedLayerError
+
+__all__ = ["MAX_LOG_Q", "CKKSParameters", "choose_parameters", "HEDepthError"]
+
+# HE standard (2018), 128-bit classical security, ternary secrets: max log2 Q per ring degree.
+MAX_LOG_Q = {1024: 27, 2048: 54, 4096: 109, 8192: 218, 16384: 438, 32768: 881}
+
+
+class HEDepthError(UnsupportedLayerError):
+    """A program deeper than 128-bit-secure CKKS parameters allow."""
+
+
+@dataclass(frozen=True)
+class CKKSParameters:
+    poly_modulus_degree: int
+    coeff_bits: tuple[int, ...]
+    scale_bits: int
+    depth: int
+
+    @property
+    def slots(self) -> int:
+        return self.poly_modulus_degree // 2
+
+    @property
+    def log_q(self) -> int:
+        return sum(self.coeff_bits)
+
+    def as_dict(self) -> dict:
+        return asdict(self) | {"slots": self.slots, "log_q": self.log_q, "max_log_q": MAX_LOG_Q[self.poly_modulus_degree], "security_bits": 128}  # fmt: skip
+
+
+def choose_parameters(
+    depth: int, *, scale_bits: int = 40, head_bits: int = 20, min_degree: int = 8192
+) -> CKKSParameters:
+    """The smallest N (at least ``min_degree``) whose 128-bit limit holds ``depth`` levels."""
+    if depth < 1:
+        raise ValueError(f"depth must be >= 1, got {depth}")
+    first = min(60, scale_bits + head_bits)
+    bits = (first,) + (scale_bits,) * depth + (first,)
+    for n in sorted(MAX_LOG_Q):
+        if n >= min_degree and sum(bits) <= MAX_LOG_Q[n]:
+            return CKKSParameters(n, bits, scale_bits, depth)
+    largest = max(MAX_LOG_Q)
+    most = (MAX_LOG_Q[largest] - 2 * first) // scale_bits
+    raise HEDepthError(
+        f"the model needs multiplicative depth {depth}, i.e. log2 Q = {sum(bits)} bits at "
+        f"{scale_bits}-bit scale; 128-bit security allows at most {MAX_LOG_Q[largest]} bits "
+        f"(N = {largest}), that is depth {most}. Use fewer layers or degree-2 polynomials."
+    )
