@@ -181,6 +181,8 @@ def compile_model(model: nn.Module, input_shape, *, chunk: int = 1024, check_sam
         program.stages.append(LinearStage(w, b))
         if k < len(order):
             c = order[k].coefficients.detach().double()
+            if c.dim() == 1:  # one polynomial for the layer
+                c = c.view(-1, *[1] * len(order[k].feature_shape))
             c = c.expand(c.shape[0], *order[k].feature_shape).reshape(c.shape[0], -1).numpy()
             program.stages.append(PolyStage(np.ascontiguousarray(c)))
     x = torch.randn(check_samples, *input_shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0))  # fmt: skip

@@ -1,0 +1,99 @@
+"""CKKS engine: encrypted logits equal the plaintext model's, parameters within the 128-bit
+limits, a server without the secret key, and clear refusals of layers CKKS cannot run."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+pytest.importorskip("tenseal")
+
+import tenseal.sealapi as seal  # noqa: E402
+
+from pifair.errors import UnsupportedLayerError  # noqa: E402
+from pifair.models import create_model  # noqa: E402
+from pifair.relu import count_relus, replace_activations  # noqa: E402
+from pifair.relu.poly import PolyAct  # noqa: E402
+from pifair.secure.he.compile import compile_model  # noqa: E402
+from pifair.secure.he.engine import HEClient, HEServer  # noqa: E402
+from pifair.secure.he.params import MAX_LOG_Q, HEDepthError, choose_parameters  # noqa: E402
+
+pytestmark = pytest.mark.he
+
+
+def _poly_cnn(granularity: str = "element") -> nn.Module:
+    torch.manual_seed(0)
+    model = create_model("he_cnn", num_classes=10, input_shape=(1, 8, 8), channels=2, hidden=6).eval()  # fmt: skip
+    count_relus(model, (1, 8, 8))
+    replace_activations(model, lambda n, s: PolyAct(2, granularity, s.feature_shape))
+    for m in model.modules():
+        if isinstance(m, PolyAct):
+            m.coefficients.data.normal_(0, 0.3)
+    return model
+
+
+@pytest.mark.parametrize("granularity", ["layer", "element"])
+def test_encrypted_logits_equal_the_plaintext_model(digits, granularity):
+    model = _poly_cnn(granularity)
+    program = compile_model(model, (1, 8, 8))
+    client = HEClient(choose_parameters(program.depth))
+    server = HEServer(client.server_keys())
+    x = digits.normalize(digits.test.x[:12]).double()
+    logits = client.decrypt(server.run(program, client.encrypt(x.numpy())), batch=12)
+    with torch.no_grad():
+        expected = model.double()(x).numpy()
+    assert np.abs(logits - expected).max() <= 1e-4 * max(1.0, np.abs(expected).max())
+    assert (logits.argmax(1) == expected.argmax(1)).all()
+
+
+def test_parameter_chooser_respects_the_128_bit_limits():
+    for depth in range(1, 20):
+        p = choose_parameters(depth)
+        n = p.poly_modulus_degree
+        assert (
+            p.log_q <= MAX_LOG_Q[n] == seal.CoeffModulus.MaxBitCount(n, seal.SEC_LEVEL_TYPE.TC128)
+        )
+        assert len(p.coeff_bits) == depth + 2 and p.slots == n // 2
+        smaller = [m for m in MAX_LOG_Q if 8192 <= m < n]
+        assert all(p.log_q > MAX_LOG_Q[m] for m in smaller)  # the smallest ring that fits
+    with pytest.raises(HEDepthError, match=r"depth 25\b.*at most 881 bits.*depth 19"):
+        choose_parameters(25)
+
+
+def test_the_server_holds_no_secret_key():
+    client = HEClient(choose_parameters(2))
+    keys = client.server_keys()
+    assert keys.files() == ["parms.seal", "public.seal", "relin.seal"]
+    server = HEServer(keys)
+    assert not any(isinstance(v, seal.SecretKey | seal.Decryptor) for v in vars(server).values())
+    assert not hasattr(server, "decrypt")
+
+
+def test_layers_ckks_cannot_run_are_named():
+    relu = create_model("he_cnn", num_classes=10, input_shape=(1, 8, 8))
+    with pytest.raises(UnsupportedLayerError, match="layer act1 is a ReLU .* pifair polyfit"):
+        compile_model(relu, (1, 8, 8))
+    maxpool = nn.Sequential(nn.Conv2d(1, 2, 3), PolyAct(2, "layer", (2, 6, 6)), nn.MaxPool2d(2))
+    with pytest.raises(UnsupportedLayerError, match="layer 2 is max pooling"):
+        compile_model(maxpool, (1, 8, 8))
+    tanh = nn.Sequential(nn.Flatten(), nn.Linear(64, 4), nn.Tanh())
+    with pytest.raises(UnsupportedLayerError, match=r"layer 2 \(Tanh\) cannot run under CKKS"):
+        compile_model(tanh, (1, 8, 8))
+
+
+class _Residual(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.act, self.fc2 = nn.Linear(4, 4), PolyAct(2, "layer", (4,)), nn.Linear(4, 4)
+        self.act.coefficients.data = torch.tensor([0.1, 0.5, 0.3])
+
+    def forward(self, x):
+        h = self.fc1(x)
+        return self.fc2(self.act(h)) + h  # a skip connection around the site
+
+
+def test_branching_models_are_refused():
+    with pytest.raises(UnsupportedLayerError, match="sequential models only"):
+        compile_model(_Residual(), (4,))
