@@ -226,6 +226,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the killed run in --out")
     p.add_argument("--no-progress", action="store_true")
 
+    p = sub.add_parser(
+        "he-infer",
+        help="encrypted inference under CKKS (TenSEAL/SEAL), one image per slot: accuracy and time",
+    )
+    p.add_argument("--from", dest="from_run", type=Path, required=True, help="run folder of a polynomial model (pifair polyfit)")  # fmt: skip
+    p.add_argument("--batch", type=int, default=4096, help="images per ciphertext (default 4096; at most N/2)")  # fmt: skip
+    p.add_argument("--images", type=int, help="test images to run (default: one batch)")
+    p.add_argument("--scale-bits", type=int, default=40, help="CKKS scale (default 2^40)")
+    p.add_argument("--out", type=Path)
+
     from .dp.config import DPConfig
 
     p = sub.add_parser(
@@ -319,6 +329,19 @@ def _cmd_polyfit(ns: argparse.Namespace) -> None:
     m = run.metrics
     print(f"degree-{m['degree']} {m['granularity']}-wise polynomials at {m['poly_sites']} sites ({m['coefficients']:,} coefficients): "
           f"test {100 * m['test_accuracy']:.2f}% (ReLU parent {100 * m['parent_test_accuracy']:.2f}%), {m['relus']} ReLUs left  run: {run.path}")  # fmt: skip
+
+
+def _cmd_he_infer(ns: argparse.Namespace) -> None:
+    from .workflows.he import HEInferJob, run_he_infer
+
+    job = HEInferJob(from_run=str(ns.from_run), batch=ns.batch, images=ns.images, scale_bits=ns.scale_bits)  # fmt: skip
+    run = run_he_infer(job, out=ns.out)
+    m = run.metrics
+    p = m["params"]
+    print(f"{m['images']} images under CKKS (N={p['poly_modulus_degree']}, log Q {p['log_q']}, depth {m['depth']}): "
+          f"encrypted accuracy {100 * m['encrypted_accuracy']:.2f}% (plaintext {100 * m['plaintext_accuracy']:.2f}%), "
+          f"agreement {100 * m['argmax_agreement']:.2f}%, max logit error {m['max_logit_error']:.1e}, "
+          f"{m['amortized_ms_per_image']:.2f} ms per image amortized  run: {run.path}")  # fmt: skip
 
 
 def _cmd_mitigate(ns: argparse.Namespace) -> None:
@@ -612,6 +635,7 @@ _COMMANDS = {
     "train": _cmd_train,
     "dp-train": _cmd_dp_train,
     "polyfit": _cmd_polyfit,
+    "he-infer": _cmd_he_infer,
     "eval": _cmd_eval,
     "report": _cmd_report,
     "demo": _cmd_demo,

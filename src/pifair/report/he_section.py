@@ -1,0 +1,32 @@
+"""Report section of ``pifair he-infer``."""
+
+from __future__ import annotations
+
+from ..runs import Run
+from .html import pct, register_section, table
+
+
+@register_section("he-infer")
+def he_section(run: Run) -> str:
+    m = run.metrics
+    if "encrypted_accuracy" not in m:
+        return "<p>he-infer not finished.</p>"
+    p, s = m["params"], m["seconds"]
+    stages = [[name, f"{sec:.1f}"] for name, sec in s["stages"].items()]
+    return "".join(
+        [
+            f"<p>{m['images']:,} test images of <code>{run.config.get('from')}</code> under CKKS, one image per slot "
+            f"({m['batches']} ciphertext batch(es) of {m['batch']:,}): N = {p['poly_modulus_degree']:,}, "
+            f"log Q = {p['log_q']} of {p['max_log_q']} allowed at 128-bit security, depth {m['depth']}, scale 2^{p['scale_bits']}. "
+            f"The server held no secret key.</p>",
+            table(
+                ["encrypted accuracy", "plaintext accuracy", "argmax agreement", "max logit error", "server time", "amortized per image"],
+                [[pct(m["encrypted_accuracy"]), pct(m["plaintext_accuracy"]), pct(m["argmax_agreement"]), f"{m['max_logit_error']:.1e}",
+                  f"{s['server']:.1f} s", f"{m['amortized_ms_per_image']:.2f} ms"]],
+            ),
+            "<p class='meta'>Encrypt "
+            f"{s['encrypt']:.1f} s, decrypt {s['decrypt']:.1f} s, key generation {s['keygen']:.1f} s; input ciphertext "
+            f"{m['input_ciphertext_bytes'] / 2**20:.2f} MiB x {m['input_ciphertexts']}, output {m['output_ciphertext_bytes'] / 2**20:.2f} MiB.</p>",
+            table(["server stage", "seconds"], stages),
+        ]
+    )  # fmt: skip

@@ -1,0 +1,100 @@
+"""``pifair he-infer``: encrypted inference of a polynomial model under CKKS, measured."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..runs import Run
+from ..secure.he.compile import compile_model
+from ..secure.he.engine import HEClient, HEServer
+from ..secure.he.params import choose_parameters
+from ..training import dataset_for_run, load_from_run, predict
+from ._jobs import RunJob
+
+__all__ = ["HEInferJob", "run_he_infer"]
+
+
+@dataclass
+class HEInferJob(RunJob):
+    """What ``pifair he-infer`` runs; its dict is the run's config.yaml."""
+
+    from_run: str
+    batch: int = 4096  # images per ciphertext (one per slot); more than the slots are split
+    images: int | None = None  # test images to run (default: one batch)
+    scale_bits: int = 40
+
+
+def _bytes(ct, folder) -> int:
+    path = os.path.join(folder, "ct.tmp")
+    ct.save(path)
+    size = os.path.getsize(path)
+    os.remove(path)
+    return size
+
+
+def run_he_infer(job: HEInferJob, *, out: str | os.PathLike | None = None) -> Run:
+    model, _, parent = load_from_run(job.from_run)
+    model = model.eval()
+    data = dataset_for_run(parent)
+    run = Run.create("he-infer", job.as_config(), out=out)
+    t0 = time.perf_counter()
+    program = compile_model(model, data.input_shape)
+    compile_s = time.perf_counter() - t0
+    params = choose_parameters(program.depth, scale_bits=job.scale_bits)
+    if job.batch < 1:
+        raise ValueError(f"batch must be >= 1, got {job.batch}")
+    batch = min(job.batch, params.slots)
+    n = min(job.images or job.batch, len(data.test))
+    logits_plain, y, _ = predict(model, data, "test")
+    x = data.normalize(data.test.x[:n]).double().numpy()
+    logits_plain, y = logits_plain[:n].numpy(), y[:n].numpy()
+    run.log.info("program: depth %d, %s; CKKS N=%d, %d slots, log Q %d; %d images in batches of %d",
+                 program.depth, program.summary(), params.poly_modulus_degree, params.slots, params.log_q, n, batch)  # fmt: skip
+    t0 = time.perf_counter()
+    client = HEClient(params)
+    server = HEServer(client.server_keys(run.file("server-keys")))
+    keygen_s = time.perf_counter() - t0
+    seconds = {"encrypt": 0.0, "server": 0.0, "decrypt": 0.0}
+    outputs, stage_seconds, sizes = [], {}, {}
+    for start in range(0, n, batch):
+        chunk = x[start : start + batch]
+        t0 = time.perf_counter()
+        cts = client.encrypt(chunk)
+        seconds["encrypt"] += time.perf_counter() - t0
+        sizes.setdefault("input_ciphertext_bytes", _bytes(cts[0], run.path))
+        sizes.setdefault("input_ciphertexts", len(cts))
+        t0 = time.perf_counter()
+        result = server.run(program, cts)
+        seconds["server"] += time.perf_counter() - t0
+        for t in server.timings:
+            stage_seconds[t.stage] = stage_seconds.get(t.stage, 0.0) + t.seconds
+        sizes.setdefault("output_ciphertext_bytes", _bytes(result[0], run.path))
+        t0 = time.perf_counter()
+        outputs.append(client.decrypt(result, len(chunk)))
+        seconds["decrypt"] += time.perf_counter() - t0
+        run.log.info("batch %d-%d done: server %.1f s", start, start + len(chunk), seconds["server"])  # fmt: skip
+    logits = np.concatenate(outputs)
+    reference = program.run_plain(x)
+    metrics = {
+        "kind": "he-infer", "images": n, "batch": batch, "batches": -(-n // batch),
+        "params": params.as_dict(), "program": program.summary(), "depth": program.depth,
+        "encrypted_accuracy": float((logits.argmax(1) == y).mean()),
+        "plaintext_accuracy": float((logits_plain.argmax(1) == y).mean()),
+        "argmax_agreement": float((logits.argmax(1) == logits_plain.argmax(1)).mean()),
+        "max_logit_error": float(np.abs(logits - logits_plain).max()),
+        "max_error_vs_float64_program": float(np.abs(logits - reference).max()),
+        "seconds": seconds | {"compile": compile_s, "keygen": keygen_s, "stages": stage_seconds},
+        "amortized_ms_per_image": 1000 * seconds["server"] / n,
+        "amortized_ms_per_image_end_to_end": 1000 * sum(seconds.values()) / n,
+        **sizes, "threads": torch.get_num_threads(),
+    }  # fmt: skip
+    run.update_metrics(**metrics)
+    run.log.info("encrypted accuracy %.4f (plaintext %.4f), agreement %.4f, max logit error %.2e, %.2f ms/image",
+                 metrics["encrypted_accuracy"], metrics["plaintext_accuracy"], metrics["argmax_agreement"],
+                 metrics["max_logit_error"], metrics["amortized_ms_per_image"])  # fmt: skip
+    return run
