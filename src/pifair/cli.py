@@ -234,6 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=4096, help="images per ciphertext (default 4096; at most N/2)")  # fmt: skip
     p.add_argument("--images", type=int, help="test images to run (default: one batch)")
     p.add_argument("--scale-bits", type=int, default=40, help="CKKS scale (default 2^40)")
+    p.add_argument(
+        "--workers", type=int, default=0, help="server processes (default: one per core)"
+    )
     p.add_argument("--out", type=Path)
 
     from .dp.config import DPConfig
@@ -334,7 +337,7 @@ def _cmd_polyfit(ns: argparse.Namespace) -> None:
 def _cmd_he_infer(ns: argparse.Namespace) -> None:
     from .workflows.he import HEInferJob, run_he_infer
 
-    job = HEInferJob(from_run=str(ns.from_run), batch=ns.batch, images=ns.images, scale_bits=ns.scale_bits)  # fmt: skip
+    job = HEInferJob(from_run=str(ns.from_run), batch=ns.batch, images=ns.images, scale_bits=ns.scale_bits, workers=ns.workers)  # fmt: skip
     run = run_he_infer(job, out=ns.out)
     m = run.metrics
     p = m["params"]

@@ -7,7 +7,6 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from ..runs import Run
 from ..secure.he.compile import compile_model
@@ -27,6 +26,7 @@ class HEInferJob(RunJob):
     batch: int = 4096  # images per ciphertext (one per slot); more than the slots are split
     images: int | None = None  # test images to run (default: one batch)
     scale_bits: int = 40
+    workers: int = 0  # processes computing a stage's outputs (0: one per CPU core)
 
 
 def _bytes(ct, folder) -> int:
@@ -57,7 +57,8 @@ def run_he_infer(job: HEInferJob, *, out: str | os.PathLike | None = None) -> Ru
                  program.depth, program.summary(), params.poly_modulus_degree, params.slots, params.log_q, n, batch)  # fmt: skip
     t0 = time.perf_counter()
     client = HEClient(params)
-    server = HEServer(client.server_keys(run.file("server-keys")))
+    workers = job.workers or os.cpu_count() or 1
+    server = HEServer(client.server_keys(run.file("server-keys")), workers=workers)
     keygen_s = time.perf_counter() - t0
     seconds = {"encrypt": 0.0, "server": 0.0, "decrypt": 0.0}
     outputs, stage_seconds, sizes = [], {}, {}
@@ -91,7 +92,7 @@ def run_he_infer(job: HEInferJob, *, out: str | os.PathLike | None = None) -> Ru
         "seconds": seconds | {"compile": compile_s, "keygen": keygen_s, "stages": stage_seconds},
         "amortized_ms_per_image": 1000 * seconds["server"] / n,
         "amortized_ms_per_image_end_to_end": 1000 * sum(seconds.values()) / n,
-        **sizes, "threads": torch.get_num_threads(),
+        **sizes, "workers": workers,
     }  # fmt: skip
     run.update_metrics(**metrics)
     run.log.info("encrypted accuracy %.4f (plaintext %.4f), agreement %.4f, max logit error %.2e, %.2f ms/image",

@@ -112,11 +112,26 @@ class HEClient:
         return np.stack(cols, axis=1)
 
 
+_JOB: tuple | None = None  # (function of an output index, output folder) for forked workers
+
+
+def _work(indices: list[int]) -> None:
+    fn, folder = _JOB
+    for o in indices:
+        fn(o).save(os.path.join(folder, str(o)))
+
+
 @dataclass
 class HEServer:
-    """Evaluates a program on ciphertexts with the public keys only."""
+    """Evaluates a program on ciphertexts with the public keys only.
+
+    ``workers`` processes compute independent outputs of a stage in parallel: SEAL's Python
+    binding holds the GIL, so threads would not help. Workers are forked with the stage's input
+    ciphertexts in their (copy-on-write) memory and return their outputs through files.
+    """
 
     keys: ServerKeys
+    workers: int = 1
     timings: list[StageTiming] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -162,45 +177,69 @@ class HEServer:
         if value != 0.0:
             self.evaluator.add_plain_inplace(ct, self._plain(value, ct.parms_id(), ct.scale))
 
+    def _map(self, fn, count: int) -> list:
+        """``[fn(0), ..., fn(count - 1)]``, in ``workers`` forked processes when worth it."""
+        global _JOB
+        if self.workers <= 1 or count < 4 * self.workers:
+            return [fn(o) for o in range(count)]
+        import multiprocessing as mp
+
+        shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
+        with tempfile.TemporaryDirectory(prefix="pifair-he-", dir=shm) as folder:
+            _JOB = (fn, folder)
+            try:
+                with mp.get_context("fork").Pool(self.workers) as pool:
+                    pool.map(_work, [c.tolist() for c in np.array_split(np.arange(count), self.workers)])  # fmt: skip
+            finally:
+                _JOB = None
+            out = []
+            for o in range(count):
+                ct = _seal().Ciphertext()
+                ct.load(self.context, os.path.join(folder, str(o)))
+                out.append(ct)
+        return out
+
     # -- stages ----------------------------------------------------------------------------------
     def _linear(self, stage: LinearStage, cts: list) -> list:
         w = stage.weights
-        out = []
-        for o in range(w.shape[0]):
+
+        def output(o: int):
             lo, hi = w.indptr[o], w.indptr[o + 1]
             terms = [(cts[j], float(v)) for j, v in zip(w.indices[lo:hi], w.data[lo:hi])]
             if not terms:
                 raise ValueError(f"output {o} of a linear stage depends on no input (a constant); the engine does not encrypt constants")  # fmt: skip
             acc = self._scaled_sum(terms, self.scale)
             self._add_constant(acc, float(stage.bias[o]))
-            out.append(acc)
-        return out
+            return acc
+
+        return self._map(output, w.shape[0])
 
     def _poly(self, stage: PolyStage, cts: list) -> list:
+        return self._map(lambda j: self._poly_one(stage, cts[j], j), len(cts))
+
+    def _poly_one(self, stage: PolyStage, x, j: int):
+        """``c2 x^2 + c1 x + c0`` of feature ``j``: two levels, exact scale Delta at the end."""
         s, ev = _seal(), self.evaluator
         c = stage.coefficients
-        out = []
-        for j, x in enumerate(cts):
-            if stage.degree == 1:
-                y = self._scaled_sum([(x, c[1, j])], self.scale) if c[1, j] != 0 else None
-            else:
-                sq = s.Ciphertext()
-                ev.square(x, sq)
-                ev.relinearize_inplace(sq, self.relin)
-                ev.rescale_to_next_inplace(sq)
-                terms = []
-                if c[2, j] != 0:
-                    terms.append((sq, c[2, j]))
-                if c[1, j] != 0:
-                    x1 = s.Ciphertext()
-                    ev.mod_switch_to(x, sq.parms_id(), x1)  # same level as x^2, scale Delta
-                    terms.append((x1, c[1, j]))
-                y = self._mixed_sum(terms) if terms else None
-            if y is None:
-                raise ValueError(f"feature {j}: a constant polynomial; the engine does not encrypt constants")  # fmt: skip
-            self._add_constant(y, float(c[0, j]))
-            out.append(y)
-        return out
+        if stage.degree == 1:
+            y = self._scaled_sum([(x, c[1, j])], self.scale) if c[1, j] != 0 else None
+        else:
+            sq = s.Ciphertext()
+            ev.square(x, sq)
+            ev.relinearize_inplace(sq, self.relin)
+            ev.rescale_to_next_inplace(sq)
+            terms = []
+            if c[2, j] != 0:
+                terms.append((sq, c[2, j]))
+            if c[1, j] != 0:
+                x1 = s.Ciphertext()
+                ev.mod_switch_to(x, sq.parms_id(), x1)  # same level as x^2, scale Delta
+                terms.append((x1, c[1, j]))
+            y = self._mixed_sum(terms) if terms else None
+        if y is None:
+            raise ValueError(f"feature {j}: a constant polynomial; the engine does not encrypt constants")  # fmt: skip
+        self._add_constant(y, float(c[0, j]))
+        return y
 
     def _mixed_sum(self, terms: list[tuple[object, float]]):
         """Weighted sum of ciphertexts at one level but different scales, rescaled to Delta."""
