@@ -1,0 +1,31 @@
+"""``pifair polyfit`` then ``pifair he-infer`` end to end on digits, batches split, two workers."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("tenseal")
+
+from pifair.cli import main  # noqa: E402
+from pifair.report import build_report  # noqa: E402
+from pifair.runs import Run  # noqa: E402
+from pifair.training import TrainConfig, train  # noqa: E402
+
+pytestmark = [pytest.mark.he, pytest.mark.slow]
+
+
+def test_polyfit_then_encrypted_inference_matches_plaintext(tmp_path, capsys):
+    dense = train(TrainConfig(data="digits", model="he_cnn", epochs=3, lr=0.05, batch_size=64), out=tmp_path / "dense", progress=False)  # fmt: skip
+    assert main(["he-infer", "--from", str(dense.path), "--out", str(tmp_path / "refused")]) == 2
+    assert "is a ReLU" in capsys.readouterr().err
+    poly = tmp_path / "poly"
+    assert main(["polyfit", "--from", str(dense.path), "--finetune-epochs", "2", "--batch-size", "64", "--out", str(poly), "--no-progress"]) == 0  # fmt: skip
+    out = tmp_path / "he"
+    assert main(["he-infer", "--from", str(poly), "--batch", "20", "--images", "40", "--workers", "2", "--out", str(out)]) == 0  # fmt: skip
+    m = Run.open(out).metrics
+    assert m["batches"] == 2 and m["images"] == 40
+    assert m["argmax_agreement"] == 1.0 and m["encrypted_accuracy"] == m["plaintext_accuracy"]
+    assert m["max_logit_error"] < 1e-3
+    assert m["params"]["log_q"] <= m["params"]["max_log_q"]
+    page = build_report([poly, out], tmp_path / "r.html").read_text()
+    assert "(he-infer)" in page and "The server held no secret key" in page and "(polyfit)" in page
