@@ -69,6 +69,7 @@ class HEClient:
         self.params = params
         self.parms, self.context = _context(params)
         keygen = s.KeyGenerator(self.context)
+        self._keygen = keygen  # the comparison layout asks it for rotation keys
         self._secret = keygen.secret_key()
         self._public = s.PublicKey()
         keygen.create_public_key(self._public)
