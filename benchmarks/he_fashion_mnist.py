@@ -33,6 +33,7 @@ def main() -> None:
     parser.add_argument("--granularities", default="layer,channel,element")
     parser.add_argument("--epochs", type=int, default=10, help="ReLU training epochs")
     parser.add_argument("--finetune-epochs", type=int, default=5, help="KD epochs per polynomial model")  # fmt: skip
+    parser.add_argument("--compare-images", type=int, default=2, help="images run one per ciphertext (rotations) with the last granularity")  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path("runs/bench-he"))
     ns = parser.parse_args()
     print(f"machine: {machine_line()}\ncommit: {commit()}")
@@ -42,12 +43,16 @@ def main() -> None:
         train(TrainConfig(data="fashion-mnist", model="he_cnn", epochs=ns.epochs, batch_size=128, lr=0.05), out=dense, progress=False)  # fmt: skip
     relu_acc = Run.open(dense).metrics["test_accuracy"]
     rows, results = [], []
-    for g in ns.granularities.split(","):
+    granularities = ns.granularities.split(",")
+    for g in granularities:
         poly, he = ns.out / f"poly-{g}", ns.out / f"he-{g}"
         for p in (poly, he):
             shutil.rmtree(p, ignore_errors=True)
         run_polyfit(PolyfitJob(from_run=str(dense), granularity=g, finetune=FinetuneSettings(epochs=ns.finetune_epochs)), out=poly, progress=False)  # fmt: skip
-        m = run_he_infer(HEInferJob(from_run=str(poly), batch=ns.batch), out=he).metrics
+        compare = ns.compare_images if g == granularities[-1] else 0
+        m = run_he_infer(
+            HEInferJob(from_run=str(poly), batch=ns.batch, compare_images=compare), out=he
+        ).metrics
         results.append({"granularity": g} | {k: m[k] for k in ("encrypted_accuracy", "plaintext_accuracy", "argmax_agreement", "max_logit_error", "amortized_ms_per_image", "seconds", "params", "images")})  # fmt: skip
         rows.append([g, f"{100 * relu_acc:.2f}", f"{100 * m['plaintext_accuracy']:.2f}", f"{100 * m['encrypted_accuracy']:.2f}",
                      f"{100 * m['argmax_agreement']:.2f}", f"{m['max_logit_error']:.1e}", f"{m['seconds']['server']:.0f}",
@@ -55,6 +60,12 @@ def main() -> None:
         print(f"  {g}: done", flush=True)
     print(f"\nhe_cnn on Fashion-MNIST, {results[0]['images']:,} test images per CKKS batch, N={results[0]['params']['poly_modulus_degree']}")  # fmt: skip
     print_table(["coefficients", "ReLU %", "poly plaintext %", "encrypted %", "agreement %", "max logit err", "server s", "ms/image"], rows)  # fmt: skip
+    if "batch_vs_image_layout" in m:
+        c, il = m["batch_vs_image_layout"], m["image_layout"]
+        print(f"\none image per ciphertext ({il['features_per_ciphertext']} features, {il['rotation_keys']} rotation keys, {il['images']} images): "
+              f"{c['image_layout_ms_per_image']:.0f} ms per image, agreement {100 * il['argmax_agreement']:.0f}%; batch packing "
+              f"{c['amortized_ms_per_image']:.1f} ms per image: {100 * c['time_reduction']:.2f}% less")  # fmt: skip
+        results[-1]["comparison"] = {"image_layout": il, "batch_vs_image_layout": c}
     (ns.out / "results.json").write_text(json.dumps({"machine": machine_line(), "commit": commit(), "relu_accuracy": relu_acc, "runs": results}, indent=2))  # fmt: skip
 
 

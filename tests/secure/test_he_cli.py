@@ -21,11 +21,16 @@ def test_polyfit_then_encrypted_inference_matches_plaintext(tmp_path, capsys):
     poly = tmp_path / "poly"
     assert main(["polyfit", "--from", str(dense.path), "--finetune-epochs", "2", "--batch-size", "64", "--out", str(poly), "--no-progress"]) == 0  # fmt: skip
     out = tmp_path / "he"
-    assert main(["he-infer", "--from", str(poly), "--batch", "20", "--images", "40", "--workers", "2", "--out", str(out)]) == 0  # fmt: skip
+    assert main(["he-infer", "--from", str(poly), "--batch", "20", "--images", "40", "--workers", "2", "--compare-images", "2", "--out", str(out)]) == 0  # fmt: skip
     m = Run.open(out).metrics
     assert m["batches"] == 2 and m["images"] == 40
     assert m["argmax_agreement"] == 1.0 and m["encrypted_accuracy"] == m["plaintext_accuracy"]
     assert m["max_logit_error"] < 1e-3
     assert m["params"]["log_q"] <= m["params"]["max_log_q"]
+    assert (
+        m["image_layout"]["argmax_agreement"] == 1.0 and m["image_layout"]["max_logit_error"] < 1e-3
+    )
+    assert m["batch_vs_image_layout"]["time_reduction"] > 0  # 20 images per batch already win
     page = build_report([poly, out], tmp_path / "r.html").read_text()
     assert "(he-infer)" in page and "The server held no secret key" in page and "(polyfit)" in page
+    assert "Against one image per ciphertext" in page

@@ -27,6 +27,7 @@ class HEInferJob(RunJob):
     images: int | None = None  # test images to run (default: one batch)
     scale_bits: int = 40
     workers: int = 0  # processes computing a stage's outputs (0: one per CPU core)
+    compare_images: int = 0  # also run N images one per ciphertext (rotations): the comparison
 
 
 def _bytes(ct, folder) -> int:
@@ -35,6 +36,29 @@ def _bytes(ct, folder) -> int:
     size = os.path.getsize(path)
     os.remove(path)
     return size
+
+
+def _image_layout(program, client, server, x: np.ndarray, reference: np.ndarray, run: Run) -> dict:
+    """The same program on one image per ciphertext: latency per image, agreement."""
+    from ..secure.he.image_layout import ImageLayout
+
+    layout = ImageLayout(program, client, server)
+    run.log.info("image layout: %d features per ciphertext, %d rotation keys, setup %.1f s", layout.m, layout.galois.size(), layout.setup_seconds)  # fmt: skip
+    outs, seconds = [], 0.0
+    for row in x:
+        ct = layout.encrypt(row)
+        t0 = time.perf_counter()
+        out = layout.run(ct)
+        seconds += time.perf_counter() - t0
+        outs.append(layout.decrypt(out, reference.shape[1]))
+    logits = np.stack(outs)
+    return {
+        "images": len(x), "features_per_ciphertext": layout.m, "rotation_keys": layout.galois.size(),
+        "seconds_per_image": seconds / len(x), "setup_seconds": layout.setup_seconds,
+        "keygen_seconds": layout.keygen_seconds,
+        "argmax_agreement": float((logits.argmax(1) == reference.argmax(1)).mean()),
+        "max_logit_error": float(np.abs(logits - reference).max()),
+    }  # fmt: skip
 
 
 def run_he_infer(job: HEInferJob, *, out: str | os.PathLike | None = None) -> Run:
@@ -94,6 +118,13 @@ def run_he_infer(job: HEInferJob, *, out: str | os.PathLike | None = None) -> Ru
         "amortized_ms_per_image_end_to_end": 1000 * sum(seconds.values()) / n,
         **sizes, "workers": workers,
     }  # fmt: skip
+    if job.compare_images > 0:
+        metrics["image_layout"] = _image_layout(program, client, server, x[: job.compare_images], logits_plain[: job.compare_images], run)  # fmt: skip
+        per_image = metrics["image_layout"]["seconds_per_image"]
+        metrics["batch_vs_image_layout"] = {
+            "amortized_ms_per_image": metrics["amortized_ms_per_image"], "image_layout_ms_per_image": 1000 * per_image,
+            "time_reduction": 1 - metrics["amortized_ms_per_image"] / (1000 * per_image),
+        }  # fmt: skip
     run.update_metrics(**metrics)
     run.log.info("encrypted accuracy %.4f (plaintext %.4f), agreement %.4f, max logit error %.2e, %.2f ms/image",
                  metrics["encrypted_accuracy"], metrics["plaintext_accuracy"], metrics["argmax_agreement"],
