@@ -154,14 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="mean",
         help="what decides a group's sign",
     )
-    p.add_argument("--finetune-epochs", type=int, default=20)
-    p.add_argument("--finetune-lr", type=float, default=0.01)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--out", type=Path)
-    p.add_argument("--resume", action="store_true", help="continue the killed run in --out")
-    p.add_argument("--no-progress", action="store_true")
+    _add_finetune_run_flags(p)
 
     p = sub.add_parser(
         "audit",
@@ -217,14 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="element",
         help="one polynomial per layer, per channel or per activation position (default)",
     )
-    p.add_argument("--finetune-epochs", type=int, default=20)
-    p.add_argument("--finetune-lr", type=float, default=0.01)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--out", type=Path)
-    p.add_argument("--resume", action="store_true", help="continue the killed run in --out")
-    p.add_argument("--no-progress", action="store_true")
+    _add_finetune_run_flags(p)
 
     p = sub.add_parser(
         "he-infer",
@@ -260,6 +246,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("list", help="the registered data sets and models")
     return parser
+
+
+def _add_finetune_run_flags(p: argparse.ArgumentParser) -> None:
+    """KD fine-tuning and run-folder flags of the commands that refit a model (share, polyfit)."""
+    p.add_argument("--finetune-epochs", type=int, default=20)
+    p.add_argument("--finetune-lr", type=float, default=0.01)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", type=Path)
+    p.add_argument("--resume", action="store_true", help="continue the killed run in --out")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _finetune_settings(ns: argparse.Namespace):
+    from .relu.linearize import FinetuneSettings
+
+    if ns.resume and not ns.out:
+        raise ValueError("--resume needs --out RUN_FOLDER")
+    return FinetuneSettings(epochs=ns.finetune_epochs, lr=ns.finetune_lr, batch_size=ns.batch_size, seed=ns.seed)  # fmt: skip
 
 
 def _expand_sweeps(paths: list[Path]) -> list[Path]:
@@ -298,12 +304,8 @@ def _cmd_audit(ns: argparse.Namespace) -> None:
 
 
 def _cmd_share(ns: argparse.Namespace) -> None:
-    from .relu.linearize import FinetuneSettings
     from .workflows.share import ShareJob, run_share
 
-    finetune = FinetuneSettings(
-        epochs=ns.finetune_epochs, lr=ns.finetune_lr, batch_size=ns.batch_size, seed=ns.seed
-    )
     job = ShareJob(
         from_run=str(ns.from_run),
         budget=ns.budget,
@@ -311,10 +313,8 @@ def _cmd_share(ns: argparse.Namespace) -> None:
         rule=ns.rule,
         seed=ns.seed,
         device=ns.device,
-        finetune=finetune,
+        finetune=_finetune_settings(ns),
     )
-    if ns.resume and not ns.out:
-        raise ValueError("--resume needs --out RUN_FOLDER")
     run = run_share(job, out=ns.out, resume=ns.resume, progress=not ns.no_progress)
     m = run.metrics
     print(f"{m['relus']:,} shared decisions (budget {m['budget']:,}; {m['allocation']}): test {100 * m['test_accuracy']:.2f}% "
@@ -322,13 +322,9 @@ def _cmd_share(ns: argparse.Namespace) -> None:
 
 
 def _cmd_polyfit(ns: argparse.Namespace) -> None:
-    from .relu.linearize import FinetuneSettings
     from .workflows.polyfit import PolyfitJob, run_polyfit
 
-    finetune = FinetuneSettings(epochs=ns.finetune_epochs, lr=ns.finetune_lr, batch_size=ns.batch_size, seed=ns.seed)  # fmt: skip
-    job = PolyfitJob(from_run=str(ns.from_run), degree=ns.degree, granularity=ns.granularity, seed=ns.seed, device=ns.device, finetune=finetune)  # fmt: skip
-    if ns.resume and not ns.out:
-        raise ValueError("--resume needs --out RUN_FOLDER")
+    job = PolyfitJob(from_run=str(ns.from_run), degree=ns.degree, granularity=ns.granularity, seed=ns.seed, device=ns.device, finetune=_finetune_settings(ns))  # fmt: skip
     run = run_polyfit(job, out=ns.out, resume=ns.resume, progress=not ns.no_progress)
     m = run.metrics
     print(f"degree-{m['degree']} {m['granularity']}-wise polynomials at {m['poly_sites']} sites ({m['coefficients']:,} coefficients): "
