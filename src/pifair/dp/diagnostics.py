@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..training.per_sample import iter_per_sample_grads
+
 __all__ = ["per_sample_grads", "GroupAlignment", "group_alignment", "privacy_cost"]
 
 
@@ -23,21 +25,10 @@ def per_sample_grads(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, chunk: int = 128
 ) -> torch.Tensor:
     """(N, P) per-sample cross-entropy gradients over the trainable parameters, flattened."""
-    from torch.func import functional_call, grad, vmap
-
-    params = {k: v.detach() for k, v in model.named_parameters() if v.requires_grad}
-    buffers = {k: v.detach() for k, v in model.named_buffers()}
-
-    def loss(p, xi, yi):
-        return F.cross_entropy(
-            functional_call(model, (p, buffers), (xi.unsqueeze(0),)), yi.unsqueeze(0)
-        )
-
-    per_sample = vmap(grad(loss), in_dims=(None, 0, 0))
-    rows = []
-    for i in range(0, len(x), chunk):
-        g = per_sample(params, x[i : i + chunk], y[i : i + chunk])
-        rows.append(torch.cat([t.flatten(1) for t in g.values()], dim=1))
+    rows = [
+        torch.cat([t.flatten(1) for t in grads.values()], dim=1)
+        for grads in iter_per_sample_grads(model, x, y, chunk=chunk)
+    ]
     return torch.cat(rows)
 
 

@@ -44,20 +44,12 @@ def per_sample_grad_norms(
     torch.func (vmap over grad) gives per-sample gradients without Opacus; the model runs in
     eval mode so batch norm uses its running statistics and samples stay independent.
     """
-    from torch.func import functional_call, grad, vmap
+    # late import: training imports fairness
+    from ..training.per_sample import iter_per_sample_grads
 
     model.eval()
-    params = {k: v.detach() for k, v in model.named_parameters() if v.requires_grad}
-    buffers = {k: v.detach() for k, v in model.named_buffers()}
-
-    def loss(p, xi, yi):
-        out = functional_call(model, (p, buffers), (xi.unsqueeze(0),))
-        return F.cross_entropy(out, yi.unsqueeze(0))
-
-    per_sample = vmap(grad(loss), in_dims=(None, 0, 0))
     norms = []
-    for i in range(0, len(x), chunk):
-        grads = per_sample(params, x[i : i + chunk], y[i : i + chunk])
+    for grads in iter_per_sample_grads(model, x, y, chunk=chunk):
         sq = sum(g.flatten(1).pow(2).sum(1) for g in grads.values())
         norms.append(sq.sqrt())
     return torch.cat(norms)

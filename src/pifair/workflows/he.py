@@ -91,14 +91,18 @@ def run_he_infer(job: HEInferJob, *, out: str | os.PathLike | None = None) -> Ru
         t0 = time.perf_counter()
         cts = client.encrypt(chunk)
         seconds["encrypt"] += time.perf_counter() - t0
-        sizes.setdefault("input_ciphertext_bytes", _bytes(cts[0], run.path))
-        sizes.setdefault("input_ciphertexts", len(cts))
+        if not sizes:  # sizes are the same for every batch: measure the first
+            sizes = {
+                "input_ciphertext_bytes": _bytes(cts[0], run.path),
+                "input_ciphertexts": len(cts),
+            }
         t0 = time.perf_counter()
         result = server.run(program, cts)
         seconds["server"] += time.perf_counter() - t0
         for t in server.timings:
             stage_seconds[t.stage] = stage_seconds.get(t.stage, 0.0) + t.seconds
-        sizes.setdefault("output_ciphertext_bytes", _bytes(result[0], run.path))
+        if "output_ciphertext_bytes" not in sizes:
+            sizes["output_ciphertext_bytes"] = _bytes(result[0], run.path)
         t0 = time.perf_counter()
         outputs.append(client.decrypt(result, len(chunk)))
         seconds["decrypt"] += time.perf_counter() - t0

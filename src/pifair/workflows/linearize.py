@@ -105,11 +105,6 @@ def _share_budgets(root: Run, job: LinearizeJob, method: str) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
-def _normalized(config: dict) -> dict:
-    """A saved job config with the defaults of settings added since it was written."""
-    return LinearizeJob.from_config(config).as_config() | {"command": config.get("command")}
-
-
 def _budget_label(b: str | int) -> str:
     return str(b).replace("%", "pct")
 
@@ -177,9 +172,7 @@ def _budget_run(root: Run, job: LinearizeJob, method: str, budget: str) -> Run:
             }
         )
     )
-    if (path / "config.yaml").exists():
-        return Run.resume(path, sub.as_config() | {"command": "linearize"}, normalize=_normalized)
-    return Run.create("linearize", sub.as_config(), out=path)
+    return sub.open_run("linearize", path, resume=(path / "config.yaml").exists())
 
 
 def _save_search(path: Path, log, state: dict) -> None:
@@ -220,10 +213,7 @@ def run_linearize(
     data = dataset_for_run(parent)
     dense_relus = count_relus(dense, data.input_shape).total
     command = "sweep-linearize" if sweep else "linearize"
-    if resume:
-        root = Run.resume(out, job.as_config() | {"command": command}, normalize=_normalized)
-    else:
-        root = Run.create(command, job.as_config(), out=out)
+    root = job.open_run(command, out, resume=resume)
     dense_test = evaluate(dense.to(device), data, "test")
     torch.manual_seed(job.seed)
     for method in job.methods:

@@ -44,12 +44,7 @@ def run_polyfit(
     device = resolve_device(job.device)
     parent_model, record, parent = load_from_run(job.from_run)
     data = dataset_for_run(parent)
-    normalize = lambda c: PolyfitJob.from_config(c).as_config() | {"command": c.get("command")}  # noqa: E731
-    run = (
-        Run.resume(out, job.as_config() | {"command": "polyfit"}, normalize=normalize)
-        if resume
-        else Run.create("polyfit", job.as_config(), out=out)
-    )
+    run = job.open_run("polyfit", out, resume=resume)
     torch.manual_seed(job.seed)
     parent_test = evaluate(parent_model.to(device), data, "test")
     result = polyfit(parent_model, data, degree=job.degree, granularity=job.granularity, finetune=job.finetune,

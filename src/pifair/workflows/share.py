@@ -45,12 +45,7 @@ def run_share(
     device = resolve_device(job.device)
     dense, record, parent = load_from_run(job.from_run)
     data = dataset_for_run(parent)
-    normalize = lambda c: ShareJob.from_config(c).as_config() | {"command": c.get("command")}  # noqa: E731
-    run = (
-        Run.resume(out, job.as_config() | {"command": "share"}, normalize=normalize)
-        if resume
-        else Run.create("share", job.as_config(), out=out)
-    )
+    run = job.open_run("share", out, resume=resume)
     torch.manual_seed(job.seed)
     dense_test = evaluate(dense.to(device), data, "test")
     result = share(dense, data, job.budget, scheme=job.scheme, rule=job.rule, finetune=job.finetune, device=device, progress=progress,

@@ -156,22 +156,24 @@ class HEServer:
         self.encoder.encode(float(value), parms_id, scale, pt)
         return pt
 
-    def _scaled_sum(self, terms: list[tuple[object, float]], target: float):
-        """``sum_i w_i ct_i`` (all at one level and scale), rescaled once to scale ``target``."""
+    def _weighted_sum(self, terms: list[tuple[object, float]]):
+        """``sum_i w_i ct_i`` over ciphertexts at one level (their scales may differ), rescaled
+        once to scale Delta: each plaintext is encoded at Delta q / scale(ct_i), so every
+        product has scale Delta q and the rescale by q leaves exactly Delta."""
         s, ev = _seal(), self.evaluator
-        first = terms[0][0]
-        q = self._last_prime(first)
-        pt_scale = target * q / first.scale  # product scale target*q, exactly target after rescale
+        q = self._last_prime(terms[0][0])
         acc, tmp = None, s.Ciphertext()
         for ct, w in terms:
+            pt = self._plain(w, ct.parms_id(), self.scale * q / ct.scale)
             if acc is None:
                 acc = s.Ciphertext()
-                ev.multiply_plain(ct, self._plain(w, ct.parms_id(), pt_scale), acc)
+                ev.multiply_plain(ct, pt, acc)
             else:
-                ev.multiply_plain(ct, self._plain(w, ct.parms_id(), pt_scale), tmp)
+                ev.multiply_plain(ct, pt, tmp)
+                tmp.scale = acc.scale  # equal up to the rounding of the divisions above
                 ev.add_inplace(acc, tmp)
         ev.rescale_to_next_inplace(acc)
-        acc.scale = target  # equal up to rounding of the division above
+        acc.scale = self.scale
         return acc
 
     def _add_constant(self, ct, value: float) -> None:
@@ -209,7 +211,7 @@ class HEServer:
             terms = [(cts[j], float(v)) for j, v in zip(w.indices[lo:hi], w.data[lo:hi])]
             if not terms:
                 raise ValueError(f"output {o} of a linear stage depends on no input (a constant); the engine does not encrypt constants")  # fmt: skip
-            acc = self._scaled_sum(terms, self.scale)
+            acc = self._weighted_sum(terms)
             self._add_constant(acc, float(stage.bias[o]))
             return acc
 
@@ -223,7 +225,7 @@ class HEServer:
         s, ev = _seal(), self.evaluator
         c = stage.coefficients
         if stage.degree == 1:
-            y = self._scaled_sum([(x, c[1, j])], self.scale) if c[1, j] != 0 else None
+            y = self._weighted_sum([(x, c[1, j])]) if c[1, j] != 0 else None
         else:
             sq = s.Ciphertext()
             ev.square(x, sq)
@@ -236,29 +238,11 @@ class HEServer:
                 x1 = s.Ciphertext()
                 ev.mod_switch_to(x, sq.parms_id(), x1)  # same level as x^2, scale Delta
                 terms.append((x1, c[1, j]))
-            y = self._mixed_sum(terms) if terms else None
+            y = self._weighted_sum(terms) if terms else None
         if y is None:
             raise ValueError(f"feature {j}: a constant polynomial; the engine does not encrypt constants")  # fmt: skip
         self._add_constant(y, float(c[0, j]))
         return y
-
-    def _mixed_sum(self, terms: list[tuple[object, float]]):
-        """Weighted sum of ciphertexts at one level but different scales, rescaled to Delta."""
-        s, ev = _seal(), self.evaluator
-        q = self._last_prime(terms[0][0])
-        acc, tmp = None, s.Ciphertext()
-        for ct, w in terms:
-            pt = self._plain(w, ct.parms_id(), self.scale * q / ct.scale)
-            if acc is None:
-                acc = s.Ciphertext()
-                ev.multiply_plain(ct, pt, acc)
-            else:
-                ev.multiply_plain(ct, pt, tmp)
-                tmp.scale = acc.scale
-                ev.add_inplace(acc, tmp)
-        ev.rescale_to_next_inplace(acc)
-        acc.scale = self.scale
-        return acc
 
     def run(self, program: HEProgram, cts: list) -> list:
         self.timings = []
