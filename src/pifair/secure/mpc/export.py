@@ -1,0 +1,399 @@
+"""A pifair model as a JAX function over its sites, the form SPU compiles to MPC.
+
+The model is traced with :mod:`torch.fx` (activation sites are leaves), batch norm is folded
+into the convolution before it (``torch.nn.utils.fusion``), and every graph node becomes JAX
+code. Weights are an argument of the function, not constants: under MPC they are the server's
+secret, shared like the client's image. What the sites keep, share or compute is structure
+(public, as in every PI paper), so it becomes constant indices:
+
+* :class:`~pifair.relu.sites.MaskedReLU`: gather the kept positions, compare only those, put
+  the results back with one more constant gather (``jnp.where`` over the full tensor would pay
+  a comparison for every element);
+* :class:`~pifair.relu.sharing.SharedReLU`: one decision per group (sum, representative or
+  learned weights), one comparison per group, the bit broadcast to the members;
+* :class:`~pifair.relu.poly.PolyAct`: Horner's rule, arithmetic only.
+
+The exported function is checked against the torch model in plain JAX before any MPC run.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import fx, nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+from ...errors import UnsupportedLayerError
+from ...extras import require
+from ...relu.poly import PolyAct
+from ...relu.sharing import SharedReLU
+from ...relu.sites import ActivationSite, DenseReLU, MaskedReLU
+
+__all__ = ["ExportedModel", "SiteExport", "export_model"]
+
+Params = dict[str, np.ndarray]
+Op = Callable[..., object]
+
+
+@dataclass(frozen=True)
+class SiteExport:
+    """What one site costs under MPC: its elements and the comparisons it makes."""
+
+    name: str
+    kind: str
+    elements: int
+    comparisons: int
+
+
+@dataclass
+class ExportedModel:
+    """``fn(x, params) -> logits`` in JAX; ``params`` are the model's (folded) weights."""
+
+    fn: Callable
+    params: Params
+    input_shape: tuple[int, ...]
+    sites: list[SiteExport] = field(default_factory=list)
+
+    @property
+    def comparisons(self) -> int:
+        """Comparisons (DReLUs) per image made by the sites (max pooling not included)."""
+        return sum(s.comparisons for s in self.sites)
+
+    def run_plain(self, x: np.ndarray) -> np.ndarray:
+        """The exported function in plain JAX (float32): the reference the MPC run must meet."""
+        return np.asarray(self.fn(np.asarray(x, np.float32), self.params))
+
+
+class _SiteTracer(fx.Tracer):
+    """Keeps activation sites (and torch's own layers) as single graph nodes."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, ActivationSite) or super().is_leaf_module(m, qualname)
+
+
+def _pair(v) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def _jnp():
+    return require("jax.numpy", extra="mpc", purpose="MPC inference (SPU)", package="jax")
+
+
+def _lax():
+    return require("jax.lax", extra="mpc", purpose="MPC inference (SPU)", package="jax")
+
+
+class _Exporter:
+    """Turns each fx node into a JAX op, collecting weights into ``params``."""
+
+    def __init__(self, model: nn.Module, input_shape: tuple[int, ...]) -> None:
+        self.model = model
+        self.input_shape = input_shape
+        self.params: Params = {}
+        self.sites: list[SiteExport] = []
+        self.graph = _SiteTracer().trace(model)
+        self.modules = dict(model.named_modules())
+        self.folded: dict[str, nn.Conv2d] = {}  # conv node name -> conv with its bn folded in
+        self.skip: set[str] = set()  # bn nodes folded away
+        self._fold_batch_norm()
+
+    def _fold_batch_norm(self) -> None:
+        for node in self.graph.nodes:
+            if node.op != "call_module" or not isinstance(
+                self.modules[node.target], nn.BatchNorm2d
+            ):
+                continue
+            src = node.args[0]
+            if (
+                isinstance(src, fx.Node)
+                and src.op == "call_module"
+                and isinstance(self.modules[src.target], nn.Conv2d)
+                and len(src.users) == 1
+            ):
+                conv, bn = self.modules[src.target], self.modules[node.target]
+                self.folded[src.name] = fuse_conv_bn_eval(conv.eval(), bn.eval())
+                self.skip.add(node.name)
+
+    def _param(self, name: str, value: torch.Tensor) -> str:
+        key = name.replace(".", "/")
+        self.params[key] = value.detach().cpu().numpy().astype(np.float32)
+        return key
+
+    # -- one builder per layer kind: each returns op(value, params) -> value -------------------
+
+    def _conv(self, name: str, conv: nn.Conv2d) -> Op:
+        if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+            raise UnsupportedLayerError(f"layer {name!r}: only numeric zero padding is exported to MPC")  # fmt: skip
+        w = self._param(f"{name}.weight", conv.weight)
+        b = self._param(f"{name}.bias", conv.bias) if conv.bias is not None else None
+        stride, dilation = _pair(conv.stride), _pair(conv.dilation)
+        pad = [(p, p) for p in _pair(conv.padding)]
+        lax = _lax()
+
+        def op(x, p):
+            y = lax.conv_general_dilated(x, p[w], stride, pad, rhs_dilation=dilation, dimension_numbers=("NCHW", "OIHW", "NCHW"), feature_group_count=conv.groups)  # fmt: skip
+            return y if b is None else y + p[b].reshape(1, -1, 1, 1)
+
+        return op
+
+    def _linear(self, name: str, layer: nn.Linear) -> Op:
+        w = self._param(f"{name}.weight", layer.weight.t())
+        b = self._param(f"{name}.bias", layer.bias) if layer.bias is not None else None
+        return lambda x, p: x @ p[w] if b is None else x @ p[w] + p[b]
+
+    def _batch_norm(self, name: str, bn: nn.BatchNorm1d | nn.BatchNorm2d) -> Op:
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        shift = bn.bias - bn.running_mean * scale
+        s, t = self._param(f"{name}.scale", scale), self._param(f"{name}.shift", shift)
+        tail = (1, 1) if isinstance(bn, nn.BatchNorm2d) else ()
+        return lambda x, p: x * p[s].reshape(1, -1, *tail) + p[t].reshape(1, -1, *tail)
+
+    def _avg_pool(self, name: str, pool: nn.AvgPool2d) -> Op:
+        if pool.ceil_mode or pool.divisor_override is not None:
+            raise UnsupportedLayerError(f"layer {name!r}: average pooling with ceil_mode or a divisor override is not exported to MPC")  # fmt: skip
+        (kh, kw), (sh, sw) = _pair(pool.kernel_size), _pair(pool.stride or pool.kernel_size)
+        ph, pw = _pair(pool.padding)
+        if (ph or pw) and not pool.count_include_pad:
+            raise UnsupportedLayerError(f"layer {name!r}: padded average pooling must count the padding (count_include_pad=True)")  # fmt: skip
+        lax = _lax()
+        if (kh, kw) == (sh, sw) and not (ph or pw):
+            # tiles: a reshape and a sum (SPU's plain reduce), no sliding window
+            def tiles(x, _p):
+                b, c, h, w = x.shape
+                x = x[:, :, : h - h % kh, : w - w % kw]
+                return x.reshape(b, c, h // kh, kh, w // kw, kw).sum(axis=(3, 5)) / (kh * kw)
+
+            return tiles
+
+        def op(x, _p):
+            s = lax.reduce_window(x, 0.0, lax.add, (1, 1, kh, kw), (1, 1, sh, sw), ((0, 0), (0, 0), (ph, ph), (pw, pw)))  # fmt: skip
+            return s / (kh * kw)
+
+        return op
+
+    def _adaptive_avg_pool(self, name: str, pool: nn.AdaptiveAvgPool2d) -> Op:
+        if _pair(pool.output_size) != (1, 1):
+            raise UnsupportedLayerError(f"layer {name!r}: only global average pooling (output 1x1) is exported to MPC")  # fmt: skip
+        jnp = _jnp()
+        return lambda x, _p: jnp.mean(x, axis=(2, 3), keepdims=True)
+
+    def _max_pool(self, name: str, pool: nn.MaxPool2d) -> Op:
+        if pool.ceil_mode or _pair(pool.dilation) != (1, 1):
+            raise UnsupportedLayerError(f"layer {name!r}: max pooling with ceil_mode or dilation is not exported to MPC")  # fmt: skip
+        (kh, kw), (sh, sw) = _pair(pool.kernel_size), _pair(pool.stride or pool.kernel_size)
+        ph, pw = _pair(pool.padding)
+        lax, jnp = _lax(), _jnp()
+        return lambda x, _p: lax.reduce_window(x, -jnp.inf, lax.max, (1, 1, kh, kw), (1, 1, sh, sw), ((0, 0), (0, 0), (ph, ph), (pw, pw)))  # fmt: skip
+
+    def _site(self, name: str, site: ActivationSite) -> Op:
+        shape = site.feature_shape
+        if shape is None:
+            raise UnsupportedLayerError(f"site {name!r} has not seen an input; run the model once first")  # fmt: skip
+        features = math.prod(shape)
+        jnp = _jnp()
+        if isinstance(site, DenseReLU) or isinstance(site, nn.ReLU):
+            self.sites.append(SiteExport(name, "relu", features, features))
+            return lambda x, _p: jnp.maximum(x, 0.0)
+        if isinstance(site, MaskedReLU):
+            return self._masked(name, site, shape)
+        if isinstance(site, SharedReLU):
+            return self._shared(name, site, shape)
+        if isinstance(site, PolyAct):
+            c = self._param(f"{name}.coefficients", site.coefficients)
+            degree = site.degree
+            self.sites.append(SiteExport(name, "poly", features, 0))
+
+            def poly(x, p):
+                out = p[c][degree]
+                for k in range(degree - 1, -1, -1):  # Horner's rule
+                    out = out * x + p[c][k]
+                return out
+
+            return poly
+        raise UnsupportedLayerError(
+            f"site {name!r} ({type(site).__name__}) has no exact MPC form; the MPC engine runs "
+            "ReLU, masked ReLU (SNL), shared ReLU and polynomial sites"
+        )
+
+    def _masked(self, name: str, site: MaskedReLU, shape: tuple[int, ...]) -> Op:
+        mask = torch.broadcast_to(site.mask, shape).flatten().cpu().numpy() > 0.5
+        keep = np.flatnonzero(mask)
+        features, kept = mask.size, keep.size
+        self.sites.append(SiteExport(name, "masked_relu", features, kept))
+        jnp = _jnp()
+        if kept == 0:
+            return lambda x, _p: x
+        if kept == features:
+            return lambda x, _p: jnp.maximum(x, 0.0)
+        # position j of the output reads column j of [x, relu(x_kept)]: kept ones from the tail
+        select = np.arange(features)
+        select[keep] = features + np.arange(kept)
+
+        def op(x, _p):
+            flat = x.reshape(x.shape[0], features)
+            kept_relu = jnp.maximum(flat[:, keep], 0.0)
+            return jnp.concatenate([flat, kept_relu], axis=1)[:, select].reshape(x.shape)
+
+        return op
+
+    def _shared(self, name: str, site: SharedReLU, shape: tuple[int, ...]) -> Op:
+        groups = site.groups.flatten().cpu().numpy()
+        features, count = groups.size, site.num_decisions
+        self.sites.append(SiteExport(name, "shared_relu", features, count))
+        jnp = _jnp()
+        if site.rule == "representative":
+            reps = site.representatives.cpu().numpy()
+
+            def decide(flat, _p):
+                return flat[:, reps]
+        else:
+            # members of each group as a padded index matrix; the pad reads a zero column.
+            # The sign of a group's sum is that of its mean: no division needed.
+            order = np.argsort(groups, kind="stable")
+            sizes = np.bincount(groups, minlength=count)
+            width = int(sizes.max())
+            members = np.full((count, width), features)
+            starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+            for g in range(count):
+                members[g, : sizes[g]] = order[starts[g] : starts[g] + sizes[g]]
+            w = self._param(f"{name}.weight", site.weight.flatten()) if site.rule == "learned" else None  # fmt: skip
+
+            def decide(flat, p):
+                weighted = flat if w is None else flat * p[w]
+                padded = jnp.concatenate([weighted, jnp.zeros((flat.shape[0], 1), flat.dtype)], axis=1)  # fmt: skip
+                return padded[:, members].sum(axis=2)
+
+        def op(x, p):
+            flat = x.reshape(x.shape[0], features)
+            bits = decide(flat, p) > 0.0  # one comparison per group
+            return jnp.where(bits[:, groups], flat, 0.0).reshape(x.shape)
+
+        return op
+
+    def _module_op(self, node: fx.Node) -> Op | None:
+        name = node.target
+        module = self.folded.get(node.name) or self.modules[name]
+        if node.name in self.skip or isinstance(module, (nn.Identity, nn.Dropout)):
+            return None  # identity
+        builders: list[tuple[type | tuple[type, ...], Callable]] = [
+            (nn.Conv2d, self._conv), (nn.Linear, self._linear),
+            ((nn.BatchNorm1d, nn.BatchNorm2d), self._batch_norm), (nn.AvgPool2d, self._avg_pool),
+            (nn.AdaptiveAvgPool2d, self._adaptive_avg_pool), (nn.MaxPool2d, self._max_pool),
+            ((ActivationSite, nn.ReLU), self._site),
+        ]  # fmt: skip
+        for types, build in builders:
+            if isinstance(module, types):
+                if isinstance(module, nn.ReLU):  # a plain torch ReLU: a dense site
+                    module = DenseReLU()
+                    module.feature_shape = self._shapes[node.name]
+                return build(name, module)
+        if isinstance(module, nn.Flatten):
+            start = module.start_dim
+            return lambda x, _p: x.reshape(*x.shape[:start], -1)
+        raise UnsupportedLayerError(
+            f"layer {name!r} ({type(module).__name__}) cannot be exported to MPC; supported: "
+            "Conv2d, Linear, BatchNorm, AvgPool2d, global AdaptiveAvgPool2d, MaxPool2d, Flatten, "
+            "ReLU and pifair's ReLU, masked, shared and polynomial sites"
+        )
+
+    def _record_shapes(self) -> None:
+        """Per-sample output shape of each node, from one torch forward pass through the graph
+        (this also gives every site its feature shape)."""
+        shapes: dict[str, tuple[int, ...]] = {}
+
+        class Recorder(fx.Interpreter):
+            def run_node(self, n: fx.Node):
+                out = super().run_node(n)
+                if isinstance(out, torch.Tensor) and out.dim() > 0:
+                    shapes[n.name] = tuple(out.shape[1:])
+                return out
+
+        with torch.no_grad():
+            Recorder(fx.GraphModule(self.model, self.graph)).run(torch.zeros(1, *self.input_shape))
+        self._shapes = shapes
+
+    def build(self) -> ExportedModel:
+        self._record_shapes()
+        steps: list[tuple[fx.Node, Op | None]] = []
+        for node in self.graph.nodes:
+            if node.op == "call_module":
+                steps.append((node, self._module_op(node)))
+            elif node.op in ("call_function", "call_method"):
+                steps.append((node, _function_op(node)))
+            elif node.op == "get_attr":
+                raise UnsupportedLayerError(f"graph node {node.name!r} reads a tensor attribute ({node.target}); only module weights are exported")  # fmt: skip
+        output = next(n for n in self.graph.nodes if n.op == "output")
+
+        def forward(x, params):
+            env: dict[str, object] = {}
+            for node in self.graph.nodes:
+                if node.op == "placeholder":
+                    env[node.name] = x
+            for node, op in steps:
+                args = fx.node.map_arg(node.args, lambda n: env[n.name])
+                kwargs = fx.node.map_arg(node.kwargs, lambda n: env[n.name])
+                if node.op == "call_module":
+                    env[node.name] = args[0] if op is None else op(args[0], params)
+                else:
+                    env[node.name] = op(*args, **kwargs)
+            return env[output.args[0].name]
+
+        return ExportedModel(forward, self.params, self.input_shape, self.sites)
+
+
+def _flatten(x, start_dim: int = 0, end_dim: int = -1):
+    shape = x.shape
+    end = end_dim % len(shape)
+    return x.reshape(*shape[:start_dim], math.prod(shape[start_dim : end + 1]), *shape[end + 1 :])
+
+
+def _function_op(node: fx.Node) -> Op:
+    """JAX for the torch functions and tensor methods models call in ``forward``."""
+    jnp = _jnp()
+    if node.target in (torch.relu, nn.functional.relu, "relu"):
+        raise UnsupportedLayerError(f"node {node.name!r} calls relu as a function; make it an activation site (pifair.relu.replace_activations) so that it is counted and can be reduced")  # fmt: skip
+    functions: dict[object, Op] = {
+        torch.flatten: _flatten, operator.add: operator.add, torch.add: operator.add,
+        operator.iadd: operator.add, operator.mul: operator.mul,
+    }  # fmt: skip
+    methods: dict[str, Op] = {
+        "flatten": _flatten, "view": lambda x, *s: x.reshape(*s), "reshape": lambda x, *s: x.reshape(*s),
+        "size": lambda x, d=None: x.shape if d is None else x.shape[d], "add": operator.add,
+        "mean": lambda x, dim=None, keepdim=False: jnp.mean(x, axis=dim, keepdims=keepdim),
+    }  # fmt: skip
+    op = methods.get(node.target) if node.op == "call_method" else functions.get(node.target)
+    if op is None:
+        what = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", node.target)  # fmt: skip
+        raise UnsupportedLayerError(f"operation {what!r} (node {node.name!r}) cannot be exported to MPC")  # fmt: skip
+    return op
+
+
+def export_model(
+    model: nn.Module, input_shape: tuple[int, ...], *, check: bool = True, atol: float = 1e-3
+) -> ExportedModel:
+    """``model`` (eval mode) as a JAX function with folded weights.
+
+    With ``check``, the function runs in plain JAX on a few random inputs and must match the
+    torch model within ``atol`` relative to the largest logit, so a wrong export fails here and
+    not in the middle of an MPC run.
+    """
+    require("jax", extra="mpc", purpose="MPC inference (SPU)")
+    model = model.eval()
+    exported = _Exporter(model, tuple(input_shape)).build()
+    if check:
+        x = torch.randn(2, *input_shape, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            want = model(x).double().numpy()
+        got = exported.run_plain(x.numpy()).astype(np.float64)
+        err = np.abs(got - want).max() / max(1.0, np.abs(want).max())
+        if not np.isfinite(err) or err > atol:
+            raise UnsupportedLayerError(
+                f"the exported JAX function differs from the torch model (relative error {err:.2e}); "
+                "the model's forward does something the exporter does not model"
+            )
+    return exported
