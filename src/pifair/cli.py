@@ -226,6 +226,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compare-images", type=int, default=0, help="also run N images one per ciphertext (with rotations) and compare times")  # fmt: skip
     p.add_argument("--out", type=Path)
 
+    p = sub.add_parser(
+        "mpc-infer",
+        help="2PC/3PC inference under SPU (Cheetah, SEMI2K, ABY3): agreement, time, bytes, messages",
+        description=(
+            "Run a model's first N test images under MPC and compare with the plaintext model. "
+            "--parties threads runs every party here; processes, one OS process per party on "
+            "loopback sockets; host:port,host:port (one per party) with --rank R plays one party "
+            "of a deployment: run the same command on each machine."
+        ),
+    )
+    p.add_argument("--from", dest="from_run", type=Path, required=True, help="run folder of any ReLU, SNL, shared-ReLU or polynomial model")  # fmt: skip
+    p.add_argument("--protocol", default="cheetah", choices=["cheetah", "semi2k", "aby3"], help="cheetah (2PC, default), semi2k (2PC, trusted first party), aby3 (3PC)")  # fmt: skip
+    p.add_argument("--images", type=int, default=8, help="first N test images (default 8)")
+    p.add_argument("--parties", default="threads", help="threads (default), processes, or host:port per party")  # fmt: skip
+    p.add_argument("--rank", type=int, help="with host:port parties: the party this machine plays (0 server, 1 client, 2 helper)")  # fmt: skip
+    p.add_argument("--ot", default="ferret", choices=["ferret", "softspoken"], help="Cheetah's OT (default ferret: silent OT, fewest bytes)")  # fmt: skip
+    p.add_argument("--batch", type=int, default=1, help="images per SPU run (default 1: latency)")  # fmt: skip
+    p.add_argument("--fraction-bits", type=int, default=18, help="fixed-point fraction bits (default 18)")  # fmt: skip
+    p.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=True, help="measure the one-time setup apart with a first run on a zero image (default on)")  # fmt: skip
+    p.add_argument("--out", type=Path)
+
     from .dp.config import DPConfig
 
     p = sub.add_parser(
@@ -598,6 +619,37 @@ def _cmd_demo(ns: argparse.Namespace) -> None:
     )
 
 
+def _cmd_mpc_infer(ns: argparse.Namespace) -> None:
+    from .workflows.mpc import MPCInferJob, run_mpc_infer
+
+    job = MPCInferJob(from_run=str(ns.from_run), protocol=ns.protocol, images=ns.images, parties=ns.parties, rank=ns.rank, ot=ns.ot, batch=ns.batch, fraction_bits=ns.fraction_bits, warmup=ns.warmup)  # fmt: skip
+    run = run_mpc_infer(job, out=ns.out)
+    m = run.metrics
+    if "argmax_agreement" not in m:
+        p = m["party"]
+        print(f"party {p['rank']} ({p['role']}) done: {len(p['run_seconds'])} runs, {sum(p['run_seconds']):.2f} s  run: {run.path}")  # fmt: skip
+        return
+    print(
+        f"{m['images']} images under {m['protocol']} ({m['security']}); parties: {m['placement']}"
+    )
+    print(f"agreement with plaintext {100 * m['argmax_agreement']:.1f}%, max logit error {m['max_logit_error']:.1e}; "
+          f"accuracy {100 * m['mpc_accuracy']:.1f}% (plaintext {100 * m['plaintext_accuracy']:.1f}%)")  # fmt: skip
+    if m.get("per_image"):
+        print(f"{m['relus']:,} ReLUs, {m['comparisons']:,} comparisons per image; {m['seconds_per_image']:.2f} s, "
+              f"{m['bytes_per_image'] / 1e6:.2f} MB, {m['per_image']['messages']:.0f} messages per image (rank {m['profiled_rank']}'s link)")  # fmt: skip
+        rows = [(c, f"{v['seconds']:.3f}", f"{v['bytes'] / 1e6:.3f}", f"{v['messages']:.0f}") for c, v in m["per_image"]["by_category"].items()]  # fmt: skip
+        print(_table([("per image", "seconds", "MB", "messages"), *rows]))
+    if m.get("setup"):
+        print(f"one-time setup (warm-up run {m['setup']['seconds']:.2f} s, {m['setup']['bytes'] / 1e6:.2f} MB): "
+              f"{m['setup']['one_time_seconds']:.2f} s and {m['setup']['one_time_bytes'] / 1e6:.2f} MB beyond one run")  # fmt: skip
+    print(f"run: {run.path}")
+
+
+def _table(rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows)  # fmt: skip
+
+
 def _cmd_relus(ns: argparse.Namespace) -> None:
     from .models import create_model
     from .relu import count_relus
@@ -640,6 +692,7 @@ _COMMANDS = {
     "dp-train": _cmd_dp_train,
     "polyfit": _cmd_polyfit,
     "he-infer": _cmd_he_infer,
+    "mpc-infer": _cmd_mpc_infer,
     "eval": _cmd_eval,
     "report": _cmd_report,
     "demo": _cmd_demo,

@@ -1,0 +1,220 @@
+"""``pifair mpc-infer``: a run's model under 2PC/3PC (SPU), measured against the plaintext model.
+
+One command for the three placements: ``--parties threads`` runs every party here;
+``--parties processes`` starts this same command once per party (``--rank R``) on loopback
+sockets and merges what they measured; ``--parties host:port,...`` with ``--rank R`` plays one
+party of a deployment across machines (each machine runs the command with its own rank).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..atomic import atomic_write_json
+from ..relu.sites import count_relus
+from ..runs import Run
+from ..secure.mpc.engine import (
+    CLIENT,
+    SERVER,
+    MPCSettings,
+    PartyResult,
+    configure_spu_log,
+    make_link,
+    run_party,
+)
+from ..secure.mpc.export import ExportedModel, export_model
+from ..secure.mpc.placement import Placement, free_loopback_addresses, parse_parties, run_in_threads
+from ..secure.mpc.profile import RunProfile
+from ..secure.mpc.protocols import get_protocol
+from ..training import dataset_for_run, load_from_run, predict
+from ._jobs import RunJob
+
+__all__ = ["MPCInferJob", "run_mpc_infer", "summarize"]
+
+PARTY_FILE = "party.json"
+
+
+@dataclass
+class MPCInferJob(RunJob):
+    """What ``pifair mpc-infer`` runs; its dict is the run's config.yaml."""
+
+    from_run: str
+    protocol: str = "cheetah"
+    images: int = 8  # first N test images
+    parties: str = "threads"  # threads | processes | host:port,host:port[,host:port]
+    rank: int | None = None  # the party this process plays (hosts placement)
+    ot: str = "ferret"  # Cheetah's OT: ferret or softspoken
+    batch: int = 1  # images per SPU run
+    fraction_bits: int = 18
+    warmup: bool = True  # one-time setup measured apart (a first run on a zero image)
+
+    def settings(self) -> MPCSettings:
+        return MPCSettings(self.protocol, self.ot, self.fraction_bits, self.batch, self.warmup)
+
+
+def _party_command(job: MPCInferJob, addresses: list[str], rank: int, out: Path) -> list[str]:
+    cmd = [sys.executable, "-m", "pifair", "mpc-infer", "--from", str(job.from_run), "--protocol", job.protocol,
+           "--images", str(job.images), "--parties", ",".join(addresses), "--rank", str(rank), "--ot", job.ot,
+           "--batch", str(job.batch), "--fraction-bits", str(job.fraction_bits), "--out", str(out)]  # fmt: skip
+    return cmd + ([] if job.warmup else ["--no-warmup"])
+
+
+def _run_processes(job: MPCInferJob, run: Run, world: int) -> list[PartyResult]:
+    """This command once per party, on loopback sockets; their party.json files merged."""
+    addresses = free_loopback_addresses(world)
+    run.log.info("parties on %s", ", ".join(addresses))
+    folders = [run.path / f"party{r}" for r in range(world)]
+    procs = [
+        subprocess.Popen(_party_command(job, addresses, r, folders[r]), stdout=subprocess.DEVNULL, stderr=open(run.file(f"party{r}.err"), "w"))  # noqa: SIM115
+        for r in range(world)
+    ]  # fmt: skip
+    try:
+        codes = [p.wait() for p in procs]
+    except BaseException:
+        for p in procs:
+            p.kill()
+        raise
+    for r, code in enumerate(codes):
+        if code != 0:
+            tail = Path(run.file(f"party{r}.err")).read_text(errors="replace").strip().splitlines()[-5:]  # fmt: skip
+            raise RuntimeError(f"party {r} exited with {code}: " + " | ".join(tail))
+    return [PartyResult.from_dict(Run.open(f).metrics["party"]) for f in folders]
+
+
+def _play_one(job: MPCInferJob, placement: Placement, program: ExportedModel, images: np.ndarray, run: Run) -> PartyResult:  # fmt: skip
+    world = get_protocol(job.protocol).parties
+    if job.rank is None or not 0 <= job.rank < world:
+        raise ValueError(f"--parties with addresses needs --rank in [0, {world}): the party this machine plays")  # fmt: skip
+    log = configure_spu_log(run.file(f"spu-party{job.rank}.log"))
+    link = make_link(placement.addresses, job.rank)
+    try:
+        return run_party(
+            job.rank, link, job.settings(),
+            program=program if job.rank == SERVER else None,
+            images=images if job.rank == CLIENT else None, log=log,
+        )  # fmt: skip
+    finally:
+        link.stop_link()
+
+
+def _per_image(profile: RunProfile | None, images: int) -> dict | None:
+    if profile is None:
+        return None
+    d = profile.as_dict()
+    scale = 1.0 / images
+    return {
+        "sent": d["sent"] * scale, "received": d["received"] * scale,
+        "messages": d["send_actions"] * scale, "seconds": d["seconds"] * scale,
+        "by_category": {c: {k: v * scale for k, v in row.items()} for c, row in d["by_category"].items()},
+        "ops": {k: {"count": v["count"] * scale, "seconds": v["seconds"] * scale, "bytes": (v["sent"] + v["received"]) * scale, "messages": v["send_actions"] * scale}
+                for k, v in d["ops"].items()},
+    }  # fmt: skip
+
+
+def summarize(results: list[PartyResult], world: int) -> dict:
+    """Per-image time, bytes and messages per party; setup apart; per-op and per-category
+    costs from the server's profile."""
+    by_rank = {r.rank: r for r in results}
+    server, client = by_rank.get(SERVER), by_rank.get(CLIENT)
+    timed = client or server
+    n = timed.images
+    parties = []
+    for rank in range(world):
+        r = by_rank.get(rank)
+        total = r.total if r else None
+        row = {"rank": rank, "role": r.role if r else None, "measured": total is not None}
+        if total is not None:
+            row |= {"sent_per_image": total.sent / n, "received_per_image": total.received / n, "messages_per_image": total.send_actions / n}  # fmt: skip
+        elif world == 2 and server is not None and server.total is not None:
+            # 2PC: what one party sends the other receives
+            st = server.total
+            row |= {"sent_per_image": st.received / n, "received_per_image": st.sent / n,
+                    "messages_per_image": st.recv_actions / n, "derived_from": "server's link totals"}  # fmt: skip
+        if r is not None:
+            row["sharing_bytes_sent"] = r.sharing_bytes_sent
+        parties.append(row)
+    reference = server if server and server.total is not None else next((r for r in results if r.total is not None), None)  # fmt: skip
+    runs = len(timed.run_seconds)
+    out = {
+        "seconds_per_image": sum(timed.run_seconds) / n,
+        "seconds_per_run": sum(timed.run_seconds) / max(runs, 1),
+        "parties": parties,
+        "per_image": _per_image(reference.total, n) if reference else None,
+        "profiled_rank": reference.rank if reference else None,
+        "compile_seconds": server.compile_seconds if server else None,
+    }
+    if reference is not None and reference.setup is not None:
+        s = reference.setup
+        out["setup"] = {
+            "seconds": timed.setup_seconds, "bytes": s.sent + s.received, "messages": s.send_actions,
+            # the warm-up is a full run: what it cost beyond an average run is the one-time part
+            "one_time_seconds": timed.setup_seconds - out["seconds_per_run"],
+            "one_time_bytes": s.sent + s.received - (reference.total.sent + reference.total.received) / max(runs, 1),
+        }  # fmt: skip
+    if out["per_image"]:
+        p = out["per_image"]
+        out["bytes_per_image"] = p["sent"] + p["received"]
+        out["comparison_bytes_per_image"] = p["by_category"]["comparison"]["bytes"]
+        out["linear_bytes_per_image"] = p["by_category"]["linear"]["bytes"]
+    return out
+
+
+def run_mpc_infer(job: MPCInferJob, *, out: str | os.PathLike | None = None) -> Run:
+    settings = job.settings()
+    settings.validate()
+    protocol = get_protocol(job.protocol)
+    placement = parse_parties(job.parties, job.protocol)
+    if job.images < 1:
+        raise ValueError(f"images must be >= 1, got {job.images}")
+    model, record, parent = load_from_run(job.from_run)
+    model = model.eval()
+    data = dataset_for_run(parent)
+    n = min(job.images, len(data.test))
+    images = data.normalize(data.test.x[:n]).float().numpy()
+    run = Run.create("mpc-infer", job.as_config(), out=out)
+    t0 = time.perf_counter()
+    program = export_model(model, data.input_shape)
+    export_s = time.perf_counter() - t0
+    relus = count_relus(model, data.input_shape).total
+    run.log.info("%s (%s): %d images, %d ReLUs (%d comparisons by the sites), parties: %s",
+                 protocol.name, protocol.security, n, relus, program.comparisons, placement.describe())  # fmt: skip
+    if placement.mode == "hosts":
+        result = _play_one(job, placement, program, images, run)
+        run.update_metrics(party=result.as_dict())
+        results = [result]
+        if job.rank != CLIENT:
+            return run  # the server or helper measured its side; the client has the outputs
+    elif placement.mode == "processes":
+        results = _run_processes(job, run, protocol.parties)
+    else:
+        results = run_in_threads(program, images, settings, log_path=run.file("spu.log"))
+    client = next(r for r in results if r.rank == CLIENT)
+    logits_plain, y, _ = predict(model, data, "test")
+    logits_plain, y = logits_plain[:n].double().numpy(), y[:n].numpy()
+    logits = client.logits
+    metrics = {
+        "kind": "mpc-infer", "protocol": protocol.name, "security": protocol.security,
+        "ot": job.ot if protocol.spu_kind == "CHEETAH" else None, "placement": placement.describe(),
+        "images": n, "batch": job.batch, "relus": relus, "comparisons": program.comparisons,
+        "sites": [s.__dict__ for s in program.sites], "model": record.get("name"),
+        "mpc_accuracy": float((logits.argmax(1) == y).mean()),
+        "plaintext_accuracy": float((logits_plain.argmax(1) == y).mean()),
+        "argmax_agreement": float((logits.argmax(1) == logits_plain.argmax(1)).mean()),
+        "max_logit_error": float(np.abs(logits - logits_plain).max()),
+        "max_relative_error": float(np.abs(logits - logits_plain).max() / max(1e-12, np.abs(logits_plain).max())),
+        "fixed_point": f"64-bit ring, {job.fraction_bits} fraction bits", "export_seconds": export_s,
+        **summarize(results, protocol.parties),
+    }  # fmt: skip
+    run.update_metrics(**metrics)
+    atomic_write_json(run.file("logits.json"), {"mpc": logits.tolist(), "plaintext": logits_plain.tolist(), "labels": y.tolist()})  # fmt: skip
+    run.log.info("agreement %.3f, max logit error %.2e, %.2f s per image, %.2f MB per image",
+                 metrics["argmax_agreement"], metrics["max_logit_error"], metrics["seconds_per_image"],
+                 (metrics.get("bytes_per_image") or 0) / 1e6)  # fmt: skip
+    return run
