@@ -1,0 +1,181 @@
+"""SPU engine: the export matches the torch model site by site, MPC outputs match the plaintext
+model under Cheetah and SEMI2K, comparison bytes follow the kept ReLUs, and SPU's profile is
+read right."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+pytest.importorskip("spu")
+
+from pifair.errors import UnsupportedLayerError  # noqa: E402
+from pifair.models import create_model  # noqa: E402
+from pifair.relu import count_relus, replace_activations  # noqa: E402
+from pifair.relu.poly import PolyAct  # noqa: E402
+from pifair.relu.sharing import SharedReLU, channel_groups, patch_groups  # noqa: E402
+from pifair.relu.sites import DenseReLU, DenseTanh, MaskedReLU  # noqa: E402
+from pifair.secure.mpc import (  # noqa: E402
+    MPCSettings,
+    export_model,
+    parse_parties,
+    parse_profile,
+    run_in_threads,
+)
+
+pytestmark = pytest.mark.mpc
+
+
+def _reduced_lenet(shape=(1, 8, 8)) -> nn.Module:
+    """LeNet with one site of each reducible kind: masked (SNL), shared (patches), shared
+    (channel groups, representative rule)."""
+    torch.manual_seed(0)
+    model = create_model("lenet", num_classes=10, input_shape=shape, width=4).eval()
+    count_relus(model, shape)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):  # non-trivial statistics, so folding is exercised
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+
+    def reduce(name, site):
+        fs = site.feature_shape
+        if name == "act1":
+            return MaskedReLU((torch.rand(fs) < 0.3).float())
+        if name == "act2":
+            return SharedReLU(patch_groups(fs, (2, 2)))
+        return SharedReLU(channel_groups(fs, 4), rule="representative")
+
+    return replace_activations(model, reduce)
+
+
+def test_export_matches_torch_and_counts_each_sites_comparisons():
+    model = _reduced_lenet()
+    exported = export_model(model, (1, 8, 8))
+    x = torch.randn(5, 1, 8, 8)
+    with torch.no_grad():
+        want = model(x).numpy()
+    assert np.abs(exported.run_plain(x.numpy()) - want).max() < 1e-4
+    assert [s.comparisons for s in exported.sites] == [s.relus for s in count_relus(model).sites]
+    masked = model.act1
+    assert exported.sites[0].comparisons == int(masked.mask.sum()) < exported.sites[0].elements
+    assert exported.sites[1].comparisons == 8 * 2 * 2  # 8 channels of 4x4 in 2x2 patches
+    assert "batch" not in " ".join(exported.params)  # batch norm folded into the convolutions
+
+
+def test_shared_relu_export_applies_one_sign_per_group():
+    # two groups of two: the mean decides, so a negative member of a positive group passes
+    site = SharedReLU(torch.tensor([0, 0, 1, 1]))
+    model = nn.Sequential(nn.Identity(), site)
+    site.feature_shape = (4,)
+    exported = export_model(model, (4,))
+    x = np.array([[3.0, -1.0, 1.0, -2.0]], np.float32)
+    assert exported.run_plain(x).tolist() == [[3.0, -1.0, 0.0, 0.0]]
+
+
+def test_residual_model_and_polynomials_export():
+    torch.manual_seed(0)
+    resnet = create_model("resnet18", num_classes=10, input_shape=(3, 8, 8)).eval()
+    exported = export_model(resnet, (3, 8, 8))
+    assert exported.comparisons == count_relus(resnet, (3, 8, 8)).total
+    poly = create_model("he_cnn", num_classes=10, input_shape=(1, 8, 8), channels=2, hidden=6).eval()  # fmt: skip
+    count_relus(poly, (1, 8, 8))
+    replace_activations(poly, lambda n, s: PolyAct(2, "channel", s.feature_shape))
+    assert export_model(poly, (1, 8, 8)).comparisons == 0
+
+
+def test_layers_mpc_cannot_run_are_named():
+    tanh = create_model("fairdp_cnn", num_classes=10, input_shape=(1, 28, 28), act_layer="tanh")
+    with pytest.raises(UnsupportedLayerError, match=r"site 'act1' \(DenseTanh\) has no exact MPC form"):  # fmt: skip
+        export_model(tanh, (1, 28, 28))
+    upsample = nn.Sequential(nn.Conv2d(1, 2, 3), DenseReLU(), nn.Upsample(scale_factor=2))
+    with pytest.raises(UnsupportedLayerError, match=r"layer '2' \(Upsample\) cannot be exported"):
+        export_model(upsample, (1, 8, 8))
+
+    class FunctionalReLU(nn.Module):
+        def forward(self, x):
+            return torch.relu(x)
+
+    with pytest.raises(UnsupportedLayerError, match="make it an activation site"):
+        export_model(FunctionalReLU(), (4,))
+    assert DenseTanh().relu_count((3,)) == 0
+
+
+@pytest.mark.parametrize("protocol", ["cheetah", "semi2k"])
+def test_small_cnn_under_mpc_agrees_with_plaintext(digits, protocol, tmp_path):
+    model = _reduced_lenet()
+    exported = export_model(model, (1, 8, 8))
+    x = digits.normalize(digits.test.x[:3]).float()
+    results = run_in_threads(exported, x.numpy(), MPCSettings(protocol=protocol, batch=2), log_path=tmp_path / "spu.log")  # fmt: skip
+    client = next(r for r in results if r.rank == 1)
+    with torch.no_grad():
+        want = model(x).double().numpy()
+    assert client.logits.shape == want.shape  # the padded last batch is cut
+    assert np.abs(client.logits - want).max() <= 2e-3 * max(1.0, np.abs(want).max())
+    assert (client.logits.argmax(1) == want.argmax(1)).all()
+    server = next(r for r in results if r.rank == 0)
+    assert len(server.runs) == 2 and server.setup is not None  # two batches, warm-up apart
+    assert server.total.by_category()["comparison"]["bytes"] > 0
+
+
+def _one_site(mask: torch.Tensor) -> nn.Module:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), MaskedReLU(mask), nn.Flatten(), nn.Linear(16 * 16 * 16, 4))  # fmt: skip
+    model[1].feature_shape = (16, 16, 16)
+    return model.eval()
+
+
+def test_comparison_bytes_follow_the_kept_count_not_the_full_count(tmp_path):
+    shape = (16, 16, 16)
+    dense = torch.ones(shape)
+    tenth = (torch.rand(shape, generator=torch.Generator().manual_seed(0)) < 0.1).float()
+    x = np.random.default_rng(0).standard_normal((2, 1, 16, 16)).astype(np.float32)
+    measured = {}
+    for name, mask in [("dense", dense), ("tenth", tenth)]:
+        results = run_in_threads(export_model(_one_site(mask), (1, 16, 16)), x, MPCSettings(), log_path=tmp_path / f"{name}.log")  # fmt: skip
+        measured[name] = results[0].total.by_category()["comparison"]["bytes"]
+    kept = int(tenth.sum()) / tenth.numel()
+    ratio = measured["tenth"] / measured["dense"]
+    assert abs(ratio - kept) <= 0.15 * kept, (ratio, kept)
+
+
+SPU_LOG = """\
+2026-11-26 01:40:28.027 [info] [api.cc:printProfilingData:220] HLO profiling: total time 3.1
+2026-11-26 01:40:28.027 [info] [api.cc:printProfilingData:223] - pphlo.dot, executed 1 times, duration 1.5s, send bytes 100 recv bytes 90, send actions 4, recv actions 3
+2026-11-26 01:40:28.027 [info] [api.cc:printProfilingData:223] - pphlo.less, executed 2 times, duration 0.5s, send bytes 40 recv bytes 60, send actions 6, recv actions 7
+2026-11-26 01:40:28.027 [info] [api.cc:printProfilingData:223] - pphlo.custom_call: spu.gather, executed 2 times, duration 0.001s, send bytes 0 recv bytes 0, send actions 0, recv actions 0
+2026-11-26 01:40:28.027 [info] [api.cc:printProfilingData:220] HAL profiling: total time 3.1
+2026-11-26 01:40:28.027 [info] [api.cc:printProfilingData:223] - f_mmul, executed 1 times, duration 1.5s, send bytes 100 recv bytes 90, send actions 4, recv actions 3
+2026-11-26 01:40:28.027 [info] [api.cc:printProfilingData:233] Link details: total send bytes 140, recv bytes 150, send actions 10, recv actions 10
+"""
+
+
+def test_profile_is_parsed_per_op_and_per_category():
+    p = parse_profile("older run ... Link details: total send bytes 1, recv bytes 1, send actions 1, recv actions 1\n" + SPU_LOG)  # fmt: skip
+    assert set(p.ops) == {
+        "pphlo.dot",
+        "pphlo.less",
+        "pphlo.custom_call: spu.gather",
+    }  # HAL not mixed in
+    assert (p.sent, p.received, p.send_actions) == (140, 150, 10)
+    cat = p.by_category()
+    assert cat["linear"] == {"seconds": 1.5, "bytes": 190, "messages": 4}
+    assert cat["comparison"] == {"seconds": 0.5, "bytes": 100, "messages": 6}
+    assert cat["data movement"]["bytes"] == 0
+    twice = p + p
+    assert twice.ops["pphlo.less"].count == 4 and twice.sent == 280
+    with pytest.raises(RuntimeError, match="no profile"):
+        parse_profile("nothing here")
+
+
+def test_party_placements_are_parsed_and_checked():
+    assert parse_parties("threads", "cheetah").mode == "threads"
+    hosts = parse_parties("10.0.0.1:9001, 10.0.0.2:9002", "cheetah")
+    assert hosts.mode == "hosts" and hosts.addresses == ("10.0.0.1:9001", "10.0.0.2:9002")
+    with pytest.raises(ValueError, match="aby3 has 3 parties but --parties lists 2"):
+        parse_parties("a:1,b:2", "aby3")
+    with pytest.raises(ValueError, match="not host:port"):
+        parse_parties("a:1,b", "cheetah")
+    with pytest.raises(ValueError, match="unknown MPC protocol 'spdz'"):
+        parse_parties("threads", "spdz")
