@@ -40,6 +40,7 @@ def test_demo_end_to_end(tmp_path):
     assert (tmp_path / "demo" / "train" / "eval-test.json").exists()
     assert "(dp-train)" in page and "Privacy-cost gap" in page  # the DP stage and its section
     assert "(he-infer)" in page and "(polyfit)" in page  # the HE stage and its sections
+    assert "Private inference under MPC" in page and "(mpc-infer)" in page  # the MPC stage
     # a second run keeps the finished stages
     mtime = (tmp_path / "demo" / "train" / "model.pt").stat().st_mtime
     run_demo(tmp_path / "demo", epochs=1, limit=3000, progress=False)

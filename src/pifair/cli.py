@@ -247,6 +247,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=True, help="measure the one-time setup apart with a first run on a zero image (default on)")  # fmt: skip
     p.add_argument("--out", type=Path)
 
+    p = sub.add_parser(
+        "cost",
+        help="a model's private-inference cost without running it: DELPHI garbled circuits and calibrated Cheetah",
+    )
+    p.add_argument("run", type=Path, nargs="?", help="a run folder (or give --model)")
+    p.add_argument("--model", help="a model of the zoo instead of a run")
+    p.add_argument("--input-shape", default="3,32,32", help="with --model: per-sample input shape")
+    p.add_argument("--num-classes", type=int, default=10)
+    p.add_argument("--cores", type=int, default=1, help="server cores for the DELPHI times (default 1)")  # fmt: skip
+    p.add_argument("--calibration", type=Path, help="a Cheetah calibration JSON (default: the one shipped with pifair)")  # fmt: skip
+    p.add_argument("--calibrate", type=Path, nargs="+", metavar="MPC_RUN", help="fit the Cheetah model on these mpc-infer runs instead")  # fmt: skip
+    p.add_argument("--json", action="store_true", help="print JSON instead of the table")
+
     from .dp.config import DPConfig
 
     p = sub.add_parser(
@@ -650,6 +663,32 @@ def _table(rows: list[tuple[str, ...]]) -> str:
     return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows)  # fmt: skip
 
 
+def _cmd_cost(ns: argparse.Namespace) -> None:
+    import json
+
+    from .workflows.cost import estimate_cost
+
+    shape = tuple(int(s) for s in ns.input_shape.split(","))
+    est = estimate_cost(run=ns.run, model_name=ns.model, input_shape=shape, num_classes=ns.num_classes, cores=ns.cores, calibration=ns.calibration, calibrate=ns.calibrate)  # fmt: skip
+    if ns.json:
+        print(json.dumps(est, indent=2))
+        return
+    w, d, c = est["work"], est["delphi"], est["cheetah"]
+    print(f"{est['model']}: {w['relus']:,} ReLUs (comparisons), {w['muxes']:,} multiplexers, {w['poly_products']:,} polynomial products, "
+          f"{w['linear']['macs'] / 1e6:.2f} M multiply-accumulates in {w['linear']['layers']} linear layers")  # fmt: skip
+    mb = lambda b: f"{b / 1e6:,.2f}"  # noqa: E731
+    rows = [
+        ("per image", "offline MB", "online MB", "offline s", "online s"),
+        (f"DELPHI GC ({d['cores']} core{'s' if d['cores'] > 1 else ''}, ReLUs only)", mb(d["offline_bytes"]), mb(d["online_bytes"]), f"{d['offline_seconds']:.3f}", f"{d['online_seconds']:.3f}"),
+        ("Cheetah (this engine, calibrated)", "-", mb(c["bytes"]), "-", f"{c['seconds']:.3f}"),
+        ("  of which comparisons", "-", mb(c["comparison_bytes"]), "-", f"{c['comparison_seconds']:.3f}"),
+        ("  of which linear layers", "-", mb(c["linear_bytes"]), "-", f"{c['linear_seconds']:.3f}"),
+        ("  of which multiplexers and products", "-", mb(c["multiplication_bytes"]), "-", f"{c['multiplication_seconds']:.3f}"),
+    ]  # fmt: skip
+    print(_table(rows))
+    print(f"Cheetah calibration: {est['calibration']}")
+
+
 def _cmd_relus(ns: argparse.Namespace) -> None:
     from .models import create_model
     from .relu import count_relus
@@ -693,6 +732,7 @@ _COMMANDS = {
     "polyfit": _cmd_polyfit,
     "he-infer": _cmd_he_infer,
     "mpc-infer": _cmd_mpc_infer,
+    "cost": _cmd_cost,
     "eval": _cmd_eval,
     "report": _cmd_report,
     "demo": _cmd_demo,

@@ -1,6 +1,15 @@
 """Plots and the self-contained HTML report."""
 
-from . import dp_section, fairness_section, he_section, linearize_section, plots, poly_section  # noqa: F401  (sections register themselves)
+# the section modules register themselves on import
+from . import (  # noqa: F401
+    dp_section,
+    fairness_section,
+    he_section,
+    linearize_section,
+    mpc_section,
+    plots,
+    poly_section,
+)
 from .html import SECTIONS, build_report, register_section
 
 __all__ = ["SECTIONS", "build_report", "plots", "register_section"]

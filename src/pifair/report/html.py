@@ -20,10 +20,21 @@ import torch
 from ..atomic import atomic_write_text
 from ..runs import Run
 
-__all__ = ["SECTIONS", "register_section", "build_report", "img", "table", "machine_summary"]
+__all__ = [
+    "SECTIONS",
+    "SUMMARIES",
+    "register_section",
+    "register_summary",
+    "build_report",
+    "img",
+    "table",
+    "machine_summary",
+]
 
 SectionRenderer = Callable[[Run], str]
 SECTIONS: dict[str, SectionRenderer] = {}
+SummaryRenderer = Callable[[list[Run]], str]
+SUMMARIES: dict[str, SummaryRenderer] = {}
 
 
 def register_section(kind: str):
@@ -31,6 +42,16 @@ def register_section(kind: str):
 
     def wrap(fn: SectionRenderer) -> SectionRenderer:
         SECTIONS[kind] = fn
+        return fn
+
+    return wrap
+
+
+def register_summary(kind: str):
+    """Decorator: one block over all runs of ``kind`` in a report (after the overview)."""
+
+    def wrap(fn: SummaryRenderer) -> SummaryRenderer:
+        SUMMARIES[kind] = fn
         return fn
 
     return wrap
@@ -152,6 +173,9 @@ def build_report(
         )
         sections.append(f'<h2 id="{html.escape(run.path.name)}">{html.escape(run.path.name)} <small>({html.escape(kind)})</small></h2>'
                         f'<p class="meta">{html.escape(str(run.path))}</p>{body}')  # fmt: skip
+    summaries = "".join(
+        fn([r for r in runs if r.config.get("command") == kind]) for kind, fn in SUMMARIES.items()
+    )
     meta = machine_summary()
     page = (
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{_CSS}</style></head><body>"
@@ -159,6 +183,7 @@ def build_report(
         f"<p class='meta'>{' · '.join(f'{k}: {html.escape(v)}' for k, v in meta.items())}</p>"
         "<h2>Overview</h2>"
         + table(["run", "kind", "data", "model", "ReLUs", "test accuracy"], overview)
+        + summaries
         + "".join(sections)
         + "</body></html>"
     )

@@ -203,7 +203,7 @@ def run_mpc_infer(job: MPCInferJob, *, out: str | os.PathLike | None = None) -> 
         "kind": "mpc-infer", "protocol": protocol.name, "security": protocol.security,
         "ot": job.ot if protocol.spu_kind == "CHEETAH" else None, "placement": placement.describe(),
         "images": n, "batch": job.batch, "relus": relus, "comparisons": program.comparisons,
-        "sites": [s.__dict__ for s in program.sites], "model": record.get("name"),
+        "sites": [s.__dict__ for s in program.sites], "model": record["model"],
         "mpc_accuracy": float((logits.argmax(1) == y).mean()),
         "plaintext_accuracy": float((logits_plain.argmax(1) == y).mean()),
         "argmax_agreement": float((logits.argmax(1) == logits_plain.argmax(1)).mean()),

@@ -42,12 +42,15 @@ Op = Callable[..., object]
 
 @dataclass(frozen=True)
 class SiteExport:
-    """What one site costs under MPC: its elements and the comparisons it makes."""
+    """What one site costs under MPC: its elements, the comparisons it makes, the multiplexers
+    that apply their bits (one per element the bit reaches) and a polynomial's secret products."""
 
     name: str
     kind: str
     elements: int
     comparisons: int
+    muxes: int
+    poly_products: int = 0
 
 
 @dataclass
@@ -63,6 +66,16 @@ class ExportedModel:
     def comparisons(self) -> int:
         """Comparisons (DReLUs) per image made by the sites (max pooling not included)."""
         return sum(s.comparisons for s in self.sites)
+
+    @property
+    def muxes(self) -> int:
+        """Multiplexers (bit times secret) per image made by the sites."""
+        return sum(s.muxes for s in self.sites)
+
+    @property
+    def poly_products(self) -> int:
+        """Secret-by-secret products per image made by polynomial sites."""
+        return sum(s.poly_products for s in self.sites)
 
     def run_plain(self, x: np.ndarray) -> np.ndarray:
         """The exported function in plain JAX (float32): the reference the MPC run must meet."""
@@ -197,7 +210,7 @@ class _Exporter:
         features = math.prod(shape)
         jnp = _jnp()
         if isinstance(site, DenseReLU) or isinstance(site, nn.ReLU):
-            self.sites.append(SiteExport(name, "relu", features, features))
+            self.sites.append(SiteExport(name, "relu", features, features, features))
             return lambda x, _p: jnp.maximum(x, 0.0)
         if isinstance(site, MaskedReLU):
             return self._masked(name, site, shape)
@@ -206,7 +219,7 @@ class _Exporter:
         if isinstance(site, PolyAct):
             c = self._param(f"{name}.coefficients", site.coefficients)
             degree = site.degree
-            self.sites.append(SiteExport(name, "poly", features, 0))
+            self.sites.append(SiteExport(name, "poly", features, 0, 0, degree * features))
 
             def poly(x, p):
                 out = p[c][degree]
@@ -224,7 +237,7 @@ class _Exporter:
         mask = torch.broadcast_to(site.mask, shape).flatten().cpu().numpy() > 0.5
         keep = np.flatnonzero(mask)
         features, kept = mask.size, keep.size
-        self.sites.append(SiteExport(name, "masked_relu", features, kept))
+        self.sites.append(SiteExport(name, "masked_relu", features, kept, kept))
         jnp = _jnp()
         if kept == 0:
             return lambda x, _p: x
@@ -244,7 +257,7 @@ class _Exporter:
     def _shared(self, name: str, site: SharedReLU, shape: tuple[int, ...]) -> Op:
         groups = site.groups.flatten().cpu().numpy()
         features, count = groups.size, site.num_decisions
-        self.sites.append(SiteExport(name, "shared_relu", features, count))
+        self.sites.append(SiteExport(name, "shared_relu", features, count, features))
         jnp = _jnp()
         if site.rule == "representative":
             reps = site.representatives.cpu().numpy()

@@ -1,0 +1,67 @@
+"""``pifair cost``: DELPHI's and calibrated Cheetah's per-image cost of any model."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+from ..runs import Run
+from ..secure.cost import DEFAULT_CALIBRATION, DELPHI, CheetahModel, model_work
+
+__all__ = ["estimate_cost", "calibrate_cheetah"]
+
+
+def _model_of(run: str | os.PathLike):
+    from ..training import load_from_run
+
+    model, record, _ = load_from_run(run)
+    return model, tuple(record["input_shape"]), record["model"]
+
+
+def calibrate_cheetah(mpc_runs: list[str | os.PathLike], provenance: dict | None = None) -> CheetahModel:  # fmt: skip
+    """Fit the Cheetah model on finished ``pifair mpc-infer`` runs under Cheetah."""
+    samples = []
+    for path in mpc_runs:
+        run = Run.open(path)
+        m = run.metrics
+        if m.get("kind") != "mpc-infer" or not m.get("per_image"):
+            raise ValueError(f"{path} is not a finished pifair mpc-infer run with a profile")
+        if m["protocol"] != "cheetah":
+            raise ValueError(f"{path} ran {m['protocol']}; the Cheetah model is calibrated on cheetah runs")  # fmt: skip
+        model, shape, _ = _model_of(run.config["from"])
+        samples.append((model_work(model, shape), m["per_image"]))
+    runs = [str(p) for p in mpc_runs]
+    return CheetahModel.fit(samples, provenance or {"runs": runs})
+
+
+def estimate_cost(
+    *,
+    run: str | os.PathLike | None = None,
+    model_name: str | None = None,
+    input_shape: tuple[int, ...] = (3, 32, 32),
+    num_classes: int = 10,
+    cores: int = 1,
+    calibration: str | os.PathLike | None = None,
+    calibrate: list[str | os.PathLike] | None = None,
+) -> dict:
+    """Work, DELPHI estimate and Cheetah estimate for a run's model or a zoo model."""
+    if run is not None:
+        model, input_shape, name = _model_of(run)
+        name = f"{name} ({run})"
+    elif model_name is not None:
+        from ..models import create_model
+
+        model, name = create_model(model_name, num_classes=num_classes, input_shape=input_shape), model_name  # fmt: skip
+    else:
+        raise ValueError("give a run folder or --model NAME")
+    work = model_work(model.eval(), input_shape)
+    cheetah = calibrate_cheetah(calibrate) if calibrate else CheetahModel.load(calibration or DEFAULT_CALIBRATION)  # fmt: skip
+    prov = cheetah.provenance
+    where = prov.get("machine", "?") + (f", commit {prov['commit']}" if "commit" in prov else "")
+    return {
+        "model": name, "work": asdict(work),
+        "delphi": DELPHI.estimate(work.relus, cores=cores) | {"source": DELPHI.source},
+        "cheetah": cheetah.estimate(work),
+        "calibration": f"fitted on {', '.join(map(str, calibrate))}" if calibrate else f"{Path(calibration or DEFAULT_CALIBRATION).name} (measured on {where})",
+    }  # fmt: skip
