@@ -34,16 +34,16 @@ from pifair.data import load_dataset  # noqa: E402
 from pifair.models import create_model  # noqa: E402
 from pifair.relu import count_relus, replace_activations  # noqa: E402
 from pifair.relu.sites import MaskedReLU, iter_sites  # noqa: E402
-from pifair.runs import Run  # noqa: E402
-from pifair.secure.cost import model_work  # noqa: E402
+from pifair.secure.cost import CheetahModel, model_work  # noqa: E402
 from pifair.secure.mpc import MPCSettings, export_model, run_in_threads  # noqa: E402
 from pifair.training import load_from_run  # noqa: E402
-from pifair.workflows.cost import calibrate_cheetah  # noqa: E402
 from pifair.workflows.mpc import MPCInferJob, run_mpc_infer, summarize  # noqa: E402
 
 DEMO = {"dense": "runs/demo/train", "snl-3000": "runs/demo/linearize/snl-3000",
         "snl-1000": "runs/demo/linearize/snl-1000", "shared-1000": "runs/demo/share-1000"}  # fmt: skip
 RESNET_BUDGET = 50_000
+# with --write-calibration: the demo's HE-ready CNN with ReLUs and with polynomials
+CALIBRATION_EXTRA = {"he_cnn relu": "runs/demo/he-cnn", "he_cnn poly": "runs/demo/polyfit"}
 
 
 def _row(label: str, m: dict, dense: dict | None) -> list[object]:
@@ -120,21 +120,46 @@ def main() -> None:
     print(f"\nFashion-MNIST, {ns.images} test images per model (per image: mean)")
     print_table(HEADER, [_row(k, m, dense) for k, m in results.items()])
 
+    samples, labels = [], []  # (work, per-image profile) of every model, for the cost model
+    for label in results:
+        model, record, _ = load_from_run(models[label])
+        samples.append((model_work(model, tuple(record["input_shape"])), results[label]["per_image"]))  # fmt: skip
+        labels.append(label)
     if ns.write_calibration:
-        cheetah = calibrate_cheetah(done, {"machine": machine_line(), "commit": commit(), "command": "python benchmarks/mpc.py --write-calibration " + str(ns.write_calibration), "runs": list(models)})  # fmt: skip
-        samples = []
-        for p in done:
-            model, record, _ = load_from_run(Run.open(p).config["from"])
-            samples.append((model_work(model, tuple(record["input_shape"])), Run.open(p).metrics["per_image"]))  # fmt: skip
-        cheetah.provenance["check"] = cheetah.check(samples)
-        cheetah.save(ns.write_calibration)
-        print(f"\nCheetah cost model saved to {ns.write_calibration}: {cheetah.bytes_per_comparison:.1f} B and {1e6 * cheetah.seconds_per_comparison:.2f} us per comparison")  # fmt: skip
+        # architectures other than LeNet, so that the linear fit sees more than one shape
+        for label, source in CALIBRATION_EXTRA.items():
+            if (Path(source) / "model.pt").exists():
+                out = ns.out / label
+                shutil.rmtree(out, ignore_errors=True)
+                m = run_mpc_infer(MPCInferJob(from_run=source, images=ns.images, ot=ns.ot), out=out).metrics  # fmt: skip
+                model, record, _ = load_from_run(source)
+                samples.append((model_work(model, tuple(record["input_shape"])), m["per_image"]))
+                labels.append(label)
+    if not ns.no_resnet:
+        for label, work, per_image in _resnet(ns):
+            samples.append((work, per_image))
+            labels.append(label)
+    if ns.write_calibration:
+        _write_calibration(ns, samples, labels)
 
-    if ns.no_resnet:
-        return
+
+def _write_calibration(ns, samples, labels) -> None:
+    cheetah = CheetahModel.fit(samples, {"machine": machine_line(), "commit": commit(), "command": f"python benchmarks/mpc.py --write-calibration {ns.write_calibration}" + (" --no-resnet" if ns.no_resnet else ""), "ot": ns.ot, "models": labels})  # fmt: skip
+    check = cheetah.check(samples)
+    for row, label in zip(check, labels):
+        row["model"] = label
+    cheetah.provenance["check"] = check
+    cheetah.save(ns.write_calibration)
+    print(f"\nCheetah cost model saved to {ns.write_calibration}: {cheetah.bytes_per_comparison:.1f} B and {1e6 * cheetah.seconds_per_comparison:.2f} us per comparison")  # fmt: skip
+    print_table(["model", "measured MB", "estimated MB", "measured s", "estimated s"],
+                [[r["model"], f"{r['measured_bytes'] / 1e6:.2f}", f"{r['estimated_bytes'] / 1e6:.2f}", f"{r['measured_seconds']:.2f}", f"{r['estimated_seconds']:.2f}"] for r in check])  # fmt: skip
+
+
+def _resnet(ns) -> list[tuple[str, object, dict]]:
+    """ResNet18 dense and at 50K under Cheetah, one CIFAR-10 test image each."""
     data = load_dataset("cifar10", seed=0)
     image = data.normalize(data.test.x[:1]).float().numpy()
-    resnet_rows, dense_r = [], None
+    resnet_rows, dense_r, out = [], None, []
     for label, (model, what) in _resnet_models(ns).items():
         t0 = time.perf_counter()
         exported = export_model(model, (3, 32, 32))
@@ -147,8 +172,10 @@ def main() -> None:
         dense_r = dense_r or m
         resnet_rows.append(_row(f"{label} ({what})", m, dense_r))
         print(f"  {label}: {time.perf_counter() - t0:.0f} s (relative logit error {m['max_relative_error']:.1e}, setup {m['setup']['seconds']:.0f} s)", flush=True)  # fmt: skip
+        out.append((label, model_work(model, (3, 32, 32)), m["per_image"]))
     print("\nResNet18, CIFAR-10 (JPEG q75), one test image")
     print_table(HEADER, resnet_rows)
+    return out
 
 
 if __name__ == "__main__":
