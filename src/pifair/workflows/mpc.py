@@ -178,10 +178,12 @@ def run_mpc_infer(job: MPCInferJob, *, out: str | os.PathLike | None = None) -> 
     data = dataset_for_run(parent)
     n = min(job.images, len(data.test))
     images = data.normalize(data.test.x[:n]).float().numpy()
-    run = Run.create("mpc-infer", job.as_config(), out=out)
     t0 = time.perf_counter()
-    program = export_model(model, data.input_shape)
+    program = export_model(
+        model, data.input_shape
+    )  # refuses what MPC cannot run, before any folder
     export_s = time.perf_counter() - t0
+    run = Run.create("mpc-infer", job.as_config(), out=out)
     relus = count_relus(model, data.input_shape).total
     run.log.info("%s (%s): %d images, %d ReLUs (%d comparisons by the sites), parties: %s",
                  protocol.name, protocol.security, n, relus, program.comparisons, placement.describe())  # fmt: skip
