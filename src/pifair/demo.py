@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from .evaluation import evaluate_run
@@ -62,6 +63,15 @@ def _dp_stage(out: Path, *, seed: int, data_dir: str | None, limit: int | None, 
     return paths
 
 
+def _unless_finished(path: Path, key: str, run: Callable[[], object]) -> dict:
+    """Metrics of the finished run at ``path``; a missing or killed one (its metrics lack
+    ``key``) is run again from scratch: these runs are short and have no checkpoint."""
+    if not (path / "metrics.json").exists() or key not in Run.open(path).metrics:
+        shutil.rmtree(path, ignore_errors=True)
+        run()
+    return Run.open(path).metrics
+
+
 # HE stage: the CryptoNets-style CNN (6 epochs), degree-2 element-wise polynomials (3 KD epochs),
 # then one CKKS batch of 4,096 test images (the server's time does not depend on the batch size).
 DEMO_HE_TRAIN = dict(data="fashion-mnist", model="he_cnn", epochs=6, batch_size=128, lr=0.05)
@@ -82,10 +92,7 @@ def _he_stage(out: Path, *, seed: int, data_dir: str | None, limit: int | None, 
         run_polyfit(job, out=poly, resume=(poly / "config.yaml").exists(), progress=progress)
     m = Run.open(poly).metrics
     print(f"polynomial CNN: test {100 * m['test_accuracy']:.2f}% (ReLU parent {100 * m['parent_test_accuracy']:.2f}%)")  # fmt: skip
-    if not (he / "metrics.json").exists():
-        shutil.rmtree(he, ignore_errors=True)  # a killed encrypted run restarts
-        run_he_infer(HEInferJob(from_run=str(poly), batch=DEMO_HE_IMAGES), out=he)
-    m = Run.open(he).metrics
+    m = _unless_finished(he, "encrypted_accuracy", lambda: run_he_infer(HEInferJob(from_run=str(poly), batch=DEMO_HE_IMAGES), out=he))  # fmt: skip
     print(
         f"CKKS, {m['images']:,} images in one batch: encrypted accuracy {100 * m['encrypted_accuracy']:.2f}% "
         f"(plaintext {100 * m['plaintext_accuracy']:.2f}%), agreement {100 * m['argmax_agreement']:.2f}%, "
@@ -105,10 +112,8 @@ def _mpc_stage(out: Path, models: dict[str, Path]) -> list[Path]:
     paths = []
     for label, source in models.items():
         path = out / f"mpc-{label}"
-        if not (path / "metrics.json").exists() or "argmax_agreement" not in Run.open(path).metrics:
-            shutil.rmtree(path, ignore_errors=True)  # a killed MPC run restarts
-            run_mpc_infer(MPCInferJob(from_run=str(source), images=DEMO_MPC_IMAGES), out=path)
-        m = Run.open(path).metrics
+        job = MPCInferJob(from_run=str(source), images=DEMO_MPC_IMAGES)
+        m = _unless_finished(path, "argmax_agreement", lambda: run_mpc_infer(job, out=path))  # noqa: B023
         print(
             f"{label:<8} {m['comparisons']:>6,} ReLUs under Cheetah: agreement {100 * m['argmax_agreement']:.0f}%, "
             f"{m['seconds_per_image']:.2f} s and {m['bytes_per_image'] / 1e6:.2f} MB per image, "

@@ -9,6 +9,9 @@ import pytest
 import torch
 from torch import nn
 
+# named test_mpc_*: it imports JAX, so it runs after the HE tests, whose workers are forked
+pytest.importorskip("jax")
+
 from pifair.cli import main
 from pifair.relu.sites import DenseReLU, MaskedReLU
 from pifair.secure.cost import (
