@@ -1,3 +1,5 @@
+import sys
+
 import pytest
 
 from pifair.errors import MissingExtraError
@@ -11,3 +13,11 @@ def test_missing_extra_names_the_install_command():
 
 def test_present_module_is_returned():
     assert require("json", extra="none", purpose="test").dumps([1]) == "[1]"
+
+
+def test_mpc_without_spu_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "spu", None)  # as if the mpc extra were not installed
+    from pifair.secure.mpc.engine import MPCSettings, run_party
+
+    with pytest.raises(MissingExtraError, match=r"'spu'.*pip install 'pifair\[mpc\]'"):
+        run_party(0, None, MPCSettings())
