@@ -134,3 +134,15 @@ def test_sigkill_mid_epoch_then_resume(tmp_path):
     assert [h["epoch"] for h in history] == list(range(1, 41))
     assert history[:done] == state["history"]
     assert "resumed from epoch" in (out / "log.txt").read_text()
+
+
+def test_resident_batches_are_normalised_once_whatever_the_device_spelling(digits):
+    # cuda:0 batches met torch.device("cuda") and were normalised a second time: train
+    # inputs then differed from evaluation inputs (ResNet18 on CIFAR-10: 37 % instead of 82 %)
+    from pifair.data import ResidentLoader
+    from pifair.training.loop import _batches
+
+    loader = ResidentLoader(digits, "train", batch_size=64, device="cpu")
+    want = next(iter(loader))[0]
+    got = next(_batches(loader, digits, torch.device("cpu", 0)))[0]  # "cpu:0" != x.device ("cpu")
+    assert torch.equal(got, want)

@@ -80,9 +80,11 @@ class ResidentLoader:
 
     def __iter__(self) -> Iterator[Batch]:
         n = len(self.split)
-        gen = torch.Generator(device=self.device).manual_seed(self.seed * 100_003 + self.epoch)
+        seed = self.seed * 100_003 + self.epoch
+        gen = torch.Generator(device=self.device).manual_seed(seed)
+        # the order is drawn on the CPU: the same batches on every device
         order = (
-            torch.randperm(n, generator=gen, device=self.device)
+            torch.randperm(n, generator=torch.Generator().manual_seed(seed)).to(self.device)
             if self.shuffle
             else torch.arange(n, device=self.device)
         )

@@ -76,7 +76,9 @@ def _make_loader(data: Dataset, split: str, s: LoopSettings, device: torch.devic
 
 def _batches(loader, data: Dataset, device: torch.device):
     for x, y, g in loader:
-        if x.device != device:  # the DataLoader path: move and normalise per batch
+        # the DataLoader path: move and normalise per batch. Not "x.device != device": a
+        # resident batch on cuda:0 differs from torch.device("cuda") and was normalised twice
+        if not isinstance(loader, ResidentLoader):
             x, y, g = (
                 x.to(device, non_blocking=True),
                 y.to(device, non_blocking=True),
