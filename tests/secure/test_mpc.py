@@ -120,6 +120,13 @@ def test_small_cnn_under_mpc_agrees_with_plaintext(digits, protocol, tmp_path):
     assert server.total.by_category()["comparison"]["bytes"] > 0
 
 
+def test_a_failing_party_stops_the_run_with_its_error(tmp_path):
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 4)).eval()
+    images = np.zeros((2, 1, 6, 6), np.float32)  # the model takes 1x8x8
+    with pytest.raises(ValueError, match=r"shape \(1, 6, 6\) but the model takes \(1, 8, 8\)"):
+        run_in_threads(export_model(model, (1, 8, 8)), images, MPCSettings(), log_path=tmp_path / "spu.log")  # fmt: skip
+
+
 def _one_site(mask: torch.Tensor) -> nn.Module:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), MaskedReLU(mask), nn.Flatten(), nn.Linear(16 * 16 * 16, 4))  # fmt: skip

@@ -76,15 +76,21 @@ def _run_processes(job: MPCInferJob, run: Run, world: int) -> list[PartyResult]:
         for r in range(world)
     ]  # fmt: skip
     try:
-        codes = [p.wait() for p in procs]
-    except BaseException:
+        # a party that fails leaves the others waiting on it: stop them all at the first failure
+        failed = None
+        while failed is None and any(p.poll() is None for p in procs):
+            failed = next((r for r, p in enumerate(procs) if p.poll() not in (None, 0)), None)
+            time.sleep(0.2)
+    finally:
         for p in procs:
-            p.kill()
-        raise
-    for r, code in enumerate(codes):
-        if code != 0:
-            tail = Path(run.file(f"party{r}.err")).read_text(errors="replace").strip().splitlines()[-5:]  # fmt: skip
-            raise RuntimeError(f"party {r} exited with {code}: " + " | ".join(tail))
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    if failed is None:
+        failed = next((r for r, p in enumerate(procs) if p.returncode != 0), None)
+    if failed is not None:
+        tail = Path(run.file(f"party{failed}.err")).read_text(errors="replace").strip().splitlines()[-5:]  # fmt: skip
+        raise RuntimeError(f"party {failed} exited with {procs[failed].returncode} (the others were stopped): " + " | ".join(tail))  # fmt: skip
     return [PartyResult.from_dict(Run.open(f).metrics["party"]) for f in folders]
 
 

@@ -108,13 +108,15 @@ def configure_spu_log(path: str | os.PathLike) -> ProfileLog:
     return ProfileLog(path)
 
 
-def make_link(addresses: Sequence[str] | None, rank: int, *, world: int | None = None):
+def make_link(addresses: Sequence[str] | None, rank: int, *, world: int | None = None, world_id: str | None = None):  # fmt: skip
     """The link of party ``rank``: over sockets to ``addresses`` (``host:port`` per rank), or,
-    with ``addresses=None``, in memory between threads of this process (``world`` parties)."""
+    with ``addresses=None``, in memory between threads of this process (``world`` parties,
+    ``world_id`` naming this set of parties apart from any earlier one)."""
     libspu = _spu().libspu
     desc = libspu.link.Desc()
     desc.recv_timeout_ms = 3_600_000  # a large layer can keep a party busy for minutes
     if addresses is None:
+        desc.id = f"pifair-{world_id}" if world_id else desc.id
         for r in range(world or 2):
             desc.add_party(f"party{r}", f"thread{r}")
         return libspu.link.create_mem(desc, rank)
@@ -231,7 +233,10 @@ def run_party(
                 channel.send(r, [json.dumps({"images": len(images), "shape": list(images.shape[1:])}).encode()])  # fmt: skip
         count = len(images)
     else:
-        count = json.loads(channel.recv(CLIENT)[0])["images"]
+        header = json.loads(channel.recv(CLIENT)[0])
+        count = header["images"]
+        if rank == SERVER and tuple(header["shape"]) != tuple(program.input_shape):
+            raise ValueError(f"the client's images have shape {tuple(header['shape'])} but the model takes {tuple(program.input_shape)}")  # fmt: skip
     compile_s = 0.0
     if rank == SERVER:
         t0 = time.perf_counter()

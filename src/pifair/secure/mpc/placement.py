@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import uuid
 from dataclasses import dataclass
 
 import numpy as np
@@ -78,10 +79,11 @@ def run_in_threads(
     log = configure_spu_log(log_path)
     results: list[PartyResult | None] = [None] * world
     errors: list[BaseException] = []
+    world_id = uuid.uuid4().hex
 
     def party(rank: int) -> None:
         try:
-            link = make_link(None, rank, world=world)
+            link = make_link(None, rank, world=world, world_id=world_id)
             results[rank] = run_party(
                 rank, link, settings,
                 program=program if rank == SERVER else None,
@@ -94,8 +96,12 @@ def run_in_threads(
     threads = [threading.Thread(target=party, args=(r,), daemon=True) for r in range(world)]
     for t in threads:
         t.start()
-    for t in threads:
-        t.join()
+    # a party that fails leaves the others waiting on its messages: raise at once (they are
+    # daemon threads) instead of joining them
+    while any(t.is_alive() for t in threads) and not errors:
+        threads[0].join(timeout=0.2)
     if errors:
+        # the other parties may stay blocked on the failed one until SPU's receive timeout;
+        # their links are named apart (world_id), so the next run does not meet them
         raise errors[0]
     return [r for r in results if r is not None]
