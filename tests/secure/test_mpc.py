@@ -4,6 +4,8 @@ read right."""
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -20,9 +22,11 @@ from pifair.relu.sites import DenseReLU, DenseTanh, MaskedReLU  # noqa: E402
 from pifair.secure.mpc import (  # noqa: E402
     MPCSettings,
     export_model,
+    make_link,
     parse_parties,
     parse_profile,
     run_in_threads,
+    run_party,
 )
 
 pytestmark = pytest.mark.mpc
@@ -125,6 +129,24 @@ def test_a_failing_party_stops_the_run_with_its_error(tmp_path):
     images = np.zeros((2, 1, 6, 6), np.float32)  # the model takes 1x8x8
     with pytest.raises(ValueError, match=r"shape \(1, 6, 6\) but the model takes \(1, 8, 8\)"):
         run_in_threads(export_model(model, (1, 8, 8)), images, MPCSettings(), log_path=tmp_path / "spu.log")  # fmt: skip
+
+
+def test_parties_started_with_different_settings_are_refused():
+    model = export_model(nn.Sequential(nn.Flatten(), nn.Linear(64, 4)).eval(), (1, 8, 8))
+    errors = {}
+
+    def party(rank: int, settings: MPCSettings) -> None:
+        link = make_link(None, rank, world=2, world_id=f"mismatch-{id(errors)}")
+        try:
+            run_party(rank, link, settings, program=model, images=np.zeros((1, 1, 8, 8), np.float32))  # fmt: skip
+        except ValueError as err:
+            errors[rank] = err
+
+    server = threading.Thread(target=party, args=(0, MPCSettings(batch=2)), daemon=True)
+    client = threading.Thread(target=party, args=(1, MPCSettings(batch=1)), daemon=True)
+    server.start(), client.start()
+    server.join(timeout=60)
+    assert "start every party with the same options" in str(errors[0])
 
 
 def _one_site(mask: torch.Tensor) -> nn.Module:

@@ -19,7 +19,7 @@ import os
 import struct
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -226,15 +226,19 @@ def run_party(
     io = spu_api.Io(world, config)
     runtime = spu_api.Runtime(link, config)
 
-    # 1. the client says how many images come; the server publishes the programs
+    # 1. the client says how many images come and with which settings; the server publishes
+    # the program. Parties started with different settings would wait on each other forever.
     if rank == CLIENT:
+        header = {"images": len(images), "shape": list(images.shape[1:]), "settings": asdict(settings)}  # fmt: skip
         for r in range(world):
             if r != CLIENT:
-                channel.send(r, [json.dumps({"images": len(images), "shape": list(images.shape[1:])}).encode()])  # fmt: skip
+                channel.send(r, [json.dumps(header).encode()])
         count = len(images)
     else:
         header = json.loads(channel.recv(CLIENT)[0])
         count = header["images"]
+        if header["settings"] != asdict(settings):
+            raise ValueError(f"party {rank} runs with {asdict(settings)} but the client with {header['settings']}: start every party with the same options")  # fmt: skip
         if rank == SERVER and tuple(header["shape"]) != tuple(program.input_shape):
             raise ValueError(f"the client's images have shape {tuple(header['shape'])} but the model takes {tuple(program.input_shape)}")  # fmt: skip
     compile_s = 0.0
