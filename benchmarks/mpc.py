@@ -37,6 +37,7 @@ from pifair.relu.sites import MaskedReLU, iter_sites  # noqa: E402
 from pifair.secure.cost import CheetahModel, model_work  # noqa: E402
 from pifair.secure.mpc import MPCSettings, export_model, run_in_threads  # noqa: E402
 from pifair.training import load_from_run  # noqa: E402
+from pifair.workflows.cost import calibration_sample  # noqa: E402
 from pifair.workflows.mpc import MPCInferJob, run_mpc_infer, summarize  # noqa: E402
 
 DEMO = {"dense": "runs/demo/train", "snl-3000": "runs/demo/linearize/snl-3000",
@@ -120,20 +121,16 @@ def main() -> None:
     print(f"\nFashion-MNIST, {ns.images} test images per model (per image: mean)")
     print_table(HEADER, [_row(k, m, dense) for k, m in results.items()])
 
-    samples, labels = [], []  # (work, per-image profile) of every model, for the cost model
-    for label in results:
-        model, record, _ = load_from_run(models[label])
-        samples.append((model_work(model, tuple(record["input_shape"])), results[label]["per_image"]))  # fmt: skip
-        labels.append(label)
+    # (work, per-image profile) of every model, for the cost model
+    samples, labels = [calibration_sample(p) for p in done], list(results)
     if ns.write_calibration:
         # architectures other than LeNet, so that the linear fit sees more than one shape
         for label, source in CALIBRATION_EXTRA.items():
             if (Path(source) / "model.pt").exists():
                 out = ns.out / label
                 shutil.rmtree(out, ignore_errors=True)
-                m = run_mpc_infer(MPCInferJob(from_run=source, images=ns.images, ot=ns.ot), out=out).metrics  # fmt: skip
-                model, record, _ = load_from_run(source)
-                samples.append((model_work(model, tuple(record["input_shape"])), m["per_image"]))
+                run_mpc_infer(MPCInferJob(from_run=source, images=ns.images, ot=ns.ot), out=out)
+                samples.append(calibration_sample(out))
                 labels.append(label)
     if not ns.no_resnet:
         for label, work, per_image in _resnet(ns):

@@ -7,9 +7,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ..runs import Run
-from ..secure.cost import DEFAULT_CALIBRATION, DELPHI, CheetahModel, model_work
+from ..secure.cost import DEFAULT_CALIBRATION, DELPHI, CheetahModel, ModelWork, model_work
 
-__all__ = ["estimate_cost", "calibrate_cheetah"]
+__all__ = ["estimate_cost", "calibrate_cheetah", "calibration_sample"]
 
 
 def _model_of(run: str | os.PathLike):
@@ -19,20 +19,22 @@ def _model_of(run: str | os.PathLike):
     return model, tuple(record["input_shape"]), record["model"]
 
 
+def calibration_sample(mpc_run: str | os.PathLike) -> tuple[ModelWork, dict]:
+    """The work of a finished Cheetah ``mpc-infer`` run's model and its measured per-image costs."""
+    run = Run.open(mpc_run)
+    m = run.metrics
+    if m.get("kind") != "mpc-infer" or not m.get("per_image"):
+        raise ValueError(f"{mpc_run} is not a finished pifair mpc-infer run with a profile")
+    if m["protocol"] != "cheetah":
+        raise ValueError(f"{mpc_run} ran {m['protocol']}; the Cheetah model is calibrated on cheetah runs")  # fmt: skip
+    model, shape, _ = _model_of(run.config["from"])
+    return model_work(model, shape), m["per_image"]
+
+
 def calibrate_cheetah(mpc_runs: list[str | os.PathLike], provenance: dict | None = None) -> CheetahModel:  # fmt: skip
     """Fit the Cheetah model on finished ``pifair mpc-infer`` runs under Cheetah."""
-    samples = []
-    for path in mpc_runs:
-        run = Run.open(path)
-        m = run.metrics
-        if m.get("kind") != "mpc-infer" or not m.get("per_image"):
-            raise ValueError(f"{path} is not a finished pifair mpc-infer run with a profile")
-        if m["protocol"] != "cheetah":
-            raise ValueError(f"{path} ran {m['protocol']}; the Cheetah model is calibrated on cheetah runs")  # fmt: skip
-        model, shape, _ = _model_of(run.config["from"])
-        samples.append((model_work(model, shape), m["per_image"]))
-    runs = [str(p) for p in mpc_runs]
-    return CheetahModel.fit(samples, provenance or {"runs": runs})
+    samples = [calibration_sample(p) for p in mpc_runs]
+    return CheetahModel.fit(samples, provenance or {"runs": [str(p) for p in mpc_runs]})
 
 
 def estimate_cost(

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ..atomic import atomic_write_json
 from ..relu.sites import count_relus
@@ -33,12 +34,10 @@ from ..secure.mpc.export import ExportedModel, export_model
 from ..secure.mpc.placement import Placement, free_loopback_addresses, parse_parties, run_in_threads
 from ..secure.mpc.profile import RunProfile
 from ..secure.mpc.protocols import get_protocol
-from ..training import dataset_for_run, load_from_run, predict
+from ..training import dataset_for_run, load_from_run
 from ._jobs import RunJob
 
 __all__ = ["MPCInferJob", "run_mpc_infer", "summarize"]
-
-PARTY_FILE = "party.json"
 
 
 @dataclass
@@ -71,8 +70,9 @@ def _run_processes(job: MPCInferJob, run: Run, world: int) -> list[PartyResult]:
     addresses = free_loopback_addresses(world)
     run.log.info("parties on %s", ", ".join(addresses))
     folders = [run.path / f"party{r}" for r in range(world)]
+    logs = [open(run.file(f"party{r}.err"), "w") for r in range(world)]  # noqa: SIM115 - closed below
     procs = [
-        subprocess.Popen(_party_command(job, addresses, r, folders[r]), stdout=subprocess.DEVNULL, stderr=open(run.file(f"party{r}.err"), "w"))  # noqa: SIM115
+        subprocess.Popen(_party_command(job, addresses, r, folders[r]), stdout=subprocess.DEVNULL, stderr=logs[r])
         for r in range(world)
     ]  # fmt: skip
     try:
@@ -86,6 +86,8 @@ def _run_processes(job: MPCInferJob, run: Run, world: int) -> list[PartyResult]:
             if p.poll() is None:
                 p.kill()
                 p.wait()
+        for f in logs:
+            f.close()
     if failed is None:
         failed = next((r for r, p in enumerate(procs) if p.returncode != 0), None)
     if failed is not None:
@@ -185,9 +187,8 @@ def run_mpc_infer(job: MPCInferJob, *, out: str | os.PathLike | None = None) -> 
     n = min(job.images, len(data.test))
     images = data.normalize(data.test.x[:n]).float().numpy()
     t0 = time.perf_counter()
-    program = export_model(
-        model, data.input_shape
-    )  # refuses what MPC cannot run, before any folder
+    # refuses what MPC cannot run, before any run folder exists
+    program = export_model(model, data.input_shape)
     export_s = time.perf_counter() - t0
     run = Run.create("mpc-infer", job.as_config(), out=out)
     relus = count_relus(model, data.input_shape).total
@@ -204,8 +205,9 @@ def run_mpc_infer(job: MPCInferJob, *, out: str | os.PathLike | None = None) -> 
     else:
         results = run_in_threads(program, images, settings, log_path=run.file("spu.log"))
     client = next(r for r in results if r.rank == CLIENT)
-    logits_plain, y, _ = predict(model, data, "test")
-    logits_plain, y = logits_plain[:n].double().numpy(), y[:n].numpy()
+    with torch.no_grad():  # the plaintext model on the very inputs the parties shared
+        logits_plain = model(torch.from_numpy(images)).double().numpy()
+    y = data.test.y[:n].numpy()
     logits = client.logits
     metrics = {
         "kind": "mpc-infer", "protocol": protocol.name, "security": protocol.security,

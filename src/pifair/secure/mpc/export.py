@@ -209,7 +209,7 @@ class _Exporter:
             raise UnsupportedLayerError(f"site {name!r} has not seen an input; run the model once first")  # fmt: skip
         features = math.prod(shape)
         jnp = _jnp()
-        if isinstance(site, DenseReLU) or isinstance(site, nn.ReLU):
+        if isinstance(site, DenseReLU):  # plain nn.ReLU modules arrive as DenseReLU
             self.sites.append(SiteExport(name, "relu", features, features, features))
             return lambda x, _p: jnp.maximum(x, 0.0)
         if isinstance(site, MaskedReLU):
@@ -306,8 +306,7 @@ class _Exporter:
                     module.feature_shape = self._shapes[node.name]
                 return build(name, module)
         if isinstance(module, nn.Flatten):
-            start = module.start_dim
-            return lambda x, _p: x.reshape(*x.shape[:start], -1)
+            return lambda x, _p: _flatten(x, module.start_dim, module.end_dim)
         raise UnsupportedLayerError(
             f"layer {name!r} ({type(module).__name__}) cannot be exported to MPC; supported: "
             "Conv2d, Linear, BatchNorm, AvgPool2d, global AdaptiveAvgPool2d, MaxPool2d, Flatten, "
