@@ -1,13 +1,22 @@
-"""What every benchmark prints first: the machine and the commit."""
+"""What every benchmark shares: the machine and commit it ran on, its printed table, and its
+results file in ``benchmarks/results/`` (the only source of the numbers README quotes)."""
 
 from __future__ import annotations
 
+import datetime
 import os
 import platform
+import shlex
 import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import torch
+
+from pifair.atomic import atomic_write_json
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
 def machine_line() -> str:
@@ -15,25 +24,29 @@ def machine_line() -> str:
     return f"{platform.node()} | {platform.machine()} | {os.cpu_count()} CPUs | {gpu} | torch {torch.__version__}"
 
 
-def commit() -> str:
+def machine_class() -> str:
+    """The machine as README names it: the GPU's name, or 'N-core CPU'."""
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"{os.cpu_count()}-core CPU"
+
+
+def _git(*args: str) -> str | None:
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            cwd=Path(__file__).parent,
-            timeout=5,
+            ["git", *args], capture_output=True, text=True, cwd=Path(__file__).parent, timeout=5
         )
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            cwd=Path(__file__).parent,
-            timeout=5,
-        )
-        return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "") or "unknown"
     except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def commit() -> str:
+    """Short hash of HEAD, with ``+dirty`` when tracked files differ from it."""
+    head = _git("rev-parse", "--short", "HEAD")
+    if not head:
         return "unknown"
+    return head + ("+dirty" if _git("status", "--porcelain", "--untracked-files=no") else "")
 
 
 def print_table(header: list[str], rows: list[list[object]]) -> None:
@@ -43,3 +56,47 @@ def print_table(header: list[str], rows: list[list[object]]) -> None:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
         if i == 0:
             print("  ".join("-" * w for w in widths))
+
+
+def save_results(
+    name: str,
+    *,
+    tables: dict[str, tuple[list[str], list[list[object]]]],
+    summary: list[str],
+    data: dict[str, Any],
+    setting: dict[str, Any] | None = None,
+    results_dir: Path | None = None,
+) -> Path:
+    """Write ``benchmarks/results/NAME.json``: commit (clean or dirty), machine, the command
+    that reproduces it, the printed tables (as text cells), the summary lines README quotes and
+    the raw data. Written atomically, so a killed benchmark never leaves half a file."""
+    ref = _git("rev-parse", "HEAD")
+    dirty = bool(_git("status", "--porcelain", "--untracked-files=no"))
+    path = (results_dir or RESULTS_DIR) / f"{name}.json"
+    record = {
+        "benchmark": name,
+        "commit": ref or "unknown",
+        "tree": "dirty" if dirty else "clean",
+        "machine": machine_line(),
+        "machine_class": machine_class(),
+        "command": "python " + shlex.join([_relative_script(sys.argv[0]), *sys.argv[1:]]),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "setting": setting or {},
+        "tables": {
+            title: {"header": list(header), "rows": [[str(c) for c in r] for r in rows]}
+            for title, (header, rows) in tables.items()
+        },
+        "summary": list(summary),
+        "data": data,
+    }
+    atomic_write_json(path, record)
+    print(f"\nresults: {path}")
+    return path
+
+
+def _relative_script(script: str) -> str:
+    p = Path(script).resolve()
+    try:
+        return str(p.relative_to(Path(__file__).resolve().parent.parent))
+    except ValueError:
+        return script

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import commit, machine_line, print_table  # noqa: E402
+from _common import commit, machine_line, print_table, save_results  # noqa: E402
 from pifair.data import load_dataset  # noqa: E402
 from pifair.dp import DPConfig, dp_train  # noqa: E402
 from pifair.fairness.audit import mean_ci  # noqa: E402
@@ -104,13 +104,26 @@ def summarize(name: str, rows: list[dict]) -> list[dict]:
             dict(method=method, runs=len(sel), epsilon=sum(eps) / len(eps) if eps else None, **agg)
         )
     dpsgd_gap = next(s["gap"][0] for s in out if s["method"] == "dpsgd")
-    print_table(
-        ["method", "runs", "epsilon", "accuracy %", f"{minority} %", f"{reference} %", "privacy-cost gap", "gap / DPSGD's"],
-        [[s["method"], s["runs"], "-" if s["epsilon"] is None else f"{s['epsilon']:.2f}",
+    header = [
+        "method",
+        "runs",
+        "epsilon",
+        "accuracy %",
+        f"{minority} %",
+        f"{reference} %",
+        "privacy-cost gap",
+        "gap / DPSGD's",
+    ]
+    TABLES[name] = (header, [[s["method"], s["runs"], "-" if s["epsilon"] is None else f"{s['epsilon']:.2f}",
           *(f"{100 * s[k][0]:.2f} ± {100 * s[k][1]:.2f}" for k in ("accuracy", "minority", "reference", "gap")),
-          "-" if s["method"] == "nonprivate" else f"{s['gap'][0] / dpsgd_gap:.2f}"] for s in out],
-    )  # fmt: skip
+          "-" if s["method"] == "nonprivate" else f"{s['gap'][0] / dpsgd_gap:.2f}"] for s in out])  # fmt: skip
+    print_table(*TABLES[name])
     return out
+
+
+TABLES: dict[
+    str, tuple[list[str], list[list[object]]]
+] = {}  # every printed table, for the results file
 
 
 def _opacus_default_epoch(name: str, seed: int) -> float:
@@ -148,7 +161,8 @@ def speed(name: str, root: Path) -> list[list[object]]:
             shutil.rmtree(out, ignore_errors=True)
             m = dp_train(_config(name, method, 0, 1, grad_path=path, diag_every=0), out=out, progress=False).metrics  # fmt: skip
             rows.append([f"pifair {path}", method, f"{m['samples_per_s']:.0f}", f"{m['samples_per_s'] / baseline:.2f}"])  # fmt: skip
-    print_table(["pipeline", "method", "samples/s", "vs Opacus default"], rows)
+    TABLES[f"{name} throughput"] = (["pipeline", "method", "samples/s", "vs Opacus default"], rows)
+    print_table(*TABLES[f"{name} throughput"])
     return rows
 
 
@@ -176,6 +190,14 @@ def main() -> None:
             results[f"{name}-speed"] = speed(name, ns.out)
     ns.out.mkdir(parents=True, exist_ok=True)
     (ns.out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    name = (
+        "dp_"
+        + "_".join(ns.data.split(","))
+        + ("_speed" if ns.speed else "")
+        + ("" if not ns.no_fairness else "_only")
+    )
+    save_results(name, tables=TABLES, summary=[], data=json.loads(json.dumps(results, default=str)),
+                 setting={k: str(v) for k, v in vars(ns).items()})  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import commit, machine_line, print_table  # noqa: E402
+from _common import commit, machine_line, print_table, save_results  # noqa: E402
 from pifair.relu.linearize import FinetuneSettings  # noqa: E402
 from pifair.relu.snl import SearchSettings  # noqa: E402
 from pifair.runs import MODEL  # noqa: E402
@@ -117,18 +117,17 @@ def main() -> None:
         ]
         for r in summary
     ]
-    print_table(
-        [
-            "fine-tuning",
-            "ReLUs",
-            "seeds",
-            "accuracy %",
-            "drop (pts)",
-            "minority-majority gap (pts)",
-            "worst group %",
-        ],
-        rows,
-    )
+    header = [
+        "fine-tuning",
+        "ReLUs",
+        "seeds",
+        "accuracy %",
+        "drop (pts)",
+        "minority-majority gap (pts)",
+        "worst group %",
+    ]
+    print_table(header, rows)
+    lines = []
     verdicts = []
     for r, objective in ((r, o) for r in summary if r["label"] == "snl" for o in objectives):
         m = next(
@@ -150,6 +149,10 @@ def main() -> None:
                 "accuracy_cost": cost,
             }
         )
+        lines.append(
+            f"{r['relus']:,} ReLUs: gap {100 * r['minority_gap']:.2f} pts; {objective}: gap {100 * m['minority_gap']:.2f} pts "
+            f"({'halved' if halved else 'not halved'}{', reversed' if reversed_ else ''}), overall accuracy cost {100 * cost:.2f} pts"
+        )
         print(f"{r['relus']:>7,} ReLUs: minority loses {'more' if r['minority_gap'] > 0 else 'less'} (gap {100 * r['minority_gap']:.2f} pts); "
               f"{objective}: gap {100 * m['minority_gap']:.2f} pts ({'halved' if halved else 'not halved'}{', reversed' if reversed_ else ''}), overall accuracy cost {100 * cost:.2f} pts")  # fmt: skip
     (args.out / "results.json").write_text(
@@ -163,6 +166,8 @@ def main() -> None:
             indent=2,
         )
     )
+    save_results("fairness_" + ("gpu" if setting is GPU else "cpu"), tables={"gap per fine-tuning": (header, rows)}, summary=lines,
+                 data={"summary": summary, "verdicts": verdicts}, setting={"seeds": seeds, "objectives": objectives} | {k: str(v) for k, v in setting.items()})  # fmt: skip
     print(f"\naudit run: {audit.path}")
 
 

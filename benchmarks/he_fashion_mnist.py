@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import commit, machine_line, print_table  # noqa: E402
+from _common import commit, machine_line, print_table, save_results  # noqa: E402
 from pifair.relu.linearize import FinetuneSettings  # noqa: E402
 from pifair.runs import MODEL, Run  # noqa: E402
 from pifair.training import TrainConfig, train  # noqa: E402
@@ -59,14 +59,33 @@ def main() -> None:
                      f"{m['amortized_ms_per_image']:.1f}"])  # fmt: skip
         print(f"  {g}: done", flush=True)
     print(f"\nhe_cnn on Fashion-MNIST, {results[0]['images']:,} test images per CKKS batch, N={results[0]['params']['poly_modulus_degree']}")  # fmt: skip
-    print_table(["coefficients", "ReLU %", "poly plaintext %", "encrypted %", "agreement %", "max logit err", "server s", "ms/image"], rows)  # fmt: skip
+    header = [
+        "coefficients",
+        "ReLU %",
+        "poly plaintext %",
+        "encrypted %",
+        "agreement %",
+        "max logit err",
+        "server s",
+        "ms/image",
+    ]
+    print_table(header, rows)
+    p0 = results[0]["params"]
+    summary = [
+        f"{results[0]['images']:,} test images in one batch, N = {p0['poly_modulus_degree']}, depth {m['depth']}"
+    ]
     if "batch_vs_image_layout" in m:
         c, il = m["batch_vs_image_layout"], m["image_layout"]
         print(f"\none image per ciphertext ({il['features_per_ciphertext']} features, {il['rotation_keys']} rotation keys, {il['images']} images): "
               f"{c['image_layout_ms_per_image']:.0f} ms per image, agreement {100 * il['argmax_agreement']:.0f}%; batch packing "
               f"{c['amortized_ms_per_image']:.1f} ms per image: {100 * c['time_reduction']:.2f}% less")  # fmt: skip
         results[-1]["comparison"] = {"image_layout": il, "batch_vs_image_layout": c}
+        summary.append(
+            f"one image per ciphertext: {c['image_layout_ms_per_image']:.0f} ms per image vs batch packing {c['amortized_ms_per_image']:.1f} ms per image: {100 * c['time_reduction']:.2f} % less"
+        )
     (ns.out / "results.json").write_text(json.dumps({"machine": machine_line(), "commit": commit(), "relu_accuracy": relu_acc, "runs": results}, indent=2))  # fmt: skip
+    save_results("he_fashion_mnist", tables={"CKKS inference": (header, rows)}, summary=summary,
+                 data={"relu_accuracy": relu_acc, "runs": results}, setting=vars(ns) | {"out": str(ns.out)})  # fmt: skip
 
 
 if __name__ == "__main__":

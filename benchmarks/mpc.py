@@ -20,6 +20,7 @@ cost model of ``pifair cost`` is fitted on these runs and saved with this machin
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import time
@@ -29,7 +30,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import commit, machine_line, print_table  # noqa: E402
+from _common import commit, machine_line, print_table, save_results  # noqa: E402
 from pifair.data import load_dataset  # noqa: E402
 from pifair.models import create_model  # noqa: E402
 from pifair.relu import count_relus, replace_activations  # noqa: E402
@@ -119,7 +120,8 @@ def main() -> None:
         print(f"  {label}: {time.perf_counter() - t0:.0f} s", flush=True)
     dense = results.get("dense")
     print(f"\nFashion-MNIST, {ns.images} test images per model (per image: mean)")
-    print_table(HEADER, [_row(k, m, dense) for k, m in results.items()])
+    tables = {"Fashion-MNIST": (HEADER, [_row(k, m, dense) for k, m in results.items()])}
+    print_table(*tables["Fashion-MNIST"])
 
     # (work, per-image profile) of every model, for the cost model
     samples, labels = [calibration_sample(p) for p in done], list(results)
@@ -132,12 +134,17 @@ def main() -> None:
                 run_mpc_infer(MPCInferJob(from_run=source, images=ns.images, ot=ns.ot), out=out)
                 samples.append(calibration_sample(out))
                 labels.append(label)
+    resnet: dict = {}
     if not ns.no_resnet:
-        for label, work, per_image in _resnet(ns):
+        for label, work, per_image in _resnet(ns, tables, resnet):
             samples.append((work, per_image))
             labels.append(label)
     if ns.write_calibration:
         _write_calibration(ns, samples, labels)
+    data = {"fashion_mnist": {k: {f: m.get(f) for f in ("relus", "comparisons", "seconds_per_image", "bytes_per_image", "per_image", "setup", "argmax_agreement", "max_logit_error")} for k, m in results.items()},
+            "resnet18": resnet}  # fmt: skip
+    save_results("mpc_cheetah_" + ns.ot, tables=tables, summary=[], data=json.loads(json.dumps(data, default=float)),
+                 setting={"images": ns.images, "ot": ns.ot, "models": models, "resnet": not ns.no_resnet})  # fmt: skip
 
 
 def _write_calibration(ns, samples, labels) -> None:
@@ -152,7 +159,7 @@ def _write_calibration(ns, samples, labels) -> None:
                 [[r["model"], f"{r['measured_bytes'] / 1e6:.2f}", f"{r['estimated_bytes'] / 1e6:.2f}", f"{r['measured_seconds']:.2f}", f"{r['estimated_seconds']:.2f}"] for r in check])  # fmt: skip
 
 
-def _resnet(ns) -> list[tuple[str, object, dict]]:
+def _resnet(ns, tables: dict, measured: dict) -> list[tuple[str, object, dict]]:
     """ResNet18 dense and at 50K under Cheetah, one CIFAR-10 test image each."""
     data = load_dataset("cifar10", seed=0)
     image = data.normalize(data.test.x[:1]).float().numpy()
@@ -170,7 +177,13 @@ def _resnet(ns) -> list[tuple[str, object, dict]]:
         resnet_rows.append(_row(f"{label} ({what})", m, dense_r))
         print(f"  {label}: {time.perf_counter() - t0:.0f} s (relative logit error {m['max_relative_error']:.1e}, setup {m['setup']['seconds']:.0f} s)", flush=True)  # fmt: skip
         out.append((label, model_work(model, (3, 32, 32)), m["per_image"]))
+        measured[label] = {
+            k: m[k]
+            for k in ("comparisons", "per_image", "setup", "argmax_agreement", "max_relative_error")
+            if k in m
+        }
     print("\nResNet18, CIFAR-10 (JPEG q75), one test image")
+    tables["ResNet18"] = (HEADER, resnet_rows)
     print_table(HEADER, resnet_rows)
     return out
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import commit, machine_line, print_table  # noqa: E402
+from _common import commit, machine_line, print_table, save_results  # noqa: E402
 from pifair.relu.linearize import FinetuneSettings  # noqa: E402
 from pifair.relu.snl import SearchSettings  # noqa: E402
 from pifair.runs import MODEL, Run  # noqa: E402
@@ -82,7 +82,8 @@ def main() -> None:
             )
         table.append(cells)
     print(f"dense: {100 * dense['test_accuracy']:.2f}% with {dense['relus']:,} ReLUs\n")
-    print_table(["budget", "fewer", *[f"{m} % (decisions)" for m in METHODS]], table)
+    header = ["budget", "fewer", *[f"{m} % (decisions)" for m in METHODS]]
+    print_table(header, table)
     (args.out / "results.json").write_text(
         json.dumps(
             {
@@ -94,6 +95,9 @@ def main() -> None:
             indent=2,
         )
     )
+    save_results("sharing_" + ("gpu" if setting is GPU else "cpu"), tables={"sharing vs SNL": (header, table)},
+                 summary=[f"dense {100 * dense['test_accuracy']:.2f} % with {dense['relus']:,} ReLUs"],
+                 data={"dense": dense["test_accuracy"], "rows": rows}, setting={k: str(v) for k, v in setting.items()})  # fmt: skip
 
 
 if __name__ == "__main__":

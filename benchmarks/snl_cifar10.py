@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import commit, machine_line, print_table  # noqa: E402
+from _common import commit, machine_line, print_table, save_results  # noqa: E402
 from pifair.relu.linearize import FinetuneSettings  # noqa: E402
 from pifair.relu.snl import SearchSettings  # noqa: E402
 from pifair.runs import MODEL, Run  # noqa: E402
@@ -152,12 +152,21 @@ def main() -> None:
     print(
         f"dense: {100 * dense['test_accuracy']:.2f}% with {dense['relus']:,} ReLUs ({dense_s:.0f} s)\n"
     )
-    print_table(
-        ["ReLUs", "SNL (pifair) %", "drop (pts)", "naive %", "SNL published drop", "s per budget"],
-        rows,
-    )
+    header = [
+        "ReLUs",
+        "SNL (pifair) %",
+        "drop (pts)",
+        "naive %",
+        "SNL published drop",
+        "s per budget",
+    ]
+    print_table(header, rows)
+    summary = [f"dense {100 * dense['test_accuracy']:.2f} % with {dense['relus']:,} ReLUs"]
     if ref is not None:
         mine = Run.open(sweep_dir / f"snl-{setting['reference_budget']}").metrics
+        summary.append(
+            f"at {setting['reference_budget']}: pifair defaults {100 * mine['test_accuracy']:.2f} % vs SNL reference settings {100 * ref['test_accuracy']:.2f} %"
+        )
         print(f"\nat {setting['reference_budget']}: pifair defaults {100 * mine['test_accuracy']:.2f}% ({mine['relus']:,} ReLUs) vs SNL reference settings "
               f"{100 * ref['test_accuracy']:.2f}% ({ref['relus']:,} ReLUs, {time_to_budget(ref):.0f} s)")  # fmt: skip
         result["reference"] = {
@@ -167,6 +176,8 @@ def main() -> None:
             "pifair": mine["test_accuracy"],
         }
     (args.out / "results.json").write_text(json.dumps(result, indent=2))
+    save_results("snl_" + ("gpu" if setting is GPU else "cpu"), tables={"SNL vs naive": (header, rows)}, summary=summary, data=result,
+                 setting={k: str(v) for k, v in setting.items()})  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import commit, machine_line, print_table  # noqa: E402
+from _common import commit, machine_line, print_table, save_results  # noqa: E402
 from pifair.data import load_dataset  # noqa: E402
 from pifair.models import create_model  # noqa: E402
 from pifair.relu import replace_activations  # noqa: E402
@@ -158,24 +158,17 @@ def main() -> None:
         return statistics.median(times[1:] if len(times) > 1 else times)
 
     ratio = steady(ours["epoch_times"]) / steady(plain["epoch_times"])
-    print_table(
-        ["loop", "epoch (median, s)", "test accuracy", "wall (s)"],
-        [
-            [
-                "plain PyTorch",
-                f"{steady(plain['epoch_times']):.3f}",
-                f"{100 * plain['test_accuracy']:.2f}%",
-                f"{plain['wall_s']:.1f}",
-            ],
-            [
-                "pifair train",
-                f"{steady(ours['epoch_times']):.3f}",
-                f"{100 * ours['test_accuracy']:.2f}%",
-                f"{ours['wall_s']:.1f}",
-            ],
-        ],
-    )
-    print(f"\npifair / plain epoch time: {ratio:.2f}x (target <= 1.3x)")
+    header = ["loop", "epoch (median, s)", "test accuracy", "wall (s)"]
+    rows = [
+        ["plain PyTorch", f"{steady(plain['epoch_times']):.3f}", f"{100 * plain['test_accuracy']:.2f}%", f"{plain['wall_s']:.1f}"],
+        ["pifair train", f"{steady(ours['epoch_times']):.3f}", f"{100 * ours['test_accuracy']:.2f}%", f"{ours['wall_s']:.1f}"],
+    ]  # fmt: skip
+    print_table(header, rows)
+    summary = [
+        f"pifair / plain epoch time: {ratio:.2f}x ({steady(ours['epoch_times']):.2f} s vs {steady(plain['epoch_times']):.2f} s)",
+        f"test accuracy: pifair {100 * ours['test_accuracy']:.2f} %, plain {100 * plain['test_accuracy']:.2f} %",
+    ]
+    print("\n" + "\n".join(summary) + " (target <= 1.3x)")
     result = {
         "machine": machine_line(),
         "commit": commit(),
@@ -186,6 +179,9 @@ def main() -> None:
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(result, indent=2))
+    # a --limit run is a quick check, not a result: its file stays in the run folder
+    save_results("train_speed_" + ("gpu" if cuda else "cpu"), tables={"epoch time": (header, rows)}, summary=summary,
+                 data=result, setting=setting, results_dir=args.out if args.limit else None)  # fmt: skip
 
 
 if __name__ == "__main__":

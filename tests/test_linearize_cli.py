@@ -263,7 +263,10 @@ def test_share_command(dense_run, tmp_path, capsys):
     )
     assert main(["relus", str(out)]) == 0
     assert f"{m['relus']:,}" in capsys.readouterr().out.splitlines()[-1]
-    assert main([*args, "--resume"]) == 0  # a finished fine-tuning resumes to the same end
+    assert (
+        main(["share", "--resume", str(out), "--no-progress"]) == 2
+    )  # finished: nothing to resume
+    assert "finished run: nothing to resume" in capsys.readouterr().err
     assert (
         main(
             ["share", "--from", str(dense_run), "--budget", "5", "--device", "cpu", "--no-progress"]

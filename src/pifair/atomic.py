@@ -1,6 +1,7 @@
 """Atomic file writes: write to a temporary file in the same folder, fsync, rename.
 
 A crash or Ctrl-C mid-write leaves the previous file intact (``os.replace`` is atomic on POSIX).
+``load_torch_file`` reads such a file back and names it when it cannot be read.
 """
 
 from __future__ import annotations
@@ -8,7 +9,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pickle
 import tempfile
+import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -22,6 +25,7 @@ __all__ = [
     "atomic_write_json",
     "atomic_write_yaml",
     "atomic_torch_save",
+    "load_torch_file",
 ]
 
 
@@ -70,6 +74,21 @@ def atomic_torch_save(
     """``torch.save`` that never leaves a half-written file at ``path``."""
     with atomic_open(path, "wb") as f:
         save(obj, f)
+
+
+def load_torch_file(
+    path: str | os.PathLike, map_location: Any = "cpu", *, weights_only: bool = False
+) -> Any:
+    """``torch.load`` of a file pifair wrote; a truncated or foreign file is named in the error."""
+    from .errors import CorruptFileError
+
+    try:
+        return torch.load(path, map_location=map_location, weights_only=weights_only)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError) as err:
+        raise CorruptFileError(
+            f"{path} cannot be read ({type(err).__name__}: {err}); it is truncated or not a "
+            f"pifair file: delete it (and resume, or rerun the step that wrote it)"
+        ) from err
 
 
 def _json_default(obj: Any) -> Any:

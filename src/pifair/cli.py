@@ -10,9 +10,7 @@ import types
 import typing
 from pathlib import Path
 
-import yaml
-
-from .errors import PifairError
+from .errors import ConfigError, PifairError
 
 __all__ = ["main", "build_parser"]
 
@@ -138,10 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "share", help="ReLU sharing: one sign decision per group of activations, under a budget"
     )
-    p.add_argument(
-        "--from", dest="from_run", type=Path, required=True, help="run folder of the dense model"
-    )
-    p.add_argument("--budget", required=True, help="sign decisions to keep: 5000, 5k or 1%%")
+    p.add_argument("--from", dest="from_run", type=Path, help="run folder of the dense model")
+    p.add_argument("--budget", help="sign decisions to keep: 5000, 5k or 1%%")
     p.add_argument(
         "--scheme",
         choices=["patch", "channel", "cluster"],
@@ -196,13 +192,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--epochs", type=int, help="fine-tuning epochs (default: the run's)")
     p.add_argument("--out", type=Path)
+    p.add_argument("--resume", type=Path, help="continue the killed mitigation in this folder")
     p.add_argument("--no-progress", action="store_true")
 
     p = sub.add_parser(
         "polyfit",
         help="HE-ready model: every ReLU becomes a trained low-degree polynomial (KD from the parent)",
     )
-    p.add_argument("--from", dest="from_run", type=Path, required=True, help="run folder of the ReLU model")  # fmt: skip
+    p.add_argument("--from", dest="from_run", type=Path, help="run folder of the ReLU model")
     p.add_argument("--degree", type=int, default=2, help="polynomial degree (default 2)")
     p.add_argument(
         "--granularity",
@@ -290,16 +287,27 @@ def _add_finetune_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--out", type=Path)
-    p.add_argument("--resume", action="store_true", help="continue the killed run in --out")
+    p.add_argument("--resume", type=Path, help="continue the killed run in this folder")
     p.add_argument("--no-progress", action="store_true")
 
 
 def _finetune_settings(ns: argparse.Namespace):
     from .relu.linearize import FinetuneSettings
 
-    if ns.resume and not ns.out:
-        raise ValueError("--resume needs --out RUN_FOLDER")
+    if ns.resume and ns.out and ns.resume.resolve() != ns.out.resolve():
+        raise ConfigError("give either --resume RUN or --out RUN, not two different folders")
     return FinetuneSettings(epochs=ns.finetune_epochs, lr=ns.finetune_lr, batch_size=ns.batch_size, seed=ns.seed)  # fmt: skip
+
+
+def _saved_job(job_type: type, ns: argparse.Namespace):
+    """With ``--resume RUN``: the job saved in that run; else check the flags a new job needs."""
+    if ns.resume:
+        return job_type.from_config(_load_config(ns.resume / "config.yaml"))
+    if ns.from_run is None:
+        raise ConfigError("give --from RUN (the parent model's run folder), or --resume RUN")
+    if getattr(ns, "budget", "") is None:
+        raise ConfigError("give --budget N (e.g. 5k or 1%)")
+    return None
 
 
 def _expand_sweeps(paths: list[Path]) -> list[Path]:
@@ -340,7 +348,7 @@ def _cmd_audit(ns: argparse.Namespace) -> None:
 def _cmd_share(ns: argparse.Namespace) -> None:
     from .workflows.share import ShareJob, run_share
 
-    job = ShareJob(
+    job = _saved_job(ShareJob, ns) or ShareJob(
         from_run=str(ns.from_run),
         budget=ns.budget,
         scheme=ns.scheme,
@@ -349,7 +357,9 @@ def _cmd_share(ns: argparse.Namespace) -> None:
         device=ns.device,
         finetune=_finetune_settings(ns),
     )
-    run = run_share(job, out=ns.out, resume=ns.resume, progress=not ns.no_progress)
+    run = run_share(
+        job, out=ns.resume or ns.out, resume=ns.resume is not None, progress=not ns.no_progress
+    )
     m = run.metrics
     print(f"{m['relus']:,} shared decisions (budget {m['budget']:,}; {m['allocation']}): test {100 * m['test_accuracy']:.2f}% "
           f"(dense {100 * m['dense_test_accuracy']:.2f}%, drop {100 * m['drop']:.2f} points)  run: {run.path}")  # fmt: skip
@@ -358,8 +368,10 @@ def _cmd_share(ns: argparse.Namespace) -> None:
 def _cmd_polyfit(ns: argparse.Namespace) -> None:
     from .workflows.polyfit import PolyfitJob, run_polyfit
 
-    job = PolyfitJob(from_run=str(ns.from_run), degree=ns.degree, granularity=ns.granularity, seed=ns.seed, device=ns.device, finetune=_finetune_settings(ns))  # fmt: skip
-    run = run_polyfit(job, out=ns.out, resume=ns.resume, progress=not ns.no_progress)
+    job = _saved_job(PolyfitJob, ns) or PolyfitJob(from_run=str(ns.from_run), degree=ns.degree, granularity=ns.granularity, seed=ns.seed, device=ns.device, finetune=_finetune_settings(ns))  # fmt: skip
+    run = run_polyfit(
+        job, out=ns.resume or ns.out, resume=ns.resume is not None, progress=not ns.no_progress
+    )
     m = run.metrics
     print(f"degree-{m['degree']} {m['granularity']}-wise polynomials at {m['poly_sites']} sites ({m['coefficients']:,} coefficients): "
           f"test {100 * m['test_accuracy']:.2f}% (ReLU parent {100 * m['parent_test_accuracy']:.2f}%), {m['relus']} ReLUs left  run: {run.path}")  # fmt: skip
@@ -385,13 +397,16 @@ def _cmd_he_infer(ns: argparse.Namespace) -> None:
 def _cmd_mitigate(ns: argparse.Namespace) -> None:
     from .workflows.fairness import run_mitigate
 
+    if ns.resume and ns.out and ns.resume.resolve() != ns.out.resolve():
+        raise ConfigError("give either --resume RUN or --out RUN, not two different folders")
     run = run_mitigate(
         ns.from_run,
         objective=ns.objective,
         mu=ns.mu,
-        out=ns.out,
+        out=ns.resume or ns.out,
         epochs=ns.epochs,
         progress=not ns.no_progress,
+        resume=ns.resume is not None,
     )
     m = run.metrics
     print(
@@ -500,25 +515,39 @@ def _linearize_job(ns: argparse.Namespace, *, sweep: bool):
         else:
             base["from" if key == "from_run" else key] = value
     if "from" not in base:
-        raise ValueError("give --from RUN (the dense model's run folder), or --resume / --config")
+        raise ConfigError("give --from RUN (the dense model's run folder), or --resume / --config")
     if not base.get("budgets"):
-        raise ValueError(
+        raise ConfigError(
             "give " + ("--budgets 15k,25k,..." if sweep else "--budget N (e.g. 50k or 10%)")
         )
     if not sweep and len(base.get("methods", ["snl"])) != 1:
-        raise ValueError("linearize runs one method; use 'pifair sweep linearize' for several")
+        raise ConfigError("linearize runs one method; use 'pifair sweep linearize' for several")
     known = {"snl", "naive", *SHARE_METHODS}
     unknown = set(base.get("methods", [])) - known
     if unknown:
-        raise ValueError(f"unknown method(s) {sorted(unknown)}; choose from {sorted(known)}")
+        raise ConfigError(f"unknown method(s) {sorted(unknown)}; choose from {sorted(known)}")
     return LinearizeJob.from_config(base)
 
 
 def _load_config(path: Path) -> dict:
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist")
-    with open(path) as f:
-        return yaml.safe_load(f) or {}
+    from .runs import read_config
+
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist; give the config.yaml of a run")
+    return read_config(path)
+
+
+def _input_shape(text: str) -> tuple[int, ...]:
+    """``--input-shape C,H,W`` (or ``F`` for flat inputs) as a tuple of positive ints."""
+    try:
+        shape = tuple(int(s) for s in text.split(","))
+    except ValueError:
+        shape = ()
+    if len(shape) not in (1, 3) or min(shape, default=0) < 1:
+        raise ConfigError(
+            f"--input-shape {text!r} must be C,H,W (e.g. 3,32,32) or F (e.g. 784) with positive sizes"
+        )
+    return shape
 
 
 def _cmd_linearize(ns: argparse.Namespace) -> None:
@@ -563,8 +592,7 @@ def _cmd_train(ns: argparse.Namespace) -> None:
         saved = {k: v for k, v in Run.open(ns.resume).config.items() if k != "command"}
         cfg = TrainConfig.from_dict(saved | explicit)
     elif ns.config:
-        with open(ns.config) as f:
-            base = {k: v for k, v in (yaml.safe_load(f) or {}).items() if k != "command"}
+        base = {k: v for k, v in _load_config(ns.config).items() if k != "command"}
         cfg = TrainConfig.from_dict(base | explicit)
     else:
         cfg = TrainConfig(**explicit)
@@ -591,6 +619,8 @@ def _cmd_dp_train(ns: argparse.Namespace) -> None:
     if run is None:  # a torchrun rank other than 0
         return
     m = run.metrics
+    if "unaccounted_diagnostics" in m:
+        print(f"warning: {m['unaccounted_diagnostics']['note']}", file=sys.stderr)
     privacy = (
         f"epsilon {m['epsilon']:.2f} at delta {m['delta']:g} (noise multiplier {m['noise_multiplier']:.3f})"
         if "epsilon" in m
@@ -668,7 +698,7 @@ def _cmd_cost(ns: argparse.Namespace) -> None:
 
     from .workflows.cost import estimate_cost
 
-    shape = tuple(int(s) for s in ns.input_shape.split(","))
+    shape = _input_shape(ns.input_shape)
     est = estimate_cost(run=ns.run, model_name=ns.model, input_shape=shape, num_classes=ns.num_classes, cores=ns.cores, calibration=ns.calibration, calibrate=ns.calibrate)  # fmt: skip
     if ns.json:
         print(json.dumps(est, indent=2))
@@ -699,7 +729,7 @@ def _cmd_relus(ns: argparse.Namespace) -> None:
         model, record, _ = load_from_run(ns.run)
         shape = tuple(record["input_shape"])
     elif ns.model:
-        shape = tuple(int(s) for s in ns.input_shape.split(","))
+        shape = _input_shape(ns.input_shape)
         model = create_model(
             ns.model,
             num_classes=ns.num_classes,
@@ -707,7 +737,7 @@ def _cmd_relus(ns: argparse.Namespace) -> None:
             **({"snl_variant": True} if ns.snl_variant else {}),
         )
     else:
-        raise ValueError("give a run folder or --model NAME")
+        raise ConfigError("give a run folder or --model NAME")
     print(count_relus(model, shape).table())
 
 
@@ -745,7 +775,7 @@ def main(argv: list[str] | None = None) -> int:
     ns = build_parser().parse_args(argv)
     try:
         _COMMANDS[ns.command](ns)
-    except (PifairError, ValueError, FileNotFoundError, FileExistsError) as err:
+    except PifairError as err:  # pifair's own refusals; anything else is a bug: its traceback shows
         if os.environ.get("PIFAIR_DEBUG"):
             raise
         print(f"pifair {ns.command}: error: {err}", file=sys.stderr)

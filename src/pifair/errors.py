@@ -15,6 +15,14 @@ __all__ = [
     "MissingExtraError",
     "UnsupportedLayerError",
     "PrivacyParameterError",
+    "ConfigError",
+    "RunFolderError",
+    "RunExistsError",
+    "RunLockedError",
+    "NotARunError",
+    "UnfinishedRunError",
+    "CorruptFileError",
+    "TrainingDivergedError",
 ]
 
 
@@ -59,3 +67,35 @@ class UnsupportedLayerError(PifairError, ValueError):
 class PrivacyParameterError(PifairError, ValueError):
     """A differential-privacy setting that gives no guarantee (epsilon <= 0, delta >= 1/N, a
     clip bound <= 0) or a target epsilon that cannot be reached."""
+
+
+class ConfigError(PifairError, ValueError):
+    """A setting (a flag, a config.yaml value, an argument) outside what it may be."""
+
+
+class RunFolderError(PifairError, OSError):
+    """A run folder that cannot be used as asked (base class of the run-folder errors)."""
+
+
+class RunExistsError(RunFolderError, FileExistsError):
+    """``--out`` names a folder that already holds a run."""
+
+
+class RunLockedError(RunExistsError):
+    """Another pifair process is writing this run folder now."""
+
+
+class NotARunError(RunFolderError, FileNotFoundError):
+    """A path given as a run folder is missing or is not one pifair wrote."""
+
+
+class UnfinishedRunError(RunFolderError, FileNotFoundError):
+    """A run folder whose run has not finished (no model.pt yet)."""
+
+
+class CorruptFileError(PifairError, ValueError):
+    """A file pifair wrote (config, checkpoint, model) cannot be read: truncated or edited."""
+
+
+class TrainingDivergedError(PifairError, FloatingPointError):
+    """The loss became NaN or infinite: the learning rate is too high for this model."""

@@ -1,11 +1,17 @@
 """Run folders: config.yaml (re-runs the command), metrics.json, log, plots, atomic checkpoints.
 
 Every pifair command writes one. ``Run.create`` starts a new folder; ``Run.resume`` reopens a
-killed one after checking that the given config matches the saved one.
+killed one after checking that the given config matches the saved one. Both take the folder's
+lock (``fcntl.flock`` on ``.lock``, released by the kernel when the process ends, even on
+SIGKILL), so a second process cannot write the same folder at the same time.
+A derived run names its parent run (``from``) by absolute path and by a path relative to
+itself, so it is found from any working directory and after a tree of runs is moved.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -17,10 +23,17 @@ from typing import Any
 import torch
 import yaml
 
-from .atomic import atomic_torch_save, atomic_write_json, atomic_write_yaml
-from .errors import ResumeMismatchError
+from .atomic import atomic_torch_save, atomic_write_json, atomic_write_yaml, load_torch_file
+from .errors import (
+    CorruptFileError,
+    NotARunError,
+    ResumeMismatchError,
+    RunExistsError,
+    RunFolderError,
+    RunLockedError,
+)
 
-__all__ = ["Run", "CHECKPOINT", "MODEL", "CONFIG", "METRICS"]
+__all__ = ["Run", "CHECKPOINT", "MODEL", "CONFIG", "METRICS", "load_torch_file"]
 
 CONFIG, METRICS, CHECKPOINT, MODEL, LOG = (
     "config.yaml",
@@ -31,6 +44,9 @@ CONFIG, METRICS, CHECKPOINT, MODEL, LOG = (
 )
 # Config keys that say where or how to run, not what: they may differ on resume.
 _RUNTIME_KEYS = frozenset({"resume", "out", "device", "progress", "workers"})
+LOCK = ".lock"
+# flock'ed lock files this process holds, by folder: a process may reopen its own run folder
+_HELD_LOCKS: dict[str, int] = {}
 
 
 class Run:
@@ -54,11 +70,18 @@ class Run:
     ) -> Run:
         """A new run folder (``out``, or ``root/COMMAND-TIMESTAMP``) with its config written."""
         path = Path(out) if out else _fresh_path(Path(root), command)
+        _make_folder(path)
+        _lock(path)
         if (path / CHECKPOINT).exists() or (path / METRICS).exists():
-            raise FileExistsError(
+            _unlock(path)
+            raise RunExistsError(
                 f"run folder {path} already holds a run; pass --resume {path} to continue it or choose another --out"
             )
-        run = cls(path, {"command": command, **config})
+        _remove_stale_temporaries(path)
+        config = {"command": command, **config}
+        if config.get("from") is not None:
+            config = _with_parent_paths(config, path)
+        run = cls(path, config)
         atomic_write_yaml(path / CONFIG, run.config)
         run.log.info("run %s: %s", path, json.dumps(run.config, default=str))
         return run
@@ -67,12 +90,15 @@ class Run:
     def open(cls, path: str | os.PathLike) -> Run:
         """An existing run folder, read-only use (eval, report, --from)."""
         path = Path(path)
+        if not path.is_dir():
+            raise NotARunError(
+                f"run folder {path} does not exist; give the folder a pifair command wrote"
+            )
         if not (path / CONFIG).exists():
-            raise FileNotFoundError(
+            raise NotARunError(
                 f"{path} is not a pifair run folder (no {CONFIG}); give the folder a pifair command wrote"
             )
-        with open(path / CONFIG) as f:
-            return cls(path, yaml.safe_load(f) or {})
+        return cls(path, read_config(path / CONFIG))
 
     @classmethod
     def resume(
@@ -81,13 +107,22 @@ class Run:
         config: dict[str, Any] | None = None,
         *,
         normalize: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        allow_finished: bool = False,
     ) -> Run:
         """Reopen a run to continue it. ``config`` (when given) must match the saved one.
 
         ``normalize`` maps the saved config through its dataclass first, so settings added
-        since the run was written compare equal to their defaults.
+        since the run was written compare equal to their defaults. A finished run (model.pt
+        and its final metrics written) is refused unless ``allow_finished``: resuming it would
+        only rewrite its results.
         """
-        run = cls.open(path)
+        cls.open(path)  # a missing or foreign folder is named before any lock file is made
+        _lock(Path(path))
+        try:
+            run = cls.open(path)
+        except BaseException:
+            _unlock(Path(path))
+            raise
         if config is not None:
             saved = normalize(run.config) if normalize else run.config
             diffs = {
@@ -96,19 +131,61 @@ class Run:
                 if k not in _RUNTIME_KEYS and saved.get(k) != v
             }
             if diffs:
+                _unlock(run.path)
                 lines = ", ".join(f"{k}: saved {a!r} vs given {b!r}" for k, (a, b) in diffs.items())
                 raise ResumeMismatchError(
                     f"cannot resume {path}: its config differs ({lines}). Resume with the saved "
                     f"settings (drop the differing options) or start a new run with --out."
                 )
+        if not allow_finished and run.finished:
+            _unlock(run.path)
+            raise RunFolderError(
+                f"{path} holds a finished run: nothing to resume. Read it with pifair eval / "
+                f"report, or start a new run with --out"
+            )
+        _remove_stale_temporaries(run.path)
         run.log.info("resuming %s", path)
         return run
 
+    def parent(self) -> Path | None:
+        """The folder of the run this one was derived from (``--from``), or None.
+
+        Tried in order: the absolute path saved, the path relative to this folder (a tree of
+        runs moved together), a relative path as older pifair saved it (to this folder, then
+        to the working directory)."""
+        saved = self.config.get("from")
+        if saved is None:
+            return None
+        tried = [Path(saved)]
+        if self.config.get("from_relative"):
+            tried.append(self.path / self.config["from_relative"])
+        if not Path(saved).is_absolute():
+            tried.append(self.path / saved)
+        for candidate in tried:
+            if (candidate / CONFIG).exists():
+                return candidate
+        raise NotARunError(
+            f"{self.path} was derived from the run {saved}, which is not found (tried "
+            f"{', '.join(str(t) for t in tried)}); move the parent run back or keep the runs together"
+        )
+
     # ---- files ------------------------------------------------------------------------------
+    @property
+    def finished(self) -> bool:
+        """model.pt and the final metrics are written."""
+        return (self.path / MODEL).exists() and "test_accuracy" in self.metrics
+
     @property
     def metrics(self) -> dict[str, Any]:
         p = self.path / METRICS
-        return json.loads(p.read_text()) if p.exists() else {}
+        if not p.exists():
+            return {}
+        try:
+            return json.loads(p.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise CorruptFileError(
+                f"{p} is not valid JSON ({err}); it was edited or truncated"
+            ) from err
 
     def update_metrics(self, **values: Any) -> dict[str, Any]:
         """Merge ``values`` into metrics.json (written atomically) and return the whole dict."""
@@ -128,10 +205,84 @@ class Run:
         self, name: str = CHECKPOINT, map_location: str | torch.device = "cpu"
     ) -> dict[str, Any] | None:
         p = self.path / name
-        return torch.load(p, map_location=map_location, weights_only=False) if p.exists() else None
+        return load_torch_file(p, map_location) if p.exists() else None
 
     def file(self, name: str) -> Path:
         return self.path / name
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """A config.yaml as a dict; a file that is not a YAML mapping is named in the error."""
+    try:
+        config = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise CorruptFileError(
+            f"{path} is not valid YAML ({err}); fix it or re-run the command"
+        ) from err
+    if config is None:
+        return {}
+    if not isinstance(config, dict):
+        raise CorruptFileError(
+            f"{path} must hold a mapping of settings, not {type(config).__name__}"
+        )
+    return config
+
+
+def _make_folder(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as err:
+        raise RunFolderError(
+            f"cannot create the run folder {path}: {err.filename or path} is a file; choose another --out"
+        ) from err
+    except PermissionError as err:
+        raise RunFolderError(
+            f"cannot create the run folder {path}: permission denied; choose another --out"
+        ) from err
+
+
+def _lock(path: Path) -> None:
+    """Take the folder's exclusive lock, or refuse: another process is writing this run."""
+    key = str(path.resolve())
+    held = _HELD_LOCKS.get(key)
+    if held is not None:
+        with contextlib.suppress(OSError):
+            if os.fstat(held).st_ino == os.stat(path / LOCK).st_ino:
+                return  # this process holds it already (a sweep reopening a sub-run, a resume)
+        os.close(held)
+        del _HELD_LOCKS[key]
+    fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise RunLockedError(
+            f"run folder {path} is being written by another pifair process (pid {holder}); wait "
+            f"for it to finish, then resume or inspect it, or choose another --out"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    _HELD_LOCKS[key] = fd
+
+
+def _unlock(path: Path) -> None:
+    fd = _HELD_LOCKS.pop(str(path.resolve()), None)
+    if fd is not None:
+        os.close(fd)
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Delete what interrupted atomic writes left (``.NAME.XXXX.tmp``); safe under the lock."""
+    for tmp in path.glob(".*.tmp"):
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+def _with_parent_paths(config: dict[str, Any], path: Path) -> dict[str, Any]:
+    """``from`` as an absolute path, plus ``from_relative`` to the run folder."""
+    parent = Path(config["from"]).resolve()
+    return config | {"from": str(parent), "from_relative": os.path.relpath(parent, path.resolve())}
 
 
 def _fresh_path(root: Path, command: str) -> Path:

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from ..errors import ConfigError
+
 __all__ = ["Split", "Dataset", "hold_out_validation"]
 
 
@@ -24,7 +26,7 @@ class Split:
     def __post_init__(self) -> None:
         n = len(self.x)
         if len(self.y) != n or len(self.groups) != n:
-            raise ValueError(
+            raise ConfigError(
                 f"split sizes differ: x {n}, y {len(self.y)}, groups {len(self.groups)}"
             )
 
@@ -73,7 +75,7 @@ class Dataset:
 
     def split(self, name: str) -> Split:
         if name not in ("train", "val", "test"):
-            raise ValueError(f"unknown split {name!r}; choose train, val or test")
+            raise ConfigError(f"unknown split {name!r}; choose train, val or test")
         return getattr(self, name)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
@@ -114,7 +116,7 @@ def hold_out_validation(train: Split, fraction: float, seed: int) -> tuple[Split
     only for the final report.
     """
     if not 0 <= fraction < 1:
-        raise ValueError(f"validation fraction must be in [0, 1), got {fraction}")
+        raise ConfigError(f"validation fraction must be in [0, 1), got {fraction}")
     n_val = round(len(train) * fraction)
     perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
     return train.subset(perm[n_val:].sort().values), train.subset(perm[:n_val].sort().values)

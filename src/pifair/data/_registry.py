@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import DataNotFoundError, UnknownNameError
+from ..errors import ConfigError, DataNotFoundError, UnknownNameError
 from ._base import Dataset, Split, hold_out_validation
 from .images import (
     CIFAR10_CLASSES,
@@ -164,6 +164,8 @@ def load_dataset(
     """
     if name not in _DATASETS:
         raise UnknownNameError("dataset", name, list(_DATASETS))
+    if limit is not None and limit < 10:
+        raise ConfigError(f"limit must be >= 10 samples (or unset for all), got {limit}")
     if data_dir is not None and not Path(data_dir).expanduser().exists() and not download:
         raise DataNotFoundError(
             f"data directory {data_dir} does not exist; pass an existing --data-dir for {name!r} (or leave it out to use the default places)"
@@ -180,7 +182,7 @@ def load_dataset(
             Split(raw.test_x, raw.test_y, g_test),
         )
     else:
-        raise ValueError(
+        raise ConfigError(
             f"data set {name!r} has no group column {group_by!r}; choose one of {['class', *raw.group_columns]}"
         )
     info: dict = {"source": raw.source}
@@ -191,6 +193,11 @@ def load_dataset(
             test = subsample_classes(test, fractions, seed + 1)
         info |= {"keep": keep, "keep_test": keep_test}
     train, val = hold_out_validation(train, val_fraction, seed)
+    if len(train) == 0 or len(test) == 0:
+        raise ConfigError(
+            f"{name} with keep {keep!r} and limit {limit} leaves {len(train)} training and "
+            f"{len(test)} test samples; keep a fraction > 0 of some class or raise the limit"
+        )
     return Dataset(
         name=name, train=train, val=val, test=test, classes=list(raw.classes), group_names=group_names,
         group_by=group_by, mean=raw.mean, std=raw.std, augment=raw.augment, info=info,

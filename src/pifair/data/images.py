@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_open
-from ..errors import DataNotFoundError
+from ..errors import CorruptFileError, DataNotFoundError
 from ..extras import require
 from .paths import find_file, search_roots
 
@@ -64,7 +64,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
         data = f.read()
     zero, dtype_code, ndim = data[0] * 256 + data[1], data[2], data[3]
     if zero != 0 or dtype_code != 0x08:
-        raise ValueError(f"{path} is not an unsigned-byte IDX file")
+        raise CorruptFileError(f"{path} is not an unsigned-byte IDX file")
     dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
 

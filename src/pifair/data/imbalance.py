@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import ConfigError
 from ._base import Split
 
 __all__ = ["parse_keep", "subsample_classes"]
@@ -25,15 +26,15 @@ def parse_keep(spec: str, num_classes: int) -> dict[int, float]:
             lo, _, hi = classes.partition("-")
             members = range(int(lo), int(hi or lo) + 1)
         except ValueError:
-            raise ValueError(
+            raise ConfigError(
                 f"cannot read keep spec {part!r} in {spec!r}: write CLASS:FRACTION or "
                 f"FIRST-LAST:FRACTION, e.g. '8:0.09' or '0-4:0.9,5-9:0.1'"
             ) from None
         if not 0 <= fraction <= 1:
-            raise ValueError(f"keep fraction must be in [0, 1], got {fraction} in {spec!r}")
+            raise ConfigError(f"keep fraction must be in [0, 1], got {fraction} in {spec!r}")
         for c in members:
             if not 0 <= c < num_classes:
-                raise ValueError(f"class {c} in keep spec {spec!r} is outside 0-{num_classes - 1}")
+                raise ConfigError(f"class {c} in keep spec {spec!r} is outside 0-{num_classes - 1}")
             keep[c] = fraction
     return keep
 

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from ..errors import ConfigError
 from ._base import Dataset, Split
 
 __all__ = ["ResidentLoader", "make_dataloader", "random_crop_flip"]
@@ -58,7 +59,7 @@ class ResidentLoader:
         channels_last: bool = False,
     ) -> None:
         if batch_size <= 0:
-            raise ValueError(f"batch_size must be > 0, got {batch_size}")
+            raise ConfigError(f"batch_size must be > 0, got {batch_size}")
         self.data, self.device = data, torch.device(device)
         self.split = (data.split(split) if isinstance(split, str) else split).to(self.device)
         self.batch_size, self.shuffle, self.drop_last, self.seed = (

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 from typing import Any
 
-from ..errors import PrivacyParameterError, UnknownNameError
+from ..config_types import checked_settings
+from ..errors import ConfigError, PrivacyParameterError, UnknownNameError
 from ..training.config import DataConfig
 from .rules import METHODS, make_rule
 
@@ -44,10 +46,18 @@ class DPConfig(DataConfig):
     noise_multiplier: float | None = None
     grad_path: str = "ghost"  # ghost (fast) or hooks (Opacus' per-sample gradients)
     secure_noise: bool = False  # noise seeded from the OS and Opacus' secure_mode; not reproducible
-    diag_every: int = 25  # steps between misalignment measurements (0: never)
+    # steps between misalignment measurements (0: never, the default). They read the private
+    # training data without noise, so they are NOT covered by epsilon: research use only.
+    diag_every: int = 0
     baseline: str | None = None  # a non-private run folder: privacy cost per group
     seed: int = 0
     device: str = "auto"
+
+    @property
+    def releases_unaccounted_diagnostics(self) -> bool:
+        """Misalignment diagnostics on a private run: statistics of the private data that
+        epsilon does not cover."""
+        return self.private and self.diag_every > 0
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -59,15 +69,19 @@ class DPConfig(DataConfig):
         self.count_noise = 10.0 if self.count_noise is None else self.count_noise
         self.tau = 1.0 if self.tau is None else self.tau
         if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError(
+            raise ConfigError(
                 f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}"
             )
         if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
+        if self.baseline is not None:  # absolute: found from any working directory
+            self.baseline = str(Path(self.baseline).resolve())
+        if self.diag_every < 0:
+            raise ConfigError(f"diag_every must be >= 0 (0: no diagnostics), got {self.diag_every}")
         if not self.clip > 0:
             raise PrivacyParameterError(f"clip bound must be > 0, got {self.clip}")
         if self.grad_path not in ("ghost", "hooks"):
-            raise ValueError(f"grad_path must be ghost or hooks, got {self.grad_path!r}")
+            raise ConfigError(f"grad_path must be ghost or hooks, got {self.grad_path!r}")
         if self.private:
             # builds the rule once so that bad thresholds fail here, before any run folder
             make_rule(self.method, clip=self.clip, z=self.z, count_noise=self.count_noise, eta_z=self.eta_z, tau=self.tau)  # fmt: skip
@@ -104,4 +118,4 @@ class DPConfig(DataConfig):
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DPConfig:
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        return cls(**checked_settings(cls, {k: v for k, v in d.items() if k in known}))

@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from ..errors import PrivacyParameterError, UnknownNameError
+from ..errors import ConfigError, PrivacyParameterError, UnknownNameError
 
 __all__ = [
     "StepScale",
@@ -170,7 +170,7 @@ class GroupAdaptiveClipping(ClippingRule):
 
     def scale(self, norms, groups, *, expected_batch_size, generator=None) -> StepScale:
         if groups is None:
-            raise ValueError("DPSGD-F needs the group of every sample: call set_groups(groups)")
+            raise ConfigError("DPSGD-F needs the group of every sample: call set_groups(groups)")
         k = self.num_groups
         groups = groups.to(norms.device)
         over = self.reduce_counts(torch.bincount(groups[norms > self.clip], minlength=k).float())

@@ -21,7 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..data import Dataset, load_dataset
-from ..errors import UnsupportedLayerError
+from ..errors import ConfigError, UnsupportedLayerError
 from ..extras import require
 from ..models import create_model
 from ..models.io import save_model
@@ -35,6 +35,12 @@ from .rules import make_rule
 __all__ = ["dp_train", "check_dp_compatible", "sample_rate_for"]
 
 ALIGNMENT = "alignment.json"  # per step and group: direction and magnitude error
+UNACCOUNTED_NOTE = (
+    "Misalignment diagnostics (per-group batch counts, cosines and norm ratios of clipped vs "
+    "unclipped gradients) are exact statistics of the private training data: epsilon does NOT "
+    "cover them. Keep alignment.json and the history's 'alignment' entries for research; do "
+    "not release them with the model."
+)
 
 
 def sample_rate_for(cfg: DPConfig, n: int) -> float:
@@ -224,7 +230,7 @@ def dp_train(
         _check_baseline(cfg.baseline)
     rank, world = _distributed()
     if world > 1 and not cfg.private:
-        raise ValueError("the non-private baseline trains in one process: run it without torchrun")
+        raise ConfigError("the non-private baseline trains in one process: run it without torchrun")
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
     if world > 1 and device.type == "cuda":
@@ -250,6 +256,9 @@ def dp_train(
         history, start = ckpt["history"], ckpt["epoch"]
         if private:
             private.load_state(ckpt["private"])
+    if run and cfg.releases_unaccounted_diagnostics:
+        run.log.warning(UNACCOUNTED_NOTE)
+        run.update_metrics(unaccounted_diagnostics={"covered_by_epsilon": False, "files": [ALIGNMENT], "history_key": "alignment", "note": UNACCOUNTED_NOTE})  # fmt: skip
     if run:
         run.log.info(
             "dp-train %s on %s: %d train samples, %d groups, world size %d%s", cfg.method, cfg.data,
@@ -305,7 +314,7 @@ def _ranks_agree(model: nn.Module) -> bool:
 def _check_baseline(path: str) -> None:
     base = Run.open(path)
     if base.config.get("command") != "dp-train" or "test_groups" not in base.metrics:
-        raise ValueError(
+        raise ConfigError(
             f"--baseline {path} is not a finished dp-train run; train one with "
             f"`pifair dp-train --method nonprivate` on the same data first"
         )

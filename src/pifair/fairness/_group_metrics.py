@@ -8,6 +8,8 @@ import numpy as np
 from fairlearn.metrics import MetricFrame, count
 from sklearn.metrics import accuracy_score
 
+from ..errors import ConfigError
+
 __all__ = ["GroupRow", "GroupReport", "group_report"]
 
 
@@ -84,7 +86,7 @@ def group_report(
     """
     y_true, y_pred, groups = np.asarray(y_true), np.asarray(y_pred), np.asarray(groups)
     if not len(y_true) == len(y_pred) == len(groups):
-        raise ValueError(
+        raise ConfigError(
             f"lengths differ: y_true {len(y_true)}, y_pred {len(y_pred)}, groups {len(groups)}"
         )
     frame = MetricFrame(

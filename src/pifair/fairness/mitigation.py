@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import ConfigError
+
 __all__ = ["ConstrainedLoss", "ReweightedLoss", "group_losses"]
 
 
@@ -36,7 +38,7 @@ class ConstrainedLoss:
 
     def __init__(self, base, num_groups: int, *, mu: float = 1e-3) -> None:
         if mu < 0:
-            raise ValueError(f"mu must be >= 0, got {mu}")
+            raise ConfigError(f"mu must be >= 0, got {mu}")
         self.base, self.num_groups, self.mu = base, num_groups, mu
         self.gamma = torch.zeros(num_groups)
         self._violation = torch.zeros(num_groups)  # sum over this epoch's batches of |L_g - L|

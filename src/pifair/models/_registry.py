@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
-from ..errors import UnknownNameError
+from ..errors import ConfigError, UnknownNameError
 
 __all__ = ["ModelSpec", "register_model", "create_model", "list_models"]
 
@@ -56,8 +57,27 @@ def create_model(
     """
     spec = get_model_spec(name)
     try:
-        return spec.factory(num_classes=num_classes, input_shape=tuple(input_shape), **options)
+        model = spec.factory(num_classes=num_classes, input_shape=tuple(input_shape), **options)
     except TypeError as err:
-        raise ValueError(
+        raise ConfigError(
             f"model {name!r} does not take these options {sorted(options)}: {err}"
         ) from err
+    _check_input_shape(model, name, tuple(input_shape))
+    return model
+
+
+def _check_input_shape(model: nn.Module, name: str, input_shape: tuple[int, ...]) -> None:
+    """One forward pass of a zero sample, so that a model too deep for small inputs (or built
+    for another shape) is refused by name here, not as a shape error mid-training."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, *input_shape))
+    except RuntimeError as err:
+        raise ConfigError(
+            f"model {name!r} cannot take inputs of shape {input_shape}: {str(err).splitlines()[0]}. "
+            f"Choose a model for this data set (pifair list), e.g. --model mlp"
+        ) from None
+    finally:
+        model.train(was_training)

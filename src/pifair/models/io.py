@@ -13,7 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..atomic import atomic_torch_save
+from ..atomic import atomic_torch_save, load_torch_file
+from ..errors import CorruptFileError
 from ..relu.sites import ActivationSite, iter_sites, replace_activations, site_from_spec
 from ._registry import create_model
 
@@ -44,7 +45,7 @@ def model_record(
 
 def model_from_record(record: dict[str, Any]) -> nn.Module:
     if record.get("format") != FORMAT:
-        raise ValueError(
+        raise CorruptFileError(
             f"not a pifair model file (format {record.get('format')!r}, expected {FORMAT!r})"
         )
     model = create_model(
@@ -82,6 +83,6 @@ def load_model(
     path: str | os.PathLike, map_location: str | torch.device = "cpu"
 ) -> tuple[nn.Module, dict[str, Any]]:
     """The model saved at ``path`` and its record (without the state dict)."""
-    record = torch.load(path, map_location=map_location, weights_only=True)
+    record = load_torch_file(path, map_location, weights_only=True)
     model = model_from_record(record)
     return model, {k: v for k, v in record.items() if k != "state_dict"}

@@ -8,6 +8,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from ..relu.sites import ActivationSite, DenseReLU, DenseTanh
 from ._registry import register_model
 
@@ -131,7 +132,7 @@ def _act(act: str | ActLayer) -> ActLayer:
     if callable(act):
         return act
     if act not in _ACTS:
-        raise ValueError(f"unknown activation {act!r}; choose one of {sorted(_ACTS)}")
+        raise ConfigError(f"unknown activation {act!r}; choose one of {sorted(_ACTS)}")
     return _ACTS[act]
 
 

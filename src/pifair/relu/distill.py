@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ConfigError
+
 __all__ = ["kd_loss", "DistillationLoss"]
 
 
@@ -37,7 +39,7 @@ class DistillationLoss:
         label_smoothing: float = 0.0,
     ) -> None:
         if temperature <= 0:
-            raise ValueError(f"distillation temperature must be > 0, got {temperature}")
+            raise ConfigError(f"distillation temperature must be > 0, got {temperature}")
         self.teacher = teacher.eval()
         for p in self.teacher.parameters():
             p.requires_grad_(False)

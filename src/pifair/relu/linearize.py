@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ..data import Dataset, ResidentLoader
-from ..errors import BudgetError
+from ..errors import BudgetError, ConfigError
 from .budget import parse_budget
 from .distill import DistillationLoss
 from .selection import select_channels, select_pixels
@@ -66,8 +66,20 @@ class FinetuneSettings:
     mu: float = 1e-3  # dual step of the constrained objective
 
     def __post_init__(self) -> None:
+        if self.epochs < 0:
+            raise ConfigError(f"fine-tuning epochs must be >= 0 (0: none), got {self.epochs}")
+        if self.batch_size < 1:
+            raise ConfigError(f"fine-tuning batch_size must be >= 1, got {self.batch_size}")
+        for name in ("lr", "temperature"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"fine-tuning {name} must be > 0, got {getattr(self, name)}")
+        for name in ("momentum", "weight_decay", "kd_weight", "mu"):
+            if not getattr(self, name) >= 0:
+                raise ConfigError(f"fine-tuning {name} must be >= 0, got {getattr(self, name)}")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ConfigError(f"fine-tuning grad_clip must be > 0 or None, got {self.grad_clip}")
         if self.objective not in ("kd", "constrained", "reweight"):
-            raise ValueError(
+            raise ConfigError(
                 f"fine-tuning objective must be kd, constrained or reweight, got {self.objective!r}"
             )
 
@@ -256,9 +268,9 @@ def linearize_many(
     fine-tuning checkpoints into its own run folder.
     """
     if granularity not in ("pixel", "channel"):
-        raise ValueError(f"granularity must be 'pixel' or 'channel', got {granularity!r}")
+        raise ConfigError(f"granularity must be 'pixel' or 'channel', got {granularity!r}")
     if method not in ("snl", "naive"):
-        raise ValueError(f"method must be 'snl' or 'naive', got {method!r}")
+        raise ConfigError(f"method must be 'snl' or 'naive', got {method!r}")
     device = torch.device(device)
     search, finetune = search or SearchSettings(), finetune or FinetuneSettings()
     if reference:
@@ -266,7 +278,7 @@ def linearize_many(
     dense = copy.deepcopy(model).to(device).eval()
     total = count_relus(dense, data.input_shape).total
     if any(s.kind in ("masked_relu", "snl_alpha", "shared_relu") for _, s in iter_sites(dense)):
-        raise ValueError(
+        raise ConfigError(
             "linearize needs a dense model (its ReLU sites all DenseReLU); pass the dense parent"
         )
     wanted = sorted({parse_budget(b, total) for b in budgets})

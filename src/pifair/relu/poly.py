@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..data import Dataset, ResidentLoader
+from ..errors import ConfigError
 from .linearize import FinetuneSettings, _finetune, recalibrate_batchnorm
 from .sites import (
     DenseReLU,
@@ -43,7 +44,7 @@ def _coef_shape(granularity: str, feature_shape: FeatureShape) -> tuple[int, ...
         return (feature_shape[0],) + (1,) * (len(feature_shape) - 1)
     if granularity == "element":
         return tuple(feature_shape)
-    raise ValueError(f"polynomial granularity must be one of {GRANULARITIES}, got {granularity!r}")
+    raise ConfigError(f"polynomial granularity must be one of {GRANULARITIES}, got {granularity!r}")
 
 
 @register_site
@@ -59,7 +60,7 @@ class PolyAct(PolynomialSite):
     def __init__(self, degree: int, granularity: str, feature_shape: FeatureShape) -> None:
         super().__init__()
         if degree < 1:
-            raise ValueError(f"polynomial degree must be >= 1, got {degree}")
+            raise ConfigError(f"polynomial degree must be >= 1, got {degree}")
         self.granularity = granularity
         self.feature_shape = tuple(int(s) for s in feature_shape)
         shape = _coef_shape(granularity, self.feature_shape)
@@ -198,7 +199,7 @@ def polyfit(
     from ..training.loop import evaluate  # late import: training imports relu
 
     if degree < 1:
-        raise ValueError(f"polynomial degree must be >= 1, got {degree}")
+        raise ConfigError(f"polynomial degree must be >= 1, got {degree}")
     _coef_shape(granularity, (1, 1, 1))  # validates the name
     device = torch.device(device)
     finetune = finetune or FinetuneSettings()
@@ -207,10 +208,10 @@ def polyfit(
     record_feature_shapes(student, train_data.input_shape)
     targets = [n for n, s in iter_sites(student) if isinstance(s, DenseReLU | MaskedReLU)]
     if not targets:
-        raise ValueError("the model has no ReLU site to replace by a polynomial")
+        raise ConfigError("the model has no ReLU site to replace by a polynomial")
     masked = [n for n in targets if isinstance(student.get_submodule(n), MaskedReLU)]
     if masked and granularity != "element":
-        raise ValueError(
+        raise ConfigError(
             f"{masked[0]} is a MaskedReLU (an SNL model): its linear positions need their own "
             f"coefficients, so use --granularity element"
         )

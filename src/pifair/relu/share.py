@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data import Dataset
+from ..errors import ConfigError
 from .budget import parse_budget
 from .linearize import FinetuneSettings, _finetune, recalibrate_batchnorm
 from .sharing import SharedReLU, grouping_options
@@ -124,7 +125,7 @@ def allocate_groups(
             if best_score is None or score < best_score:
                 best, best_score = n, score
         if best is None:
-            raise ValueError(
+            raise ConfigError(
                 f"cannot reach {budget:,} decisions: the coarsest grouping keeps {decisions(choice):,}; try --scheme cluster"
             )
         choice[best] += 1

@@ -15,6 +15,7 @@ import math
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from .sites import SharedReLUSite, register_site
 
 __all__ = ["SharedReLU", "patch_groups", "channel_groups", "grouping_options", "RULES"]
@@ -31,7 +32,7 @@ def patch_groups(feature_shape: tuple[int, ...], patch: tuple[int, int]) -> torc
     c, h, w = feature_shape
     bh, bw = patch
     if bh < 1 or bw < 1:
-        raise ValueError(f"patch sizes must be >= 1, got {patch}")
+        raise ConfigError(f"patch sizes must be >= 1, got {patch}")
     ph, pw = math.ceil(h / bh), math.ceil(w / bw)
     rows = (torch.arange(h) // bh).view(1, h, 1)
     cols = (torch.arange(w) // bw).view(1, 1, w)
@@ -45,7 +46,7 @@ def channel_groups(feature_shape: tuple[int, ...], size: int) -> torch.Tensor:
         return torch.arange(feature_shape[0]) // size
     c, h, w = feature_shape
     if size < 1:
-        raise ValueError(f"channel group size must be >= 1, got {size}")
+        raise ConfigError(f"channel group size must be >= 1, got {size}")
     pixel = torch.arange(h * w).view(1, h, w)
     return (torch.arange(c).view(c, 1, 1) // size) * (h * w) + pixel
 
@@ -74,7 +75,7 @@ class SharedReLU(SharedReLUSite):
             tuple(patch) if patch is not None and torch.as_tensor(groups).dim() == 3 else None
         )
         if rule not in RULES:
-            raise ValueError(f"unknown decision rule {rule!r}; choose one of {list(RULES)}")
+            raise ConfigError(f"unknown decision rule {rule!r}; choose one of {list(RULES)}")
         groups = torch.as_tensor(groups, dtype=torch.long)
         ids = torch.unique(groups)
         if ids.min() != 0 or ids.max() != len(ids) - 1:
@@ -169,7 +170,7 @@ def grouping_options(
     and offers ``max_clusters``, half that, ... down to one prototype.
     """
     if scheme not in ("patch", "channel", "cluster"):
-        raise ValueError(f"unknown sharing scheme {scheme!r}; choose patch, channel or cluster")
+        raise ConfigError(f"unknown sharing scheme {scheme!r}; choose patch, channel or cluster")
     elements = math.prod(feature_shape)
     first_patch = (1, 1) if len(feature_shape) == 3 else None
     options: list[tuple] = [("1x1", torch.arange(elements).view(feature_shape), None, first_patch)]
@@ -177,7 +178,7 @@ def grouping_options(
         from .clustering import cluster_groups, farthest_point_order
 
         if patterns is None:
-            raise ValueError("the cluster scheme needs sign patterns from a calibration set")
+            raise ConfigError("the cluster scheme needs sign patterns from a calibration set")
         k = min(max_clusters, elements // 2)
         order = farthest_point_order(patterns, k) if k else torch.zeros(0, dtype=torch.long)
         while k >= 1:

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ..errors import ConfigError
+
 __all__ = [
     "ActivationSite",
     "DenseReLU",
@@ -94,7 +96,7 @@ def site_from_spec(spec: dict) -> ActivationSite:
     """Rebuild a site from :meth:`ActivationSite.spec` (parameters come from the state dict)."""
     kind = spec.get("kind")
     if kind not in _SITE_TYPES:
-        raise ValueError(f"unknown activation site kind {kind!r}; known: {sorted(_SITE_TYPES)}")
+        raise ConfigError(f"unknown activation site kind {kind!r}; known: {sorted(_SITE_TYPES)}")
     return _SITE_TYPES[kind].from_spec(spec)
 
 
@@ -141,9 +143,9 @@ class MaskedReLU(ActivationSite):
         super().__init__()
         mask = torch.as_tensor(mask)
         if mask.dim() == 0:
-            raise ValueError("MaskedReLU needs a mask of shape (C, H, W), (C, 1, 1) or (F,)")
+            raise ConfigError("MaskedReLU needs a mask of shape (C, H, W), (C, 1, 1) or (F,)")
         if not bool(((mask == 0) | (mask == 1)).all()):
-            raise ValueError("MaskedReLU's mask must hold only 0 and 1")
+            raise ConfigError("MaskedReLU's mask must hold only 0 and 1")
         self.register_buffer("mask", mask.to(torch.float32))
         if feature_shape is not None:
             self.feature_shape = tuple(int(s) for s in feature_shape)
@@ -332,7 +334,7 @@ def count_relus(model: nn.Module, input_shape: Sequence[int] | None = None) -> R
     rows = []
     for name, site in iter_sites(model):
         if site.feature_shape is None:
-            raise ValueError(
+            raise ConfigError(
                 f"site {name!r} has not seen an input yet; pass input_shape=(C, H, W) to count_relus"
             )
         shape = site.feature_shape

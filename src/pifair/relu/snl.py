@@ -20,6 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..data import Dataset, ResidentLoader
+from ..errors import ConfigError
 from .distill import DistillationLoss
 from .sites import (
     ActivationSite,
@@ -51,7 +52,7 @@ class SNLSite(ActivationSite):
     ) -> None:
         super().__init__()
         if granularity not in ("pixel", "channel"):
-            raise ValueError(f"granularity must be 'pixel' or 'channel', got {granularity!r}")
+            raise ConfigError(f"granularity must be 'pixel' or 'channel', got {granularity!r}")
         self.feature_shape = tuple(feature_shape)
         self.granularity, self.threshold = granularity, threshold
         shape = (
@@ -101,11 +102,11 @@ class LambdaSchedule:
 
     def __post_init__(self) -> None:
         if self.init <= 0 or self.growth < 1:
-            raise ValueError(
+            raise ConfigError(
                 f"lambda needs init > 0 and growth >= 1, got init {self.init}, growth {self.growth}"
             )
         if self.rule not in ("stall", "always"):
-            raise ValueError(f"lambda rule must be 'stall' or 'always', got {self.rule!r}")
+            raise ConfigError(f"lambda rule must be 'stall' or 'always', got {self.rule!r}")
         self.value = self.init
 
     def update(self, epoch: int, count: int) -> float:
@@ -142,6 +143,19 @@ class SearchSettings:
     temperature: float = 4.0
     kd_weight: float = 1.0
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name, low in (("max_epochs", 1), ("batch_size", 1), ("lambda_warmup", 0)):
+            if getattr(self, name) < low:
+                raise ConfigError(f"search {name} must be >= {low}, got {getattr(self, name)}")
+        for name in ("lr", "lambda_init", "temperature"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"search {name} must be > 0, got {getattr(self, name)}")
+        if self.mask_lr is not None and not self.mask_lr > 0:
+            raise ConfigError(f"search mask_lr must be > 0, got {self.mask_lr}")
+        if self.lambda_growth < 1:
+            raise ConfigError(f"search lambda_growth must be >= 1, got {self.lambda_growth}")
+        self.schedule()  # checks the lambda rule's name
 
     def schedule(self) -> LambdaSchedule:
         return LambdaSchedule(
@@ -192,7 +206,7 @@ def attach_snl_sites(
 
     replace_activations(model, swap)
     if not any(isinstance(s, SNLSite) for _, s in iter_sites(model)):
-        raise ValueError("the model has no dense ReLU site to linearize")
+        raise ConfigError("the model has no dense ReLU site to linearize")
     return model
 
 

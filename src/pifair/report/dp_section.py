@@ -29,11 +29,22 @@ def dp_section(run: Run) -> str:
         privacy = "Non-private baseline (plain SGD). "
     history = m["history"]
     cost = m.get("privacy_cost", {})
+    diagnosed = any(h.get("alignment") for h in history)
     rows = [
         [name, pct(acc), "-" if name not in cost else f"{100 * cost[name]:.2f}",
-         *(("-" if (v := _mean_alignment(history, name, k)) is None else f"{v:.3f}") for k in ("cosine", "norm_ratio"))]
+         *((("-" if (v := _mean_alignment(history, name, k)) is None else f"{v:.3f}") for k in ("cosine", "norm_ratio")) if diagnosed else ())]
         for name, acc in m["test_groups"].items()
     ]  # fmt: skip
+    header = ["group", "test accuracy", "privacy cost (points)"]
+    if diagnosed:
+        header += ["cos(clipped, raw) [not DP]", "|clipped| / |raw| [not DP]"]
+    warning = (
+        "<p class='meta'><b>Not covered by epsilon:</b> the misalignment columns are exact "
+        "statistics of the private training data (research diagnostics, <code>--diag-every</code>); "
+        "do not release them with the model.</p>"
+        if diagnosed and "epsilon" in m
+        else ""
+    )
     gap = (
         f" Privacy-cost gap (largest minus smallest group cost): <b>{100 * m['privacy_cost_gap']:.2f} points</b> "
         f"against <code>{m['baseline']}</code>."
@@ -45,18 +56,12 @@ def dp_section(run: Run) -> str:
             f"<p><b>{c['method']}</b> on {c['data']}{' (keep ' + c['keep'] + ')' if c.get('keep') else ''}, "
             f"{c['model']}, {c['epochs']} epochs, expected batch {c['batch_size']}, lr {c['lr']:g}, "
             f"{c['grad_path']} path, {m['samples_per_s']:.0f} samples/s. {privacy}{gap}</p>",
-            table(
-                [
-                    "group",
-                    "test accuracy",
-                    "privacy cost (points)",
-                    "cos(clipped, raw)",
-                    "|clipped| / |raw|",
-                ],
-                rows,
-            ),
+            table(header, rows),
+            warning,
             "<p class='meta'>Misalignment: per group, the mean over measured steps of the cosine and the norm ratio "
-            "between the clipped and the unclipped mean gradient of the group's samples in the batch (before noise).</p>",
+            "between the clipped and the unclipped mean gradient of the group's samples in the batch (before noise).</p>"
+            if diagnosed
+            else "",
             img(
                 run.file("dp_curves.png"),
                 "per-group accuracy, epsilon and direction error per epoch",

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from ..atomic import atomic_write_json
+from ..errors import ConfigError
 
 __all__ = [
     "GarbledCircuitModel",
@@ -59,9 +60,9 @@ class GarbledCircuitModel:
     def estimate(self, relus: int, *, cores: int = 1) -> dict[str, float]:
         """Bytes and seconds for ``relus`` ReLUs with the work spread over ``cores``."""
         if relus < 0:
-            raise ValueError(f"relus must be >= 0, got {relus}")
+            raise ConfigError(f"relus must be >= 0, got {relus}")
         if cores < 1:
-            raise ValueError(f"cores must be >= 1, got {cores}")
+            raise ConfigError(f"cores must be >= 1, got {cores}")
         return {
             "relus": relus, "cores": cores,
             "offline_bytes": relus * self.offline_bytes_per_relu,
@@ -190,7 +191,7 @@ class CheetahModel:
         models without comparisons (a model with both calibrates neither). A figure no
         sample informs is NaN."""
         if not samples:
-            raise ValueError("calibrating the Cheetah model needs at least one measured mpc-infer run")  # fmt: skip
+            raise ConfigError("calibrating the Cheetah model needs at least one measured mpc-infer run")  # fmt: skip
 
         def ratio(category: str, key: str, work_of, subset=samples) -> float:
             num = sum(p["by_category"][category][key] for _, p in subset)

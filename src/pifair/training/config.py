@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from ..config_types import checked_settings
+from ..errors import ConfigError
+
 __all__ = ["DataConfig", "TrainConfig"]
 
 
@@ -47,19 +50,19 @@ class TrainConfig(DataConfig):
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
-            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+            raise ConfigError(f"epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
         if self.schedule not in ("cosine", "onecycle", "constant"):
-            raise ValueError(
+            raise ConfigError(
                 f"schedule must be cosine, onecycle or constant, got {self.schedule!r}"
             )
         if not 0 <= self.label_smoothing < 1:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+            raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.loader not in ("resident", "dataloader"):
-            raise ValueError(f"loader must be resident or dataloader, got {self.loader!r}")
+            raise ConfigError(f"loader must be resident or dataloader, got {self.loader!r}")
 
     @property
     def data_config(self) -> DataConfig:
@@ -81,5 +84,5 @@ class TrainConfig(DataConfig):
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known - {"command"})
         if unknown:
-            raise ValueError(f"unknown train config keys {unknown}; known: {sorted(known)}")
-        return cls(**{k: v for k, v in d.items() if k in known})
+            raise ConfigError(f"unknown train config keys {unknown}; known: {sorted(known)}")
+        return cls(**checked_settings(cls, {k: v for k, v in d.items() if k in known}))

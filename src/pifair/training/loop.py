@@ -18,6 +18,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..data import Dataset, ResidentLoader, make_dataloader
+from ..errors import ConfigError, TrainingDivergedError
 from ..fairness import GroupReport, group_report
 from ..runs import Run
 
@@ -32,9 +33,14 @@ def resolve_device(name: str = "auto") -> torch.device:
     """``"auto"`` picks CUDA when present, else CPU; other names are passed to torch."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as err:
+        raise ConfigError(
+            f"unknown device {name!r}; use auto, cpu, cuda or cuda:N ({err})"
+        ) from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
+        raise ConfigError(
             f"device {name!r} asked for, but CUDA is not available here; use --device cpu"
         )
     return device
@@ -207,7 +213,7 @@ def fit(
                 "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
             }
         if not math.isfinite(record["train_loss"]):
-            raise FloatingPointError(
+            raise TrainingDivergedError(
                 f"training diverged at epoch {epoch + 1} (loss {record['train_loss']}); lower --lr"
             )
         if run is not None:

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data import Dataset, load_dataset
+from ..errors import UnfinishedRunError
 from ..models import create_model
 from ..models.io import load_model, save_model
 from ..relu import count_relus
@@ -93,11 +94,31 @@ def load_from_run(
     run = Run.open(path)
     model_file = Path(path) / MODEL
     if not model_file.exists():
-        raise FileNotFoundError(
-            f"{path} holds no {MODEL}: the run did not finish; resume it with --resume {path}"
+        command = run.config.get("command", "?")
+        if "test_accuracy" in run.metrics:
+            raise UnfinishedRunError(
+                f"{path} is a finished {command} run but its {MODEL} is missing (deleted or "
+                f"moved); put it back or run the command again"
+            )
+        if command not in RESUMABLE:
+            raise UnfinishedRunError(
+                f"{path} is a {command} run, which holds no model; give a run of "
+                f"{', '.join(sorted(RESUMABLE))} that finished"
+            )
+        raise UnfinishedRunError(
+            f"{path} holds no {MODEL}: the {command} run did not finish; resume it with "
+            f"pifair {_resume_command(command)} --resume {path}"
         )
     model, record = load_model(model_file, map_location)
     return model, record, run
+
+
+# commands whose run folders hold a model.pt, and can be resumed when killed
+RESUMABLE = {"train", "linearize", "share", "polyfit", "dp-train", "mitigate"}
+
+
+def _resume_command(command: str) -> str:
+    return {"sweep-linearize": "sweep linearize"}.get(command, command)
 
 
 def dataset_for_run(run: Run, **overrides) -> Dataset:
@@ -111,7 +132,6 @@ def dataset_for_run(run: Run, **overrides) -> Dataset:
 
 def _root_config(run: Run) -> dict:
     """The training config at the root of a chain of runs (``--from`` links)."""
-    config = run.config
-    while "from" in config and config.get("command") != "train":
-        config = Run.open(config["from"]).config
-    return config
+    while run.config.get("from") is not None and run.config.get("command") != "train":
+        run = Run.open(run.parent())
+    return run.config

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
-from dataclasses import asdict
+from dataclasses import asdict, fields
+from pathlib import Path
 from typing import Any, ClassVar
 
+from ..config_types import checked_settings
+from ..errors import ConfigError
 from ..runs import Run
 
 
@@ -17,24 +20,50 @@ class RunJob:
 
     def as_config(self) -> dict[str, Any]:
         d = asdict(self)  # type: ignore[call-overload]
-        d["from"] = str(d.pop("from_run"))
+        d["from"] = str(Path(d.pop("from_run")).resolve())
         return d
 
     @classmethod
     def from_config(cls, d: dict[str, Any]):
-        d = {k: v for k, v in d.items() if k != "command"}
-        nested = {k: t(**d.pop(k, {})) for k, t in cls._nested.items()}
-        return cls(from_run=d.pop("from"), **nested, **d)
+        d = {k: v for k, v in d.items() if k not in ("command", "from_relative")}
+        if "from" not in d:
+            raise ConfigError("the config names no parent run ('from'); give --from RUN")
+        nested = {}
+        for k, t in cls._nested.items():
+            section = d.pop(k, None) or {}
+            if not isinstance(section, dict):
+                raise ConfigError(
+                    f"setting {k!r} must be a mapping of {t.__name__} fields, got {section!r}"
+                )
+            unknown = sorted(set(section) - {f.name for f in fields(t)})
+            if unknown:
+                raise ConfigError(
+                    f"unknown {k} settings {unknown}; known: {sorted(f.name for f in fields(t))}"
+                )
+            nested[k] = t(**checked_settings(t, section))
+        unknown = sorted(set(d) - {f.name for f in fields(cls)} - {"from"})  # type: ignore[arg-type]
+        if unknown:
+            raise ConfigError(f"unknown {cls.__name__} settings {unknown}")
+        return cls(from_run=d.pop("from"), **nested, **checked_settings(cls, d))
 
     @classmethod
     def normalized_config(cls, config: dict[str, Any]) -> dict[str, Any]:
         """A saved job config with the defaults of settings added since it was written."""
         return cls.from_config(config).as_config() | {"command": config.get("command")}
 
-    def open_run(self, command: str, out: str | os.PathLike | None, *, resume: bool) -> Run:
+    def open_run(
+        self,
+        command: str,
+        out: str | os.PathLike | None,
+        *,
+        resume: bool,
+        allow_finished: bool = False,
+    ) -> Run:
         """A new run folder for this job, or, with ``resume``, the killed one at ``out``
         (refused if its saved config differs)."""
         if resume:
             config = self.as_config() | {"command": command}
-            return Run.resume(out, config, normalize=type(self).normalized_config)
+            return Run.resume(
+                out, config, normalize=type(self).normalized_config, allow_finished=allow_finished
+            )
         return Run.create(command, self.as_config(), out=out)

@@ -6,6 +6,7 @@ import os
 from dataclasses import asdict
 from pathlib import Path
 
+from ..errors import ConfigError
 from ..runs import Run
 from ..secure.cost import DEFAULT_CALIBRATION, DELPHI, CheetahModel, ModelWork, model_work
 
@@ -24,10 +25,10 @@ def calibration_sample(mpc_run: str | os.PathLike) -> tuple[ModelWork, dict]:
     run = Run.open(mpc_run)
     m = run.metrics
     if m.get("kind") != "mpc-infer" or not m.get("per_image"):
-        raise ValueError(f"{mpc_run} is not a finished pifair mpc-infer run with a profile")
+        raise ConfigError(f"{mpc_run} is not a finished pifair mpc-infer run with a profile")
     if m["protocol"] != "cheetah":
-        raise ValueError(f"{mpc_run} ran {m['protocol']}; the Cheetah model is calibrated on cheetah runs")  # fmt: skip
-    model, shape, _ = _model_of(run.config["from"])
+        raise ConfigError(f"{mpc_run} ran {m['protocol']}; the Cheetah model is calibrated on cheetah runs")  # fmt: skip
+    model, shape, _ = _model_of(run.parent())
     return model_work(model, shape), m["per_image"]
 
 
@@ -56,7 +57,7 @@ def estimate_cost(
 
         model, name = create_model(model_name, num_classes=num_classes, input_shape=input_shape), model_name  # fmt: skip
     else:
-        raise ValueError("give a run folder or --model NAME")
+        raise ConfigError("give a run folder or --model NAME")
     work = model_work(model.eval(), input_shape)
     cheetah = calibrate_cheetah(calibrate) if calibrate else CheetahModel.load(calibration or DEFAULT_CALIBRATION)  # fmt: skip
     prov = cheetah.provenance

@@ -8,6 +8,7 @@ from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
 
+from ..errors import ConfigError
 from ..fairness.audit import PairAudit, audit_pair, mean_ci
 from ..relu import count_relus
 from ..report import plots
@@ -19,8 +20,8 @@ __all__ = ["run_audit", "run_mitigate"]
 
 
 def _parent_of(reduced: Path, default: Path) -> Path:
-    parent = Run.open(reduced).config.get("from")
-    return Path(parent) if parent and (Path(parent) / "model.pt").exists() else default
+    parent = Run.open(reduced).parent()
+    return parent if parent and (parent / "model.pt").exists() else default
 
 
 def _label(run: Run) -> str:
@@ -35,10 +36,18 @@ def run_audit(dense_dir: str | os.PathLike, reduced_dirs: list[str | os.PathLike
 
     Runs that differ only by seed are summarised with a 95 % confidence interval.
     """
+    if grad_samples < 0:
+        raise ConfigError(
+            f"--grad-samples must be >= 0 (0 skips the gradient norms), got {grad_samples}"
+        )
+    if split not in ("val", "test"):
+        raise ConfigError(f"the audit reads split val or test, got {split!r}")
+    for path in [dense_dir, *reduced_dirs]:
+        Run.open(path)  # a missing or foreign folder is named before any work
     dev = resolve_device(device)
     config = {
-        "dense": str(dense_dir),
-        "reduced": [str(r) for r in reduced_dirs],
+        "dense": str(Path(dense_dir).resolve()),
+        "reduced": [str(Path(r).resolve()) for r in reduced_dirs],
         "split": split,
         "grad_samples": grad_samples,
         "device": device,
@@ -106,21 +115,29 @@ def _summarise(pairs: list[tuple[Run, PairAudit]]) -> list[dict]:
 
 
 def run_mitigate(reduced_dir: str | os.PathLike, *, objective: str = "constrained", mu: float = 1e-3, out: str | os.PathLike | None = None,
-                 epochs: int | None = None, progress: bool = True) -> Run:  # fmt: skip
+                 epochs: int | None = None, progress: bool = True, resume: bool = False) -> Run:  # fmt: skip
     """Redo the fine-tuning of a linearize run with a fairness-aware objective.
 
     The reduction itself is replayed from the run's SNL search checkpoint (same masks), so the
-    only difference from the original run is the fine-tuning objective.
+    only difference from the original run is the fine-tuning objective. ``resume`` continues
+    the killed mitigation in ``out``.
     """
     reduced_dir = Path(reduced_dir)
+    if epochs is not None and epochs < 1:
+        raise ConfigError(f"--epochs must be >= 1 (mitigation is a fine-tuning), got {epochs}")
+    if mu < 0:
+        raise ConfigError(f"--mu must be >= 0, got {mu}")
     config = Run.open(reduced_dir).config
     if config.get("command") != "linearize":
-        raise ValueError(
+        raise ConfigError(
             f"{reduced_dir} is not a linearize run (command {config.get('command')!r}); give a reduced model's run folder"
         )
     job = LinearizeJob.from_config(config)
     finetune = replace(
-        job.finetune, objective=objective, mu=mu, **({"epochs": epochs} if epochs else {})
+        job.finetune,
+        objective=objective,
+        mu=mu,
+        **({"epochs": epochs} if epochs is not None else {}),
     )
     job = replace(job, finetune=finetune)
     search = search_checkpoint_of(reduced_dir)
@@ -128,4 +145,4 @@ def run_mitigate(reduced_dir: str | os.PathLike, *, objective: str = "constraine
         raise FileNotFoundError(
             f"no SNL search checkpoint for {reduced_dir} (search.pt); rerun pifair linearize with --mitigate instead"
         )
-    return run_linearize(job, out=out, progress=progress, search_from=search)
+    return run_linearize(job, out=out, progress=progress, search_from=search, resume=resume)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import ConfigError
 from ..runs import Run
 from ..secure.he.compile import compile_model
 from ..secure.he.engine import HEClient, HEServer
@@ -61,17 +62,31 @@ def _image_layout(program, client, server, x: np.ndarray, reference: np.ndarray,
     }  # fmt: skip
 
 
+def _validate(job: HEInferJob) -> None:
+    """Refuse bad settings before any model is loaded or any folder written."""
+    if job.batch < 1:
+        raise ConfigError(f"--batch must be >= 1 (images per ciphertext), got {job.batch}")
+    if job.images is not None and job.images < 1:
+        raise ConfigError(f"--images must be >= 1 (or unset: one batch), got {job.images}")
+    if job.compare_images < 0:
+        raise ConfigError(f"--compare-images must be >= 0, got {job.compare_images}")
+    if job.workers < 0:
+        raise ConfigError(f"--workers must be >= 0 (0: one per core), got {job.workers}")
+    if not 20 <= job.scale_bits <= 60:
+        raise ConfigError(f"--scale-bits must be in [20, 60], got {job.scale_bits}")
+
+
 def run_he_infer(job: HEInferJob, *, out: str | os.PathLike | None = None) -> Run:
+    _validate(job)
     model, _, parent = load_from_run(job.from_run)
     model = model.eval()
     data = dataset_for_run(parent)
-    run = Run.create("he-infer", job.as_config(), out=out)
     t0 = time.perf_counter()
-    program = compile_model(model, data.input_shape)
+    program = compile_model(model, data.input_shape)  # refuses layers CKKS cannot run
+    program.check_encryptable()
     compile_s = time.perf_counter() - t0
     params = choose_parameters(program.depth, scale_bits=job.scale_bits)
-    if job.batch < 1:
-        raise ValueError(f"batch must be >= 1, got {job.batch}")
+    run = Run.create("he-infer", job.as_config(), out=out)  # only once the job can run
     batch = min(job.batch, params.slots)
     n = min(job.images or job.batch, len(data.test))
     logits_plain, y, _ = predict(model, data, "test")

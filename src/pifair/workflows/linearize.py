@@ -18,7 +18,7 @@ from typing import ClassVar
 
 import torch
 
-from ..atomic import atomic_open
+from ..atomic import atomic_open, load_torch_file
 from ..models.io import save_model_like
 from ..relu import count_relus
 from ..relu.budget import parse_budget
@@ -172,7 +172,9 @@ def _budget_run(root: Run, job: LinearizeJob, method: str, budget: str) -> Run:
             }
         )
     )
-    return sub.open_run("linearize", path, resume=(path / "config.yaml").exists())
+    return sub.open_run(
+        "linearize", path, resume=(path / "config.yaml").exists(), allow_finished=True
+    )
 
 
 def _save_search(path: Path, log, state: dict) -> None:
@@ -227,7 +229,7 @@ def run_linearize(
         by_count = {parse_budget(b, dense_relus): runs[b] for b in todo}
         search_file = root.file(SEARCH if len(job.methods) == 1 else f"search-{method}.pt")
         source = search_file if search_file.exists() else search_from
-        state = torch.load(source, map_location="cpu", weights_only=False) if source else None
+        state = load_torch_file(source) if source else None
         results = linearize_many(
             dense, data, todo, granularity=job.granularity, method=method, search=job.search, finetune=job.finetune,
             reference=job.reference, device=device, progress=progress, search_state=state,

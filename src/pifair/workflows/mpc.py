@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_write_json
+from ..errors import ConfigError
 from ..relu.sites import count_relus
 from ..runs import Run
 from ..secure.mpc.engine import (
@@ -99,7 +100,7 @@ def _run_processes(job: MPCInferJob, run: Run, world: int) -> list[PartyResult]:
 def _play_one(job: MPCInferJob, placement: Placement, program: ExportedModel, images: np.ndarray, run: Run) -> PartyResult:  # fmt: skip
     world = get_protocol(job.protocol).parties
     if job.rank is None or not 0 <= job.rank < world:
-        raise ValueError(f"--parties with addresses needs --rank in [0, {world}): the party this machine plays")  # fmt: skip
+        raise ConfigError(f"--parties with addresses needs --rank in [0, {world}): the party this machine plays")  # fmt: skip
     log = configure_spu_log(run.file(f"spu-party{job.rank}.log"))
     link = make_link(placement.addresses, job.rank)
     try:
@@ -180,7 +181,7 @@ def run_mpc_infer(job: MPCInferJob, *, out: str | os.PathLike | None = None) -> 
     protocol = get_protocol(job.protocol)
     placement = parse_parties(job.parties, job.protocol)
     if job.images < 1:
-        raise ValueError(f"images must be >= 1, got {job.images}")
+        raise ConfigError(f"images must be >= 1, got {job.images}")
     model, record, parent = load_from_run(job.from_run)
     model = model.eval()
     data = dataset_for_run(parent)

@@ -78,6 +78,25 @@ class HEProgram:
                 out.append({"stage": f"poly{s.degree}", "features": s.coefficients.shape[1], "depth": s.depth})  # fmt: skip
         return out
 
+    def check_encryptable(self) -> None:
+        """Refuse, before any key or ciphertext exists, what the engine cannot encrypt: an
+        output that is a constant (a linear row with no input, a polynomial with no x term)."""
+        for i, s in enumerate(self.stages):
+            if isinstance(s, LinearStage):
+                empty = int((np.diff(s.weights.indptr) == 0).sum())
+                what = f"{empty} of its {s.weights.shape[0]} outputs depend on no input"
+            else:
+                empty = int((s.coefficients[1:] == 0).all(axis=0).sum())
+                what = (
+                    f"{empty} of its {s.coefficients.shape[1]} polynomials are constant (no x term)"
+                )
+            if empty:
+                raise UnsupportedLayerError(
+                    f"stage {i} ({self.summary()[i]['stage']}): {what}; the CKKS engine does not "
+                    f"encrypt constants. Refit the polynomials (pifair polyfit with a learning "
+                    f"rate > 0) or prune those units"
+                )
+
     def run_plain(self, x: np.ndarray) -> np.ndarray:
         """The program in float64 on plaintext (B, features): the reference of the HE run."""
         x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ...errors import ConfigError
 from ...extras import require
 from .compile import HEProgram, LinearStage, PolyStage
 from .params import CKKSParameters
@@ -94,7 +95,7 @@ class HEClient:
         s = _seal()
         x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
         if len(x) > self.params.slots:
-            raise ValueError(f"batch {len(x)} exceeds the {self.params.slots} slots; split it (HEInference does)")  # fmt: skip
+            raise ConfigError(f"batch {len(x)} exceeds the {self.params.slots} slots; split it (HEInference does)")  # fmt: skip
         out = []
         for column in x.T:
             pt, ct = s.Plaintext(), s.Ciphertext()
@@ -210,7 +211,7 @@ class HEServer:
             lo, hi = w.indptr[o], w.indptr[o + 1]
             terms = [(cts[j], float(v)) for j, v in zip(w.indices[lo:hi], w.data[lo:hi])]
             if not terms:
-                raise ValueError(f"output {o} of a linear stage depends on no input (a constant); the engine does not encrypt constants")  # fmt: skip
+                raise ConfigError(f"output {o} of a linear stage depends on no input (a constant); the engine does not encrypt constants")  # fmt: skip
             acc = self._weighted_sum(terms)
             self._add_constant(acc, float(stage.bias[o]))
             return acc
@@ -240,7 +241,7 @@ class HEServer:
                 terms.append((x1, c[1, j]))
             y = self._weighted_sum(terms) if terms else None
         if y is None:
-            raise ValueError(f"feature {j}: a constant polynomial; the engine does not encrypt constants")  # fmt: skip
+            raise ConfigError(f"feature {j}: a constant polynomial; the engine does not encrypt constants")  # fmt: skip
         self._add_constant(y, float(c[0, j]))
         return y
 

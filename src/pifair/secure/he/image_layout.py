@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ...errors import ConfigError
 from .compile import HEProgram, LinearStage
 from .engine import HEClient, HEServer, _seal
 
@@ -46,7 +47,7 @@ class ImageLayout:
         self.m = image_layout_width(program)
         slots = client.params.slots
         if self.m > slots:
-            raise ValueError(f"{self.m} features do not fit the {slots} slots of one ciphertext")
+            raise ConfigError(f"{self.m} features do not fit the {slots} slots of one ciphertext")
         self.tile = slots // self.m
         self.baby = 1 << math.ceil(math.log2(self.m) / 2)
         steps = sorted(set(range(1, self.baby)) | set(range(self.baby, self.m, self.baby)))

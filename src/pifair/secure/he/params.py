@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from ...errors import UnsupportedLayerError
+from ...errors import ConfigError, UnsupportedLayerError
 
 __all__ = ["MAX_LOG_Q", "CKKSParameters", "choose_parameters", "HEDepthError"]
 
@@ -47,7 +47,7 @@ def choose_parameters(
 ) -> CKKSParameters:
     """The smallest N (at least ``min_degree``) whose 128-bit limit holds ``depth`` levels."""
     if depth < 1:
-        raise ValueError(f"depth must be >= 1, got {depth}")
+        raise ConfigError(f"depth must be >= 1, got {depth}")
     first = min(60, scale_bits + head_bits)
     bits = (first,) + (scale_bits,) * depth + (first,)
     for n in sorted(MAX_LOG_Q):

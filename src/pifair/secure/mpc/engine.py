@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from ...errors import ConfigError
 from ...extras import require
 from .export import ExportedModel
 from .profile import ProfileLog, RunProfile
@@ -50,7 +51,7 @@ class MPCSettings:
     def validate(self) -> None:
         get_protocol(self.protocol)
         if self.batch < 1:
-            raise ValueError(f"batch must be >= 1, got {self.batch}")
+            raise ConfigError(f"batch must be >= 1, got {self.batch}")
 
 
 @dataclass
@@ -216,11 +217,11 @@ def run_party(
     protocol = get_protocol(settings.protocol)
     world = protocol.parties
     if not 0 <= rank < world:
-        raise ValueError(f"rank must be in [0, {world}) for {protocol.name}, got {rank}")
+        raise ConfigError(f"rank must be in [0, {world}) for {protocol.name}, got {rank}")
     if rank == SERVER and program is None:
-        raise ValueError("the server (rank 0) needs the exported model")
+        raise ConfigError("the server (rank 0) needs the exported model")
     if rank == CLIENT and images is None:
-        raise ValueError("the client (rank 1) needs the images")
+        raise ConfigError("the client (rank 1) needs the images")
     config = runtime_config(protocol, ot=settings.ot, fraction_bits=settings.fraction_bits, profile=log is not None)  # fmt: skip
     channel = _Channel(link)
     io = spu_api.Io(world, config)
@@ -238,9 +239,9 @@ def run_party(
         header = json.loads(channel.recv(CLIENT)[0])
         count = header["images"]
         if header["settings"] != asdict(settings):
-            raise ValueError(f"party {rank} runs with {asdict(settings)} but the client with {header['settings']}: start every party with the same options")  # fmt: skip
+            raise ConfigError(f"party {rank} runs with {asdict(settings)} but the client with {header['settings']}: start every party with the same options")  # fmt: skip
         if rank == SERVER and tuple(header["shape"]) != tuple(program.input_shape):
-            raise ValueError(f"the client's images have shape {tuple(header['shape'])} but the model takes {tuple(program.input_shape)}")  # fmt: skip
+            raise ConfigError(f"the client's images have shape {tuple(header['shape'])} but the model takes {tuple(program.input_shape)}")  # fmt: skip
     compile_s = 0.0
     if rank == SERVER:
         t0 = time.perf_counter()

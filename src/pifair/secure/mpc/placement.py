@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ...errors import ConfigError
 from .engine import SERVER, MPCSettings, PartyResult, configure_spu_log, make_link, run_party
 from .export import ExportedModel
 from .protocols import get_protocol
@@ -46,9 +47,9 @@ def parse_parties(text: str, protocol: str) -> Placement:
     for a in addresses:
         host, _, port = a.rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"party address {a!r} is not host:port; give --parties threads, processes or host:port,host:port")  # fmt: skip
+            raise ConfigError(f"party address {a!r} is not host:port; give --parties threads, processes or host:port,host:port")  # fmt: skip
     if len(addresses) != parties:
-        raise ValueError(f"{protocol} has {parties} parties but --parties lists {len(addresses)} addresses")  # fmt: skip
+        raise ConfigError(f"{protocol} has {parties} parties but --parties lists {len(addresses)} addresses")  # fmt: skip
     return Placement("hosts", addresses)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from ...errors import ConfigError
 from ...extras import require
 
 __all__ = ["Protocol", "PROTOCOLS", "OT_KINDS", "get_protocol", "runtime_config", "ROLES"]
@@ -47,7 +48,7 @@ def get_protocol(name: str) -> Protocol:
     """The protocol called ``name`` (case-insensitive), or an error listing the known ones."""
     key = name.lower()
     if key not in PROTOCOLS:
-        raise ValueError(f"unknown MPC protocol {name!r}; choose one of {sorted(PROTOCOLS)}")
+        raise ConfigError(f"unknown MPC protocol {name!r}; choose one of {sorted(PROTOCOLS)}")
     return PROTOCOLS[key]
 
 
@@ -64,9 +65,9 @@ def runtime_config(
     """
     libspu = require("spu.libspu", extra="mpc", purpose="MPC inference", package="spu")
     if ot not in OT_KINDS:
-        raise ValueError(f"unknown OT kind {ot!r}; choose one of {sorted(OT_KINDS)}")
+        raise ConfigError(f"unknown OT kind {ot!r}; choose one of {sorted(OT_KINDS)}")
     if not 1 <= fraction_bits <= 40:
-        raise ValueError(f"fraction_bits must be in [1, 40] for the 64-bit ring, got {fraction_bits}")  # fmt: skip
+        raise ConfigError(f"fraction_bits must be in [1, 40] for the 64-bit ring, got {fraction_bits}")  # fmt: skip
     spec = {
         "protocol": protocol.spu_kind,
         "field": "FM64",

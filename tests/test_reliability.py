@@ -1,0 +1,317 @@
+"""The defects a reliability review found (issue 18), one test each: run folders that cannot be
+corrupted, parents found from anywhere, no un-accounted DP release by default, and bad input
+refused by name before the work starts."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.sparse
+import torch
+
+from pifair.cli import main
+from pifair.errors import (
+    ConfigError,
+    CorruptFileError,
+    NotARunError,
+    RunExistsError,
+    RunLockedError,
+    UnfinishedRunError,
+    UnsupportedLayerError,
+)
+from pifair.evaluation import evaluate_run
+from pifair.models import create_model
+from pifair.runs import Run
+from pifair.training import TrainConfig, load_from_run, train
+
+TRAIN = ["train", "--data", "digits", "--model", "mlp", "--epochs", "1", "--device", "cpu", "--no-progress"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def dense(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("dense") / "run"
+    cfg = TrainConfig(data="digits", model="mlp", epochs=1, lr=0.05, batch_size=64, device="cpu")
+    train(cfg, out=out, progress=False)
+    return out
+
+
+# ---- 1. one writer per run folder ---------------------------------------------------------------
+def _hold_lock(folder: Path) -> subprocess.Popen:
+    """Another process that has created a run in ``folder`` and is still writing it."""
+    code = (
+        "import sys, time; from pifair.runs import Run; "
+        f"Run.create('train', {{'seed': 0}}, out={str(folder)!r}); print('ready', flush=True); time.sleep(60)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+def test_a_second_writer_is_refused_while_the_first_runs(tmp_path, capsys):
+    folder = tmp_path / "run"
+    holder = _hold_lock(folder)
+    try:
+        with pytest.raises(RunLockedError, match=f"pid {holder.pid}"):
+            Run.create("train", {"seed": 1}, out=folder)
+        with pytest.raises(RunLockedError):
+            Run.resume(folder)
+        assert main([*TRAIN, "--out", str(folder)]) == 2
+        assert "being written by another pifair process" in capsys.readouterr().err
+        assert Run.open(folder).config == {"command": "train", "seed": 0}  # untouched
+    finally:
+        holder.kill()  # SIGKILL: the kernel releases the lock
+        holder.wait()
+    Run.resume(folder)  # the killed run can be continued
+
+
+def test_two_train_commands_on_one_folder_leave_one_consistent_run(tmp_path):
+    folder = tmp_path / "run"
+    cmd = [sys.executable, "-m", "pifair", *TRAIN, "--out", str(folder)]
+    procs = [
+        subprocess.Popen([*cmd, "--seed", str(seed)], stderr=subprocess.PIPE, text=True)
+        for seed in (1, 2)
+    ]
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+    codes = sorted(code for code, _ in results)
+    assert codes == [0, 2], results
+    refused = next(err for code, err in results if code == 2)
+    assert "another pifair process" in refused or "already holds a run" in refused
+    config, metrics = Run.open(folder).config, Run.open(folder).metrics
+    winner = next(seed for (code, _), seed in zip(results, (1, 2)) if code == 0)
+    assert config["seed"] == winner
+    model, _, _ = load_from_run(folder)
+    assert evaluate_run(folder).accuracy == pytest.approx(metrics["test_accuracy"])
+
+
+def test_create_refuses_a_finished_run_and_an_out_under_a_file(tmp_path, dense, capsys):
+    with pytest.raises(RunExistsError, match="--resume"):
+        Run.create("train", {}, out=dense)
+    (tmp_path / "file").write_text("x")
+    assert main([*TRAIN, "--out", str(tmp_path / "file" / "run")]) == 2
+    assert "is a file; choose another --out" in capsys.readouterr().err
+
+
+def test_interrupted_atomic_writes_are_cleaned_when_the_run_is_reopened(tmp_path):
+    run = Run.create("train", {"seed": 0}, out=tmp_path / "r")
+    stale = run.path / ".checkpoint.pt.abcd1234.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    Run.resume(run.path)
+    assert not stale.exists()
+
+
+# ---- 2. parents found from any working directory, and after a move ------------------------------
+def test_derived_runs_find_their_parent_from_anywhere(tmp_path, monkeypatch):
+    tree = tmp_path / "project"
+    tree.mkdir()
+    monkeypatch.chdir(tree)
+    assert main([*TRAIN, "--out", "runs/dense"]) == 0
+    args = ["polyfit", "--from", "runs/dense", "--finetune-epochs", "1", "--device", "cpu", "--no-progress"]  # fmt: skip
+    assert main([*args, "--out", "runs/poly"]) == 0
+    config = Run.open(tree / "runs/poly").config
+    assert Path(config["from"]).is_absolute() and config["from_relative"] == "../dense"
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    accuracy = evaluate_run(tree / "runs/poly").accuracy  # failed before: 'runs/dense' from here
+    assert main(["eval", str(tree / "runs/poly")]) == 0
+
+    moved = tmp_path / "moved"
+    shutil.move(tree, moved)  # the absolute path is gone; the relative one still holds
+    assert evaluate_run(moved / "runs/poly").accuracy == accuracy
+    shutil.rmtree(moved / "runs/dense")
+    with pytest.raises(NotARunError, match="derived from the run"):
+        evaluate_run(moved / "runs/poly")
+
+
+# ---- 3. DP diagnostics are not released by default ----------------------------------------------
+def test_dp_diagnostics_are_off_by_default_and_labelled_when_on(tmp_path):
+    from pifair.dp import DPConfig, dp_train
+    from pifair.report import build_report
+
+    base = dict(data="digits", model="mlp", epochs=1, batch_size=64, noise_multiplier=1.0, delta=1e-4)  # fmt: skip
+    plain = dp_train(DPConfig(**base), out=tmp_path / "plain", progress=False)
+    assert not (plain.path / "alignment.json").exists()
+    assert all(not h["alignment"] for h in plain.metrics["history"])
+    assert "unaccounted_diagnostics" not in plain.metrics
+    html = build_report([plain.path], tmp_path / "plain.html").read_text()
+    assert "cos(clipped, raw)" not in html
+
+    diag = dp_train(DPConfig(**base, diag_every=2), out=tmp_path / "diag", progress=False)
+    assert (diag.path / "alignment.json").exists()
+    assert diag.metrics["unaccounted_diagnostics"]["covered_by_epsilon"] is False
+    html = build_report([diag.path], tmp_path / "diag.html").read_text()
+    assert "Not covered by epsilon" in html and "[not DP]" in html
+
+
+# ---- 4. values that were accepted silently ------------------------------------------------------
+@pytest.mark.parametrize(
+    "args, named",
+    [
+        (["mitigate", "--from", "{dense}", "--epochs", "0"], "--epochs must be >= 1"),
+        (["share", "--from", "{dense}", "--budget", "10", "--finetune-epochs", "-1"], "fine-tuning epochs must be >= 0"),
+        (["audit", "{dense}", "{dense}", "--grad-samples", "-1"], "--grad-samples must be >= 0"),
+        (["polyfit", "--from", "{dense}", "--finetune-lr", "0"], "fine-tuning lr must be > 0"),
+        (["linearize", "--from", "{dense}", "--budget", "10", "--search-epochs", "0"], "max_epochs must be >= 1"),
+    ],
+)  # fmt: skip
+def test_out_of_range_values_are_refused_before_any_work(args, named, dense, tmp_path, capsys):
+    args = [a.format(dense=dense) for a in args]
+    assert main([*args, "--out", str(tmp_path / "out")]) == 2
+    assert named in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+# ---- 5. errors that were raw tracebacks ---------------------------------------------------------
+def test_truncated_model_and_checkpoint_files_are_named(tmp_path, dense, capsys):
+    run = tmp_path / "r"
+    shutil.copytree(dense, run)
+    data = (run / "model.pt").read_bytes()
+    (run / "model.pt").write_bytes(data[: len(data) // 2])
+    assert main(["eval", str(run)]) == 2
+    assert f"{run / 'model.pt'} cannot be read" in capsys.readouterr().err
+
+    killed = tmp_path / "killed"
+    Run.create("train", TrainConfig(data="digits", model="mlp", epochs=1, device="cpu").as_dict(), out=killed)  # fmt: skip
+    (killed / "checkpoint.pt").write_bytes(b"PK\x03\x04 not a whole zip")
+    assert main(["train", "--resume", str(killed), "--no-progress"]) == 2
+    assert "checkpoint.pt cannot be read" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "text, named",
+    [("epochs: [1\n", "is not valid YAML"), ("epochs: ten\n", "setting 'epochs' must be an integer"),
+     ("- a list\n", "must hold a mapping")],
+)  # fmt: skip
+def test_broken_config_files_are_named(text, named, tmp_path, capsys):
+    (tmp_path / "config.yaml").write_text(text)
+    assert main(["train", "--config", str(tmp_path / "config.yaml")]) == 2
+    assert named in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "extra, named",
+    [
+        (["--limit", "0"], "limit must be >= 10"),
+        (["--keep", "0-9:0"], "leaves 0 training"),
+        (["--lr", "1e12"], "training diverged"),
+        (["--device", "bogus"], "unknown device 'bogus'"),
+        (["--model", "fairdp_cnn"], "cannot take inputs of shape (1, 8, 8)"),
+    ],
+)
+def test_bad_training_input_is_one_line(extra, named, tmp_path, capsys):
+    assert main([*TRAIN, *extra, "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert named in err and "Traceback" not in err
+
+
+def test_dp_train_default_model_on_digits_says_what_to_choose(tmp_path, capsys):
+    assert main(["dp-train", "--data", "digits", "--epochs", "1", "--epsilon", "6", "--out", str(tmp_path / "r"), "--no-progress"]) == 2  # fmt: skip
+    assert "model 'fairdp_cnn' cannot take inputs of shape (1, 8, 8)" in capsys.readouterr().err
+
+
+def test_main_lets_real_bugs_show_their_traceback(monkeypatch):
+    import pifair.cli as cli
+
+    def bug(ns):
+        raise ValueError("a bug, not a user error")
+
+    monkeypatch.setitem(cli._COMMANDS, "list", bug)
+    with pytest.raises(ValueError, match="a bug"):
+        main(["list"])
+
+
+# ---- 6. he-infer validates before the work starts ----------------------------------------------
+def test_he_infer_settings_are_refused_before_loading_anything(tmp_path, capsys):
+    for flag, value, named in (("--images", "-3", "--images must be >= 1"), ("--batch", "0", "--batch must be >= 1")):  # fmt: skip
+        assert main(["he-infer", "--from", str(tmp_path / "nothing"), flag, value, "--out", str(tmp_path / "he")]) == 2  # fmt: skip
+        assert named in capsys.readouterr().err
+    assert not (tmp_path / "he").exists()
+
+
+def test_constant_polynomials_are_refused_at_compile_time():
+    from pifair.secure.he.compile import HEProgram, LinearStage, PolyStage
+
+    weights = scipy.sparse.csr_matrix(np.eye(3))
+    coefficients = np.array(
+        [[0.1, 0.2, 0.3], [1.0, 0.0, 0.5], [0.2, 0.0, 0.0]]
+    )  # feature 1: constant
+    program = HEProgram((3,), [LinearStage(weights, np.zeros(3)), PolyStage(coefficients)])
+    with pytest.raises(UnsupportedLayerError, match="1 of its 3 polynomials are constant"):
+        program.check_encryptable()
+    coefficients[1, 1] = 0.5
+    program.check_encryptable()  # fixed: accepted
+    empty = LinearStage(scipy.sparse.csr_matrix((2, 3)), np.ones(2))
+    with pytest.raises(UnsupportedLayerError, match="2 of its 2 outputs depend on no input"):
+        HEProgram((3,), [empty]).check_encryptable()
+
+
+# ---- 7. messages that said the wrong thing ------------------------------------------------------
+def test_missing_model_messages_say_what_happened(tmp_path, dense):
+    finished = tmp_path / "finished"
+    shutil.copytree(dense, finished)
+    (finished / "model.pt").unlink()
+    with pytest.raises(UnfinishedRunError, match="finished train run but its model.pt is missing"):
+        load_from_run(finished)
+    audit = Run.create("audit", {}, out=tmp_path / "audit")
+    audit.update_metrics(pairs=[])
+    with pytest.raises(UnfinishedRunError, match="is a audit run, which holds no model"):
+        load_from_run(audit.path)
+    killed = Run.create("train", {}, out=tmp_path / "killed")
+    with pytest.raises(UnfinishedRunError, match=f"pifair train --resume {killed.path}"):
+        load_from_run(killed.path)
+
+
+def test_cost_input_shape_is_checked(capsys):
+    assert main(["cost", "--model", "lenet", "--input-shape", "1,28"]) == 2
+    assert "--input-shape '1,28' must be C,H,W" in capsys.readouterr().err
+
+
+def test_resuming_a_finished_run_is_refused_and_changes_nothing(tmp_path, dense, capsys):
+    run = tmp_path / "r"
+    shutil.copytree(dense, run)
+    before = (run / "metrics.json").read_bytes()
+    time.sleep(0.01)
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 2
+    assert "holds a finished run: nothing to resume" in capsys.readouterr().err
+    assert (run / "metrics.json").read_bytes() == before
+
+
+@pytest.mark.parametrize("command", ["share", "polyfit"])
+def test_resume_takes_a_run_folder_for_every_command(command, tmp_path, capsys):
+    assert main([command, "--resume", str(tmp_path / "nothing")]) == 2
+    assert (
+        f"config file {tmp_path / 'nothing' / 'config.yaml'} does not exist"
+        in capsys.readouterr().err
+    )
+
+
+def test_wrong_types_in_nested_job_settings_are_named():
+    from pifair.workflows.share import ShareJob
+
+    with pytest.raises(ConfigError, match="setting 'epochs' must be an integer"):
+        ShareJob.from_config({"from": "x", "budget": "5", "finetune": {"epochs": "many"}})
+    with pytest.raises(ConfigError, match="unknown finetune settings"):
+        ShareJob.from_config({"from": "x", "budget": "5", "finetune": {"epoch": 3}})
+
+
+def test_corrupt_metrics_file_is_named(tmp_path):
+    run = Run.create("train", {}, out=tmp_path / "r")
+    (run.path / "metrics.json").write_text('{"a": ')
+    with pytest.raises(CorruptFileError, match="metrics.json is not valid JSON"):
+        Run.open(run.path).metrics
+
+
+def test_model_shape_probe_leaves_the_model_as_built():
+    model = create_model("resnet18", num_classes=10, input_shape=(3, 32, 32))
+    assert model.training  # mode restored after the probe
+    bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert int(bn.num_batches_tracked) == 0 and torch.equal(
+        bn.running_mean, torch.zeros_like(bn.running_mean)
+    )
