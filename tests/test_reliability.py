@@ -305,7 +305,7 @@ def test_corrupt_metrics_file_is_named(tmp_path):
     run = Run.create("train", {}, out=tmp_path / "r")
     (run.path / "metrics.json").write_text('{"a": ')
     with pytest.raises(CorruptFileError, match="metrics.json is not valid JSON"):
-        Run.open(run.path).metrics
+        _ = Run.open(run.path).metrics
 
 
 def test_model_shape_probe_leaves_the_model_as_built():
