@@ -49,6 +49,11 @@ def commit() -> str:
     return head + ("+dirty" if _git("status", "--porcelain", "--untracked-files=no") else "")
 
 
+# the code a benchmark runs is the code of its start: record HEAD and the tree state now
+_START_REF = _git("rev-parse", "HEAD")
+_START_DIRTY = bool(_git("status", "--porcelain", "--untracked-files=no"))
+
+
 def print_table(header: list[str], rows: list[list[object]]) -> None:
     cells = [header] + [[str(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
@@ -70,8 +75,7 @@ def save_results(
     """Write ``benchmarks/results/NAME.json``: commit (clean or dirty), machine, the command
     that reproduces it, the printed tables (as text cells), the summary lines README quotes and
     the raw data. Written atomically, so a killed benchmark never leaves half a file."""
-    ref = _git("rev-parse", "HEAD")
-    dirty = bool(_git("status", "--porcelain", "--untracked-files=no"))
+    ref, dirty = _START_REF, _START_DIRTY
     path = (results_dir or RESULTS_DIR) / f"{name}.json"
     record = {
         "benchmark": name,
