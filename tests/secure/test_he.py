@@ -69,6 +69,10 @@ def test_the_server_holds_no_secret_key():
     server = HEServer(keys)
     assert not any(isinstance(v, seal.SecretKey | seal.Decryptor) for v in vars(server).values())
     assert not hasattr(server, "decrypt")
+    assert client.check_server_keys(keys)["server_holds_no_secret_key"] is True
+    client._secret.save(str(keys.folder / "public.seal"))  # a leak: the check must see it
+    leaked = client.check_server_keys(keys)
+    assert leaked["secret_key_in_folder"] and not leaked["server_holds_no_secret_key"]
 
 
 def test_layers_ckks_cannot_run_are_named():

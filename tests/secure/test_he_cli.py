@@ -32,5 +32,10 @@ def test_polyfit_then_encrypted_inference_matches_plaintext(tmp_path, capsys):
     )
     assert m["batch_vs_image_layout"]["time_reduction"] > 0  # 20 images per batch already win
     page = build_report([poly, out], tmp_path / "r.html").read_text()
-    assert "(he-infer)" in page and "The server held no secret key" in page and "(polyfit)" in page
+    assert m["server_key_check"]["server_holds_no_secret_key"] is True
+    assert (
+        "(he-infer)" in page
+        and "The server held no secret key (checked" in page
+        and "(polyfit)" in page
+    )
     assert "Against one image per ciphertext" in page

@@ -12,13 +12,20 @@ def he_section(run: Run) -> str:
     if "encrypted_accuracy" not in m:
         return "<p>he-infer not finished.</p>"
     p, s = m["params"], m["seconds"]
+    check = m.get("server_key_check", {})
+    if check.get("server_holds_no_secret_key"):
+        keys = f"The server held no secret key (checked: its key folder held only {', '.join(check['files'])})."
+    elif check:
+        keys = f"<b>Warning: the server's key folder held {', '.join(check['files'])}, not only the public files.</b>"
+    else:
+        keys = "The server's keys were not checked by this (older) run."
     stages = [[name, f"{sec:.1f}"] for name, sec in s["stages"].items()]
     return "".join(
         [
             f"<p>{m['images']:,} test images of <code>{run.config.get('from')}</code> under CKKS, one image per slot "
             f"({m['batches']} ciphertext batch(es) of {m['batch']:,}): N = {p['poly_modulus_degree']:,}, "
             f"log Q = {p['log_q']} of {p['max_log_q']} allowed at 128-bit security, depth {m['depth']}, scale 2^{p['scale_bits']}. "
-            f"The server held no secret key.</p>",
+            f"{keys}</p>",
             table(
                 ["encrypted accuracy", "plaintext accuracy", "argmax agreement", "max logit error", "server time", "amortized per image"],
                 [[pct(m["encrypted_accuracy"]), pct(m["plaintext_accuracy"]), pct(m["argmax_agreement"]), f"{m['max_logit_error']:.1e}",

@@ -97,7 +97,9 @@ def run_he_infer(job: HEInferJob, *, out: str | os.PathLike | None = None) -> Ru
     t0 = time.perf_counter()
     client = HEClient(params)
     workers = job.workers or os.cpu_count() or 1
-    server = HEServer(client.server_keys(run.file("server-keys")), workers=workers)
+    server_keys = client.server_keys(run.file("server-keys"))
+    key_check = client.check_server_keys(server_keys)
+    server = HEServer(server_keys, workers=workers)
     keygen_s = time.perf_counter() - t0
     seconds = {"encrypt": 0.0, "server": 0.0, "decrypt": 0.0}
     outputs, stage_seconds, sizes = [], {}, {}
@@ -135,7 +137,7 @@ def run_he_infer(job: HEInferJob, *, out: str | os.PathLike | None = None) -> Ru
         "seconds": seconds | {"compile": compile_s, "keygen": keygen_s, "stages": stage_seconds},
         "amortized_ms_per_image": 1000 * seconds["server"] / n,
         "amortized_ms_per_image_end_to_end": 1000 * sum(seconds.values()) / n,
-        **sizes, "workers": workers,
+        **sizes, "workers": workers, "server_key_check": key_check,
     }  # fmt: skip
     if job.compare_images > 0:
         metrics["image_layout"] = _image_layout(program, client, server, x[: job.compare_images], logits_plain[: job.compare_images], run)  # fmt: skip

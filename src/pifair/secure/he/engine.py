@@ -90,6 +90,21 @@ class HEClient:
         self._relin.save(str(folder / "relin.seal"))
         return ServerKeys(self.params, folder)
 
+    def check_server_keys(self, keys: ServerKeys) -> dict:
+        """What the server's key folder holds, checked: only the parameter, public and
+        relinearization key files, and none of them equal to this client's secret key."""
+        with tempfile.TemporaryDirectory() as tmp:
+            self._secret.save(str(Path(tmp) / "secret.seal"))
+            secret = (Path(tmp) / "secret.seal").read_bytes()
+        files = keys.files()
+        leaked = [f for f in files if (keys.folder / f).read_bytes() == secret]
+        return {
+            "files": files,
+            "only_public_files": files == ["parms.seal", "public.seal", "relin.seal"],
+            "secret_key_in_folder": bool(leaked),
+            "server_holds_no_secret_key": not leaked and files == ["parms.seal", "public.seal", "relin.seal"],
+        }  # fmt: skip
+
     def encrypt(self, x: np.ndarray) -> list:
         """(B, features) -> one ciphertext per feature, image b in slot b (B <= slots)."""
         s = _seal()
