@@ -23,6 +23,7 @@ __all__ = [
     "UnfinishedRunError",
     "CorruptFileError",
     "TrainingDivergedError",
+    "PartyFailedError",
 ]
 
 
@@ -99,3 +100,7 @@ class CorruptFileError(PifairError, ValueError):
 
 class TrainingDivergedError(PifairError, FloatingPointError):
     """The loss became NaN or infinite: the learning rate is too high for this model."""
+
+
+class PartyFailedError(PifairError, RuntimeError):
+    """An MPC party (another process or host) stopped with an error; its last lines are given."""

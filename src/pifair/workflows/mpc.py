@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_write_json
-from ..errors import ConfigError
+from ..errors import ConfigError, PartyFailedError
 from ..relu.sites import count_relus
 from ..runs import Run
 from ..secure.mpc.engine import (
@@ -93,7 +93,7 @@ def _run_processes(job: MPCInferJob, run: Run, world: int) -> list[PartyResult]:
         failed = next((r for r, p in enumerate(procs) if p.returncode != 0), None)
     if failed is not None:
         tail = Path(run.file(f"party{failed}.err")).read_text(errors="replace").strip().splitlines()[-5:]  # fmt: skip
-        raise RuntimeError(f"party {failed} exited with {procs[failed].returncode} (the others were stopped): " + " | ".join(tail))  # fmt: skip
+        raise PartyFailedError(f"party {failed} exited with {procs[failed].returncode} (the others were stopped): " + " | ".join(tail))  # fmt: skip
     return [PartyResult.from_dict(Run.open(f).metrics["party"]) for f in folders]
 
 
