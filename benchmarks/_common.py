@@ -52,6 +52,8 @@ def commit() -> str:
 # the code a benchmark runs is the code of its start: record HEAD and the tree state now
 _START_REF = _git("rev-parse", "HEAD")
 _START_DIRTY = bool(_git("status", "--porcelain", "--untracked-files=no"))
+# 1-minute load average at the start: a busy machine slows every timing (2 cores here)
+_START_LOAD = os.getloadavg()[0]
 
 
 def print_table(header: list[str], rows: list[list[object]]) -> None:
@@ -83,6 +85,13 @@ def save_results(
         "tree": "dirty" if dirty else "clean",
         "machine": machine_line(),
         "machine_class": machine_class(),
+        # the machine's 1-minute load at the start and the end: above the core count, other
+        # work shared the CPU and the timings are slower than on an idle machine
+        "load_average": {
+            "start": round(_START_LOAD, 2),
+            "end": round(os.getloadavg()[0], 2),
+            "cores": os.cpu_count(),
+        },
         "command": "python " + shlex.join([_relative_script(sys.argv[0]), *sys.argv[1:]]),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "setting": setting or {},
