@@ -30,7 +30,9 @@ def measured_rows(readme: str) -> list[dict[str, str]]:
     section = readme.split("\n## Measured", 1)[1].split("\n## ", 1)[0]
     lines = [line for line in section.splitlines() if line.startswith("|")]
     header = [c.strip() for c in lines[0].strip("|").split("|")]
-    return [dict(zip(header, (c.strip() for c in line.strip("|").split("|")))) for line in lines[2:]]
+    return [
+        dict(zip(header, (c.strip() for c in line.strip("|").split("|")))) for line in lines[2:]
+    ]
 
 
 def problems(readme: str, results: Path) -> list[str]:
@@ -53,9 +55,13 @@ def problems(readme: str, results: Path) -> list[str]:
         if record["tree"] != "clean":
             out.append(f"{what}: {path.name} was written by uncommitted code")
         if row.get("machine") != record["machine_class"]:
-            out.append(f"{what}: machine {row.get('machine')!r} but {path.name} ran on {record['machine_class']!r}")
+            out.append(
+                f"{what}: machine {row.get('machine')!r} but {path.name} ran on {record['machine_class']!r}"
+            )
         if row.get("command", "").strip("`") != record["command"]:
-            out.append(f"{what}: command {row.get('command')!r} but {path.name} was written by {record['command']!r}")
+            out.append(
+                f"{what}: command {row.get('command')!r} but {path.name} was written by {record['command']!r}"
+            )
         source = json.dumps(record["tables"]) + " " + " ".join(record["summary"])
         missing = numbers(row.get("result", "")) - numbers(source)
         if missing:

@@ -68,7 +68,9 @@ def test_shipped_calibration_says_where_it_was_measured(tmp_path):
     assert "+dirty" not in model.provenance["commit"]  # measured by committed code
     # it reproduces its own calibration runs: bytes within 5 %
     for row in model.provenance["check"]:
-        assert row["estimated_bytes"] == pytest.approx(row["measured_bytes"], rel=0.05), row["model"]
+        assert row["estimated_bytes"] == pytest.approx(row["measured_bytes"], rel=0.05), row[
+            "model"
+        ]
     model.save(tmp_path / "c.json")
     assert CheetahModel.load(tmp_path / "c.json") == model
     with pytest.raises(FileNotFoundError, match="write-calibration"):
