@@ -24,7 +24,7 @@ FINETUNE = FinetuneSettings(epochs=3, batch_size=64, lr=0.02)
 @pytest.fixture(scope="module")
 def dense(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("dense") / "run"
-    cfg = TrainConfig(data="digits", model="lenet", epochs=2, lr=0.05, batch_size=64, device="cpu")
+    cfg = TrainConfig(data="digits", model="mlp", epochs=2, lr=0.05, batch_size=64, device="cpu")
     train(cfg, out=out, progress=False)
     return out
 
@@ -64,7 +64,7 @@ def _kill_and_resume(monkeypatch, tmp_path, start, resume) -> tuple[Path, Path]:
 
 
 def test_train(monkeypatch, tmp_path):
-    cfg = TrainConfig(data="digits", model="lenet", epochs=3, lr=0.05, batch_size=64, device="cpu")
+    cfg = TrainConfig(data="digits", model="mlp", epochs=3, lr=0.05, batch_size=64, device="cpu")
     whole, killed = _kill_and_resume(
         monkeypatch,
         tmp_path,
@@ -92,7 +92,7 @@ def test_linearize(monkeypatch, tmp_path, dense):
 
 
 def test_share(monkeypatch, tmp_path, dense):
-    job = ShareJob(from_run=str(dense), budget="300", finetune=FINETUNE, device="cpu")
+    job = ShareJob(from_run=str(dense), budget="300", scheme="cluster", finetune=FINETUNE, device="cpu")
     whole, killed = _kill_and_resume(
         monkeypatch,
         tmp_path,
