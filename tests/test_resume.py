@@ -92,7 +92,9 @@ def test_linearize(monkeypatch, tmp_path, dense):
 
 
 def test_share(monkeypatch, tmp_path, dense):
-    job = ShareJob(from_run=str(dense), budget="300", scheme="cluster", finetune=FINETUNE, device="cpu")
+    job = ShareJob(
+        from_run=str(dense), budget="300", scheme="cluster", finetune=FINETUNE, device="cpu"
+    )
     whole, killed = _kill_and_resume(
         monkeypatch,
         tmp_path,
