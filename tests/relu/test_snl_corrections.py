@@ -17,8 +17,8 @@ from pifair.relu import MaskedReLU, iter_sites
 from pifair.relu.linearize import FinetuneSettings, linearize_many, recalibrate_batchnorm
 from pifair.relu.snl import SearchSettings
 
-SEARCH = SearchSettings(max_epochs=3, lambda_init=1e-3, mask_lr=0.02, batch_size=64)
-FINETUNE = FinetuneSettings(epochs=2, batch_size=64)
+SEARCH = SearchSettings(max_epochs=2, lambda_init=1e-3, mask_lr=0.02, batch_size=64)
+FINETUNE = FinetuneSettings(epochs=2, batch_size=128)
 
 
 @pytest.fixture(scope="module")
