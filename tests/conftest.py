@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pifair.data import load_dataset
+from pifair.training import TrainConfig, train
 
 
 @pytest.fixture(scope="session")
@@ -16,3 +17,13 @@ def digits():
 @pytest.fixture(autouse=True)
 def _quiet_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("PIFAIR_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@pytest.fixture(scope="session")
+def digits_mlp_run(tmp_path_factory):
+    """A finished ``pifair train`` run folder: the digits MLP, 2 epochs. Read it; copy it to
+    change it."""
+    out = tmp_path_factory.mktemp("dense") / "run"
+    cfg = TrainConfig(data="digits", model="mlp", epochs=2, lr=0.05, batch_size=64, device="cpu")
+    train(cfg, out=out, progress=False)
+    return out

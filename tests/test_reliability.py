@@ -28,17 +28,14 @@ from pifair.errors import (
 from pifair.evaluation import evaluate_run
 from pifair.models import create_model
 from pifair.runs import Run
-from pifair.training import TrainConfig, load_from_run, train
+from pifair.training import TrainConfig, load_from_run
 
 TRAIN = ["train", "--data", "digits", "--model", "mlp", "--epochs", "1", "--device", "cpu", "--no-progress"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
-def dense(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("dense") / "run"
-    cfg = TrainConfig(data="digits", model="mlp", epochs=1, lr=0.05, batch_size=64, device="cpu")
-    train(cfg, out=out, progress=False)
-    return out
+def dense(digits_mlp_run) -> Path:
+    return digits_mlp_run
 
 
 # ---- 1. one writer per run folder ---------------------------------------------------------------

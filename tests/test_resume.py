@@ -22,11 +22,8 @@ FINETUNE = FinetuneSettings(epochs=3, batch_size=64, lr=0.02)
 
 
 @pytest.fixture(scope="module")
-def dense(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("dense") / "run"
-    cfg = TrainConfig(data="digits", model="mlp", epochs=2, lr=0.05, batch_size=64, device="cpu")
-    train(cfg, out=out, progress=False)
-    return out
+def dense(digits_mlp_run) -> Path:
+    return digits_mlp_run
 
 
 def _killed_in_epoch(monkeypatch, epoch: int):

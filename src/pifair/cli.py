@@ -291,11 +291,16 @@ def _add_finetune_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true")
 
 
+def _run_folder(ns: argparse.Namespace) -> Path | None:
+    """The run folder of a command that takes ``--out`` and ``--resume RUN``."""
+    if ns.resume and ns.out and ns.resume.resolve() != ns.out.resolve():
+        raise ConfigError("give either --resume RUN or --out RUN, not two different folders")
+    return ns.resume or ns.out
+
+
 def _finetune_settings(ns: argparse.Namespace):
     from .relu.linearize import FinetuneSettings
 
-    if ns.resume and ns.out and ns.resume.resolve() != ns.out.resolve():
-        raise ConfigError("give either --resume RUN or --out RUN, not two different folders")
     return FinetuneSettings(epochs=ns.finetune_epochs, lr=ns.finetune_lr, batch_size=ns.batch_size, seed=ns.seed)  # fmt: skip
 
 
@@ -358,7 +363,7 @@ def _cmd_share(ns: argparse.Namespace) -> None:
         finetune=_finetune_settings(ns),
     )
     run = run_share(
-        job, out=ns.resume or ns.out, resume=ns.resume is not None, progress=not ns.no_progress
+        job, out=_run_folder(ns), resume=ns.resume is not None, progress=not ns.no_progress
     )
     m = run.metrics
     print(f"{m['relus']:,} shared decisions (budget {m['budget']:,}; {m['allocation']}): test {100 * m['test_accuracy']:.2f}% "
@@ -370,7 +375,7 @@ def _cmd_polyfit(ns: argparse.Namespace) -> None:
 
     job = _saved_job(PolyfitJob, ns) or PolyfitJob(from_run=str(ns.from_run), degree=ns.degree, granularity=ns.granularity, seed=ns.seed, device=ns.device, finetune=_finetune_settings(ns))  # fmt: skip
     run = run_polyfit(
-        job, out=ns.resume or ns.out, resume=ns.resume is not None, progress=not ns.no_progress
+        job, out=_run_folder(ns), resume=ns.resume is not None, progress=not ns.no_progress
     )
     m = run.metrics
     print(f"degree-{m['degree']} {m['granularity']}-wise polynomials at {m['poly_sites']} sites ({m['coefficients']:,} coefficients): "
@@ -397,13 +402,11 @@ def _cmd_he_infer(ns: argparse.Namespace) -> None:
 def _cmd_mitigate(ns: argparse.Namespace) -> None:
     from .workflows.fairness import run_mitigate
 
-    if ns.resume and ns.out and ns.resume.resolve() != ns.out.resolve():
-        raise ConfigError("give either --resume RUN or --out RUN, not two different folders")
     run = run_mitigate(
         ns.from_run,
         objective=ns.objective,
         mu=ns.mu,
-        out=ns.resume or ns.out,
+        out=_run_folder(ns),
         epochs=ns.epochs,
         progress=not ns.no_progress,
         resume=ns.resume is not None,
@@ -555,7 +558,7 @@ def _cmd_linearize(ns: argparse.Namespace) -> None:
 
     job = _linearize_job(ns, sweep=False)
     run = run_linearize(
-        job, out=ns.resume or ns.out, resume=ns.resume is not None, progress=not ns.no_progress
+        job, out=_run_folder(ns), resume=ns.resume is not None, progress=not ns.no_progress
     )
     m = run.metrics
     print(
@@ -569,7 +572,7 @@ def _cmd_sweep(ns: argparse.Namespace) -> None:
     job = _linearize_job(ns, sweep=True)
     run = run_linearize(
         job,
-        out=ns.resume or ns.out,
+        out=_run_folder(ns),
         resume=ns.resume is not None,
         progress=not ns.no_progress,
         sweep=True,

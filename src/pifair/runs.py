@@ -33,7 +33,7 @@ from .errors import (
     RunLockedError,
 )
 
-__all__ = ["Run", "CHECKPOINT", "MODEL", "CONFIG", "METRICS", "load_torch_file"]
+__all__ = ["Run", "CHECKPOINT", "MODEL", "CONFIG", "METRICS", "read_config"]
 
 CONFIG, METRICS, CHECKPOINT, MODEL, LOG = (
     "config.yaml",
@@ -119,30 +119,30 @@ class Run:
         cls.open(path)  # a missing or foreign folder is named before any lock file is made
         _lock(Path(path))
         try:
-            run = cls.open(path)
+            run = cls.open(path)  # read again under the lock
+            if config is not None:
+                saved = normalize(run.config) if normalize else run.config
+                diffs = {
+                    k: (saved.get(k), v)
+                    for k, v in {"command": saved.get("command"), **config}.items()
+                    if k not in _RUNTIME_KEYS and saved.get(k) != v
+                }
+                if diffs:
+                    lines = ", ".join(
+                        f"{k}: saved {a!r} vs given {b!r}" for k, (a, b) in diffs.items()
+                    )
+                    raise ResumeMismatchError(
+                        f"cannot resume {path}: its config differs ({lines}). Resume with the saved "
+                        f"settings (drop the differing options) or start a new run with --out."
+                    )
+            if not allow_finished and run.finished:
+                raise RunFolderError(
+                    f"{path} holds a finished run: nothing to resume. Read it with pifair eval / "
+                    f"report, or start a new run with --out"
+                )
         except BaseException:
             _unlock(Path(path))
             raise
-        if config is not None:
-            saved = normalize(run.config) if normalize else run.config
-            diffs = {
-                k: (saved.get(k), v)
-                for k, v in {"command": saved.get("command"), **config}.items()
-                if k not in _RUNTIME_KEYS and saved.get(k) != v
-            }
-            if diffs:
-                _unlock(run.path)
-                lines = ", ".join(f"{k}: saved {a!r} vs given {b!r}" for k, (a, b) in diffs.items())
-                raise ResumeMismatchError(
-                    f"cannot resume {path}: its config differs ({lines}). Resume with the saved "
-                    f"settings (drop the differing options) or start a new run with --out."
-                )
-        if not allow_finished and run.finished:
-            _unlock(run.path)
-            raise RunFolderError(
-                f"{path} holds a finished run: nothing to resume. Read it with pifair eval / "
-                f"report, or start a new run with --out"
-            )
         _remove_stale_temporaries(run.path)
         run.log.info("resuming %s", path)
         return run
@@ -150,9 +150,9 @@ class Run:
     def parent(self) -> Path | None:
         """The folder of the run this one was derived from (``--from``), or None.
 
-        Tried in order: the absolute path saved, the path relative to this folder (a tree of
-        runs moved together), a relative path as older pifair saved it (to this folder, then
-        to the working directory)."""
+        Tried in order: the path saved (absolute; a relative one, as older pifair saved it, is
+        read from the working directory), the path relative to this folder (a tree of runs
+        moved together), and an old relative path read from this folder."""
         saved = self.config.get("from")
         if saved is None:
             return None
