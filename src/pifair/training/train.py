@@ -107,7 +107,7 @@ def load_from_run(
             )
         raise UnfinishedRunError(
             f"{path} holds no {MODEL}: the {command} run did not finish; resume it with "
-            f"pifair {_resume_command(command)} --resume {path}"
+            f"pifair {command} --resume {path}"
         )
     model, record = load_model(model_file, map_location)
     return model, record, run
@@ -115,10 +115,6 @@ def load_from_run(
 
 # commands whose run folders hold a model.pt, and can be resumed when killed
 RESUMABLE = {"train", "linearize", "share", "polyfit", "dp-train", "mitigate"}
-
-
-def _resume_command(command: str) -> str:
-    return {"sweep-linearize": "sweep linearize"}.get(command, command)
 
 
 def dataset_for_run(run: Run, **overrides) -> Dataset:
