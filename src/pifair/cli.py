@@ -99,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-shape", default="3,32,32", help="per-sample input shape, e.g. 3,32,32")
     p.add_argument("--num-classes", type=int, default=10)
     p.add_argument("--snl-variant", action="store_true")
+    p.add_argument("--width", type=int, help="first-stage channels (resnet18; default 64)")
 
     p = sub.add_parser(
         "linearize",
@@ -738,6 +739,7 @@ def _cmd_relus(ns: argparse.Namespace) -> None:
             num_classes=ns.num_classes,
             input_shape=shape,
             **({"snl_variant": True} if ns.snl_variant else {}),
+            **({"width": ns.width} if ns.width else {}),
         )
     else:
         raise ConfigError("give a run folder or --model NAME")

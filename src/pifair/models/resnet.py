@@ -1,7 +1,8 @@
 """ResNet18 with the CIFAR stem (3x3 conv, no max pool), as used by SNL and most PI papers.
 
 ``snl_variant=True`` drops the ReLU after the stem conv, as in SNL's code: 491,520 ReLUs at
-32x32 instead of 557,056.
+32x32 instead of 557,056. ``width`` scales every stage's channels (64 is ResNet18; 16 is the
+CPU-scale model of the linearization benchmarks, a quarter of the ReLUs).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from ..relu.sites import ActivationSite, DenseReLU
 from ._registry import register_model
 
@@ -53,14 +55,17 @@ class ResNet(nn.Module):
         in_channels: int = 3,
         act_layer: ActLayer = DenseReLU,
         stem_act: bool = True,
+        width: int = 64,
     ) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
+        if width < 1:
+            raise ConfigError(f"ResNet width must be >= 1, got {width}")
+        self.conv1 = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
         self.act1 = act_layer() if stem_act else nn.Identity()
-        layers, in_planes = [], 64
+        layers, in_planes = [], width
         for i, n in enumerate(blocks):
-            planes, stride = 64 * 2**i, 1 if i == 0 else 2
+            planes, stride = width * 2**i, 1 if i == 0 else 2
             stage = []
             for j in range(n):
                 stage.append(BasicBlock(in_planes, planes, stride if j == 0 else 1, act_layer))
@@ -88,12 +93,15 @@ def resnet18(
     input_shape: tuple[int, ...] = (3, 32, 32),
     act_layer: ActLayer = DenseReLU,
     snl_variant: bool = False,
+    width: int = 64,
 ) -> ResNet:
-    """ResNet18; ``snl_variant`` removes the stem ReLU (SNL's count: 491,520)."""
+    """ResNet18; ``snl_variant`` removes the stem ReLU (SNL's count: 491,520); ``width`` is the
+    first stage's channels (64: ResNet18)."""
     return ResNet(
         (2, 2, 2, 2),
         num_classes=num_classes,
         in_channels=input_shape[0],
         act_layer=act_layer,
         stem_act=not snl_variant,
+        width=width,
     )

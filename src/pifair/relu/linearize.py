@@ -14,19 +14,24 @@ Pipeline per budget (DESIGN.md section 3, with pifair's corrections):
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 
 import torch
 from torch import nn
 
 from ..data import Dataset, ResidentLoader
 from ..errors import BudgetError, ConfigError
+from .allocation import allocate_by_sensitivity, relu_sensitivity
 from .budget import parse_budget
 from .distill import DistillationLoss
-from .selection import select_channels, select_pixels
+from .harden import harden
+from .selection import select_channels, select_pixels, select_pixels_per_site
 from .sites import (
+    ActivationSite,
     DenseReLU,
     MaskedReLU,
     count_relus,
@@ -87,8 +92,9 @@ class FinetuneSettings:
 def reference_settings(
     search: SearchSettings, finetune: FinetuneSettings
 ) -> tuple[SearchSettings, FinetuneSettings]:
-    """SNL's reference code settings: lambda x1.1 on stall, threshold binarization, lr 1e-3,
-    no batch-norm recalibration, the last fine-tuning epoch kept."""
+    """SNL's reference code settings: lambda x1.1 on stall, threshold binarization of the soft
+    masks (no hardening, one global ranking), lr 1e-3, no batch-norm recalibration, the last
+    fine-tuning epoch kept."""
     search = replace(
         search,
         lambda_init=1e-5,
@@ -96,6 +102,8 @@ def reference_settings(
         lambda_rule="stall",
         lambda_warmup=5,
         mask_lr=None,
+        harden_epochs=0.0,
+        allocation="global",
     )
     finetune = replace(finetune, lr=1e-3, recalibrate_bn=False, select_best=False)
     return search, finetune
@@ -115,6 +123,9 @@ class LinearizeResult:
     finetune_history: list[dict] = field(default_factory=list)
     seconds: dict = field(default_factory=dict)
     val_accuracy_before_finetune: float | None = None
+    val_accuracy_soft: float | None = None  # the searched soft model (SNL), before binarizing
+    hardening: list[dict] = field(default_factory=list)
+    site_budgets: dict[str, int] | None = None
 
 
 def magnitude_scores(
@@ -194,16 +205,44 @@ def recalibrate_batchnorm(
     model.eval()
 
 
+def _relus_per_score(
+    scores: dict[str, torch.Tensor], sites: dict[str, ActivationSite]
+) -> dict[str, int]:
+    """ReLUs one score entry controls in each site: 1 pixel-wise, H x W channel-wise. From the
+    site's feature shape, never from its current count (an SNL site counts only the entries
+    still above the threshold)."""
+    return {n: math.prod(sites[n].feature_shape) // scores[n].numel() for n in scores}
+
+
 def _masks_from_scores(
     scores: dict[str, torch.Tensor],
-    sites: dict[str, SNLSite | DenseReLU],
+    sizes: dict[str, int],
     budget: int,
     granularity: str,
+    site_budgets: dict[str, int] | None = None,
 ) -> dict[str, torch.Tensor]:
+    """0/1 masks at ``budget``: global top-k, per-site top-k (``site_budgets``), or channels."""
     if granularity == "pixel":
+        if site_budgets is not None:
+            return select_pixels_per_site(scores, site_budgets)
         return select_pixels(scores, budget)
-    sizes = {n: sites[n].relu_count(sites[n].feature_shape) // scores[n].numel() for n in scores}
     return select_channels(scores, sizes, budget)
+
+
+def _site_budgets(
+    dense: nn.Module, data: Dataset, budget: int, granularity: str, *, device: torch.device
+) -> dict[str, int]:
+    """SENet-style per-site budgets (pixel-wise only: whole channels are another problem)."""
+    if granularity != "pixel":
+        raise ConfigError(
+            "allocation 'sensitivity' is pixel-wise only; use --allocation global with "
+            "--granularity channel"
+        )
+    sizes = {
+        n: math.prod(s.feature_shape) for n, s in iter_sites(dense) if isinstance(s, DenseReLU)
+    }
+    sensitivity = relu_sensitivity(dense, data, device=device)
+    return allocate_by_sensitivity(sensitivity, sizes, budget)
 
 
 def _apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
@@ -320,28 +359,52 @@ def linearize_many(
             )
             continue
         reduced = copy.deepcopy(work)
+        from ..training.loop import evaluate  # late import: training imports relu
+
+        soft, hardening = None, []
         if method == "snl":
             reduced.load_state_dict(snapshots[budget].state_dict)
             sites = {n: s for n, s in iter_sites(reduced) if isinstance(s, SNLSite)}
             scores = {n: s.alpha.detach().cpu() for n, s in sites.items()}
+            soft = evaluate(reduced, data, "val", device=device).accuracy
         else:
             record_feature_shapes(reduced, data.input_shape)
             sites = {n: s for n, s in iter_sites(reduced) if isinstance(s, DenseReLU)}
             scores = magnitude_scores(reduced, data, granularity, device=device)
+        site_budgets = (
+            _site_budgets(dense, data, budget, granularity, device=device)
+            if search.allocation == "sensitivity" and not reference
+            else None
+        )
+        make_masks = partial(
+            _masks_from_scores,
+            sizes=_relus_per_score(scores, sites),
+            budget=budget,
+            granularity=granularity,
+            site_budgets=site_budgets,
+        )
         if reference and method == "snl" and snapshots[budget].reached:
             masks = {n: (scores[n] > search.threshold).float() for n in scores}
             binarize = f"threshold a > {search.threshold}"
-        else:
-            masks = _masks_from_scores(scores, sites, budget, granularity)
-            binarize = (
-                "top-k" if granularity == "pixel" else "top channels (largest count <= budget)"
+        elif method == "snl" and search.harden_epochs > 0:
+            masks, hardening = harden(
+                reduced, dense, data, make_masks, search, device=device, progress=progress
             )
+            binarize = f"hardened {search.harden_epochs:g} epochs ({search.harden_mode}), then "
+        else:
+            masks = make_masks(scores)
+            binarize = ""
+        if not binarize.startswith("threshold"):
+            binarize += (
+                ("top-k per site (sensitivity)" if site_budgets else "top-k")
+                if granularity == "pixel"
+                else "top channels (largest count <= budget)"
+            )
+        harden_seconds = hardening[-1]["seconds"] if hardening else 0.0
         _apply_masks(reduced, masks)
         reduced.to(device)
         if finetune.recalibrate_bn:
             recalibrate_batchnorm(reduced, data, device=device)
-        from ..training.loop import evaluate  # late import: training imports relu
-
         before = evaluate(reduced, data, "val", device=device).accuracy
         run, resume = finetune_run(budget) if finetune_run else (None, False)
         history = _finetune(
@@ -355,7 +418,8 @@ def linearize_many(
         results[budget] = LinearizeResult(
             model=reduced.cpu().eval(), budget=budget, relus=relus, method=method, granularity=granularity, binarize=binarize,
             search=search_summary, finetune_history=history, val_accuracy_before_finetune=before,
-            seconds={"search": search_seconds, "finetune": time.perf_counter() - t1},
+            val_accuracy_soft=soft, hardening=hardening, site_budgets=site_budgets,
+            seconds={"search": search_seconds, "harden": harden_seconds, "finetune": time.perf_counter() - t1 - harden_seconds},
         )  # fmt: skip
     return results
 

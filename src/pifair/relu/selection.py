@@ -16,7 +16,7 @@ import torch
 
 from ..errors import BudgetError
 
-__all__ = ["select_pixels", "select_channels", "largest_reachable"]
+__all__ = ["select_pixels", "select_pixels_per_site", "select_channels", "largest_reachable"]
 
 
 def _check_budget(budget: int, total: int) -> None:
@@ -44,6 +44,14 @@ def select_pixels(scores: dict[str, torch.Tensor], budget: int) -> dict[str, tor
         masks[n] = keep[start : start + size].view_as(scores[n])
         start += size
     return masks
+
+
+def select_pixels_per_site(
+    scores: dict[str, torch.Tensor], site_budgets: dict[str, int]
+) -> dict[str, torch.Tensor]:
+    """0/1 masks keeping, in each site, its ``site_budgets[name]`` highest scores (layer-wise
+    allocation; the total kept is the sum of the site budgets)."""
+    return {n: select_pixels({n: scores[n]}, site_budgets[n])[n] for n in scores}
 
 
 def _reachable(counts: dict[int, int], limit: int) -> int:

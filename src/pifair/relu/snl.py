@@ -61,6 +61,10 @@ class SNLSite(ActivationSite):
             else (self.feature_shape[0], 1, 1)
         )
         self.alpha = nn.Parameter(torch.ones(shape))
+        # During hardening (pifair.relu.harden) the forward pass uses this 0/1 mask, with the
+        # gradient passed straight through to alpha; None: the soft relaxation.
+        self.hard_mask: torch.Tensor | None = None
+        self.hard_weight = 1.0  # < 1: progressive binarization, a blend of mask and alpha
 
     @property
     def cost_per_alpha(self) -> int:
@@ -68,7 +72,15 @@ class SNLSite(ActivationSite):
         return math.prod(self.feature_shape) // self.alpha.numel()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a = self.alpha.to(x.dtype)
+        a = self.alpha
+        if self.hard_mask is not None:  # straight-through: the value is binary, d/da is 1
+            hard = self.hard_mask.to(a.device) + (a - a.detach())
+            a = (
+                hard
+                if self.hard_weight >= 1
+                else self.hard_weight * hard + (1 - self.hard_weight) * a
+            )
+        a = a.to(x.dtype)
         return x + a * (torch.relu(x) - x)
 
     def relu_count(self, feature_shape: tuple[int, ...] | None = None) -> int:
@@ -91,7 +103,9 @@ class SNLSite(ActivationSite):
 class LambdaSchedule:
     """SNL's lambda rule: after each epoch, if the count set no new minimum and ``epoch >=
     warmup`` (0-based), multiply lambda by ``growth``. ``rule="always"`` grows it after every
-    epoch past the warm-up, stall or not."""
+    epoch past the warm-up, stall or not; ``rule="budget"`` grows it by ``count / target``
+    capped at ``growth`` (driven by the distance to the next budget: fast when far, gentle
+    near it, so the search lands close to the budget instead of overshooting it)."""
 
     init: float = 1e-5
     growth: float = 1.1
@@ -105,15 +119,23 @@ class LambdaSchedule:
             raise ConfigError(
                 f"lambda needs init > 0 and growth >= 1, got init {self.init}, growth {self.growth}"
             )
-        if self.rule not in ("stall", "always"):
-            raise ConfigError(f"lambda rule must be 'stall' or 'always', got {self.rule!r}")
+        if self.rule not in ("stall", "always", "budget"):
+            raise ConfigError(
+                f"lambda rule must be 'stall', 'always' or 'budget', got {self.rule!r}"
+            )
         self.value = self.init
 
-    def update(self, epoch: int, count: int) -> float:
-        """Apply the rule after 0-based ``epoch`` that ended with ``count``; return lambda."""
+    def update(self, epoch: int, count: int, target: int | None = None) -> float:
+        """Apply the rule after 0-based ``epoch`` that ended with ``count`` (``target``: the
+        next budget, for ``rule="budget"``); return lambda."""
         new_minimum = count < self.best
         self.best = min(self.best, count)
-        if epoch >= self.warmup and (self.rule == "always" or not new_minimum):
+        if epoch < self.warmup:
+            return self.value
+        if self.rule == "budget":
+            distance = count / target if target else math.inf
+            self.value *= min(self.growth, max(1.0, distance))
+        elif self.rule == "always" or not new_minimum:
             self.value *= self.growth
         return self.value
 
@@ -143,9 +165,32 @@ class SearchSettings:
     temperature: float = 4.0
     kd_weight: float = 1.0
     seed: int = 0
+    # per budget, after the shared search: train with the exact top-k mask (pifair.relu.harden)
+    harden_epochs: float = 0.0  # 0: binarize the soft snapshot directly (SNL)
+    harden_mode: str = "ste"  # "ste": hard mask, straight-through; "progressive": blend to it
+    harden_refresh: int = 10  # steps between recomputing the top-k mask from alpha
+    hysteresis: float = 0.02  # added to kept entries' alpha when the mask is recomputed
+    allocation: str = "global"  # "global" top-k, or "sensitivity": per-site budgets (SENet)
 
     def __post_init__(self) -> None:
-        for name, low in (("max_epochs", 1), ("batch_size", 1), ("lambda_warmup", 0)):
+        if not self.harden_epochs >= 0:
+            raise ConfigError(f"search harden_epochs must be >= 0, got {self.harden_epochs}")
+        if self.harden_mode not in ("ste", "progressive"):
+            raise ConfigError(
+                f"search harden_mode must be 'ste' or 'progressive', got {self.harden_mode!r}"
+            )
+        if self.allocation not in ("global", "sensitivity"):
+            raise ConfigError(
+                f"search allocation must be 'global' or 'sensitivity', got {self.allocation!r}"
+            )
+        if not self.hysteresis >= 0:
+            raise ConfigError(f"search hysteresis must be >= 0, got {self.hysteresis}")
+        for name, low in (
+            ("max_epochs", 1),
+            ("batch_size", 1),
+            ("lambda_warmup", 0),
+            ("harden_refresh", 1),
+        ):
             if getattr(self, name) < low:
                 raise ConfigError(f"search {name} must be >= {low}, got {getattr(self, name)}")
         for name in ("lr", "lambda_init", "temperature"):
@@ -304,7 +349,7 @@ def snl_search(
         count = alpha_count(model)  # one host sync per epoch
         seconds += time.perf_counter() - t0
         record = {"epoch": epoch + 1, "count": count, "lambda": schedule.value, "seconds": seconds}
-        schedule.update(epoch, count)
+        schedule.update(epoch, count, min(pending))
         history.append(record)
         for b in list(pending):
             if count <= b:

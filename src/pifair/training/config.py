@@ -36,6 +36,7 @@ class TrainConfig(DataConfig):
 
     model: str = "lenet"
     snl_variant: bool = False
+    width: int | None = None  # channels of the first stage, for models that take it (resnet18)
     act: str | None = None
     epochs: int = 10
     batch_size: int = 128
@@ -72,6 +73,8 @@ class TrainConfig(DataConfig):
         opts: dict[str, Any] = {}
         if self.snl_variant:
             opts["snl_variant"] = True
+        if self.width is not None:
+            opts["width"] = self.width
         if self.act:
             opts["act_layer"] = self.act
         return opts
