@@ -425,6 +425,9 @@ _LINEARIZE_FLAGS = {
     "seed": (None, "seed"), "device": (None, "device"), "budgets": (None, "budgets"), "methods": (None, "methods"),
     "search_epochs": ("search", "max_epochs"), "mask_lr": ("search", "mask_lr"), "lambda_init": ("search", "lambda_init"),
     "lambda_growth": ("search", "lambda_growth"), "lambda_warmup": ("search", "lambda_warmup"),
+    "lambda_rule": ("search", "lambda_rule"), "harden_epochs": ("search", "harden_epochs"),
+    "harden_mode": ("search", "harden_mode"), "allocation": ("search", "allocation"),
+    "finetune_kd_weight": ("finetune", "kd_weight"),
     "finetune_epochs": ("finetune", "epochs"), "finetune_lr": ("finetune", "lr"), "batch_size": (None, "batch_size"),
     "objective": ("finetune", "objective"),
 }  # fmt: skip
@@ -481,7 +484,21 @@ def _add_linearize_flags(p: argparse.ArgumentParser, *, method_flag: str) -> Non
         default=S,
         help="epochs before lambda may grow (default 0; SNL 5)",
     )
+    p.add_argument(
+        "--lambda-rule", choices=["always", "stall", "budget"], default=S,
+        help="lambda growth: after every epoch, when the count stalls (SNL), or by the distance to the budget",
+    )  # fmt: skip
+    p.add_argument(
+        "--harden-epochs", type=float, default=S,
+        help="per budget, epochs of training with the exact top-k mask before binarizing (0: none)",
+    )  # fmt: skip
+    p.add_argument("--harden-mode", choices=["ste", "progressive"], default=S, help="(default ste)")
+    p.add_argument(
+        "--allocation", choices=["global", "sensitivity"], default=S,
+        help="one global top-k, or per-layer budgets by ReLU sensitivity (SENet; pixel-wise)",
+    )  # fmt: skip
     p.add_argument("--finetune-epochs", type=int, default=S, help="(default 20)")
+    p.add_argument("--finetune-kd-weight", type=float, default=S, help="(default 1.0)")
     p.add_argument("--finetune-lr", type=float, default=S, help="(default 0.01)")
     p.add_argument(
         "--batch-size", type=int, default=S, help="search and fine-tuning batch (default 128)"

@@ -18,9 +18,11 @@ def sign_patterns(x: torch.Tensor) -> torch.Tensor:
     return (x.flatten(1) > 0).T.float()
 
 
-def _hamming_to(patterns: torch.Tensor, index: int) -> torch.Tensor:
+def _hamming_to(patterns: torch.Tensor, index: int, ones: torch.Tensor) -> torch.Tensor:
+    """Hamming distance of every 0/1 pattern to pattern ``index``, as one matrix-vector
+    product (|a| + |b| - 2 a.b): several times faster than comparing element by element."""
     p = patterns[index]
-    return (patterns != p).sum(1).float()
+    return ones + ones[index] - 2 * (patterns @ p)
 
 
 def farthest_point_order(patterns: torch.Tensor, k: int) -> torch.Tensor:
@@ -29,12 +31,13 @@ def farthest_point_order(patterns: torch.Tensor, k: int) -> torch.Tensor:
     n = patterns.shape[0]
     k = min(k, n)
     balance = (patterns.mean(1) - 0.5).abs()
+    ones = patterns.sum(1)
     order = [int(balance.argmin())]
-    dist = _hamming_to(patterns, order[0])
+    dist = _hamming_to(patterns, order[0], ones)
     for _ in range(1, k):
         nxt = int(dist.argmax())
         order.append(nxt)
-        dist = torch.minimum(dist, _hamming_to(patterns, nxt))
+        dist = torch.minimum(dist, _hamming_to(patterns, nxt, ones))
     return torch.tensor(order, dtype=torch.long)
 
 
@@ -57,5 +60,6 @@ def cluster_groups(
         agree = block @ protos.T + (1 - block) @ (1 - protos).T  # matching signs
         assign.append((n_samples - agree).argmin(1))
     groups = torch.cat(assign)
-    groups[prototypes] = torch.arange(len(prototypes))  # a prototype is in its own group
+    prototypes = prototypes.to(groups.device)
+    groups[prototypes] = torch.arange(len(prototypes), device=groups.device)  # a prototype is in its own group
     return groups.view(feature_shape)

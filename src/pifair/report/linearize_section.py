@@ -34,15 +34,17 @@ def linearize_section(run: Run) -> str:
         ],
         [
             "validation accuracy",
-            f"{pct(m['val_accuracy'])} (after binarization, before fine-tuning: {pct(m.get('val_accuracy_before_finetune'))})",
+            f"{pct(m['val_accuracy'])} (soft searched model: {pct(m.get('val_accuracy_soft'))}; "
+            f"right after binarization: {pct(m.get('val_accuracy_before_finetune'))})",
         ],
+        ["binarization", m.get("binarize", "")],
         [
             "worst-group test accuracy",
             f"{pct(m['test']['worst_group_accuracy'])} (dense {pct(m['dense_test']['worst_group_accuracy'])})",
         ],
         [
             "time",
-            f"search {m['seconds']['search']:.0f} s, fine-tune {m['seconds']['finetune']:.0f} s on {m.get('device')}",
+            f"search {m['seconds']['search']:.0f} s, hardening {m['seconds'].get('harden', 0):.0f} s, fine-tune {m['seconds']['finetune']:.0f} s on {m.get('device')}",
         ],
     ]
     dense_groups = {g["name"]: g["accuracy"] for g in m["dense_test"]["groups"]}
