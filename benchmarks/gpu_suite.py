@@ -103,11 +103,19 @@ def _search_seconds(m: dict) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    parser.add_argument("--data-dir", help="folder holding cifar10_jpeg.npz (default: pifair's search)")
+    parser.add_argument(
+        "--data-dir", help="folder holding cifar10_jpeg.npz (default: pifair's search)"
+    )
     parser.add_argument("--out", type=Path, default=Path("runs/gpu-suite"))
-    parser.add_argument("--deadline", type=float, help="seconds this call may use; stops cleanly before")
-    parser.add_argument("--tiny", action="store_true", help="the whole suite in a minute on CPU (script check)")
-    parser.add_argument("--results-dir", type=Path, help="where the JSON goes (default benchmarks/results)")
+    parser.add_argument(
+        "--deadline", type=float, help="seconds this call may use; stops cleanly before"
+    )
+    parser.add_argument(
+        "--tiny", action="store_true", help="the whole suite in a minute on CPU (script check)"
+    )
+    parser.add_argument(
+        "--results-dir", type=Path, help="where the JSON goes (default benchmarks/results)"
+    )
     args = parser.parse_args()  # fmt: skip
     t_start = time.perf_counter()
     setting = TINY if args.tiny else FULL
@@ -121,7 +129,11 @@ def main() -> None:
     durations: dict[str, float] = {}
 
     def time_left() -> float:
-        return float("inf") if args.deadline is None else args.deadline - (time.perf_counter() - t_start)
+        return (
+            float("inf")
+            if args.deadline is None
+            else args.deadline - (time.perf_counter() - t_start)
+        )
 
     def save(note: str) -> None:
         dense = Run.open(dense_dir).metrics
@@ -153,7 +165,9 @@ def main() -> None:
             return
         t0 = time.perf_counter()
         job = LinearizeJob(from_run=str(dense_dir.resolve()), **fields)
-        run_linearize(job, out=path, resume=(path / "config.yaml").exists(), progress=False, sweep=True)
+        run_linearize(
+            job, out=path, resume=(path / "config.yaml").exists(), progress=False, sweep=True
+        )
         durations[name] = time.perf_counter() - t0
         save(f"stages done up to {name}")
     for plot in args.out.glob("*/pareto.png"):

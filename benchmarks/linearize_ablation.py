@@ -12,7 +12,7 @@ Settings (``--setting``):
   cifar10-cpu    ResNet18 at width 16 (SNL variant, 122,880 ReLUs) on 5,000 CIFAR-10 (JPEG)
                  training images, budget 12.5K (the share of ReLUs 50K is of ResNet18): the
                  CPU-scale setting, about 30 minutes on 2 cores for 3 seeds
-  fashion-mnist  the demo's LeNet (18,944 ReLUs) on Fashion-MNIST at 1,000 ReLUs
+  fashion-mnist  the demo's LeNet (18,944 ReLUs) on 12,000 Fashion-MNIST images at 1,000 ReLUs
   tiny           a few hundred CIFAR-10 images from tests/data/slices: checks the script
 
     python benchmarks/linearize_ablation.py --setting cifar10-cpu [--seeds 0,1,2] [--out DIR]
@@ -59,7 +59,9 @@ def rows_for(harden: float) -> list[Row]:
     h = {"harden_epochs": harden}
     return [
         Row("old", "old default: top-k of the soft snapshot"),
-        Row("harden", f"+ hardening {harden:g} ep (top-k, STE, hysteresis)", h),
+        Row("old-longer", f"old default, fine-tuning {math.ceil(harden):g} ep longer (hardening's compute)", {},
+            {"extra_epochs": math.ceil(harden)}),
+        Row("harden", f"new default: + hardening {harden:g} ep (top-k, STE, hysteresis)", h),
         Row("progressive", "+ hardening, progressive blend", h | {"harden_mode": "progressive"}),
         Row("sensitivity", "+ hardening + layer budgets by sensitivity", h | {"allocation": "sensitivity"}),
         Row("lambda", "+ hardening + lambda by distance to budget", h | {"lambda_rule": "budget"}, own_search=True),
@@ -73,20 +75,22 @@ SETTINGS = {
         dense=dict(data="cifar10", model="resnet18", snl_variant=True, width=16, limit=5000, epochs=15,
                    batch_size=128, lr=0.1, label_smoothing=0.1, schedule="onecycle"),
         budget="12.5k", harden=1.0,
-        search=SearchSettings(max_epochs=8, batch_size=128, mask_lr=0.02, lambda_init=3e-4, lambda_growth=1.5),
+        search=SearchSettings(max_epochs=8, batch_size=128, mask_lr=0.02, lambda_init=3e-4, lambda_growth=1.5,
+                              harden_epochs=0.0),
         finetune=FinetuneSettings(epochs=3, batch_size=128, lr=0.01),
     ),
     "fashion-mnist": dict(
-        dense=dict(data="fashion-mnist", model="lenet", epochs=4, batch_size=128, lr=0.05, schedule="cosine"),
-        budget="1000", harden=0.5,
-        search=SearchSettings(max_epochs=8, batch_size=256, mask_lr=1e-2, lambda_init=1e-4, lambda_growth=1.5),
+        dense=dict(data="fashion-mnist", model="lenet", limit=12000, epochs=6, batch_size=128, lr=0.05, schedule="cosine"),
+        budget="1000", harden=1.0,
+        search=SearchSettings(max_epochs=10, batch_size=128, mask_lr=0.02, lambda_init=3e-4, lambda_growth=1.5,
+                              harden_epochs=0.0),
         finetune=FinetuneSettings(epochs=3, batch_size=128, lr=0.01),
     ),
     "tiny": dict(
         dense=dict(data="cifar10", data_dir=str(REPO / "tests/data/slices/cifar10"), model="resnet18",
                    snl_variant=True, width=4, epochs=2, batch_size=64, lr=0.05),
         budget="3k", harden=0.5,
-        search=SearchSettings(max_epochs=2, batch_size=64, mask_lr=0.05, lambda_init=1e-3),
+        search=SearchSettings(max_epochs=2, batch_size=64, mask_lr=0.05, lambda_init=1e-3, harden_epochs=0.0),
         finetune=FinetuneSettings(epochs=1, batch_size=64, lr=0.01),
     ),
 }  # fmt: skip
@@ -94,6 +98,8 @@ SETTINGS = {
 
 def _finetune_changes(base: FinetuneSettings, changes: dict) -> dict:
     changes = dict(changes)
+    if "extra_epochs" in changes:
+        changes["epochs"] = base.epochs + changes.pop("extra_epochs")
     if "lr_scale" in changes:
         changes["lr"] = base.lr * changes.pop("lr_scale")
     return changes
@@ -143,7 +149,9 @@ def main() -> None:
     if args.rows:
         rows = [r for r in rows if r.key in args.rows.split(",") or r.key == "old"]
     out = args.out or Path(f"runs/ablation-{args.setting}")
-    print(f"machine: {machine_line()}\ncommit:  {commit()}\nsetting: {args.setting}, seeds {seeds}\n")
+    print(
+        f"machine: {machine_line()}\ncommit:  {commit()}\nsetting: {args.setting}, seeds {seeds}\n"
+    )
     t0 = time.perf_counter()
     dense_dir = out / "dense"
     if not (dense_dir / MODEL).exists():
@@ -151,7 +159,9 @@ def main() -> None:
         train(TrainConfig(**setting["dense"]), out=dense_dir, resume=resume, progress=False)
     dense = Run.open(dense_dir).metrics
     dense_s = time.perf_counter() - t0
-    print(f"dense: test {100 * dense['test_accuracy']:.2f} %, {dense['relus']:,} ReLUs ({dense_s:.0f} s)")
+    print(
+        f"dense: test {100 * dense['test_accuracy']:.2f} %, {dense['relus']:,} ReLUs ({dense_s:.0f} s)"
+    )
 
     results: dict[str, dict[int, dict]] = {r.key: {} for r in rows}
     for seed in seeds:
@@ -172,7 +182,10 @@ def main() -> None:
     table, old = [], results["old"]
     for row in rows:
         per = results[row.key]
-        pts = lambda k: [100 * per[s][k] for s in seeds]  # noqa: E731
+
+        def pts(key: str, per: dict = per) -> list[float]:
+            return [100 * per[s][key] for s in seeds]
+
         loss = [100 * (per[s]["val_soft"] - per[s]["val_binarized"]) for s in seeds]
         diff = [100 * (per[s]["drop"] - old[s]["drop"]) for s in seeds]
         secs = statistics.fmean(sum(per[s]["seconds"].values()) for s in seeds)

@@ -30,7 +30,12 @@ DEMO_TRAIN = dict(data="fashion-mnist", model="lenet", epochs=4, batch_size=128,
 # short for the CPU: faster masks and lambda, top-k makes the count exact wherever it stops.
 DEMO_BUDGETS = ["1000", "3000"]
 DEMO_SEARCH = SearchSettings(
-    max_epochs=4, batch_size=256, mask_lr=1e-2, lambda_init=1e-4, lambda_growth=2.0
+    max_epochs=4,
+    batch_size=256,
+    mask_lr=1e-2,
+    lambda_init=1e-4,
+    lambda_growth=2.0,
+    harden_epochs=0.5,
 )
 DEMO_FINETUNE = FinetuneSettings(epochs=2, batch_size=128)
 

@@ -61,5 +61,7 @@ def cluster_groups(
         assign.append((n_samples - agree).argmin(1))
     groups = torch.cat(assign)
     prototypes = prototypes.to(groups.device)
-    groups[prototypes] = torch.arange(len(prototypes), device=groups.device)  # a prototype is in its own group
+    groups[prototypes] = torch.arange(
+        len(prototypes), device=groups.device
+    )  # a prototype is in its own group
     return groups.view(feature_shape)

@@ -73,7 +73,9 @@ def harden(
     alpha_ids = {id(a) for a in alphas}
     weights = [p for p in model.parameters() if id(p) not in alpha_ids]
     optimizer = torch.optim.Adam(
-        [{"params": weights}, {"params": alphas, "lr": settings.mask_lr or settings.lr}],
+        # the masks move slowly here (a step of mask_lr would reorder thousands of entries
+        # between refreshes and the hysteresis could not hold them)
+        [{"params": weights}, {"params": alphas, "lr": settings.harden_mask_lr or settings.lr}],
         lr=settings.lr,
     )
     loader = ResidentLoader(

@@ -60,7 +60,8 @@ def _site_patterns(
     hooks = [
         s.register_forward_hook(
             lambda m, inp, out, n=n: seen.__setitem__(
-                n, sign_patterns(inp[0].detach().float())  # on the model's device (GPU: fast)
+                n,
+                sign_patterns(inp[0].detach().float()),  # on the model's device (GPU: fast)
             )
         )
         for n, s in sites.items()

@@ -151,7 +151,9 @@ class SearchSettings:
     """The mask search. SNL's reference values: Adam lr 1e-3, lambda 1e-5 x1.1 on stall after
     epoch 5, T = 4. pifair's defaults grow lambda x1.5 after every epoch past the warm-up, so a
     search ends in tens of epochs, not hundreds; top-k binarization makes the count exact
-    wherever the search stops."""
+    wherever the search stops, and one epoch of hardening per budget (training with that exact
+    mask, :mod:`pifair.relu.harden`) makes the binarized model the one that was trained
+    (benchmarks/linearize_ablation.py measures each of these choices)."""
 
     max_epochs: int = 30
     batch_size: int = 128
@@ -166,9 +168,10 @@ class SearchSettings:
     kd_weight: float = 1.0
     seed: int = 0
     # per budget, after the shared search: train with the exact top-k mask (pifair.relu.harden)
-    harden_epochs: float = 0.0  # 0: binarize the soft snapshot directly (SNL)
+    harden_epochs: float = 1.0  # 0: binarize the soft snapshot directly (SNL, old default)
     harden_mode: str = "ste"  # "ste": hard mask, straight-through; "progressive": blend to it
     harden_refresh: int = 10  # steps between recomputing the top-k mask from alpha
+    harden_mask_lr: float | None = None  # Adam lr of the masks while hardening (None: lr)
     hysteresis: float = 0.02  # added to kept entries' alpha when the mask is recomputed
     allocation: str = "global"  # "global" top-k, or "sensitivity": per-site budgets (SENet)
 
@@ -196,8 +199,9 @@ class SearchSettings:
         for name in ("lr", "lambda_init", "temperature"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"search {name} must be > 0, got {getattr(self, name)}")
-        if self.mask_lr is not None and not self.mask_lr > 0:
-            raise ConfigError(f"search mask_lr must be > 0, got {self.mask_lr}")
+        for name in ("mask_lr", "harden_mask_lr"):
+            if getattr(self, name) is not None and not getattr(self, name) > 0:
+                raise ConfigError(f"search {name} must be > 0, got {getattr(self, name)}")
         if self.lambda_growth < 1:
             raise ConfigError(f"search lambda_growth must be >= 1, got {self.lambda_growth}")
         self.schedule()  # checks the lambda rule's name
