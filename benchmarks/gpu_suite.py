@@ -45,6 +45,16 @@ FULL = dict(
     search=SearchSettings(max_epochs=20, batch_size=256, harden_epochs=1.0),
     finetune=FinetuneSettings(epochs=10, batch_size=256, lr=0.01),
 )  # fmt: skip
+# The CPU-scale stand-in: ResNet18 at width 16 (a quarter of the ReLUs: 122,880) on 5,000
+# CIFAR-10 images, every budget a quarter of the GPU one; the dense model of
+# benchmarks/linearize_ablation.py --setting cifar10-cpu (the same settings, so --dense may reuse it).
+CPU = dict(
+    dense=dict(data="cifar10", model="resnet18", snl_variant=True, width=16, limit=5000, epochs=15,
+               batch_size=128, lr=0.1, label_smoothing=0.1, schedule="onecycle"),
+    budgets=["3.75k", "6.25k", "12.5k", "25k"], naive=["12.5k"], channel=["12.5k"], share=["3.75k", "1.25k", "250"],
+    search=SearchSettings(max_epochs=8, batch_size=128, mask_lr=0.02, lambda_init=3e-4, lambda_growth=1.5, harden_epochs=1.0),
+    finetune=FinetuneSettings(epochs=3, batch_size=128, lr=0.01),
+)  # fmt: skip
 TINY = dict(
     dense=dict(data="cifar10", data_dir=str(REPO / "tests/data/slices/cifar10"), model="resnet18",
                snl_variant=True, width=4, epochs=1, batch_size=64, lr=0.05),
@@ -65,25 +75,27 @@ def stages(setting: dict) -> list[tuple[str, dict]]:
     ]  # fmt: skip
 
 
-def collect(out: Path, dense: dict) -> tuple[list[str], list[list[str]], list[dict]]:
+def collect(
+    out: Path, dense: dict, *, published: bool = True
+) -> tuple[list[str], list[list[str]], list[dict]]:
     """The table of every finished reduction under ``out`` (a partial suite gives a partial one)."""
     header = ["method", "ReLUs", "test %", "drop (pts)", "SNL published drop", "val soft %",
               "val binarized %", "binarization loss (pts)", "s for this budget"]  # fmt: skip
     rows, records = [], []
-    published = {p[0]: p for p in SNL_PUBLISHED_CIFAR10}
+    paper = {p[0]: p for p in SNL_PUBLISHED_CIFAR10} if published else {}
     for metrics_file in sorted(out.glob("*/*/metrics.json")):
         run = Run.open(metrics_file.parent)
         m = run.metrics
         if m.get("kind") not in ("linearize", "share") or "test_accuracy" not in m:
             continue
-        pub = min(published.values(), key=lambda p: abs(p[0] - m["relus"]))
+        pub = min(paper.values(), key=lambda p: abs(p[0] - m["relus"]), default=None)
         soft, binar = m.get("val_accuracy_soft"), m.get("val_accuracy_before_finetune")
         searched = _search_seconds(m)
         seconds = searched + m["seconds"].get("harden", 0) + m["seconds"].get("finetune", 0)
         method = m["method"] + ("-channel" if m.get("granularity") == "channel" else "")
         rows.append([
             method, f"{m['relus']:,}", f"{100 * m['test_accuracy']:.2f}", f"{100 * m['drop']:.2f}",
-            f"{pub[2]:.1f} @ {pub[0] / 1000:.1f}K" if abs(pub[0] - m["relus"]) < 0.1 * pub[0] else "-",
+            f"{pub[2]:.1f} @ {pub[0] / 1000:.1f}K" if pub and abs(pub[0] - m["relus"]) < 0.1 * pub[0] else "-",
             f"{100 * soft:.2f}" if soft is not None else "-", f"{100 * binar:.2f}" if binar is not None else "-",
             f"{100 * (soft - binar):.2f}" if soft is not None and binar is not None else "-", f"{seconds:.0f}",
         ])  # fmt: skip
@@ -118,8 +130,15 @@ def main() -> None:
     )
     args = parser.parse_args()  # fmt: skip
     t_start = time.perf_counter()
-    setting = TINY if args.tiny else FULL
-    if not args.tiny and not torch.cuda.is_available():
+    setting = TINY if args.tiny else CPU if args.cpu_scale else FULL
+    name = (
+        "linearize_gpu_tiny"
+        if args.tiny
+        else "linearize_cpu_scale"
+        if args.cpu_scale
+        else "linearize_gpu"
+    )
+    if setting is FULL and not torch.cuda.is_available():
         print("no CUDA device: the full suite is for a GPU; --tiny checks the script on CPU")
     dense_cfg = dict(setting["dense"])
     if args.data_dir and not args.tiny:
@@ -137,18 +156,23 @@ def main() -> None:
 
     def save(note: str) -> None:
         dense = Run.open(dense_dir).metrics
-        header, rows, records = collect(args.out, dense)
+        header, rows, records = collect(args.out, dense, published=setting is FULL)
         print_table(header, rows)
+        title = (
+            "ResNet18 on CIFAR-10 (JPEG q75)"
+            if setting is FULL
+            else "CPU scale: ResNet18 width 16, 5,000 CIFAR-10 (JPEG q75) images"
+        )
         save_results(
-            "linearize_gpu" if not args.tiny else "linearize_gpu_tiny",
-            tables={"ResNet18 on CIFAR-10 (JPEG q75)": (header, rows)},
+            name,
+            tables={title: (header, rows)},
             summary=[f"dense {100 * dense['test_accuracy']:.2f} % with {dense['relus']:,} ReLUs", note],
             data={"dense": {"test_accuracy": dense["test_accuracy"], "relus": dense["relus"]}, "rows": records,
                   "stage_seconds_this_call": durations},
             setting={k: str(v) for k, v in setting.items()}, results_dir=args.results_dir,
         )  # fmt: skip
 
-    dense_dir = args.out / "dense"
+    dense_dir = args.dense or args.out / "dense"
     if not (dense_dir / MODEL).exists():
         t0 = time.perf_counter()
         resume = dense_dir if (dense_dir / "checkpoint.pt").exists() else None
