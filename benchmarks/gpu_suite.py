@@ -123,7 +123,13 @@ def main() -> None:
         "--deadline", type=float, help="seconds this call may use; stops cleanly before"
     )
     parser.add_argument(
-        "--tiny", action="store_true", help="the whole suite in a minute on CPU (script check)"
+        "--tiny", action="store_true", help="the whole suite in minutes on CPU (script check)"
+    )
+    parser.add_argument(
+        "--cpu-scale", action="store_true", help="the CPU-scale stand-in (width 16, 5,000 images)"
+    )
+    parser.add_argument(
+        "--dense", type=Path, help="reuse this dense run (same settings) instead of training one"
     )
     parser.add_argument(
         "--results-dir", type=Path, help="where the JSON goes (default benchmarks/results)"
