@@ -173,3 +173,21 @@ def test_budget_driven_lambda_grows_with_the_distance_only():
     assert s.update(0, 1000, 100) == pytest.approx(1.5)  # far: the cap
     assert s.update(1, 120, 100) == pytest.approx(1.5 * 1.2)  # near: the distance
     assert s.update(2, 90, 100) == pytest.approx(1.8)  # under the budget: no growth
+
+
+def test_the_model_before_fine_tuning_is_kept_when_validation_prefers_it(dense, digits):
+    """A fine-tuning that wrecks the model (a huge learning rate and weight decay): selection on
+    validation keeps the hardened model; without the start as a candidate it cannot."""
+    from pifair.training import evaluate
+
+    wreck = FinetuneSettings(epochs=1, batch_size=64, lr=2.0, weight_decay=0.5)
+    (kept,) = linearize_many(dense, digits, [300], search=HARD, finetune=wreck, progress=False).values()  # fmt: skip
+    assert kept.kept_before_finetune and not any(h["selected"] for h in kept.finetune_history)
+    assert evaluate(kept.model, digits, "val").accuracy == pytest.approx(
+        kept.val_accuracy_before_finetune
+    )
+    assert kept.finetune_history[0]["val_accuracy"] < kept.val_accuracy_before_finetune
+    wreck_only = replace(wreck, start_candidate=False)
+    (lost,) = linearize_many(dense, digits, [300], search=HARD, finetune=wreck_only, progress=False).values()  # fmt: skip
+    assert not lost.kept_before_finetune
+    assert evaluate(lost.model, digits, "val").accuracy < kept.val_accuracy_before_finetune

@@ -65,6 +65,9 @@ class FinetuneSettings:
     kd_weight: float = 1.0
     recalibrate_bn: bool = True
     select_best: bool = True
+    # with select_best, the model before fine-tuning is a candidate too: after hardening it
+    # can already be better on validation than every fine-tuned epoch
+    start_candidate: bool = True
     seed: int = 0
     grad_clip: float | None = 5.0  # nearly linear networks (tiny budgets) can diverge without it
     objective: str = "kd"  # "kd", or fairness-aware: "constrained" (Das et al. 2024), "reweight"
@@ -126,6 +129,7 @@ class LinearizeResult:
     val_accuracy_soft: float | None = None  # the searched soft model (SNL), before binarizing
     hardening: list[dict] = field(default_factory=list)
     site_budgets: dict[str, int] | None = None
+    kept_before_finetune: bool = False  # validation preferred the model before fine-tuning
 
 
 def magnitude_scores(
@@ -407,8 +411,19 @@ def linearize_many(
             recalibrate_batchnorm(reduced, data, device=device)
         before = evaluate(reduced, data, "val", device=device).accuracy
         run, resume = finetune_run(budget) if finetune_run else (None, False)
+        keep_start = finetune.select_best and finetune.start_candidate
+        start_state = copy.deepcopy(reduced.state_dict()) if keep_start else None
         history = _finetune(
             reduced, dense, data, finetune, device=device, progress=progress, run=run, resume=resume
+        )
+        if start_state is not None and history and before > max(h["val_accuracy"] for h in history):
+            reduced.load_state_dict(start_state)  # validation prefers the model before fine-tuning
+            for h in history:
+                h["selected"] = False
+        kept_start = (
+            start_state is not None
+            and bool(history)
+            and not any(h.get("selected") for h in history)
         )
         relus = count_relus(reduced, data.input_shape).total
         if not reference and (relus > budget or (granularity == "pixel" and relus != budget)):
@@ -418,7 +433,7 @@ def linearize_many(
         results[budget] = LinearizeResult(
             model=reduced.cpu().eval(), budget=budget, relus=relus, method=method, granularity=granularity, binarize=binarize,
             search=search_summary, finetune_history=history, val_accuracy_before_finetune=before,
-            val_accuracy_soft=soft, hardening=hardening, site_budgets=site_budgets,
+            val_accuracy_soft=soft, hardening=hardening, site_budgets=site_budgets, kept_before_finetune=kept_start,
             seconds={"search": search_seconds, "harden": harden_seconds, "finetune": time.perf_counter() - t1 - harden_seconds},
         )  # fmt: skip
     return results

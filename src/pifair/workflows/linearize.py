@@ -129,6 +129,7 @@ def _write_result(
         relus=result.relus, dense_relus=dense_relus, dense_test_accuracy=dense_test.accuracy, test_accuracy=test.accuracy,
         drop=dense_test.accuracy - test.accuracy, val_accuracy=val.accuracy, val_accuracy_before_finetune=result.val_accuracy_before_finetune,
         val_accuracy_soft=result.val_accuracy_soft, hardening=result.hardening, site_budgets=result.site_budgets,
+        kept_before_finetune=result.kept_before_finetune,
         test=test.as_dict(), dense_test=dense_test.as_dict(), search=result.search, history=result.finetune_history,
         seconds=result.seconds | {"total": sum(result.seconds.values())}, reference=job.reference,
         data=data.summary(), model=record["model"], device=str(resolve_device(job.device)), objective=job.finetune.objective,
