@@ -176,11 +176,14 @@ def test_budget_driven_lambda_grows_with_the_distance_only():
 
 
 def test_the_model_before_fine_tuning_is_kept_when_validation_prefers_it(dense, digits):
-    """A fine-tuning that wrecks the model (a huge learning rate and weight decay): selection on
-    validation keeps the hardened model; without the start as a candidate it cannot."""
+    """A fine-tuning that wrecks the model (a huge learning rate and weight decay): with the start
+    as a candidate, selection on validation keeps the hardened model; without it (the default)
+    it cannot."""
     from pifair.training import evaluate
 
-    wreck = FinetuneSettings(epochs=1, batch_size=64, lr=2.0, weight_decay=0.5)
+    wreck = FinetuneSettings(
+        epochs=1, batch_size=64, lr=2.0, weight_decay=0.5, start_candidate=True
+    )
     (kept,) = linearize_many(dense, digits, [300], search=HARD, finetune=wreck, progress=False).values()  # fmt: skip
     assert kept.kept_before_finetune and not any(h["selected"] for h in kept.finetune_history)
     assert evaluate(kept.model, digits, "val").accuracy == pytest.approx(

