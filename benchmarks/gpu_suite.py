@@ -184,22 +184,22 @@ def main() -> None:
         resume = dense_dir if (dense_dir / "checkpoint.pt").exists() else None
         train(TrainConfig(**dense_cfg), out=dense_dir, resume=resume, progress=False)
         durations["dense"] = time.perf_counter() - t0
-    for name, fields in stages(setting):
-        path = args.out / name
+    for stage, fields in stages(setting):
+        path = args.out / stage
         finished = all((path / f"{m}-{b}" / MODEL).exists() for m in fields["methods"] for b in fields["budgets"])  # fmt: skip
         if finished:
             continue
         estimate = max(durations.values(), default=0.0)
         if time_left() < estimate:
-            save(f"stopped before stage {name} (deadline): call the same command again to go on")
+            save(f"stopped before stage {stage} (deadline): call the same command again to go on")
             return
         t0 = time.perf_counter()
         job = LinearizeJob(from_run=str(dense_dir.resolve()), **fields)
         run_linearize(
             job, out=path, resume=(path / "config.yaml").exists(), progress=False, sweep=True
         )
-        durations[name] = time.perf_counter() - t0
-        save(f"stages done up to {name}")
+        durations[stage] = time.perf_counter() - t0
+        save(f"stages done up to {stage}")
     for plot in args.out.glob("*/pareto.png"):
         shutil.copy(plot, args.out / f"pareto-{plot.parent.name}.png")
     save("complete")
