@@ -340,14 +340,26 @@ def _cmd_audit(ns: argparse.Namespace) -> None:
         grad_samples=ns.grad_samples,
         device=ns.device,
     )
+    pairs = run.metrics["pairs"]
+    if pairs:
+        sizes = ", ".join(f"{g['name']} {g['count']:,}" for g in pairs[0]["groups"])
+        print(f"group sizes ({ns.split}): {sizes}")
     print(
-        f"{'run':<28} {'ReLUs':>8} {'acc':>7} {'drop':>6} {'worst':>7} {'spread':>7} {'min-maj':>8}"
+        f"{'run':<28} {'ReLUs':>8} {'acc':>7} {'drop':>6} {'worst':>7} {'spread':>7} {'min-maj':>8} {'unweighted':>10}"
     )
-    for p in run.metrics["pairs"]:
-        gap = "-" if p["minority_gap"] is None else f"{100 * p['minority_gap']:.2f}"
-        print(
-            f"{Path(p['run']).name:<28} {p['relus']:>8,} {100 * p['reduced_accuracy']:6.2f}% {100 * p['drop']:6.2f} {100 * p['worst_group_accuracy']:6.2f}% {100 * p['drop_spread']:7.2f} {gap:>8}"
+    for p in pairs:
+        gap, flat = (
+            ("-", "-")
+            if p["minority_gap"] is None
+            else (f"{100 * p['minority_gap']:.2f}", f"{100 * p['minority_gap_unweighted']:.2f}")
         )
+        print(
+            f"{Path(p['run']).name:<28} {p['relus']:>8,} {100 * p['reduced_accuracy']:6.2f}% {100 * p['drop']:6.2f} {100 * p['worst_group_accuracy']:6.2f}% {100 * p['drop_spread']:7.2f} {gap:>8} {flat:>10}"
+        )
+    print(
+        "min-maj: size-weighted mean drop of the minority groups minus the majority's (points); "
+        "unweighted: every group weighs the same"
+    )
     print(f"audit: {run.path}")
 
 

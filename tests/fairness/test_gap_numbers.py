@@ -14,14 +14,15 @@ from pifair.runs import Run
 from pifair.workflows.fairness import _summarise
 
 
-def _group(g: int, drop: float, minority: bool) -> GroupAudit:
-    return GroupAudit(group=g, name=str(g), count=10, minority=minority, dense_accuracy=0.9, reduced_accuracy=0.9 - drop,
+def _group(g: int, drop: float, minority: bool, count: int = 10) -> GroupAudit:
+    return GroupAudit(group=g, name=str(g), count=count, minority=minority, dense_accuracy=0.9, reduced_accuracy=0.9 - drop,
                       drop=drop, dense_loss=0.0, reduced_loss=0.0, dense_margin=0.0, reduced_margin=0.0,
                       dense_grad_norm=None, reduced_grad_norm=None)  # fmt: skip
 
 
-def _pair(drops: list[float], minority: set[int]) -> PairAudit:
-    groups = [_group(g, d, g in minority) for g, d in enumerate(drops)]
+def _pair(drops: list[float], minority: set[int], counts: list[int] | None = None) -> PairAudit:
+    counts = counts or [10] * len(drops)
+    groups = [_group(g, d, g in minority, c) for g, (d, c) in enumerate(zip(drops, counts))]
     return PairAudit(name="p", relus=100, dense_relus=1000, dense_accuracy=0.9, reduced_accuracy=0.85, groups=groups)  # fmt: skip
 
 
@@ -31,6 +32,19 @@ def test_gap_is_minority_mean_drop_minus_majority_mean_drop():
     assert pair.drop_spread == pytest.approx(0.19)
     assert pair.worst_group_accuracy == pytest.approx(0.70)
     assert _pair([0.1, 0.2], minority=set()).minority_gap is None
+
+
+def test_gap_weighs_groups_by_size_with_the_unweighted_one_beside_it():
+    """135 samples must not weigh as much as 1,561: by hand, the pooled drops."""
+    pair = _pair([0.01, 0.03, 0.10, 0.20], minority={2, 3}, counts=[1000, 3000, 135, 1561])
+    minority = (135 * 0.10 + 1561 * 0.20) / (135 + 1561)
+    majority = (1000 * 0.01 + 3000 * 0.03) / 4000
+    assert pair.minority_gap == pytest.approx(minority - majority)
+    assert pair.minority_gap_unweighted == pytest.approx((0.10 + 0.20) / 2 - (0.01 + 0.03) / 2)
+    d = pair.as_dict()
+    assert d["minority_gap"] == pair.minority_gap
+    assert d["minority_gap_unweighted"] == pair.minority_gap_unweighted
+    assert [g["count"] for g in d["groups"]] == [1000, 3000, 135, 1561]
 
 
 def test_gap_of_a_real_audit_matches_a_hand_count():
@@ -44,9 +58,14 @@ def test_gap_of_a_real_audit_matches_a_hand_count():
         hit_d = dense(x).argmax(1).numpy() == y
         hit_r = reduced(x).argmax(1).numpy() == y
     drop = {c: hit_d[g == c].mean() - hit_r[g == c].mean() for c in range(10)}
-    hand = np.mean([drop[c] for c in range(5, 10)]) - np.mean([drop[c] for c in range(5)])
+    unweighted = np.mean([drop[c] for c in range(5, 10)]) - np.mean([drop[c] for c in range(5)])
+    minority, majority = g >= 5, g < 5  # size-weighted: the drop of the pooled samples
+    pooled = (hit_d[minority].mean() - hit_r[minority].mean()) - (
+        hit_d[majority].mean() - hit_r[majority].mean()
+    )
     assert [a.minority for a in audit.groups] == [False] * 5 + [True] * 5
-    assert audit.minority_gap == pytest.approx(hand)
+    assert audit.minority_gap == pytest.approx(pooled)
+    assert audit.minority_gap_unweighted == pytest.approx(unweighted)
 
 
 def test_cross_seed_summary_is_the_mean_and_t_interval(tmp_path):

@@ -109,14 +109,31 @@ class PairAudit:
         drops = [g.drop for g in self.groups]
         return max(drops) - min(drops)
 
-    @property
-    def minority_gap(self) -> float | None:
-        """Mean drop of minority groups minus mean drop of majority groups (None if balanced)."""
-        minority = [g.drop for g in self.groups if g.minority]
-        majority = [g.drop for g in self.groups if not g.minority]
+    def _side_means(self, weighted: bool) -> tuple[float, float] | None:
+        minority = [g for g in self.groups if g.minority]
+        majority = [g for g in self.groups if not g.minority]
         if not minority or not majority:
             return None
-        return float(np.mean(minority) - np.mean(majority))
+
+        def mean(side: list[GroupAudit]) -> float:
+            weights = [g.count if weighted else 1 for g in side]
+            return float(np.average([g.drop for g in side], weights=weights))
+
+        return mean(minority), mean(majority)
+
+    @property
+    def minority_gap(self) -> float | None:
+        """Size-weighted mean drop of the minority groups minus that of the majority groups
+        (each group weighs its sample count: the drop of the pooled minority samples); None
+        when no group is a minority."""
+        sides = self._side_means(weighted=True)
+        return None if sides is None else sides[0] - sides[1]
+
+    @property
+    def minority_gap_unweighted(self) -> float | None:
+        """The same gap with every group weighing the same, whatever its size."""
+        sides = self._side_means(weighted=False)
+        return None if sides is None else sides[0] - sides[1]
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -126,6 +143,7 @@ class PairAudit:
             "worst_group_accuracy": self.worst_group_accuracy,
             "drop_spread": self.drop_spread,
             "minority_gap": self.minority_gap,
+            "minority_gap_unweighted": self.minority_gap_unweighted,
         }
 
 

@@ -102,6 +102,7 @@ def _summarise(pairs: list[tuple[Run, PairAudit]]) -> list[dict]:
             ("worst_group_accuracy", [a.worst_group_accuracy for a in audits]),
             ("drop_spread", [a.drop_spread for a in audits]),
             ("minority_gap", [a.minority_gap for a in audits]),
+            ("minority_gap_unweighted", [a.minority_gap_unweighted for a in audits]),
         ):
             mean, half = mean_ci(values)
             row[key], row[f"{key}_ci"] = mean, half
@@ -110,6 +111,7 @@ def _summarise(pairs: list[tuple[Run, PairAudit]]) -> list[dict]:
             n: mean_ci([a.groups[i].drop for a in audits])[0] for i, n in enumerate(names)
         }
         row["minority"] = [g.name for g in audits[0].groups if g.minority]
+        row["group_sizes"] = {g.name: g.count for g in audits[0].groups}
         rows.append(row)
     return rows
 
