@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from ..data import Dataset, ResidentLoader
 from .distill import DistillationLoss
-from .snl import SearchSettings, SNLSite, snl_sites
+from .snl import SearchSettings, SNLSite, mask_optimizer, snl_sites
 
 __all__ = ["harden"]
 
@@ -69,14 +69,10 @@ def harden(
     model.to(device)
     teacher = teacher.to(device).eval()
     loss_fn = DistillationLoss(teacher, temperature=settings.temperature, weight=settings.kd_weight)
-    alphas = [s.alpha for s in sites.values()]
-    alpha_ids = {id(a) for a in alphas}
-    weights = [p for p in model.parameters() if id(p) not in alpha_ids]
-    optimizer = torch.optim.Adam(
-        # the masks move slowly here (a step of mask_lr would reorder thousands of entries
-        # between refreshes and the hysteresis could not hold them)
-        [{"params": weights}, {"params": alphas, "lr": settings.harden_mask_lr or settings.lr}],
-        lr=settings.lr,
+    # the masks move slowly here (a step of mask_lr would reorder thousands of entries between
+    # refreshes and the hysteresis could not hold them)
+    optimizer = mask_optimizer(
+        model, list(sites.values()), lr=settings.lr, mask_lr=settings.harden_mask_lr or settings.lr
     )
     loader = ResidentLoader(
         data, "train", batch_size=settings.batch_size, device=device, shuffle=True, augment=True,

@@ -234,20 +234,17 @@ def _masks_from_scores(
     return select_channels(scores, sizes, budget)
 
 
-def _site_budgets(
-    dense: nn.Module, data: Dataset, budget: int, granularity: str, *, device: torch.device
-) -> dict[str, int]:
-    """SENet-style per-site budgets (pixel-wise only: whole channels are another problem)."""
+def _sensitivity(
+    dense: nn.Module, data: Dataset, granularity: str, *, device: torch.device
+) -> dict[str, float]:
+    """SENet-style ReLU sensitivity of the dense model, measured once for every budget
+    (pixel-wise only: whole channels are another problem)."""
     if granularity != "pixel":
         raise ConfigError(
             "allocation 'sensitivity' is pixel-wise only; use --allocation global with "
             "--granularity channel"
         )
-    sizes = {
-        n: math.prod(s.feature_shape) for n, s in iter_sites(dense) if isinstance(s, DenseReLU)
-    }
-    sensitivity = relu_sensitivity(dense, data, device=device)
-    return allocate_by_sensitivity(sensitivity, sizes, budget)
+    return relu_sensitivity(dense, data, device=device)
 
 
 def _apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
@@ -320,7 +317,8 @@ def linearize_many(
     if reference:
         search, finetune = reference_settings(search, finetune)
     dense = copy.deepcopy(model).to(device).eval()
-    total = count_relus(dense, data.input_shape).total
+    dense_count = count_relus(dense, data.input_shape)
+    total = dense_count.total
     if any(s.kind in ("masked_relu", "snl_alpha", "shared_relu") for _, s in iter_sites(dense)):
         raise ConfigError(
             "linearize needs a dense model (its ReLU sites all DenseReLU); pass the dense parent"
@@ -329,6 +327,12 @@ def linearize_many(
     results: dict[int, LinearizeResult] = {}
     search_summary: dict = {}
     snapshots = {}
+    sensitivity = (
+        _sensitivity(dense, data, granularity, device=device)
+        if search.allocation == "sensitivity" and not reference
+        else None
+    )
+    relu_sizes = {s.name: s.elements for s in dense_count.sites if s.kind == DenseReLU.kind}
     t0 = time.perf_counter()
     work = copy.deepcopy(dense)
     if method == "snl":
@@ -377,8 +381,8 @@ def linearize_many(
             sites = {n: s for n, s in iter_sites(reduced) if isinstance(s, DenseReLU)}
             scores = magnitude_scores(reduced, data, granularity, device=device)
         site_budgets = (
-            _site_budgets(dense, data, budget, granularity, device=device)
-            if search.allocation == "sensitivity" and not reference
+            allocate_by_sensitivity(sensitivity, relu_sizes, budget)
+            if sensitivity is not None
             else None
         )
         make_masks = partial(
@@ -417,15 +421,15 @@ def linearize_many(
         history = _finetune(
             reduced, dense, data, finetune, device=device, progress=progress, run=run, resume=resume
         )
-        if start_state is not None and history and before > max(h["val_accuracy"] for h in history):
-            reduced.load_state_dict(start_state)  # validation prefers the model before fine-tuning
-            for h in history:
-                h["selected"] = False
         kept_start = (
             start_state is not None
             and bool(history)
-            and not any(h.get("selected") for h in history)
+            and before > max(h["val_accuracy"] for h in history)
         )
+        if kept_start:
+            reduced.load_state_dict(start_state)  # validation prefers the model before fine-tuning
+            for h in history:
+                h["selected"] = False
         relus = count_relus(reduced, data.input_shape).total
         if not reference and (relus > budget or (granularity == "pixel" and relus != budget)):
             raise BudgetError(

@@ -267,6 +267,16 @@ def alpha_count(model: nn.Module) -> int:
     return sum(s.relu_count() for _, s in snl_sites(model))
 
 
+def mask_optimizer(
+    model: nn.Module, sites: list[SNLSite], *, lr: float, mask_lr: float
+) -> torch.optim.Adam:
+    """Adam over the weights at ``lr`` and the sites' masks ``a`` at ``mask_lr``."""
+    alphas = [s.alpha for s in sites]
+    alpha_ids = {id(a) for a in alphas}
+    weights = [p for p in model.parameters() if id(p) not in alpha_ids]
+    return torch.optim.Adam([{"params": weights}, {"params": alphas, "lr": mask_lr}], lr=lr)
+
+
 def _l1(sites: list[SNLSite]) -> torch.Tensor:
     return sum(s.alpha.abs().sum() * s.cost_per_alpha for s in sites)
 
@@ -296,12 +306,8 @@ def snl_search(
         teacher.to(memory_format=torch.channels_last)
     sites = [s for _, s in snl_sites(model)]
     loss_fn = DistillationLoss(teacher, temperature=settings.temperature, weight=settings.kd_weight)
-    alphas = [s.alpha for s in sites]
-    alpha_ids = {id(a) for a in alphas}
-    weights = [p for p in model.parameters() if id(p) not in alpha_ids]
-    optimizer = torch.optim.Adam(
-        [{"params": weights}, {"params": alphas, "lr": settings.mask_lr or settings.lr}],
-        lr=settings.lr,
+    optimizer = mask_optimizer(
+        model, sites, lr=settings.lr, mask_lr=settings.mask_lr or settings.lr
     )
     schedule = settings.schedule()
     loader = ResidentLoader(
