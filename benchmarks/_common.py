@@ -107,6 +107,20 @@ def save_results(
     return path
 
 
+def seconds_for_budget(metrics: dict) -> float:
+    """What a reduction run for this budget alone would take: the shared search's seconds up to
+    this budget's snapshot, then its hardening and fine-tuning (a run without a search, e.g.
+    sharing, counts only what it has)."""
+    search = metrics.get("search") or {}
+    snap = search.get("snapshots", {}).get(str(metrics["budget"]))
+    seconds = metrics["seconds"]
+    if snap and search.get("history"):
+        searched = search["history"][snap["epoch"] - 1]["seconds"]
+    else:
+        searched = seconds.get("search", 0.0)
+    return searched + seconds.get("harden", 0.0) + seconds.get("finetune", 0.0)
+
+
 def _relative_script(script: str) -> str:
     p = Path(script).resolve()
     try:

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import commit, machine_line, print_table, save_results  # noqa: E402
+from _common import commit, machine_line, print_table, save_results, seconds_for_budget  # noqa: E402
 from pifair.relu.linearize import FinetuneSettings  # noqa: E402
 from pifair.relu.snl import SearchSettings  # noqa: E402
 from pifair.runs import MODEL, Run  # noqa: E402
@@ -90,8 +90,7 @@ def collect(
             continue
         pub = min(paper.values(), key=lambda p: abs(p[0] - m["relus"]), default=None)
         soft, binar = m.get("val_accuracy_soft"), m.get("val_accuracy_before_finetune")
-        searched = _search_seconds(m)
-        seconds = searched + m["seconds"].get("harden", 0) + m["seconds"].get("finetune", 0)
+        seconds = seconds_for_budget(m)
         method = m["method"] + ("-channel" if m.get("granularity") == "channel" else "")
         rows.append([
             method, f"{m['relus']:,}", f"{100 * m['test_accuracy']:.2f}", f"{100 * m['drop']:.2f}",
@@ -102,15 +101,6 @@ def collect(
         records.append({"method": method, "relus": m["relus"], "test_accuracy": m["test_accuracy"], "drop": m["drop"],
                         "val_soft": soft, "val_binarized": binar, "seconds": seconds, "run": str(metrics_file.parent)})  # fmt: skip
     return header, rows, records
-
-
-def _search_seconds(m: dict) -> float:
-    """Search time up to this budget's snapshot: what a run for this budget alone would take."""
-    search = m.get("search") or {}
-    snap = search.get("snapshots", {}).get(str(m["budget"]))
-    if snap and search.get("history"):
-        return search["history"][snap["epoch"] - 1]["seconds"]
-    return m["seconds"].get("search", 0.0)
 
 
 def main() -> None:

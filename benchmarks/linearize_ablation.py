@@ -190,7 +190,7 @@ def main() -> None:
 
         loss = [100 * (per[s]["val_soft"] - per[s]["val_binarized"]) for s in seeds]
         diff = [100 * (per[s]["drop"] - old[s]["drop"]) for s in seeds]
-        secs = statistics.fmean(sum(per[s]["seconds"].values()) for s in seeds)
+        secs = statistics.fmean(per[s]["seconds"]["total"] for s in seeds)
         table.append([row.label, spread(pts("val_soft")), spread(pts("val_binarized")), spread(loss),
                       spread(pts("test")), spread(pts("drop")), "-" if row.key == "old" else paired(diff), f"{secs:.0f}"])  # fmt: skip
     print()

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import commit, machine_line, print_table, save_results  # noqa: E402
+from _common import commit, machine_line, print_table, save_results, seconds_for_budget  # noqa: E402
 from pifair.relu.linearize import FinetuneSettings  # noqa: E402
 from pifair.relu.snl import SearchSettings  # noqa: E402
 from pifair.runs import MODEL, Run  # noqa: E402
@@ -43,19 +43,6 @@ CPU = dict(
     search=SearchSettings(max_epochs=8, batch_size=256, mask_lr=1e-2, lambda_init=1e-4, lambda_growth=1.5),
     finetune=FinetuneSettings(epochs=4, batch_size=128, lr=0.01),
 )  # fmt: skip
-
-
-def time_to_budget(metrics: dict) -> float:
-    """Search seconds until this budget's snapshot plus its fine-tuning: what a run for this
-    budget alone would take."""
-    search = metrics["search"]
-    snap = search.get("snapshots", {}).get(str(metrics["budget"]))
-    searched = (
-        search["history"][snap["epoch"] - 1]["seconds"]
-        if snap and search.get("history")
-        else metrics["seconds"]["search"]
-    )
-    return searched + metrics["seconds"]["finetune"]
 
 
 def main() -> None:
@@ -137,7 +124,7 @@ def main() -> None:
         )
         rows.append([
             f"{snl['relus']:,}", f"{100 * snl['test_accuracy']:.2f}", f"{100 * snl['drop']:.2f}", f"{100 * naive['test_accuracy']:.2f}",
-            f"{pub[2]:.1f} @ {pub[0] / 1000:.1f}K" if pub else "-", f"{time_to_budget(snl):.0f}",
+            f"{pub[2]:.1f} @ {pub[0] / 1000:.1f}K" if pub else "-", f"{seconds_for_budget(snl):.0f}",
         ])  # fmt: skip
         result["budgets"].append(
             {
@@ -145,7 +132,7 @@ def main() -> None:
                 "snl": snl["test_accuracy"],
                 "snl_drop": snl["drop"],
                 "naive": naive["test_accuracy"],
-                "seconds": time_to_budget(snl),
+                "seconds": seconds_for_budget(snl),
                 "published_drop": pub[2] if pub else None,
             }
         )
@@ -168,7 +155,7 @@ def main() -> None:
             f"at {setting['reference_budget']}: pifair defaults {100 * mine['test_accuracy']:.2f} % vs SNL reference settings {100 * ref['test_accuracy']:.2f} %"
         )
         print(f"\nat {setting['reference_budget']}: pifair defaults {100 * mine['test_accuracy']:.2f}% ({mine['relus']:,} ReLUs) vs SNL reference settings "
-              f"{100 * ref['test_accuracy']:.2f}% ({ref['relus']:,} ReLUs, {time_to_budget(ref):.0f} s)")  # fmt: skip
+              f"{100 * ref['test_accuracy']:.2f}% ({ref['relus']:,} ReLUs, {seconds_for_budget(ref):.0f} s)")  # fmt: skip
         result["reference"] = {
             "budget": setting["reference_budget"],
             "relus": ref["relus"],
