@@ -179,18 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--from", dest="from_run", type=Path, required=True, help="a linearize run folder"
     )
-    p.add_argument(
-        "--objective",
-        choices=["constrained", "reweight"],
-        default="constrained",
-        help="constrained: Das et al. 2024 (default); reweight: inverse group frequency",
-    )
-    p.add_argument(
-        "--mu",
-        type=float,
-        default=1e-3,
-        help="dual step of the constrained objective (default 1e-3)",
-    )
+    _add_objective_flags(p, default_objective="constrained")
     p.add_argument("--epochs", type=int, help="fine-tuning epochs (default: the run's)")
     p.add_argument("--out", type=Path)
     p.add_argument("--resume", type=Path, help="continue the killed mitigation in this folder")
@@ -418,7 +407,7 @@ def _cmd_mitigate(ns: argparse.Namespace) -> None:
     run = run_mitigate(
         ns.from_run,
         objective=ns.objective,
-        mu=ns.mu,
+        settings={k: getattr(ns, k) for k in _OBJECTIVE_FLAGS if hasattr(ns, k)},
         out=_run_folder(ns),
         epochs=ns.epochs,
         progress=not ns.no_progress,
@@ -431,6 +420,7 @@ def _cmd_mitigate(ns: argparse.Namespace) -> None:
     )
 
 
+_OBJECTIVE_FLAGS = ("mu", "multiplier_init", "dro_step", "logit_tau", "dual_update", "select_by")
 # flag -> (section of LinearizeJob, key); section None is the job itself
 _LINEARIZE_FLAGS = {
     "from_run": (None, "from_run"), "granularity": (None, "granularity"), "reference": (None, "reference"),
@@ -441,11 +431,42 @@ _LINEARIZE_FLAGS = {
     "harden_mode": ("search", "harden_mode"), "allocation": ("search", "allocation"),
     "finetune_kd_weight": ("finetune", "kd_weight"),
     "finetune_epochs": ("finetune", "epochs"), "finetune_lr": ("finetune", "lr"), "batch_size": (None, "batch_size"),
-    "objective": ("finetune", "objective"),
-}  # fmt: skip
+    "objective": ("finetune", "objective"), "search_objective": ("search", "objective"),
+} | {name: ("finetune", name) for name in _OBJECTIVE_FLAGS}  # fmt: skip
+
+
+def _add_objective_flags(p: argparse.ArgumentParser, *, default_objective: str | None) -> None:
+    """The fairness objective and its parameters (defaults: FinetuneSettings')."""
+    from .fairness.mitigation import OBJECTIVES
+    from .relu.linearize import FinetuneSettings
+
+    d, S = FinetuneSettings(), argparse.SUPPRESS
+    p.add_argument(
+        "--objective", choices=OBJECTIVES, default=default_objective or S,
+        help=f"fine-tuning objective (default {default_objective or d.objective}): constrained = Das et al. 2024, "
+        "anchored = no group loses more than its share against the dense model, group-dro = Sagawa et al. 2020, "
+        "logit-adjust = Menon et al. 2021, reweight = inverse group frequency",
+    )  # fmt: skip
+    for flag, tp, what in (
+        ("--mu", float, "dual step of constrained and anchored"),
+        ("--multiplier-init", float, "their multipliers' warm start"),
+        ("--dro-step", float, "group DRO's step"),
+        ("--logit-tau", float, "logit adjustment's tau"),
+    ):
+        name = flag[2:].replace("-", "_")
+        p.add_argument(flag, type=tp, default=S, help=f"{what} (default {getattr(d, name)})")
+    p.add_argument("--dual-update", choices=["step", "epoch"], default=S,
+                   help=f"multipliers updated per step or per epoch (default {d.dual_update})")  # fmt: skip
+    p.add_argument(
+        "--select-by", choices=["accuracy", "fair"], default=S,
+        help="fine-tuning epoch kept: best validation accuracy, or fair = accuracy - |minority-majority gap| "
+        f"against the dense model (default {d.select_by})",
+    )  # fmt: skip
 
 
 def _add_linearize_flags(p: argparse.ArgumentParser, *, method_flag: str) -> None:
+    from .fairness.mitigation import OBJECTIVES
+
     S = argparse.SUPPRESS
     p.add_argument("--from", dest="from_run", default=S, help="run folder of the dense model")
     if method_flag == "--method":
@@ -511,6 +532,12 @@ def _add_linearize_flags(p: argparse.ArgumentParser, *, method_flag: str) -> Non
     )  # fmt: skip
     p.add_argument("--finetune-epochs", type=int, default=S, help="(default 20)")
     p.add_argument("--finetune-kd-weight", type=float, default=S, help="(default 1.0)")
+    _add_objective_flags(p, default_objective=None)
+    p.add_argument(
+        "--search-objective", choices=OBJECTIVES, default=S,
+        help="objective of the SNL search and hardening (default kd): a fairness objective puts the "
+        "groups' losses into which ReLUs are kept",
+    )  # fmt: skip
     p.add_argument("--finetune-lr", type=float, default=S, help="(default 0.01)")
     p.add_argument(
         "--batch-size", type=int, default=S, help="search and fine-tuning batch (default 128)"

@@ -25,9 +25,26 @@ __all__ = [
     "audit_pair",
     "margins",
     "per_sample_grad_norms",
+    "minority_gap",
     "minority_groups",
     "mean_ci",
+    "paired_difference",
 ]
+
+
+def minority_gap(
+    drops: list[float], counts: list[int], minority: list[bool], *, weighted: bool = True
+) -> float | None:
+    """Mean drop of the minority groups minus that of the majority groups, each group weighing
+    its sample count (``weighted``) or one; None when either side is empty."""
+    sides = []
+    for side in (True, False):
+        chosen = [i for i, m in enumerate(minority) if m == side]
+        if not chosen:
+            return None
+        weights = [counts[i] if weighted else 1 for i in chosen]
+        sides.append(float(np.average([drops[i] for i in chosen], weights=weights)))
+    return sides[0] - sides[1]
 
 
 def margins(logits: torch.Tensor) -> torch.Tensor:
@@ -109,31 +126,19 @@ class PairAudit:
         drops = [g.drop for g in self.groups]
         return max(drops) - min(drops)
 
-    def _side_means(self, weighted: bool) -> tuple[float, float] | None:
-        minority = [g for g in self.groups if g.minority]
-        majority = [g for g in self.groups if not g.minority]
-        if not minority or not majority:
-            return None
-
-        def mean(side: list[GroupAudit]) -> float:
-            weights = [g.count if weighted else 1 for g in side]
-            return float(np.average([g.drop for g in side], weights=weights))
-
-        return mean(minority), mean(majority)
-
     @property
     def minority_gap(self) -> float | None:
         """Size-weighted mean drop of the minority groups minus that of the majority groups
         (each group weighs its sample count: the drop of the pooled minority samples); None
         when no group is a minority."""
-        sides = self._side_means(weighted=True)
-        return None if sides is None else sides[0] - sides[1]
+        return minority_gap([g.drop for g in self.groups], [g.count for g in self.groups],
+                            [g.minority for g in self.groups])  # fmt: skip
 
     @property
     def minority_gap_unweighted(self) -> float | None:
         """The same gap with every group weighing the same, whatever its size."""
-        sides = self._side_means(weighted=False)
-        return None if sides is None else sides[0] - sides[1]
+        return minority_gap([g.drop for g in self.groups], [g.count for g in self.groups],
+                            [g.minority for g in self.groups], weighted=False)  # fmt: skip
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -238,3 +243,16 @@ def mean_ci(values: list[float], confidence: float = 0.95) -> tuple[float, float
         return mean, 0.0
     half = float(stats.t.ppf(0.5 + confidence / 2, len(values) - 1) * stats.sem(values))
     return mean, half
+
+
+def paired_difference(
+    baseline: list[float], treated: list[float], confidence: float = 0.95
+) -> tuple[float, float, float]:
+    """Mean of ``treated - baseline`` over paired runs (same seeds, same dense models) and the
+    bounds of its t confidence interval."""
+    if len(baseline) != len(treated):
+        raise ValueError(
+            f"paired runs need the same seeds: {len(baseline)} baseline values, {len(treated)} treated"
+        )
+    mean, half = mean_ci([t - b for b, t in zip(baseline, treated)], confidence)
+    return mean, mean - half, mean + half

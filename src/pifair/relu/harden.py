@@ -54,6 +54,7 @@ def harden(
     *,
     device: torch.device,
     progress: bool = True,
+    loss_fn: Callable | None = None,
 ) -> tuple[dict[str, torch.Tensor], list[dict]]:
     """Train ``model`` (holding :class:`SNLSite` s) with the hard masks ``make_masks`` gives
     for ``settings.harden_epochs`` epochs; return the masks the last step ran with (the
@@ -68,7 +69,8 @@ def harden(
     sites = dict(snl_sites(model))
     model.to(device)
     teacher = teacher.to(device).eval()
-    loss_fn = DistillationLoss(teacher, temperature=settings.temperature, weight=settings.kd_weight)
+    if loss_fn is None:
+        loss_fn = DistillationLoss(teacher, temperature=settings.temperature, weight=settings.kd_weight)  # fmt: skip
     # the masks move slowly here (a step of mask_lr would reorder thousands of entries between
     # refreshes and the hysteresis could not hold them)
     optimizer = mask_optimizer(

@@ -25,9 +25,9 @@ from torch import nn
 
 from ..data import Dataset, ResidentLoader
 from ..errors import BudgetError, ConfigError
+from ..fairness.mitigation import OBJECTIVES, build_objective
 from .allocation import allocate_by_sensitivity, relu_sensitivity
 from .budget import parse_budget
-from .distill import DistillationLoss
 from .harden import harden
 from .selection import select_channels, select_pixels, select_pixels_per_site
 from .sites import (
@@ -71,8 +71,17 @@ class FinetuneSettings:
     start_candidate: bool = False
     seed: int = 0
     grad_clip: float | None = 5.0  # nearly linear networks (tiny budgets) can diverge without it
-    objective: str = "kd"  # "kd", or fairness-aware: "constrained" (Das et al. 2024), "reweight"
-    mu: float = 1e-3  # dual step of the constrained objective
+    # the training objective: "kd", or a fairness-aware one of pifair.fairness.mitigation
+    # (constrained, anchored, group-dro, logit-adjust, reweight); the parameters below are theirs
+    objective: str = "kd"
+    mu: float = 1e-2  # dual step of the constrained and anchored objectives
+    multiplier_init: float = 0.5  # warm start of their multipliers (Das et al.: 0)
+    dual_update: str = "step"  # multipliers updated after every "step" or every "epoch"
+    dro_step: float = 0.01  # group DRO's exponentiated-gradient step
+    logit_tau: float = 1.0  # logit adjustment's tau
+    # the epoch kept with select_best: best validation "accuracy", or "fair": accuracy minus
+    # |minority-majority gap| against the dense model on validation (pifair.fairness.selection)
+    select_by: str = "accuracy"
 
     def __post_init__(self) -> None:
         if self.epochs < 0:
@@ -82,15 +91,21 @@ class FinetuneSettings:
         for name in ("lr", "temperature"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"fine-tuning {name} must be > 0, got {getattr(self, name)}")
-        for name in ("momentum", "weight_decay", "kd_weight", "mu"):
+        for name in ("momentum", "weight_decay", "kd_weight", "mu", "multiplier_init", "logit_tau"):
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"fine-tuning {name} must be >= 0, got {getattr(self, name)}")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ConfigError(f"fine-tuning grad_clip must be > 0 or None, got {self.grad_clip}")
-        if self.objective not in ("kd", "constrained", "reweight"):
+        if self.objective not in OBJECTIVES:
             raise ConfigError(
-                f"fine-tuning objective must be kd, constrained or reweight, got {self.objective!r}"
+                f"fine-tuning objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}"
             )
+        if self.dual_update not in ("step", "epoch"):
+            raise ConfigError(f"dual_update must be 'step' or 'epoch', got {self.dual_update!r}")
+        if not self.dro_step > 0:
+            raise ConfigError(f"dro_step must be > 0, got {self.dro_step}")
+        if self.select_by not in ("accuracy", "fair"):
+            raise ConfigError(f"select_by must be 'accuracy' or 'fair', got {self.select_by!r}")
 
 
 def reference_settings(
@@ -210,6 +225,12 @@ def recalibrate_batchnorm(
     model.eval()
 
 
+def _search_params(search: SearchSettings, finetune: FinetuneSettings) -> FinetuneSettings:
+    """The search's objective parameters: the fine-tuning's mitigation parameters with the
+    search's own distillation temperature and weight."""
+    return replace(finetune, temperature=search.temperature, kd_weight=search.kd_weight)
+
+
 def _relus_per_score(
     scores: dict[str, torch.Tensor], sites: dict[str, ActivationSite]
 ) -> dict[str, int]:
@@ -256,6 +277,22 @@ def _apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
     return replace_activations(model, swap)
 
 
+def _selection_score(
+    dense: nn.Module, data: Dataset, settings: FinetuneSettings, *, device: torch.device
+) -> Callable | None:
+    """The validation score that picks the kept epoch: None (accuracy) or, with
+    ``select_by="fair"``, accuracy minus |minority-majority gap| against ``dense``."""
+    if settings.select_by == "accuracy":
+        return None
+    from ..fairness.audit import minority_groups
+    from ..fairness.selection import gap_penalised_accuracy
+    from ..training.loop import evaluate  # late import: training imports relu
+
+    return gap_penalised_accuracy(
+        evaluate(dense, data, "val", device=device), minority_groups(data)
+    )
+
+
 def _finetune(
     model: nn.Module,
     teacher: nn.Module,
@@ -266,6 +303,7 @@ def _finetune(
     progress: bool,
     run=None,
     resume: bool = False,
+    select_score: Callable | None = None,
 ) -> list[dict]:
     from ..training.loop import LoopSettings, fit  # late import: training imports relu
 
@@ -273,18 +311,9 @@ def _finetune(
         return []
     loop = LoopSettings(epochs=settings.epochs, batch_size=settings.batch_size, lr=settings.lr, momentum=settings.momentum,
                         weight_decay=settings.weight_decay, schedule="cosine", seed=settings.seed, device=device, progress=progress, grad_clip=settings.grad_clip)  # fmt: skip
-    loss = DistillationLoss(teacher, temperature=settings.temperature, weight=settings.kd_weight)
-    if settings.objective != "kd":
-        from ..fairness.mitigation import ConstrainedLoss, ReweightedLoss
-
-        groups = len(data.group_names)
-        if settings.objective == "constrained":
-            loss = ConstrainedLoss(loss, groups, mu=settings.mu)
-        else:
-            loss = ReweightedLoss(loss, torch.bincount(data.train.groups, minlength=groups))
-    return fit(
-        model, data, loop, loss_fn=loss, run=run, resume=resume, select_best=settings.select_best
-    )
+    loss = build_objective(settings.objective, teacher, data, settings)
+    return fit(model, data, loop, loss_fn=loss, run=run, resume=resume, select_best=settings.select_best,
+               select_score=select_score)  # fmt: skip
 
 
 def linearize_many(
@@ -333,6 +362,7 @@ def linearize_many(
         else None
     )
     relu_sizes = {s.name: s.elements for s in dense_count.sites if s.kind == DenseReLU.kind}
+    select_score = _selection_score(dense, data, finetune, device=device)
     t0 = time.perf_counter()
     work = copy.deepcopy(dense)
     if method == "snl":
@@ -349,6 +379,9 @@ def linearize_many(
                 progress=progress,
                 state=search_state,
                 on_epoch_end=on_search_epoch,
+                loss_fn=build_objective(
+                    search.objective, dense, data, _search_params(search, finetune)
+                ),
             )
             snapshots, search_summary = outcome.snapshots, outcome.summary()
     search_seconds = time.perf_counter() - t0
@@ -397,8 +430,9 @@ def linearize_many(
             binarize = f"threshold a > {search.threshold}"
         elif method == "snl" and search.harden_epochs > 0:
             masks, hardening = harden(
-                reduced, dense, data, make_masks, search, device=device, progress=progress
-            )
+                reduced, dense, data, make_masks, search, device=device, progress=progress,
+                loss_fn=build_objective(search.objective, dense, data, _search_params(search, finetune)),
+            )  # fmt: skip
             binarize = f"hardened {search.harden_epochs:g} epochs ({search.harden_mode}), then "
         else:
             masks = make_masks(scores)
@@ -414,17 +448,18 @@ def linearize_many(
         reduced.to(device)
         if finetune.recalibrate_bn:
             recalibrate_batchnorm(reduced, data, device=device)
-        before = evaluate(reduced, data, "val", device=device).accuracy
+        before_report = evaluate(reduced, data, "val", device=device)
+        before = before_report.accuracy
         run, resume = finetune_run(budget) if finetune_run else (None, False)
         keep_start = finetune.select_best and finetune.start_candidate
         start_state = copy.deepcopy(reduced.state_dict()) if keep_start else None
-        history = _finetune(
-            reduced, dense, data, finetune, device=device, progress=progress, run=run, resume=resume
-        )
+        history = _finetune(reduced, dense, data, finetune, device=device, progress=progress, run=run, resume=resume,
+                            select_score=select_score)  # fmt: skip
+        before_score = select_score(before_report) if select_score else before
         kept_start = (
             start_state is not None
             and bool(history)
-            and before > max(h["val_accuracy"] for h in history)
+            and before_score > max(h.get("val_score", h["val_accuracy"]) for h in history)
         )
         if kept_start:
             reduced.load_state_dict(start_state)  # validation prefers the model before fine-tuning

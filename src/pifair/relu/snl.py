@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from ..data import Dataset, ResidentLoader
 from ..errors import ConfigError
+from ..fairness.mitigation import OBJECTIVES
 from .distill import DistillationLoss
 from .sites import (
     ActivationSite,
@@ -174,6 +175,10 @@ class SearchSettings:
     harden_mask_lr: float | None = None  # Adam lr of the masks while hardening (None: lr)
     hysteresis: float = 0.02  # added to kept entries' alpha when the mask is recomputed
     allocation: str = "global"  # "global" top-k, or "sensitivity": per-site budgets (SENet)
+    # the search's (and hardening's) objective: "kd", or a fairness objective of
+    # pifair.fairness.mitigation, so that the ReLUs kept are chosen with the groups' losses in
+    # view; its parameters are the fine-tuning's (FinetuneSettings.mu, ...)
+    objective: str = "kd"
 
     def __post_init__(self) -> None:
         if not self.harden_epochs >= 0:
@@ -181,6 +186,10 @@ class SearchSettings:
         if self.harden_mode not in ("ste", "progressive"):
             raise ConfigError(
                 f"search harden_mode must be 'ste' or 'progressive', got {self.harden_mode!r}"
+            )
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(
+                f"search objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}"
             )
         if self.allocation not in ("global", "sensitivity"):
             raise ConfigError(
@@ -292,11 +301,15 @@ def snl_search(
     progress: bool = True,
     state: dict | None = None,
     on_epoch_end: Callable[[dict], None] | None = None,
+    loss_fn: Callable | None = None,
 ) -> SearchResult:
     """Run the SNL search on ``model`` (already holding :class:`SNLSite` s) until the count is
     <= the smallest budget or ``max_epochs`` pass; snapshot the state for each budget.
 
     ``state`` resumes a search from what ``on_epoch_end`` was given (a checkpointable dict).
+    ``loss_fn(logits, y, x, groups)`` is the objective the L1 term of the masks is added to
+    (default: CE + KD from ``teacher``; a fairness objective of :mod:`pifair.fairness.mitigation`
+    puts the groups' losses into which ReLUs are kept).
     """
     model.to(device)
     teacher = teacher.to(device).eval()
@@ -305,7 +318,8 @@ def snl_search(
         model.to(memory_format=torch.channels_last)
         teacher.to(memory_format=torch.channels_last)
     sites = [s for _, s in snl_sites(model)]
-    loss_fn = DistillationLoss(teacher, temperature=settings.temperature, weight=settings.kd_weight)
+    if loss_fn is None:
+        loss_fn = DistillationLoss(teacher, temperature=settings.temperature, weight=settings.kd_weight)  # fmt: skip
     optimizer = mask_optimizer(
         model, sites, lr=settings.lr, mask_lr=settings.mask_lr or settings.lr
     )
@@ -359,6 +373,8 @@ def snl_search(
         count = alpha_count(model)  # one host sync per epoch
         seconds += time.perf_counter() - t0
         record = {"epoch": epoch + 1, "count": count, "lambda": schedule.value, "seconds": seconds}
+        if hasattr(loss_fn, "end_epoch"):  # a fairness objective's per-epoch state
+            record |= loss_fn.end_epoch()
         schedule.update(epoch, count, min(pending))
         history.append(record)
         for b in list(pending):

@@ -130,9 +130,12 @@ def fit(
     resume: bool = False,
     on_epoch_end: Callable[[int, dict], None] | None = None,
     select_best: bool = False,
+    select_score: Callable[[GroupReport], float] | None = None,
 ) -> list[dict]:
     """Train ``model`` on ``data.train``, validating on ``data.val`` after every epoch.
-    ``select_best`` ends with the weights of the best validation epoch (never the test set).
+    ``select_best`` ends with the weights of the best validation epoch (never the test set):
+    highest accuracy, or highest ``select_score(report)`` of the epoch's validation report
+    (recorded as ``val_score``).
 
     With a ``run``, each epoch ends with an atomic checkpoint (model, optimizer, schedule,
     history); ``resume=True`` continues from it. Returns the per-epoch history.
@@ -203,11 +206,15 @@ def fit(
             "lr": opt.param_groups[0]["lr"],
             "epoch_time_s": train_time,
         }
+        if select_score is not None:
+            record["val_score"] = select_score(val)
         if hasattr(loss_fn, "end_epoch"):  # objectives with per-epoch state (dual variables)
             record |= loss_fn.end_epoch()
         history.append(record)
-        if select_best and (best is None or val.accuracy > best["val_accuracy"]):
+        score = record.get("val_score", val.accuracy)
+        if select_best and (best is None or score > best.get("score", best["val_accuracy"])):
             best = {
+                "score": score,
                 "val_accuracy": val.accuracy,
                 "epoch": epoch + 1,
                 "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 from ..errors import ConfigError
 from ..fairness.audit import PairAudit, audit_pair, mean_ci
 from ..relu import count_relus
+from ..relu.linearize import FinetuneSettings
 from ..report import plots
 from ..runs import Run
 from ..training import dataset_for_run, load_from_run, resolve_device
@@ -25,9 +26,17 @@ def _parent_of(reduced: Path, default: Path) -> Path:
 
 
 def _label(run: Run) -> str:
+    """method, then what differs from plain SNL: ``snl``, ``snl+anchored``,
+    ``snl+search:group-dro+group-dro``, ``snl+constrained/fair-selected``."""
     m = run.metrics
-    objective = m.get("objective", "kd")
-    return f"{m.get('method', 'reduced')}{'' if objective == 'kd' else '+' + objective}"
+    label = m.get("method", "reduced")
+    if m.get("search_objective", "kd") != "kd":
+        label += f"+search:{m['search_objective']}"
+    if m.get("objective", "kd") != "kd":
+        label += f"+{m['objective']}"
+    if m.get("select_by", "accuracy") != "accuracy":
+        label += f"/{m['select_by']}-selected"
+    return label
 
 
 def run_audit(dense_dir: str | os.PathLike, reduced_dirs: list[str | os.PathLike], *, out: str | os.PathLike | None = None,
@@ -116,19 +125,23 @@ def _summarise(pairs: list[tuple[Run, PairAudit]]) -> list[dict]:
     return rows
 
 
-def run_mitigate(reduced_dir: str | os.PathLike, *, objective: str = "constrained", mu: float = 1e-3, out: str | os.PathLike | None = None,
-                 epochs: int | None = None, progress: bool = True, resume: bool = False) -> Run:  # fmt: skip
+def run_mitigate(reduced_dir: str | os.PathLike, *, objective: str = "constrained", settings: dict | None = None,
+                 out: str | os.PathLike | None = None, epochs: int | None = None, progress: bool = True,
+                 resume: bool = False) -> Run:  # fmt: skip
     """Redo the fine-tuning of a linearize run with a fairness-aware objective.
 
     The reduction itself is replayed from the run's SNL search checkpoint (same masks), so the
-    only difference from the original run is the fine-tuning objective. ``resume`` continues
-    the killed mitigation in ``out``.
+    only difference from the original run is the fine-tuning (its objective, and ``settings``:
+    other :class:`~pifair.relu.linearize.FinetuneSettings` fields such as ``mu``,
+    ``multiplier_init`` or ``select_by``). ``resume`` continues the killed mitigation in ``out``.
     """
     reduced_dir = Path(reduced_dir)
     if epochs is not None and epochs < 1:
         raise ConfigError(f"--epochs must be >= 1 (mitigation is a fine-tuning), got {epochs}")
-    if mu < 0:
-        raise ConfigError(f"--mu must be >= 0, got {mu}")
+    settings = dict(settings or {})
+    unknown = set(settings) - {f.name for f in fields(FinetuneSettings)}
+    if unknown:
+        raise ConfigError(f"unknown fine-tuning settings {sorted(unknown)}")
     config = Run.open(reduced_dir).config
     if config.get("command") != "linearize":
         raise ConfigError(
@@ -138,7 +151,7 @@ def run_mitigate(reduced_dir: str | os.PathLike, *, objective: str = "constraine
     finetune = replace(
         job.finetune,
         objective=objective,
-        mu=mu,
+        **settings,
         **({"epochs": epochs} if epochs is not None else {}),
     )
     job = replace(job, finetune=finetune)

@@ -133,6 +133,7 @@ def _write_result(
         test=test.as_dict(), dense_test=dense_test.as_dict(), search=result.search, history=result.finetune_history,
         seconds=result.seconds | {"total": sum(result.seconds.values())}, reference=job.reference,
         data=data.summary(), model=record["model"], device=str(resolve_device(job.device)), objective=job.finetune.objective,
+        search_objective=job.search.objective, select_by=job.finetune.select_by,
     )  # fmt: skip
     if result.finetune_history:
         plots.training_curves(
