@@ -1,174 +1,279 @@
-"""Does linearization hurt the minority more, and does fairness-aware fine-tuning fix it?
+"""Does linearization hurt the minority more, and which objective closes the gap?
 
-Das et al. (ICML 2024) protocol: classes 0-4 kept at 90 % and 5-9 at 10 % in train and test.
-For each seed: a dense model, SNL at three budgets (one shared search), the same reductions
-fine-tuned with the fairness-constrained objective and with group reweighting (``pifair
-mitigate``), then one audit of all
-of them. Reported with the spread across seeds, whatever it shows:
-- the minority-majority gap in accuracy drops (positive: the minority loses more);
-- whether mitigation cuts that gap by at least half at a cost of at most 1 point overall.
+Das et al. (ICML 2024) protocol: classes 0-4 kept at 90 % and 5-9 at 10 % of the training set.
+Per seed: one dense model, one SNL search shared by every budget, then each objective below
+fine-tunes the same binarized masks (``pifair mitigate`` replays the search), except the
+"fairness inside the search" arm, which runs its own search. Everything is paired: arm and
+plain SNL share the seed's dense model, search and masks.
 
-On CUDA: ResNet18 on CIFAR-10 (JPEG); on CPU: the LeNet CNN on Fashion-MNIST.
+Reported on the balanced test set (every class at full size: 1,000 Fashion-MNIST images per
+class) and on the imbalanced test distribution (classes weighted 0.9 / 0.1 like the training
+set; per-class accuracies are the balanced set's, so the estimate is the same samples
+reweighted). The gap is the minority-majority gap of the accuracy drops against the seed's dense
+model, size-weighted (the audit's ``minority_gap``); intervals are 95 % t-intervals over seeds,
+for paired differences where a row compares with plain SNL.
 
-    python benchmarks/fairness.py [--seeds 0,1,2] [--out runs/bench-fairness] [--data-dir DIR]
+Mitigated arms keep the fine-tuning epoch with the best validation ``accuracy - |gap|``
+(``select_by="fair"``); plain SNL and Das et al. as released keep the best validation accuracy.
+
+Settings (``--setting``):
+  fashion-mnist  LeNet (18,944 ReLUs) on the full Fashion-MNIST protocol at 100 and 300 ReLUs:
+                 the CPU setting (about 10 minutes per seed on 2 cores)
+  cifar10-cpu    ResNet18 at width 16 (122,880 ReLUs) on the CIFAR-10 protocol at 3K / 6K ReLUs
+                 (about 40 minutes per seed on 2 cores: dense 15 epochs on 27,500 images)
+  cifar10-gpu    ResNet18 (SNL variant, 557,056 ReLUs) at 15K / 50K / 100K
+  tiny           scikit-learn digits: checks the script in a minute
+
+    python benchmarks/fairness.py --setting fashion-mnist [--seeds 0,1,2,3,4] [--out DIR]
+
+Resumes from its run folders: a finished arm is read, not rerun.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
+import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import commit, machine_line, print_table, save_results  # noqa: E402
+from _common import RESULTS_DIR, commit, machine_line, print_table, save_results  # noqa: E402
+from pifair.data import parse_keep  # noqa: E402
+from pifair.fairness.audit import audit_pair, mean_ci, paired_difference  # noqa: E402
+from pifair.relu import count_relus  # noqa: E402
 from pifair.relu.linearize import FinetuneSettings  # noqa: E402
 from pifair.relu.snl import SearchSettings  # noqa: E402
+from pifair.report import plots  # noqa: E402
 from pifair.runs import MODEL  # noqa: E402
-from pifair.training import TrainConfig, train  # noqa: E402
-from pifair.workflows.fairness import run_audit, run_mitigate  # noqa: E402
+from pifair.training import TrainConfig, dataset_for_run, load_from_run, train  # noqa: E402
+from pifair.workflows.fairness import run_mitigate  # noqa: E402
 from pifair.workflows.linearize import LinearizeJob, run_linearize  # noqa: E402
 
-PROTOCOL = dict(keep="0-4:0.9,5-9:0.1", keep_test=True)
-GPU = dict(
-    dense=dict(data="cifar10", model="resnet18", snl_variant=True, epochs=40, batch_size=512, lr=0.2, label_smoothing=0.1, schedule="onecycle"),
-    budgets=["15k", "50k", "100k"], search=SearchSettings(max_epochs=30, batch_size=256), finetune=FinetuneSettings(epochs=20, batch_size=256),
-)  # fmt: skip
-CPU = dict(
-    dense=dict(data="fashion-mnist", model="lenet", epochs=6, batch_size=128, lr=0.05),
-    budgets=["500", "1500", "4000"],
-    search=SearchSettings(max_epochs=8, batch_size=256, mask_lr=1e-2, lambda_init=1e-4, lambda_growth=1.5),
-    finetune=FinetuneSettings(epochs=3, batch_size=128),
-)  # fmt: skip
+KEEP = "0-4:0.9,5-9:0.1"
+FAIR = {"select_by": "fair"}
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One objective: its fine-tuning settings, and the search's objective if it has its own."""
+
+    key: str
+    label: str
+    finetune: dict = field(default_factory=dict)
+    search_objective: str | None = None
+
+
+ARMS = [
+    Arm("plain", "SNL, CE + KD (no mitigation)"),
+    Arm("das-paper", "Das et al. as released: gamma from 0, per epoch, mu 1e-3",
+        {"objective": "constrained", "multiplier_init": 0.0, "dual_update": "epoch", "mu": 1e-3}),
+    Arm("das", "Das et al., warm gamma 0.5, per step", {"objective": "constrained"} | FAIR),
+    Arm("anchored", "dense-anchored: no group loses more than its share", {"objective": "anchored"} | FAIR),
+    Arm("group-dro", "group DRO (Sagawa et al.)", {"objective": "group-dro"} | FAIR),
+    Arm("logit-adjust", "logit adjustment (Menon et al.)", {"objective": "logit-adjust"} | FAIR),
+    Arm("reweight", "inverse group frequency", {"objective": "reweight"} | FAIR),
+    Arm("search-anchored", "dense-anchored inside the mask search and the fine-tuning",
+        {"objective": "anchored"} | FAIR, search_objective="anchored"),
+]  # fmt: skip
+
+SETTINGS = {
+    "fashion-mnist": dict(
+        dense=dict(data="fashion-mnist", model="lenet", epochs=6, batch_size=128, lr=0.05, schedule="cosine"),
+        budgets=["100", "300"],
+        search=SearchSettings(max_epochs=14, batch_size=128, mask_lr=0.02, lambda_init=3e-4, lambda_growth=1.5,
+                              harden_epochs=0.5),
+        finetune=FinetuneSettings(epochs=3, batch_size=128, lr=0.01),
+    ),
+    "cifar10-cpu": dict(
+        dense=dict(data="cifar10", model="resnet18", snl_variant=True, width=16, epochs=15, batch_size=128,
+                   lr=0.1, label_smoothing=0.1, schedule="onecycle"),
+        budgets=["3k", "6k"],
+        search=SearchSettings(max_epochs=8, batch_size=128, mask_lr=0.02, lambda_init=3e-4, lambda_growth=1.5,
+                              harden_epochs=0.5),
+        finetune=FinetuneSettings(epochs=3, batch_size=128, lr=0.01),
+    ),
+    "cifar10-gpu": dict(
+        dense=dict(data="cifar10", model="resnet18", snl_variant=True, epochs=40, batch_size=512, lr=0.2,
+                   label_smoothing=0.1, schedule="onecycle"),
+        budgets=["15k", "50k", "100k"],
+        search=SearchSettings(max_epochs=30, batch_size=256, mask_lr=0.02, lambda_init=1e-4),
+        finetune=FinetuneSettings(epochs=20, batch_size=256),
+    ),
+    "tiny": dict(
+        dense=dict(data="digits", model="lenet", epochs=3, batch_size=64, lr=0.05),
+        budgets=["60", "200"],
+        search=SearchSettings(max_epochs=3, batch_size=64, mask_lr=0.05, lambda_init=1e-3, harden_epochs=0.5),
+        finetune=FinetuneSettings(epochs=2, batch_size=64, lr=0.01),
+    ),
+}  # fmt: skip
+
+
+def _sweep(setting: dict, seed: int, dense_dir: Path, out: Path, arm: Arm) -> Path:
+    """The seed's SNL sweep (plain, or with the arm's search objective): one search, every
+    budget fine-tuned with the arm's settings."""
+    search = replace(setting["search"], seed=seed, objective=arm.search_objective or "kd")
+    finetune = replace(setting["finetune"], seed=seed, **arm.finetune)
+    job = LinearizeJob(from_run=str(dense_dir), budgets=setting["budgets"], methods=["snl"], seed=seed,
+                       search=search, finetune=finetune)  # fmt: skip
+    if not all((out / f"snl-{b}" / MODEL).exists() for b in setting["budgets"]):
+        run_linearize(job, out=out, resume=(out / "config.yaml").exists(), progress=False, sweep=True)  # fmt: skip
+    return out
+
+
+def arm_runs(
+    setting: dict, seed: int, root: Path, data_dir: str | None
+) -> dict[tuple[str, str], Path]:
+    """Every arm's run folder for this seed, keyed by (arm, budget): trained, resumed or read."""
+    dense_dir = root / "dense"
+    if not (dense_dir / MODEL).exists():
+        config = TrainConfig(**setting["dense"], keep=KEEP, seed=seed, data_dir=data_dir)
+        train(config, out=dense_dir, resume=dense_dir if (dense_dir / "checkpoint.pt").exists() else None,
+              progress=False)  # fmt: skip
+    runs: dict[tuple[str, str], Path] = {}
+    plain = _sweep(setting, seed, dense_dir, root / "snl", ARMS[0])
+    for arm in ARMS:
+        t0 = time.perf_counter()
+        for budget in setting["budgets"]:
+            if arm.key == "plain":
+                path = plain / f"snl-{budget}"
+            elif arm.search_objective:
+                path = _sweep(setting, seed, dense_dir, root / arm.key, arm) / f"snl-{budget}"
+            else:
+                path = root / f"{arm.key}-{budget}"
+                if not (path / MODEL).exists():
+                    shutil.rmtree(
+                        path, ignore_errors=True
+                    )  # a killed one restarts; the search is reused
+                    settings = {k: v for k, v in arm.finetune.items() if k != "objective"}
+                    run_mitigate(plain / f"snl-{budget}", objective=arm.finetune["objective"], settings=settings,
+                                 out=path, progress=False)  # fmt: skip
+            runs[(arm.key, budget)] = path
+        print(f"  seed {seed} {arm.key:16s} {time.perf_counter() - t0:6.0f} s", flush=True)
+    return runs
+
+
+def measure(dense_dir: Path, reduced_dir: Path, keep: dict[int, float]) -> dict:
+    """Accuracy (balanced test and imbalanced test distribution), gap and worst group."""
+    dense, _, parent = load_from_run(dense_dir)
+    reduced, _, _ = load_from_run(reduced_dir)
+    data = dataset_for_run(parent)
+    audit = audit_pair(dense, reduced, data, relus=count_relus(reduced, data.input_shape).total,
+                       dense_relus=count_relus(dense, data.input_shape).total, grad_samples=0)  # fmt: skip
+
+    def imbalanced(attr: str) -> float:
+        weights = [g.count * keep.get(g.group, 1.0) for g in audit.groups]
+        return sum(w * getattr(g, attr) for w, g in zip(weights, audit.groups)) / sum(weights)
+
+    minority = [g for g in audit.groups if g.minority]
+    return {
+        "relus": audit.relus, "accuracy": audit.reduced_accuracy, "dense_accuracy": audit.dense_accuracy,
+        "accuracy_imbalanced": imbalanced("reduced_accuracy"), "dense_accuracy_imbalanced": imbalanced("dense_accuracy"),
+        "gap": audit.minority_gap, "gap_unweighted": audit.minority_gap_unweighted,
+        "worst_group_accuracy": audit.worst_group_accuracy, "drop_spread": audit.drop_spread,
+        "minority_drop": sum(g.drop * g.count for g in minority) / sum(g.count for g in minority),
+        "group_drops": {g.name: g.drop for g in audit.groups}, "group_sizes": {g.name: g.count for g in audit.groups},
+    }  # fmt: skip
+
+
+def _ci(values: list[float]) -> str:
+    mean, half = mean_ci([100 * v for v in values])
+    return f"{mean:.2f} ± {half:.2f}"
+
+
+def _paired(base: list[float], arm: list[float]) -> str:
+    mean, low, high = paired_difference([100 * v for v in base], [100 * v for v in arm])
+    return f"{mean:+.2f} [{low:+.2f}, {high:+.2f}]"
+
+
+def verdict(base: list[float], gap: list[float], base_acc: list[float], acc: list[float]) -> dict:
+    """Halves the gap (paired interval excluding 0), costs at most 1 point, reverses it by at
+    most half its size."""
+    g0, g1 = mean_ci(base)[0], mean_ci(gap)[0]
+    _, low, high = paired_difference(base, gap)
+    cost = mean_ci(base_acc)[0] - mean_ci(acc)[0]
+    halved = g0 > 0 and g1 <= 0.5 * g0 and high < 0
+    return {"gap_halved": bool(halved), "accuracy_cost": cost, "cost_ok": cost <= 0.01,
+            "reversed_too_far": bool(g1 < -0.5 * g0), "meets_aim": bool(halved and cost <= 0.01 and g1 >= -0.5 * g0)}  # fmt: skip
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--out", type=Path, default=Path("runs/bench-fairness"))
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser.add_argument("--setting", choices=sorted(SETTINGS), default="fashion-mnist")
+    parser.add_argument("--seeds", default="0,1,2,3,4")
+    parser.add_argument("--out", type=Path, help="run folders (default runs/fairness-SETTING)")
     parser.add_argument("--data-dir")
-    parser.add_argument(
-        "--objectives", default="constrained,reweight", help="mitigation objectives to compare"
-    )
+    parser.add_argument("--results-dir", type=Path, help=f"where the JSON and plot go (default {RESULTS_DIR})")  # fmt: skip
     args = parser.parse_args()
-    objectives = args.objectives.split(",")
-    setting = GPU if torch.cuda.is_available() else CPU
+    setting = SETTINGS[args.setting]
     seeds = [int(s) for s in args.seeds.split(",")]
-    print(
-        f"machine: {machine_line()}\ncommit:  {commit()}\nsetting: {setting['dense']['data']} {setting['dense']['model']}, keep {PROTOCOL['keep']} (train and test), seeds {seeds}\n"
-    )
-    dense_dirs, reduced = [], []
+    out = args.out or Path(f"runs/fairness-{args.setting}")
+    print(f"machine: {machine_line()}\ncommit:  {commit()}\nsetting: {args.setting}, keep {KEEP}, seeds {seeds}\n")  # fmt: skip
+    keep = parse_keep(KEEP, 10)
+    by: dict[tuple[str, str], list[dict]] = {}
     for seed in seeds:
-        root = args.out / f"seed{seed}"
-        dense_dir = root / "dense"
-        if not (dense_dir / MODEL).exists():
-            train(
-                TrainConfig(**setting["dense"], **PROTOCOL, seed=seed, data_dir=args.data_dir),
-                out=dense_dir,
-                resume=dense_dir if (dense_dir / "checkpoint.pt").exists() else None,
-                progress=False,
-            )
-        dense_dirs.append(dense_dir)
-        sweep = root / "snl"
-        job = LinearizeJob(
-            from_run=str(dense_dir),
-            budgets=setting["budgets"],
-            methods=["snl"],
-            seed=seed,
-            search=setting["search"],
-            finetune=setting["finetune"],
-        )
-        run_linearize(
-            job, out=sweep, resume=(sweep / "config.yaml").exists(), progress=False, sweep=True
-        )
-        for b in setting["budgets"]:
-            lin = sweep / f"snl-{b}"
-            reduced.append(lin)
-            for objective in objectives:
-                mit = root / f"{'mitigated' if objective == 'constrained' else objective}-{b}"
-                if not (mit / MODEL).exists():
-                    shutil.rmtree(
-                        mit, ignore_errors=True
-                    )  # a killed one restarts; the search is reused
-                    run_mitigate(lin, objective=objective, out=mit, progress=False)
-                reduced.append(mit)
-    audit_dir = args.out / "audit"
-    shutil.rmtree(audit_dir, ignore_errors=True)  # cheap: always redone from the models
-    audit = run_audit(dense_dirs[0], reduced, out=audit_dir, grad_samples=64)
-    summary = audit.metrics["summary"]
+        root = out / f"seed{seed}"
+        runs = arm_runs(setting, seed, root, args.data_dir)
+        for key, path in runs.items():
+            by.setdefault(key, []).append(measure(root / "dense", path, keep) | {"seed": seed})
+        dense = by[("plain", setting["budgets"][0])][-1]
+        print(f"seed {seed}: dense {100 * dense['dense_accuracy']:.2f} % (balanced test); " + "  ".join(
+            f"{a}@{b} gap {100 * by[(a, b)][-1]['gap']:+.2f}" for a, b in runs if a in ("plain", "das", "anchored")), flush=True)  # fmt: skip
 
-    def pm(r: dict, key: str) -> str:
-        return f"{100 * r[key]:.2f} ± {100 * r[key + '_ci']:.2f}"
-
-    rows = [
-        [
-            r["label"],
-            f"{r['relus']:,}",
-            r["runs"],
-            pm(r, "accuracy"),
-            pm(r, "drop"),
-            pm(r, "minority_gap"),
-            pm(r, "worst_group_accuracy"),
-        ]
-        for r in summary
-    ]
-    header = [
-        "fine-tuning",
-        "ReLUs",
-        "seeds",
-        "accuracy %",
-        "drop (pts)",
-        "minority-majority gap (pts)",
-        "worst group %",
-    ]
+    header = ["objective", "ReLUs", "accuracy % (balanced)", "accuracy % (imbalanced test)",
+              "minority-majority gap (pts)", "gap vs plain (pts, paired)", "accuracy vs plain (pts, paired)",
+              "worst group %", "max-min spread (pts)"]  # fmt: skip
+    rows, points, verdicts = [], [], {}
+    for budget in setting["budgets"]:
+        base = by[("plain", budget)]
+        for arm in ARMS:
+            r = by[(arm.key, budget)]
+            gaps, accs = [m["gap"] for m in r], [m["accuracy"] for m in r]
+            compare = arm.key != "plain"
+            rows.append([arm.label, f"{r[0]['relus']:,}", _ci(accs), _ci([m["accuracy_imbalanced"] for m in r]),
+                         _ci(gaps), _paired([m["gap"] for m in base], gaps) if compare else "-",
+                         _paired([m["accuracy"] for m in base], accs) if compare else "-",
+                         _ci([m["worst_group_accuracy"] for m in r]), _ci([m["drop_spread"] for m in r])])  # fmt: skip
+            acc_mean, acc_half = mean_ci([100 * a for a in accs])
+            gap_mean, gap_half = mean_ci([100 * g for g in gaps])
+            points.append({"label": arm.key, "relus": r[0]["relus"], "accuracy": acc_mean, "accuracy_ci": acc_half,
+                           "gap": gap_mean, "gap_ci": gap_half})  # fmt: skip
+            if compare:
+                verdicts[f"{arm.key}@{budget}"] = verdict([m["gap"] for m in base], gaps, [m["accuracy"] for m in base], accs)  # fmt: skip
+    print()
     print_table(header, rows)
-    lines = []
-    verdicts = []
-    for r, objective in ((r, o) for r in summary if r["label"] == "snl" for o in objectives):
-        m = next(
-            x for x in summary if x["label"] == f"snl+{objective}" and x["relus"] == r["relus"]
+    dense_accs = [
+        by[("plain", setting["budgets"][0])][i]["dense_accuracy"] for i in range(len(seeds))
+    ]
+    summary = [f"{args.setting}, keep {KEEP}, {len(seeds)} seeds (a dense model per seed): dense {_ci(dense_accs)} % on the balanced test set"]  # fmt: skip
+    for budget in setting["budgets"]:
+        base = by[("plain", budget)]
+        gap_mean, gap_half = mean_ci([100 * m["gap"] for m in base])
+        pays = "the minority pays more" if gap_mean - gap_half > 0 else ("the majority pays more" if gap_mean + gap_half < 0 else "no difference shown")  # fmt: skip
+        summary.append(
+            f"plain SNL at {base[0]['relus']:,} ReLUs: gap {gap_mean:+.2f} ± {gap_half:.2f} pts ({pays})"
         )
-        # halved in size: |gap| at most half; a gap that changes sign is reported as reversed
-        halved = abs(m["minority_gap"]) <= 0.5 * abs(r["minority_gap"])
-        reversed_ = m["minority_gap"] * r["minority_gap"] < 0
-        cost = r["accuracy"] - m["accuracy"]
-        verdicts.append(
-            {
-                "relus": r["relus"],
-                "objective": objective,
-                "minority_loses_more": r["minority_gap"] > 0,
-                "gap": r["minority_gap"],
-                "gap_mitigated": m["minority_gap"],
-                "gap_halved": halved,
-                "gap_reversed": reversed_,
-                "accuracy_cost": cost,
-            }
+        met = [k for k, v in verdicts.items() if k.endswith(f"@{budget}") and v["meets_aim"]]
+        summary.append(
+            f"at {base[0]['relus']:,} ReLUs, objectives that halve the gap at <= 1 pt: {', '.join(met) or 'none'}"
         )
-        lines.append(
-            f"{r['relus']:,} ReLUs: gap {100 * r['minority_gap']:.2f} pts; {objective}: gap {100 * m['minority_gap']:.2f} pts "
-            f"({'halved' if halved else 'not halved'}{', reversed' if reversed_ else ''}), overall accuracy cost {100 * cost:.2f} pts"
-        )
-        print(f"{r['relus']:>7,} ReLUs: minority loses {'more' if r['minority_gap'] > 0 else 'less'} (gap {100 * r['minority_gap']:.2f} pts); "
-              f"{objective}: gap {100 * m['minority_gap']:.2f} pts ({'halved' if halved else 'not halved'}{', reversed' if reversed_ else ''}), overall accuracy cost {100 * cost:.2f} pts")  # fmt: skip
-    (args.out / "results.json").write_text(
-        json.dumps(
-            {
-                "machine": machine_line(),
-                "commit": commit(),
-                "summary": summary,
-                "verdicts": verdicts,
-            },
-            indent=2,
-        )
-    )
-    save_results("fairness_" + ("gpu" if setting is GPU else "cpu"), tables={"gap per fine-tuning": (header, rows)}, summary=lines,
-                 data={"summary": summary, "verdicts": verdicts}, setting={"seeds": seeds, "objectives": objectives} | {k: str(v) for k, v in setting.items()})  # fmt: skip
-    print(f"\naudit run: {audit.path}")
+    for line in summary:
+        print(line)
+    results_dir = args.results_dir or RESULTS_DIR
+    results_dir.mkdir(parents=True, exist_ok=True)
+    plots.accuracy_gap_pareto(points, results_dir / f"fairness_{args.setting}.png",
+                              title=f"{args.setting}: accuracy vs minority-majority gap ({len(seeds)} seeds, 95 % CI)")  # fmt: skip
+    save_results(
+        f"fairness_{args.setting}",
+        tables={f"{args.setting}: objectives against plain SNL, paired by seed": (header, rows)},
+        summary=summary,
+        data={"seeds": seeds, "keep": KEEP, "points": points, "verdicts": verdicts,
+              "arms": {a.key: {"label": a.label, "finetune": a.finetune, "search_objective": a.search_objective} for a in ARMS},
+              "by_seed": {f"{a}@{b}": v for (a, b), v in by.items()}},
+        setting={k: str(v) for k, v in setting.items()},
+        results_dir=args.results_dir,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

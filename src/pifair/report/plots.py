@@ -233,3 +233,34 @@ def dp_curves(history: list[dict], path: str | os.PathLike, *, title: str = "") 
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def accuracy_gap_pareto(points: list[dict], path: str | os.PathLike, *, title: str = "") -> None:
+    """Overall accuracy against the minority-majority gap, one point per objective and budget,
+    with 95 % intervals on both axes (``points``: label, relus, accuracy, accuracy_ci, gap,
+    gap_ci, in points). Up and towards 0 on the x axis is better."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 4.6))
+    labels = list(dict.fromkeys(p["label"] for p in points))
+    budgets = sorted({p["relus"] for p in points})
+    markers = "os^Dv<>p"
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, label in enumerate(labels):
+        for j, relus in enumerate(budgets):
+            for p in (p for p in points if p["label"] == label and p["relus"] == relus):
+                ax.errorbar(p["gap"], p["accuracy"], xerr=p["gap_ci"], yerr=p["accuracy_ci"],
+                            fmt=markers[j % len(markers)], color=colours[i % len(colours)], capsize=3,
+                            label=label if j == 0 else None)  # fmt: skip
+    ax.axvline(0, color="grey", lw=0.8)
+    handles = [plt.Line2D([], [], marker=markers[j % len(markers)], ls="", color="black",
+                          label=f"{b:,} ReLUs") for j, b in enumerate(budgets)]  # fmt: skip
+    first = ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+    ax.add_artist(first)
+    ax.legend(handles=handles, fontsize=7, loc="lower left", bbox_to_anchor=(1.01, 0))
+    ax.set(
+        xlabel="minority-majority gap in accuracy drop (points)", ylabel="accuracy (%)", title=title
+    )
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
