@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from pifair.cli import main
 from pifair.models import create_model
@@ -161,6 +162,13 @@ def test_mitigate_and_audit_commands(dense_run, tmp_path, capsys):
     )
     pairs = json.loads((audit / "metrics.json").read_text())["pairs"]
     assert [p["label"] for p in pairs] == ["snl", "snl+constrained"]
+    dro = tmp_path / "dro"
+    flags = ["--objective", "group-dro", "--dro-step", "0.05", "--select-by", "fair"]
+    assert main(["mitigate", "--from", str(lin), "--epochs", "1", "--out", str(dro), "--no-progress", *flags]) == 0  # fmt: skip
+    finetune = yaml.safe_load((dro / "config.yaml").read_text())["finetune"]
+    assert (finetune["objective"], finetune["dro_step"], finetune["select_by"]) == ("group-dro", 0.05, "fair")  # fmt: skip
+    history = json.loads((dro / "metrics.json").read_text())["history"]
+    assert "group_weights" in history[0] and "val_score" in history[0]
     assert (audit / "drops.png").exists() and (audit / "margins-0.png").exists()
     assert main(["mitigate", "--from", str(dense_run)]) == 2
     assert "not a linearize run" in capsys.readouterr().err

@@ -334,7 +334,7 @@ def _cmd_audit(ns: argparse.Namespace) -> None:
         sizes = ", ".join(f"{g['name']} {g['count']:,}" for g in pairs[0]["groups"])
         print(f"group sizes ({ns.split}): {sizes}")
     print(
-        f"{'run':<28} {'ReLUs':>8} {'acc':>7} {'drop':>6} {'worst':>7} {'spread':>7} {'min-maj':>8} {'unweighted':>10}"
+        f"{'run':<28} {'ReLUs':>8} {'acc':>7} {'drop':>6} {'worst':>7} {'max-min':>7} {'min-maj':>8} {'unweighted':>10}"
     )
     for p in pairs:
         gap, flat = (
@@ -346,8 +346,8 @@ def _cmd_audit(ns: argparse.Namespace) -> None:
             f"{Path(p['run']).name:<28} {p['relus']:>8,} {100 * p['reduced_accuracy']:6.2f}% {100 * p['drop']:6.2f} {100 * p['worst_group_accuracy']:6.2f}% {100 * p['drop_spread']:7.2f} {gap:>8} {flat:>10}"
         )
     print(
-        "min-maj: size-weighted mean drop of the minority groups minus the majority's (points); "
-        "unweighted: every group weighs the same"
+        "worst: worst-group accuracy; max-min: largest minus smallest group drop; min-maj: minority-majority gap, "
+        "the size-weighted mean drop of the minority groups minus the majority's (points); unweighted: every group weighs the same"
     )
     print(f"audit: {run.path}")
 

@@ -22,12 +22,15 @@ def audit_section(run: Run) -> str:
     summary = [
         [r["label"], f"{r['relus']:,}", r["runs"], _pm(r["accuracy"], r["accuracy_ci"], r["runs"]), _pm(r["drop"], r["drop_ci"], r["runs"]),
          _pm(r["worst_group_accuracy"], r["worst_group_accuracy_ci"], r["runs"]), _pm(r["drop_spread"], r["drop_spread_ci"], r["runs"]),
-         _pm(r["minority_gap"], r["minority_gap_ci"], r["runs"])]
+         _pm(r["minority_gap"], r["minority_gap_ci"], r["runs"]),
+         _pm(r.get("minority_gap_unweighted"), r.get("minority_gap_unweighted_ci"), r["runs"])]
         for r in m["summary"]
     ]  # fmt: skip
     parts = [
         f"<p>Per-group audit on the {m['split']} split, groups by {m['group_by']}. Drops in points (dense minus reduced); "
-        "± is the 95 % confidence interval across seeds. <i>min-maj</i>: mean drop of minority groups minus that of majority groups "
+        "± is the 95 % confidence interval across seeds. <i>max-min spread</i>: largest minus smallest group drop. "
+        "<i>minority-majority gap</i>: mean drop of the minority groups minus that of the majority groups, each group weighted by its "
+        "size (the drop of the pooled samples), and unweighted beside it "
         "(minority: fewer than 80 % of the mean group's training samples).</p>",
         table(
             [
@@ -37,8 +40,9 @@ def audit_section(run: Run) -> str:
                 "accuracy %",
                 "drop",
                 "worst group %",
-                "drop spread",
-                "min-maj gap",
+                "max-min spread",
+                "minority-majority gap",
+                "gap, unweighted",
             ],
             summary,
         ),
