@@ -123,7 +123,7 @@ def _sweep(setting: dict, seed: int, dense_dir: Path, out: Path, arm: Arm) -> Pa
 
 
 def arm_runs(
-    setting: dict, seed: int, root: Path, data_dir: str | None
+    setting: dict, seed: int, root: Path, data_dir: str | None, arms: list[Arm]
 ) -> dict[tuple[str, str], Path]:
     """Every arm's run folder for this seed, keyed by (arm, budget): trained, resumed or read."""
     dense_dir = root / "dense"
@@ -133,7 +133,7 @@ def arm_runs(
               progress=False)  # fmt: skip
     runs: dict[tuple[str, str], Path] = {}
     plain = _sweep(setting, seed, dense_dir, root / "snl", ARMS[0])
-    for arm in ARMS:
+    for arm in arms:
         t0 = time.perf_counter()
         for budget in setting["budgets"]:
             if arm.key == "plain":
@@ -198,42 +198,29 @@ def verdict(base: list[float], gap: list[float], base_acc: list[float], acc: lis
             "reversed_too_far": bool(g1 < -0.5 * g0), "meets_aim": bool(halved and cost <= 0.01 and g1 >= -0.5 * g0)}  # fmt: skip
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    parser.add_argument("--setting", choices=sorted(SETTINGS), default="fashion-mnist")
-    parser.add_argument("--seeds", default="0,1,2,3,4")
-    parser.add_argument("--out", type=Path, help="run folders (default runs/fairness-SETTING)")
-    parser.add_argument("--data-dir")
-    parser.add_argument("--results-dir", type=Path, help=f"where the JSON and plot go (default {RESULTS_DIR})")  # fmt: skip
-    args = parser.parse_args()
-    setting = SETTINGS[args.setting]
-    seeds = [int(s) for s in args.seeds.split(",")]
-    out = args.out or Path(f"runs/fairness-{args.setting}")
-    print(f"machine: {machine_line()}\ncommit:  {commit()}\nsetting: {args.setting}, keep {KEEP}, seeds {seeds}\n")  # fmt: skip
-    keep = parse_keep(KEEP, 10)
-    by: dict[tuple[str, str], list[dict]] = {}
-    for seed in seeds:
-        root = out / f"seed{seed}"
-        runs = arm_runs(setting, seed, root, args.data_dir)
-        for key, path in runs.items():
-            by.setdefault(key, []).append(measure(root / "dense", path, keep) | {"seed": seed})
-        dense = by[("plain", setting["budgets"][0])][-1]
-        print(f"seed {seed}: dense {100 * dense['dense_accuracy']:.2f} % (balanced test); " + "  ".join(
-            f"{a}@{b} gap {100 * by[(a, b)][-1]['gap']:+.2f}" for a, b in runs if a in ("plain", "das", "anchored")), flush=True)  # fmt: skip
-
+def write_results(
+    name: str, setting: dict, arms: list[Arm], by: dict, seeds: list[int], results_dir: Path | None
+) -> None:
+    """Tables, verdicts, Pareto plot and results JSON for the seeds finished so far (rewritten
+    after every seed: a stopped run keeps what it measured)."""
     header = ["objective", "ReLUs", "accuracy % (balanced)", "accuracy % (imbalanced test)",
               "minority-majority gap (pts)", "gap vs plain (pts, paired)", "accuracy vs plain (pts, paired)",
-              "worst group %", "max-min spread (pts)"]  # fmt: skip
+              "imbalanced-test accuracy vs plain (pts, paired)", "worst group %", "max-min spread (pts)"]  # fmt: skip
     rows, points, verdicts = [], [], {}
     for budget in setting["budgets"]:
         base = by[("plain", budget)]
-        for arm in ARMS:
+        for arm in arms:
             r = by[(arm.key, budget)]
-            gaps, accs = [m["gap"] for m in r], [m["accuracy"] for m in r]
+            gaps, accs, imb = (
+                [m["gap"] for m in r],
+                [m["accuracy"] for m in r],
+                [m["accuracy_imbalanced"] for m in r],
+            )
             compare = arm.key != "plain"
-            rows.append([arm.label, f"{r[0]['relus']:,}", _ci(accs), _ci([m["accuracy_imbalanced"] for m in r]),
-                         _ci(gaps), _paired([m["gap"] for m in base], gaps) if compare else "-",
+            rows.append([arm.label, f"{r[0]['relus']:,}", _ci(accs), _ci(imb), _ci(gaps),
+                         _paired([m["gap"] for m in base], gaps) if compare else "-",
                          _paired([m["accuracy"] for m in base], accs) if compare else "-",
+                         _paired([m["accuracy_imbalanced"] for m in base], imb) if compare else "-",
                          _ci([m["worst_group_accuracy"] for m in r]), _ci([m["drop_spread"] for m in r])])  # fmt: skip
             acc_mean, acc_half = mean_ci([100 * a for a in accs])
             gap_mean, gap_half = mean_ci([100 * g for g in gaps])
@@ -243,37 +230,68 @@ def main() -> None:
                 verdicts[f"{arm.key}@{budget}"] = verdict([m["gap"] for m in base], gaps, [m["accuracy"] for m in base], accs)  # fmt: skip
     print()
     print_table(header, rows)
-    dense_accs = [
-        by[("plain", setting["budgets"][0])][i]["dense_accuracy"] for i in range(len(seeds))
-    ]
-    summary = [f"{args.setting}, keep {KEEP}, {len(seeds)} seeds (a dense model per seed): dense {_ci(dense_accs)} % on the balanced test set"]  # fmt: skip
+    dense_accs = [m["dense_accuracy"] for m in by[("plain", setting["budgets"][0])]]
+    summary = [f"{name}, keep {KEEP}, {len(seeds)} seeds (a dense model per seed): dense {_ci(dense_accs)} % on the balanced test set"]  # fmt: skip
     for budget in setting["budgets"]:
         base = by[("plain", budget)]
+        relus = f"{base[0]['relus']:,}"
         gap_mean, gap_half = mean_ci([100 * m["gap"] for m in base])
         pays = "the minority pays more" if gap_mean - gap_half > 0 else ("the majority pays more" if gap_mean + gap_half < 0 else "no difference shown")  # fmt: skip
         summary.append(
-            f"plain SNL at {base[0]['relus']:,} ReLUs: gap {gap_mean:+.2f} ± {gap_half:.2f} pts ({pays})"
+            f"plain SNL at {relus} ReLUs: gap {gap_mean:+.2f} ± {gap_half:.2f} pts ({pays})"
         )
-        met = [k for k, v in verdicts.items() if k.endswith(f"@{budget}") and v["meets_aim"]]
-        summary.append(
-            f"at {base[0]['relus']:,} ReLUs, objectives that halve the gap at <= 1 pt: {', '.join(met) or 'none'}"
-        )
+        met = [
+            k.split("@")[0]
+            for k, v in verdicts.items()
+            if k.endswith(f"@{budget}") and v["meets_aim"]
+        ]
+        summary.append(f"at {relus} ReLUs, objectives that halve the gap (paired interval excluding 0) at <= 1 pt of balanced accuracy, reversing it by at most half: {', '.join(met) or 'none'}")  # fmt: skip
     for line in summary:
         print(line)
-    results_dir = args.results_dir or RESULTS_DIR
+    results_dir = results_dir or RESULTS_DIR
     results_dir.mkdir(parents=True, exist_ok=True)
-    plots.accuracy_gap_pareto(points, results_dir / f"fairness_{args.setting}.png",
-                              title=f"{args.setting}: accuracy vs minority-majority gap ({len(seeds)} seeds, 95 % CI)")  # fmt: skip
+    plots.accuracy_gap_pareto(points, results_dir / f"fairness_{name}.png",
+                              title=f"{name}: accuracy vs minority-majority gap ({len(seeds)} seeds, 95 % CI)")  # fmt: skip
     save_results(
-        f"fairness_{args.setting}",
-        tables={f"{args.setting}: objectives against plain SNL, paired by seed": (header, rows)},
+        f"fairness_{name}",
+        tables={f"{name}: objectives against plain SNL, paired by seed": (header, rows)},
         summary=summary,
         data={"seeds": seeds, "keep": KEEP, "points": points, "verdicts": verdicts,
-              "arms": {a.key: {"label": a.label, "finetune": a.finetune, "search_objective": a.search_objective} for a in ARMS},
+              "arms": {a.key: {"label": a.label, "finetune": a.finetune, "search_objective": a.search_objective} for a in arms},
               "by_seed": {f"{a}@{b}": v for (a, b), v in by.items()}},
         setting={k: str(v) for k, v in setting.items()},
-        results_dir=args.results_dir,
+        results_dir=results_dir,
     )  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser.add_argument("--setting", choices=sorted(SETTINGS), default="fashion-mnist")
+    parser.add_argument("--seeds", default="0,1,2,3,4")
+    parser.add_argument("--arms", help=f"comma list of {', '.join(a.key for a in ARMS)} (default: the setting's; plain always runs)")  # fmt: skip
+    parser.add_argument("--out", type=Path, help="run folders (default runs/fairness-SETTING)")
+    parser.add_argument("--data-dir")
+    parser.add_argument("--results-dir", type=Path, help=f"where the JSON and plot go (default {RESULTS_DIR})")  # fmt: skip
+    args = parser.parse_args()
+    setting = SETTINGS[args.setting]
+    seeds = [int(s) for s in args.seeds.split(",")]
+    wanted = args.arms.split(",") if args.arms else setting.get("arms", [a.key for a in ARMS])
+    unknown = set(wanted) - {a.key for a in ARMS}
+    if unknown:
+        parser.error(
+            f"unknown arms {sorted(unknown)}; choose from {', '.join(a.key for a in ARMS)}"
+        )
+    arms = [a for a in ARMS if a.key == "plain" or a.key in wanted]
+    out = args.out or Path(f"runs/fairness-{args.setting}")
+    print(f"machine: {machine_line()}\ncommit:  {commit()}\nsetting: {args.setting}, keep {KEEP}, seeds {seeds}, arms {[a.key for a in arms]}\n")  # fmt: skip
+    keep = parse_keep(KEEP, 10)
+    by: dict[tuple[str, str], list[dict]] = {}
+    for i, seed in enumerate(seeds):
+        root = out / f"seed{seed}"
+        runs = arm_runs(setting, seed, root, args.data_dir, arms)
+        for key, path in runs.items():
+            by.setdefault(key, []).append(measure(root / "dense", path, keep) | {"seed": seed})
+        write_results(args.setting, setting, arms, by, seeds[: i + 1], args.results_dir)
 
 
 if __name__ == "__main__":
