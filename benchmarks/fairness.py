@@ -43,13 +43,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS_DIR, commit, machine_line, print_table, save_results  # noqa: E402
 from pifair.data import parse_keep  # noqa: E402
-from pifair.fairness.audit import audit_pair, mean_ci, paired_difference  # noqa: E402
+from pifair.fairness import GroupReport  # noqa: E402
+from pifair.fairness.audit import mean_ci, minority_gap, minority_groups, paired_difference  # noqa: E402
 from pifair.relu import count_relus  # noqa: E402
 from pifair.relu.linearize import FinetuneSettings  # noqa: E402
 from pifair.relu.snl import SearchSettings  # noqa: E402
 from pifair.report import plots  # noqa: E402
 from pifair.runs import MODEL  # noqa: E402
 from pifair.training import TrainConfig, dataset_for_run, load_from_run, train  # noqa: E402
+from pifair.training.loop import evaluate  # noqa: E402
 from pifair.workflows.fairness import run_mitigate  # noqa: E402
 from pifair.workflows.linearize import LinearizeJob, run_linearize  # noqa: E402
 
@@ -157,27 +159,46 @@ def arm_runs(
     return runs
 
 
-def measure(dense_dir: Path, reduced_dir: Path, keep: dict[int, float]) -> dict:
-    """Accuracy (balanced test and imbalanced test distribution), gap and worst group."""
-    dense, _, parent = load_from_run(dense_dir)
-    reduced, _, _ = load_from_run(reduced_dir)
-    data = dataset_for_run(parent)
-    audit = audit_pair(dense, reduced, data, relus=count_relus(reduced, data.input_shape).total,
-                       dense_relus=count_relus(dense, data.input_shape).total, grad_samples=0)  # fmt: skip
+def measure(
+    dense: GroupReport, reduced: GroupReport, minority: list[int], keep: dict[int, float]
+) -> dict:
+    """Accuracy (balanced test and imbalanced test distribution), the minority-majority gap
+    (the audit's size-weighted ``minority_gap``, unweighted beside it), worst group and spread."""
+    pairs = list(zip(dense.groups, reduced.groups))
+    drops = [d.accuracy - r.accuracy for d, r in pairs]
+    counts = [r.count for r in reduced.groups]
+    is_minority = [r.group in minority for r in reduced.groups]
 
-    def imbalanced(attr: str) -> float:
-        weights = [g.count * keep.get(g.group, 1.0) for g in audit.groups]
-        return sum(w * getattr(g, attr) for w, g in zip(weights, audit.groups)) / sum(weights)
+    def imbalanced(report: GroupReport) -> float:
+        weights = [g.count * keep.get(g.group, 1.0) for g in report.groups]
+        return sum(w * g.accuracy for w, g in zip(weights, report.groups)) / sum(weights)
 
-    minority = [g for g in audit.groups if g.minority]
+    side = [(d, c) for d, c, m in zip(drops, counts, is_minority) if m]
     return {
-        "relus": audit.relus, "accuracy": audit.reduced_accuracy, "dense_accuracy": audit.dense_accuracy,
-        "accuracy_imbalanced": imbalanced("reduced_accuracy"), "dense_accuracy_imbalanced": imbalanced("dense_accuracy"),
-        "gap": audit.minority_gap, "gap_unweighted": audit.minority_gap_unweighted,
-        "worst_group_accuracy": audit.worst_group_accuracy, "drop_spread": audit.drop_spread,
-        "minority_drop": sum(g.drop * g.count for g in minority) / sum(g.count for g in minority),
-        "group_drops": {g.name: g.drop for g in audit.groups}, "group_sizes": {g.name: g.count for g in audit.groups},
+        "relus": None, "accuracy": reduced.accuracy, "dense_accuracy": dense.accuracy,
+        "accuracy_imbalanced": imbalanced(reduced), "dense_accuracy_imbalanced": imbalanced(dense),
+        "gap": minority_gap(drops, counts, is_minority), "gap_unweighted": minority_gap(drops, counts, is_minority, weighted=False),
+        "worst_group_accuracy": reduced.worst_group_accuracy, "drop_spread": max(drops) - min(drops),
+        "minority_drop": sum(d * c for d, c in side) / sum(c for _, c in side),
+        "group_drops": {g.name: d for g, d in zip(reduced.groups, drops)}, "group_sizes": {g.name: g.count for g in reduced.groups},
     }  # fmt: skip
+
+
+def measure_seed(
+    root: Path, runs: dict[tuple[str, str], Path], keep: dict[int, float]
+) -> dict[tuple[str, str], dict]:
+    """Every arm of one seed against the seed's dense model, on the balanced test set (the
+    dense model and the data are read once)."""
+    dense, _, parent = load_from_run(root / "dense")
+    data = dataset_for_run(parent)
+    dense_report = evaluate(dense, data, "test")
+    minority = minority_groups(data)
+    out = {}
+    for key, path in runs.items():
+        reduced, _, _ = load_from_run(path)
+        out[key] = measure(dense_report, evaluate(reduced, data, "test"), minority, keep)
+        out[key]["relus"] = count_relus(reduced, data.input_shape).total
+    return out
 
 
 def _ci(values: list[float]) -> str:
@@ -292,8 +313,8 @@ def main() -> None:
     for i, seed in enumerate(seeds):
         root = out / f"seed{seed}"
         runs = arm_runs(setting, seed, root, args.data_dir, arms)
-        for key, path in runs.items():
-            by.setdefault(key, []).append(measure(root / "dense", path, keep) | {"seed": seed})
+        for key, m in measure_seed(root, runs, keep).items():
+            by.setdefault(key, []).append(m | {"seed": seed})
         write_results(args.setting, setting, arms, by, seeds[: i + 1], args.results_dir)
 
 
