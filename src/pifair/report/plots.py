@@ -256,11 +256,11 @@ def accuracy_gap_pareto(points: list[dict], path: str | os.PathLike, *, title: s
                           label=f"{b:,} ReLUs") for j, b in enumerate(budgets)]  # fmt: skip
     first = ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
     ax.add_artist(first)
-    ax.legend(handles=handles, fontsize=7, loc="lower left", bbox_to_anchor=(1.01, 0))
+    second = ax.legend(handles=handles, fontsize=7, loc="lower left", bbox_to_anchor=(1.01, 0))
     ax.set(
         xlabel="minority-majority gap in accuracy drop (points)", ylabel="accuracy (%)", title=title
     )
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    fig.savefig(path, dpi=110, bbox_inches="tight", bbox_extra_artists=[first, second])
     plt.close(fig)
