@@ -258,7 +258,9 @@ def accuracy_gap_pareto(points: list[dict], path: str | os.PathLike, *, title: s
     ax.add_artist(first)
     second = ax.legend(handles=handles, fontsize=7, loc="lower left", bbox_to_anchor=(1.01, 0))
     ax.set(
-        xlabel="minority-majority gap in accuracy drop (points)", ylabel="accuracy (%)", title=title
+        xlabel="minority-majority gap in accuracy drop (points)",
+        ylabel="accuracy (%, balanced test)",
+        title=title,
     )
     ax.grid(alpha=0.3)
     fig.tight_layout()
