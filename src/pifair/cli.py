@@ -437,7 +437,7 @@ _LINEARIZE_FLAGS = {
 
 def _add_objective_flags(p: argparse.ArgumentParser, *, default_objective: str | None) -> None:
     """The fairness objective and its parameters (defaults: FinetuneSettings')."""
-    from .fairness.mitigation import OBJECTIVES
+    from .fairness.mitigation import DUAL_UPDATES, OBJECTIVES
     from .relu.linearize import FinetuneSettings
 
     d, S = FinetuneSettings(), argparse.SUPPRESS
@@ -455,7 +455,7 @@ def _add_objective_flags(p: argparse.ArgumentParser, *, default_objective: str |
     ):
         name = flag[2:].replace("-", "_")
         p.add_argument(flag, type=tp, default=S, help=f"{what} (default {getattr(d, name)})")
-    p.add_argument("--dual-update", choices=["step", "epoch"], default=S,
+    p.add_argument("--dual-update", choices=DUAL_UPDATES, default=S,
                    help=f"multipliers updated per step or per epoch (default {d.dual_update})")  # fmt: skip
     p.add_argument(
         "--select-by", choices=["accuracy", "fair"], default=S,

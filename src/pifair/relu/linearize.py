@@ -25,7 +25,7 @@ from torch import nn
 
 from ..data import Dataset, ResidentLoader
 from ..errors import BudgetError, ConfigError
-from ..fairness.mitigation import OBJECTIVES, build_objective
+from ..fairness.mitigation import DUAL_UPDATES, OBJECTIVES, build_objective
 from .allocation import allocate_by_sensitivity, relu_sensitivity
 from .budget import parse_budget
 from .harden import harden
@@ -100,7 +100,7 @@ class FinetuneSettings:
             raise ConfigError(
                 f"fine-tuning objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}"
             )
-        if self.dual_update not in ("step", "epoch"):
+        if self.dual_update not in DUAL_UPDATES:
             raise ConfigError(f"dual_update must be 'step' or 'epoch', got {self.dual_update!r}")
         if not self.dro_step > 0:
             raise ConfigError(f"dro_step must be > 0, got {self.dro_step}")
@@ -363,6 +363,8 @@ def linearize_many(
     )
     relu_sizes = {s.name: s.elements for s in dense_count.sites if s.kind == DenseReLU.kind}
     select_score = _selection_score(dense, data, finetune, device=device)
+    # a fresh objective for the search and for each budget's hardening (objectives hold state)
+    search_objective = partial(build_objective, search.objective, dense, data, _search_params(search, finetune))  # fmt: skip
     t0 = time.perf_counter()
     work = copy.deepcopy(dense)
     if method == "snl":
@@ -379,9 +381,7 @@ def linearize_many(
                 progress=progress,
                 state=search_state,
                 on_epoch_end=on_search_epoch,
-                loss_fn=build_objective(
-                    search.objective, dense, data, _search_params(search, finetune)
-                ),
+                loss_fn=search_objective(),
             )
             snapshots, search_summary = outcome.snapshots, outcome.summary()
     search_seconds = time.perf_counter() - t0
@@ -431,7 +431,7 @@ def linearize_many(
         elif method == "snl" and search.harden_epochs > 0:
             masks, hardening = harden(
                 reduced, dense, data, make_masks, search, device=device, progress=progress,
-                loss_fn=build_objective(search.objective, dense, data, _search_params(search, finetune)),
+                loss_fn=search_objective(),
             )  # fmt: skip
             binarize = f"hardened {search.harden_epochs:g} epochs ({search.harden_mode}), then "
         else:
