@@ -32,8 +32,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import commit, machine_line, print_table, save_results  # noqa: E402
+from pifair import DPConfig, dp_train  # noqa: E402
 from pifair.data import load_dataset  # noqa: E402
-from pifair.dp import DPConfig, dp_train  # noqa: E402
 from pifair.fairness.audit import mean_ci  # noqa: E402
 from pifair.runs import MODEL, Run  # noqa: E402
 

@@ -45,15 +45,16 @@ from _common import RESULTS_DIR, commit, machine_line, print_table, save_results
 from pifair.data import parse_keep  # noqa: E402
 from pifair.fairness import GroupReport  # noqa: E402
 from pifair.fairness.audit import mean_ci, minority_gap, minority_groups, paired_difference  # noqa: E402
+from pifair.reduce import FinetuneSettings  # noqa: E402
+from pifair.reduce.snl import SearchSettings  # noqa: E402
 from pifair.relu import count_relus  # noqa: E402
-from pifair.relu.linearize import FinetuneSettings  # noqa: E402
-from pifair.relu.snl import SearchSettings  # noqa: E402
 from pifair.report import plots  # noqa: E402
 from pifair.runs import MODEL  # noqa: E402
-from pifair.training import TrainConfig, dataset_for_run, load_from_run, train  # noqa: E402
+from pifair.training import TrainConfig  # noqa: E402
 from pifair.training.loop import evaluate  # noqa: E402
-from pifair.workflows.fairness import run_mitigate  # noqa: E402
+from pifair.workflows.fairness import MitigateJob, run_mitigate  # noqa: E402
 from pifair.workflows.linearize import LinearizeJob, run_linearize  # noqa: E402
+from pifair.workflows.train import dataset_for_run, load_from_run, train  # noqa: E402
 
 KEEP = "0-4:0.9,5-9:0.1"
 FAIR = {"select_by": "fair"}
@@ -151,9 +152,8 @@ def arm_runs(
                     shutil.rmtree(
                         path, ignore_errors=True
                     )  # a killed one restarts; the search is reused
-                    settings = {k: v for k, v in arm.finetune.items() if k != "objective"}
-                    run_mitigate(plain / f"snl-{budget}", objective=arm.finetune["objective"], settings=settings,
-                                 out=path, progress=False)  # fmt: skip
+                    job = MitigateJob(str(plain / f"snl-{budget}"), **arm.finetune)
+                    run_mitigate(job, out=path, progress=False)
             runs[(arm.key, budget)] = path
         print(f"  seed {seed} {arm.key:16s} {time.perf_counter() - t0:6.0f} s", flush=True)
     return runs

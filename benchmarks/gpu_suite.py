@@ -30,11 +30,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import commit, machine_line, print_table, save_results, seconds_for_budget  # noqa: E402
-from pifair.relu.linearize import FinetuneSettings  # noqa: E402
-from pifair.relu.snl import SearchSettings  # noqa: E402
+from pifair.reduce import FinetuneSettings  # noqa: E402
+from pifair.reduce.snl import SearchSettings  # noqa: E402
 from pifair.runs import MODEL, Run  # noqa: E402
-from pifair.training import TrainConfig, train  # noqa: E402
+from pifair.training import TrainConfig  # noqa: E402
 from pifair.workflows.linearize import SNL_PUBLISHED_CIFAR10, LinearizeJob, run_linearize  # noqa: E402
+from pifair.workflows.train import train  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -20,11 +20,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import commit, machine_line, print_table, save_results  # noqa: E402
-from pifair.relu.linearize import FinetuneSettings  # noqa: E402
+from pifair.reduce import FinetuneSettings  # noqa: E402
 from pifair.runs import MODEL, Run  # noqa: E402
-from pifair.training import TrainConfig, train  # noqa: E402
+from pifair.training import TrainConfig  # noqa: E402
 from pifair.workflows.he import HEInferJob, run_he_infer  # noqa: E402
 from pifair.workflows.polyfit import PolyfitJob, run_polyfit  # noqa: E402
+from pifair.workflows.train import train  # noqa: E402
 
 
 def main() -> None:

@@ -37,9 +37,9 @@ from pifair.relu import count_relus, replace_activations  # noqa: E402
 from pifair.relu.sites import MaskedReLU, iter_sites  # noqa: E402
 from pifair.secure.cost import CheetahModel, model_work  # noqa: E402
 from pifair.secure.mpc import MPCSettings, export_model, run_in_threads  # noqa: E402
-from pifair.training import load_from_run  # noqa: E402
 from pifair.workflows.cost import calibration_sample  # noqa: E402
 from pifair.workflows.mpc import MPCInferJob, run_mpc_infer, summarize  # noqa: E402
+from pifair.workflows.train import load_from_run  # noqa: E402
 
 DEMO = {"dense": "runs/demo/train", "snl-3000": "runs/demo/linearize/snl-3000",
         "snl-1000": "runs/demo/linearize/snl-1000", "shared-1000": "runs/demo/share-1000"}  # fmt: skip

@@ -20,11 +20,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import commit, machine_line, print_table, save_results  # noqa: E402
-from pifair.relu.linearize import FinetuneSettings  # noqa: E402
-from pifair.relu.snl import SearchSettings  # noqa: E402
+from pifair.reduce import FinetuneSettings  # noqa: E402
+from pifair.reduce.snl import SearchSettings  # noqa: E402
 from pifair.runs import MODEL, Run  # noqa: E402
-from pifair.training import TrainConfig, train  # noqa: E402
+from pifair.training import TrainConfig  # noqa: E402
 from pifair.workflows.linearize import LinearizeJob, run_linearize  # noqa: E402
+from pifair.workflows.train import train  # noqa: E402
 
 GPU = dict(
     dense=dict(data="cifar10", model="resnet18", snl_variant=True, epochs=40, batch_size=512, lr=0.2, label_smoothing=0.1, schedule="onecycle"),

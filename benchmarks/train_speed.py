@@ -26,7 +26,8 @@ from _common import commit, machine_line, print_table, save_results  # noqa: E40
 from pifair.data import load_dataset  # noqa: E402
 from pifair.models import create_model  # noqa: E402
 from pifair.relu import replace_activations  # noqa: E402
-from pifair.training import TrainConfig, train  # noqa: E402
+from pifair.training import TrainConfig  # noqa: E402
+from pifair.workflows.train import train  # noqa: E402
 
 
 def plain_loop(

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from pifair.data import load_dataset
-from pifair.training import TrainConfig, train
+from pifair.training import TrainConfig
+from pifair.workflows.train import train
 
 
 @pytest.fixture(scope="session")

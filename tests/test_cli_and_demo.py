@@ -5,7 +5,8 @@ import pytest
 from pifair.cli import main
 from pifair.demo import run_demo
 from pifair.report import build_report
-from pifair.training import TrainConfig, train
+from pifair.training import TrainConfig
+from pifair.workflows.train import train
 
 FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 

@@ -8,9 +8,10 @@ import yaml
 
 from pifair.cli import main
 from pifair.models import create_model
-from pifair.relu.linearize import FinetuneSettings, linearize_many
-from pifair.relu.snl import SearchSettings
-from pifair.training import TrainConfig, train
+from pifair.reduce import FinetuneSettings, linearize_many
+from pifair.reduce.snl import SearchSettings
+from pifair.training import TrainConfig
+from pifair.workflows.train import train
 
 QUICK = [
     "--search-epochs",

@@ -25,10 +25,11 @@ from pifair.errors import (
     UnfinishedRunError,
     UnsupportedLayerError,
 )
-from pifair.evaluation import evaluate_run
 from pifair.models import create_model
 from pifair.runs import Run
-from pifair.training import TrainConfig, load_from_run
+from pifair.training import TrainConfig
+from pifair.workflows.evaluate import evaluate_run
+from pifair.workflows.train import load_from_run
 
 TRAIN = ["train", "--data", "digits", "--model", "mlp", "--epochs", "1", "--device", "cpu", "--no-progress"]  # fmt: skip
 
@@ -129,7 +130,7 @@ def test_derived_runs_find_their_parent_from_anywhere(tmp_path, monkeypatch):
 
 # ---- 3. DP diagnostics are not released by default ----------------------------------------------
 def test_dp_diagnostics_are_off_by_default_and_labelled_when_on(tmp_path):
-    from pifair.dp import DPConfig, dp_train
+    from pifair import DPConfig, dp_train
     from pifair.report import build_report
 
     base = dict(data="digits", model="mlp", epochs=1, batch_size=64, noise_multiplier=1.0, delta=1e-4)  # fmt: skip
@@ -214,12 +215,15 @@ def test_dp_train_default_model_on_digits_says_what_to_choose(tmp_path, capsys):
 
 
 def test_main_lets_real_bugs_show_their_traceback(monkeypatch):
+    import dataclasses
+
     import pifair.cli as cli
 
     def bug(ns):
         raise ValueError("a bug, not a user error")
 
-    monkeypatch.setitem(cli._COMMANDS, "list", bug)
+    commands = [dataclasses.replace(c, run=bug) if c.name == "list" else c for c in cli.COMMANDS]
+    monkeypatch.setattr(cli, "COMMANDS", commands)
     with pytest.raises(ValueError, match="a bug"):
         main(["list"])
 

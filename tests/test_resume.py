@@ -9,14 +9,15 @@ import pytest
 import torch
 
 from pifair.models.io import load_model
-from pifair.relu.linearize import FinetuneSettings
-from pifair.relu.snl import SearchSettings
+from pifair.reduce import FinetuneSettings
+from pifair.reduce.snl import SearchSettings
 from pifair.runs import Run
-from pifair.training import TrainConfig, train
-from pifair.workflows.fairness import run_mitigate
+from pifair.training import TrainConfig
+from pifair.workflows.fairness import MitigateJob, run_mitigate
 from pifair.workflows.linearize import LinearizeJob, run_linearize
 from pifair.workflows.polyfit import PolyfitJob, run_polyfit
 from pifair.workflows.share import ShareJob, run_share
+from pifair.workflows.train import train
 
 FINETUNE = FinetuneSettings(epochs=3, batch_size=64, lr=0.02)
 
@@ -118,8 +119,8 @@ def test_mitigate(monkeypatch, tmp_path, dense):
     whole, killed = _kill_and_resume(
         monkeypatch,
         tmp_path,
-        lambda out: run_mitigate(reduced, out=out, progress=False),
-        lambda out: run_mitigate(reduced, out=out, resume=True, progress=False),
+        lambda out: run_mitigate(MitigateJob(str(reduced)), out=out, progress=False),
+        lambda out: run_mitigate(MitigateJob(str(reduced)), out=out, resume=True, progress=False),
     )
     _same_weights(whole, killed)
     assert Run.open(killed).config["finetune"]["objective"] == "constrained"

@@ -10,8 +10,9 @@ import torch
 import yaml
 
 from pifair.cli import main
-from pifair.evaluation import evaluate_run
-from pifair.training import TrainConfig, load_from_run, train
+from pifair.training import TrainConfig
+from pifair.workflows.evaluate import evaluate_run
+from pifair.workflows.train import load_from_run, train
 
 TRAIN_DIGITS_MLP = [
     "train",

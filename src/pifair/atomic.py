@@ -19,6 +19,8 @@ from typing import IO, Any
 import torch
 import yaml
 
+from .errors import CorruptFileError
+
 __all__ = [
     "atomic_open",
     "atomic_write_text",
@@ -80,8 +82,6 @@ def load_torch_file(
     path: str | os.PathLike, map_location: Any = "cpu", *, weights_only: bool = False
 ) -> Any:
     """``torch.load`` of a file pifair wrote; a truncated or foreign file is named in the error."""
-    from .errors import CorruptFileError
-
     try:
         return torch.load(path, map_location=map_location, weights_only=weights_only)
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError) as err:

@@ -37,6 +37,14 @@ def _checked(name: str, tp: Any, value: Any) -> Any:
             return None
         rest = [a for a in args if a is not type(None)]
         tp = rest[0] if len(rest) == 1 else tp
+    if typing.get_origin(tp) is typing.Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ConfigError(
+                f"setting {name!r} must be one of {', '.join(map(str, choices))}, got {value!r}; "
+                f"fix it in the config or on the command line"
+            )
+        return value
     if tp is bool:
         ok = isinstance(value, bool)
     elif tp is int:

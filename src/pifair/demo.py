@@ -12,15 +12,21 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .evaluation import evaluate_run
-from .relu.linearize import FinetuneSettings
-from .relu.snl import SearchSettings
+from .dp import DPConfig
+from .reduce.finetune import FinetuneSettings
+from .reduce.snl import SearchSettings
 from .report import build_report
 from .runs import CHECKPOINT, MODEL, Run
-from .training import TrainConfig, train
-from .workflows.fairness import run_audit, run_mitigate
+from .training import TrainConfig
+from .workflows.dp_train import dp_train
+from .workflows.evaluate import evaluate_run
+from .workflows.fairness import AuditJob, MitigateJob, run_audit, run_mitigate
+from .workflows.he import HEInferJob, run_he_infer
 from .workflows.linearize import LinearizeJob, run_linearize
+from .workflows.mpc import MPCInferJob, run_mpc_infer
+from .workflows.polyfit import PolyfitJob, run_polyfit
 from .workflows.share import ShareJob, run_share
+from .workflows.train import train
 
 __all__ = ["run_demo", "DEMO_TRAIN"]
 
@@ -47,8 +53,6 @@ DEMO_DP_LIMIT = 20_000
 
 
 def _dp_stage(out: Path, *, seed: int, data_dir: str | None, limit: int | None, progress: bool) -> list[Path]:  # fmt: skip
-    from .dp import DPConfig, dp_train
-
     common = DEMO_DP | {"seed": seed, "data_dir": data_dir, "limit": min(limit or DEMO_DP_LIMIT, DEMO_DP_LIMIT)}  # fmt: skip
     baseline = out / "dp-nonprivate"
     paths = []
@@ -89,9 +93,6 @@ DEMO_HE_IMAGES = 4096
 
 
 def _he_stage(out: Path, *, seed: int, data_dir: str | None, limit: int | None, progress: bool) -> list[Path]:  # fmt: skip
-    from .relu.linearize import FinetuneSettings
-    from .workflows.he import HEInferJob, run_he_infer
-    from .workflows.polyfit import PolyfitJob, run_polyfit
 
     dense, poly, he = out / "he-cnn", out / "polyfit", out / "he-infer"
     if not (dense / MODEL).exists():
@@ -117,7 +118,6 @@ DEMO_MPC_IMAGES = 1
 
 
 def _mpc_stage(out: Path, models: dict[str, Path]) -> list[Path]:
-    from .workflows.mpc import MPCInferJob, run_mpc_infer
 
     paths = []
     for label, source in models.items():
@@ -212,12 +212,8 @@ def run_demo(
         shutil.rmtree(
             mitigated, ignore_errors=True
         )  # a killed mitigation restarts (its search is reused)
-        run_mitigate(
-            sweep / f"snl-{DEMO_BUDGETS[0]}",
-            objective="constrained",
-            out=mitigated,
-            progress=progress,
-        )
+        job = MitigateJob(str(sweep / f"snl-{DEMO_BUDGETS[0]}"), objective="constrained")
+        run_mitigate(job, out=mitigated, progress=progress)
     m = Run.open(mitigated).metrics
     print(
         f"constrained fine-tuning: test {100 * m['test_accuracy']:.2f}%, worst group {100 * m['test']['worst_group_accuracy']:.2f}%"
@@ -227,7 +223,8 @@ def run_demo(
     reduced = sorted(p for p in sweep.iterdir() if (p / MODEL).exists()) + [shared, mitigated]
     audit = out / "audit"
     shutil.rmtree(audit, ignore_errors=True)  # cheap: always redone from the models
-    audit_run = run_audit(base, reduced, out=audit, grad_samples=64)
+    audit_job = AuditJob(str(base), [str(p) for p in reduced], grad_samples=64)
+    audit_run = run_audit(audit_job, out=audit)
     for p in audit_run.metrics["pairs"]:
         print(
             f"{p['label']:<16} {p['relus']:>6,} ReLUs: drop {100 * p['drop']:.2f} points, worst group {100 * p['worst_group_accuracy']:.2f}%, spread of drops {100 * p['drop_spread']:.2f}"

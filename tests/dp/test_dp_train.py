@@ -12,8 +12,8 @@ pytest.importorskip("opacus")
 
 from opacus.accountants import RDPAccountant  # noqa: E402
 
+from pifair import DPConfig, dp_train  # noqa: E402
 from pifair.cli import main  # noqa: E402
-from pifair.dp import DPConfig, dp_train  # noqa: E402
 from pifair.errors import PrivacyParameterError, UnsupportedLayerError  # noqa: E402
 from pifair.models.io import load_model  # noqa: E402
 
@@ -69,7 +69,7 @@ def test_a_killed_run_resumes_to_the_same_model(tmp_path, monkeypatch):
     cfg = _cfg(method="global-adapt", epochs=3)
     whole = dp_train(cfg, out=tmp_path / "whole", progress=False)
 
-    import pifair.dp.train as train_mod
+    import pifair.workflows.dp_train as train_mod
 
     real_evaluate, calls = train_mod.evaluate, {"n": 0}
 

@@ -23,8 +23,8 @@ from pifair.fairness.mitigation import (
 )
 from pifair.fairness.selection import gap_penalised_accuracy
 from pifair.models import create_model
-from pifair.relu.distill import DistillationLoss
-from pifair.relu.linearize import FinetuneSettings
+from pifair.reduce import FinetuneSettings
+from pifair.training.distill import DistillationLoss
 from pifair.training.loop import LoopSettings, fit
 
 
@@ -166,8 +166,8 @@ def test_paired_difference_interval_by_hand():
 def test_fairness_inside_the_mask_search(imbalanced, teacher):
     """The search's objective is the named one (its group weights move during the search) and
     the reduced model still keeps exactly its budget."""
-    from pifair.relu.linearize import linearize_many
-    from pifair.relu.snl import SearchSettings
+    from pifair.reduce.linearize import linearize_many
+    from pifair.reduce.snl import SearchSettings
 
     search = SearchSettings(
         max_epochs=2, objective="group-dro", harden_epochs=0.5, lambda_init=1e-3
@@ -178,6 +178,6 @@ def test_fairness_inside_the_mask_search(imbalanced, teacher):
     assert result.relus == 300
     weights = result.search["history"][-1]["group_weights"]
     assert sum(weights) == pytest.approx(1.0) and max(weights) > 0.11  # moved off uniform 0.1
-    assert "val_score" in result.finetune_history[0]
+    assert "val_score" in result.history[0]
     with pytest.raises(ValueError, match="objective"):
         SearchSettings(objective="fair")

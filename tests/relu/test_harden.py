@@ -9,14 +9,14 @@ from dataclasses import replace
 import pytest
 import torch
 
-import pifair.relu.harden as harden_module
+import pifair.reduce.harden as harden_module
 from pifair.errors import BudgetError, ConfigError
 from pifair.models import create_model
+from pifair.reduce import FinetuneSettings, linearize_many
+from pifair.reduce.allocation import allocate_by_sensitivity, relu_sensitivity
+from pifair.reduce.snl import LambdaSchedule, SearchSettings, SNLSite
 from pifair.relu import MaskedReLU, count_relus, iter_sites
-from pifair.relu.allocation import allocate_by_sensitivity, relu_sensitivity
-from pifair.relu.linearize import FinetuneSettings, linearize_many
 from pifair.relu.selection import largest_reachable, select_pixels_per_site
-from pifair.relu.snl import LambdaSchedule, SearchSettings, SNLSite
 
 SEARCH = SearchSettings(max_epochs=2, lambda_init=1e-3, mask_lr=0.02, batch_size=64)
 HARD = replace(SEARCH, harden_epochs=1.0, harden_refresh=3)
@@ -113,7 +113,7 @@ def test_the_binarized_model_is_the_hardened_one(dense, digits, monkeypatch):
         captured["model"] = copy.deepcopy(model)  # linearize swaps its sites next
         return masks, history
 
-    import pifair.relu.linearize as lin
+    import pifair.reduce.linearize as lin
 
     monkeypatch.setattr(lin, "harden", keep)
     finetune = replace(NO_FINETUNE, recalibrate_bn=False)
@@ -185,11 +185,11 @@ def test_the_model_before_fine_tuning_is_kept_when_validation_prefers_it(dense, 
         epochs=1, batch_size=64, lr=2.0, weight_decay=0.5, start_candidate=True
     )
     (kept,) = linearize_many(dense, digits, [300], search=HARD, finetune=wreck, progress=False).values()  # fmt: skip
-    assert kept.kept_before_finetune and not any(h["selected"] for h in kept.finetune_history)
+    assert kept.kept_before_finetune and not any(h["selected"] for h in kept.history)
     assert evaluate(kept.model, digits, "val").accuracy == pytest.approx(
         kept.val_accuracy_before_finetune
     )
-    assert kept.finetune_history[0]["val_accuracy"] < kept.val_accuracy_before_finetune
+    assert kept.history[0]["val_accuracy"] < kept.val_accuracy_before_finetune
     wreck_only = replace(wreck, start_candidate=False)
     (lost,) = linearize_many(dense, digits, [300], search=HARD, finetune=wreck_only, progress=False).values()  # fmt: skip
     assert not lost.kept_before_finetune

@@ -7,9 +7,10 @@ import torch
 
 from pifair.models import create_model
 from pifair.models.io import load_model, save_model
+from pifair.reduce import FinetuneSettings
+from pifair.reduce.polyfit import polyfit, relu_fit
 from pifair.relu import MaskedReLU, count_relus, iter_sites, replace_activations
-from pifair.relu.linearize import FinetuneSettings
-from pifair.relu.poly import PolyAct, polyfit, relu_fit
+from pifair.relu.polynomial import PolyAct
 
 
 def test_evaluation_per_granularity_on_a_hand_built_tensor():

@@ -3,10 +3,10 @@ import torch
 
 from pifair.models import create_model
 from pifair.models.io import load_model, save_model
+from pifair.reduce import FinetuneSettings
+from pifair.reduce.share import share
 from pifair.relu import count_relus, replace_activations
-from pifair.relu.linearize import FinetuneSettings
-from pifair.relu.share import share
-from pifair.relu.sharing import SharedReLU, channel_groups, grouping_options, patch_groups
+from pifair.relu.shared_relu import SharedReLU, channel_groups, grouping_options, patch_groups
 
 
 def test_patch_groups_tile_each_channel():

@@ -5,10 +5,11 @@ import torch
 
 from pifair.errors import BudgetError
 from pifair.models import create_model
+from pifair.reduce import FinetuneSettings, linearize_many
+from pifair.reduce.linearize import linearize
+from pifair.reduce.snl import LambdaSchedule, SearchSettings, SNLSite, attach_snl_sites
 from pifair.relu import MaskedReLU, count_relus, iter_sites
-from pifair.relu.linearize import FinetuneSettings, linearize, linearize_many
 from pifair.relu.selection import largest_reachable
-from pifair.relu.snl import LambdaSchedule, SearchSettings, SNLSite, attach_snl_sites
 
 QUICK = dict(
     search=SearchSettings(
@@ -45,7 +46,7 @@ def test_pixelwise_keeps_exactly_the_budget(dense, digits):
 
 
 def test_linearized_positions_compute_the_identity(dense, digits):
-    reduced = linearize(dense, digits, 50, **QUICK).eval()
+    reduced = linearize(dense, digits, 50, **QUICK).model.eval()
     site = reduced.act1
     x = torch.randn(4, 16, 8, 8)
     y = site(x)
@@ -56,7 +57,7 @@ def test_linearized_positions_compute_the_identity(dense, digits):
 
 def test_channelwise_keeps_whole_channels_at_the_largest_count(dense, digits):
     budget = 700
-    reduced = linearize(dense, digits, budget, granularity="channel", **QUICK)
+    reduced = linearize(dense, digits, budget, granularity="channel", **QUICK).model
     kept = count_relus(reduced, (1, 8, 8)).total
     sizes = [64] * 16 + [16] * 32 + [1] * 128
     assert kept == largest_reachable(sizes, budget) and kept <= budget
@@ -64,19 +65,19 @@ def test_channelwise_keeps_whole_channels_at_the_largest_count(dense, digits):
 
 
 def test_naive_baseline_is_exact_too(dense, digits):
-    reduced = linearize(dense, digits, 123, method="naive", **QUICK)
-    assert count_relus(reduced, (1, 8, 8)).total == 123
+    result = linearize(dense, digits, 123, method="naive", **QUICK)
+    assert count_relus(result.model, (1, 8, 8)).total == 123 == result.relus
 
 
 def test_full_budget_changes_nothing(dense, digits):
     total = count_relus(dense, (1, 8, 8)).total
-    same = linearize(dense, digits, total, **QUICK).eval()
+    same = linearize(dense, digits, total, **QUICK).model.eval()
     x = digits.normalize(digits.test.x[:32])
     torch.testing.assert_close(same(x), dense(x))
 
 
 def test_zero_budget_gives_a_linear_network(dense, digits):
-    linear = linearize(dense, digits, 0, **QUICK).eval()
+    linear = linearize(dense, digits, 0, **QUICK).model.eval()
     assert count_relus(linear, (1, 8, 8)).total == 0
     a, b = torch.randn(3, 1, 8, 8), torch.randn(3, 1, 8, 8)
     zero = linear(torch.zeros(1, 1, 8, 8))

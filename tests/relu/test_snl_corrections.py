@@ -10,12 +10,12 @@ from dataclasses import replace
 import pytest
 import torch
 
-import pifair.relu.linearize as lin
+import pifair.reduce.linearize as lin
 from pifair.data import Split
 from pifair.models import create_model
+from pifair.reduce import FinetuneSettings, linearize_many, recalibrate_batchnorm
+from pifair.reduce.snl import SearchSettings
 from pifair.relu import MaskedReLU, iter_sites
-from pifair.relu.linearize import FinetuneSettings, linearize_many, recalibrate_batchnorm
-from pifair.relu.snl import SearchSettings
 
 SEARCH = SearchSettings(max_epochs=2, lambda_init=1e-3, mask_lr=0.02, batch_size=64)
 FINETUNE = FinetuneSettings(epochs=2, batch_size=128)
@@ -67,7 +67,7 @@ def test_selection_and_fine_tuning_never_read_the_test_split(dense, digits, hard
     a = linearize_many(dense, digits, [150], search=search, finetune=FINETUNE, progress=False)[150]  # fmt: skip
     torch.manual_seed(0)
     b = linearize_many(dense, _scrambled_test(digits), [150], search=search, finetune=FINETUNE, progress=False)[150]  # fmt: skip
-    assert [h["selected"] for h in a.finetune_history].count(True) == 1
+    assert [h["selected"] for h in a.history].count(True) == 1
     for (k, p), q in zip(a.model.state_dict().items(), b.model.state_dict().values(), strict=True):
         assert torch.equal(p, q), k
 

@@ -15,7 +15,7 @@ import tenseal.sealapi as seal  # noqa: E402
 from pifair.errors import UnsupportedLayerError  # noqa: E402
 from pifair.models import create_model  # noqa: E402
 from pifair.relu import count_relus, replace_activations  # noqa: E402
-from pifair.relu.poly import PolyAct  # noqa: E402
+from pifair.relu.polynomial import PolyAct  # noqa: E402
 from pifair.secure.he.compile import compile_model  # noqa: E402
 from pifair.secure.he.engine import HEClient, HEServer  # noqa: E402
 from pifair.secure.he.params import MAX_LOG_Q, HEDepthError, choose_parameters  # noqa: E402

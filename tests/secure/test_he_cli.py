@@ -9,7 +9,8 @@ pytest.importorskip("tenseal")
 from pifair.cli import main  # noqa: E402
 from pifair.report import build_report  # noqa: E402
 from pifair.runs import Run  # noqa: E402
-from pifair.training import TrainConfig, train  # noqa: E402
+from pifair.training import TrainConfig  # noqa: E402
+from pifair.workflows.train import train  # noqa: E402
 
 pytestmark = [pytest.mark.he, pytest.mark.slow]
 

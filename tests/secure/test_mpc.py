@@ -16,8 +16,8 @@ pytest.importorskip("spu")
 from pifair.errors import UnsupportedLayerError  # noqa: E402
 from pifair.models import create_model  # noqa: E402
 from pifair.relu import count_relus, replace_activations  # noqa: E402
-from pifair.relu.poly import PolyAct  # noqa: E402
-from pifair.relu.sharing import SharedReLU, channel_groups, patch_groups  # noqa: E402
+from pifair.relu.polynomial import PolyAct  # noqa: E402
+from pifair.relu.shared_relu import SharedReLU, channel_groups, patch_groups  # noqa: E402
 from pifair.relu.sites import DenseReLU, DenseTanh, MaskedReLU  # noqa: E402
 from pifair.secure.mpc import (  # noqa: E402
     MPCSettings,

@@ -9,7 +9,8 @@ pytest.importorskip("spu")
 
 from pifair.cli import main  # noqa: E402
 from pifair.runs import Run  # noqa: E402
-from pifair.training import TrainConfig, train  # noqa: E402
+from pifair.training import TrainConfig  # noqa: E402
+from pifair.workflows.train import train  # noqa: E402
 
 pytestmark = [pytest.mark.mpc, pytest.mark.slow]
 

@@ -140,7 +140,14 @@ _DATASETS: dict[str, DatasetInfo] = {
 
 
 def list_datasets() -> list[str]:
-    """Names of the registered data sets."""
+    """Names of the registered data sets.
+
+    Examples
+    --------
+    >>> import pifair
+    >>> pifair.list_datasets()
+    ['adult', 'cifar10', 'digits', 'fashion-mnist']
+    """
     return sorted(_DATASETS)
 
 
@@ -161,6 +168,13 @@ def load_dataset(
     ``keep`` subsamples classes (``"8:0.09"``; :mod:`pifair.data.imbalance`) in train, and in
     test too with ``keep_test``. ``group_by`` is ``"class"`` (default) or a sensitive column
     (``"sex"``, ``"race"`` for Adult). ``limit`` keeps N evenly spaced samples of train and test.
+
+    Examples
+    --------
+    >>> import pifair
+    >>> data = pifair.load_dataset("digits", seed=0)
+    >>> data.input_shape, data.num_classes, len(data.train) + len(data.val) + len(data.test)
+    ((1, 8, 8), 10, 1797)
     """
     if name not in _DATASETS:
         raise UnknownNameError("dataset", name, list(_DATASETS))

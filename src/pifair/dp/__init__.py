@@ -2,8 +2,9 @@
 
 ``rules`` holds each method's per-sample scaling (pure torch), ``optimizers`` the Opacus
 ``DPOptimizer`` subclasses for the hooks and ghost-clipping paths, ``accounting`` the privacy
-ledger, ``diagnostics`` the per-group misalignment, ``train`` the ``pifair dp-train`` loop.
-Importing ``pifair.dp.optimizers`` or training needs the ``dp`` extra (Opacus).
+ledger, ``diagnostics`` the per-group misalignment, ``private`` the training pieces (the run folder of
+``pifair dp-train`` is :mod:`pifair.workflows.dp_train`). Building an optimizer needs the
+``dp`` extra (Opacus); importing does not.
 """
 
 from .accounting import PrivacyLedger, check_privacy_target, noise_for_target
@@ -18,12 +19,4 @@ __all__ = [
     "PrivacyLedger",
     "check_privacy_target",
     "noise_for_target",
-    "dp_train",
 ]
-
-
-def dp_train(*args, **kwargs):
-    """See :func:`pifair.dp.train.dp_train` (imported on use: it needs Opacus)."""
-    from .train import dp_train as _dp_train
-
-    return _dp_train(*args, **kwargs)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from ..config_types import checked_settings
 from ..errors import ConfigError, PrivacyParameterError, UnknownNameError
 from ..training.config import DataConfig
-from .rules import METHODS, make_rule
+from .rules import METHODS, MethodName, make_rule
 
 __all__ = ["DPConfig", "METHOD_DEFAULTS"]
 
@@ -28,7 +28,7 @@ class DPConfig(DataConfig):
     """A DP training run; every field is a ``pifair dp-train --flag``."""
 
     val_fraction: float = 0.0  # the fair-dp protocol trains on the whole training set
-    method: str = "global-adapt"
+    method: MethodName = "global-adapt"
     model: str = "fairdp_cnn"
     # activation of the model (fairdp_cnn: tanh; mlp: relu, or tanh as in fair-dp)
     act: str | None = None
@@ -44,7 +44,9 @@ class DPConfig(DataConfig):
     epsilon: float | None = None
     delta: float = 1e-6
     noise_multiplier: float | None = None
-    grad_path: str = "ghost"  # ghost (fast) or hooks (Opacus' per-sample gradients)
+    grad_path: Literal["ghost", "hooks"] = (
+        "ghost"  # ghost (fast) or hooks (Opacus' per-sample gradients)
+    )
     secure_noise: bool = False  # noise seeded from the OS and Opacus' secure_mode; not reproducible
     # steps between misalignment measurements (0: never, the default). They read the private
     # training data without noise, so they are NOT covered by epsilon: research use only.

@@ -16,6 +16,7 @@ sensitivity (C, or DPSGD-F's largest group bound) is written to ``max_grad_norm`
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import torch
@@ -23,14 +24,7 @@ import torch
 from ..extras import require
 from .rules import ClippingRule, StepScale
 
-_opt = require("opacus.optimizers", extra="dp", purpose="DP-SGD")
-_optimizer_mod = require("opacus.optimizers.optimizer", extra="dp", purpose="DP-SGD")
-
 __all__ = [
-    "FairDPOptimizer",
-    "FairDPOptimizerFast",
-    "DistributedFairDPOptimizer",
-    "DistributedFairDPOptimizerFast",
     "ghost_backward",
     "optimizer_class",
 ]
@@ -89,6 +83,8 @@ class _HooksClipping:
 
     def clip_and_accumulate(self) -> None:
         factors = self.apply_rule(self.per_sample_norms())
+        # Opacus' private helpers: the processed flag keeps a gradient from being used twice
+        _optimizer_mod = require("opacus.optimizers.optimizer", extra="dp", purpose="DP-SGD")
         for p in self.params:
             _optimizer_mod._check_processed_flag(p.grad_sample)
             grad_sample = self._get_flat_grad_sample(p).to(p.dtype)
@@ -110,46 +106,80 @@ def _init(self, base, optimizer, rule, noise_multiplier, expected_batch_size, kw
     self._init_rule(rule, count_generator)
 
 
-class FairDPOptimizer(_RuleMixin, _HooksClipping, _opt.DPOptimizer):
-    """DPSGD / Global / Global-Adapt / DPSGD-F (by ``rule``) over Opacus' per-sample gradients."""
+@functools.cache
+def _optimizer_classes() -> dict[tuple[bool, bool], type]:
+    """The four optimizer classes, keyed by (fast, distributed).
 
-    def __init__(self, optimizer, *, rule: ClippingRule, noise_multiplier: float, expected_batch_size: int, **kwargs) -> None:  # fmt: skip
-        _init(
-            self, _opt.DPOptimizer, optimizer, rule, noise_multiplier, expected_batch_size, kwargs
-        )
+    Built on first use so that importing pifair needs no Opacus (the ``dp`` extra): their base
+    classes are Opacus'.
+    """
+    opt = require("opacus.optimizers", extra="dp", purpose="DP-SGD")
+
+    def make(name: str, base: type, hooks: bool, doc: str) -> type:
+        def __init__(
+            self,
+            optimizer,
+            *,
+            rule: ClippingRule,
+            noise_multiplier: float,
+            expected_batch_size: int,
+            **kwargs,
+        ) -> None:
+            _init(self, base, optimizer, rule, noise_multiplier, expected_batch_size, kwargs)
+
+        bases = (_RuleMixin, _HooksClipping, base) if hooks else (_RuleMixin, base)
+        return type(name, bases, {"__init__": __init__, "__doc__": doc, "__module__": __name__})
+
+    return {
+        (False, False): make(
+            "FairDPOptimizer",
+            opt.DPOptimizer,
+            True,
+            "DPSGD / Global / Global-Adapt / DPSGD-F (by ``rule``) over Opacus' per-sample "
+            "gradients.",
+        ),
+        (True, False): make(
+            "FairDPOptimizerFast",
+            opt.DPOptimizerFastGradientClipping,
+            False,
+            "The same methods on Opacus' ghost-clipping path; pair it with ghost_backward.",
+        ),
+        (False, True): make(
+            "DistributedFairDPOptimizer",
+            opt.DistributedDPOptimizer,
+            True,
+            "FairDPOptimizer under DDP: counts summed across ranks, noise on rank 0 only.",
+        ),
+        (True, True): make(
+            "DistributedFairDPOptimizerFast",
+            opt.DistributedDPOptimizerFastGradientClipping,
+            False,
+            "FairDPOptimizerFast under DDP.",
+        ),
+    }
 
 
-class FairDPOptimizerFast(_RuleMixin, _opt.DPOptimizerFastGradientClipping):
-    """The same methods on Opacus' ghost-clipping path; pair it with :func:`ghost_backward`."""
-
-    def __init__(self, optimizer, *, rule: ClippingRule, noise_multiplier: float, expected_batch_size: int, **kwargs) -> None:  # fmt: skip
-        _init(self, _opt.DPOptimizerFastGradientClipping, optimizer, rule, noise_multiplier, expected_batch_size, kwargs)  # fmt: skip
-
-
-class DistributedFairDPOptimizer(_RuleMixin, _HooksClipping, _opt.DistributedDPOptimizer):
-    """:class:`FairDPOptimizer` under DDP: counts summed across ranks, noise on rank 0 only."""
-
-    def __init__(self, optimizer, *, rule: ClippingRule, noise_multiplier: float, expected_batch_size: int, **kwargs) -> None:  # fmt: skip
-        _init(self, _opt.DistributedDPOptimizer, optimizer, rule, noise_multiplier, expected_batch_size, kwargs)  # fmt: skip
-
-
-class DistributedFairDPOptimizerFast(_RuleMixin, _opt.DistributedDPOptimizerFastGradientClipping):
-    """:class:`FairDPOptimizerFast` under DDP."""
-
-    def __init__(self, optimizer, *, rule: ClippingRule, noise_multiplier: float, expected_batch_size: int, **kwargs) -> None:  # fmt: skip
-        _init(self, _opt.DistributedDPOptimizerFastGradientClipping, optimizer, rule, noise_multiplier, expected_batch_size, kwargs)  # fmt: skip
+_CLASS_KEYS = {
+    "FairDPOptimizer": (False, False),
+    "FairDPOptimizerFast": (True, False),
+    "DistributedFairDPOptimizer": (False, True),
+    "DistributedFairDPOptimizerFast": (True, True),
+}
 
 
 def optimizer_class(*, fast: bool, distributed: bool) -> type:
-    return {
-        (False, False): FairDPOptimizer,
-        (True, False): FairDPOptimizerFast,
-        (False, True): DistributedFairDPOptimizer,
-        (True, True): DistributedFairDPOptimizerFast,
-    }[(fast, distributed)]
+    """The optimizer class for a gradient path (hooks or ghost) and a world size (1 or more)."""
+    return _optimizer_classes()[(fast, distributed)]
 
 
-def ghost_backward(module, optimizer: FairDPOptimizerFast, loss_per_sample: torch.Tensor) -> None:
+def __getattr__(name: str) -> type:
+    """``from pifair.dp.optimizers import FairDPOptimizer`` builds the classes (needs Opacus)."""
+    if name in _CLASS_KEYS:
+        return _optimizer_classes()[_CLASS_KEYS[name]]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def ghost_backward(module, optimizer, loss_per_sample: torch.Tensor) -> None:
     """Two backward passes: per-sample norms (no per-sample gradients for ghost-clipped layers),
     then the gradient of ``sum_i s_i * loss_i`` with the rule's factors ``s_i``."""
     loss_per_sample.mean().backward(retain_graph=True)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, get_args
 
 import torch
 
@@ -196,7 +196,8 @@ class GroupAdaptiveClipping(ClippingRule):
         self.bounds = torch.tensor(state["bounds"], dtype=torch.float32)
 
 
-METHODS = ("nonprivate", "dpsgd", "global", "global-adapt", "dpsgd-f")
+MethodName = Literal["nonprivate", "dpsgd", "global", "global-adapt", "dpsgd-f"]
+METHODS: tuple[str, ...] = get_args(MethodName)
 
 
 def make_rule(

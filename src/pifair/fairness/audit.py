@@ -14,10 +14,14 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import stats
 from torch import nn
 
 from ..data import Dataset
-from ._group_metrics import GroupReport, group_report
+from ..relu.sites import count_relus
+from ..training.group_metrics import GroupReport, group_report
+from ..training.loop import predict
+from ..training.per_sample import iter_per_sample_grads
 
 __all__ = [
     "GroupAudit",
@@ -61,8 +65,6 @@ def per_sample_grad_norms(
     torch.func (vmap over grad) gives per-sample gradients without Opacus; the model runs in
     eval mode so batch norm uses its running statistics and samples stay independent.
     """
-    # late import: training imports fairness
-    from ..training.per_sample import iter_per_sample_grads
 
     model.eval()
     norms = []
@@ -155,7 +157,6 @@ class PairAudit:
 def _report(
     model: nn.Module, data: Dataset, split: str, device: torch.device
 ) -> tuple[GroupReport, torch.Tensor, torch.Tensor, torch.Tensor]:
-    from ..training.loop import predict  # late import: training imports fairness
 
     logits, y, g = predict(model.to(device), data, split, device=device)
     losses = F.cross_entropy(logits, y, reduction="none")
@@ -194,14 +195,27 @@ def _grad_norm_by_group(
     return {r.group: r.extras["grad_norm"] for r in report.groups}
 
 
-def audit_pair(dense: nn.Module, reduced: nn.Module, data: Dataset, *, name: str = "reduced", relus: int, dense_relus: int,
+def audit_pair(dense: nn.Module, reduced: nn.Module, data: Dataset, *, name: str = "reduced", relus: int | None = None, dense_relus: int | None = None,
                split: str = "test", grad_samples: int = 128, device: torch.device | str = "cpu") -> PairAudit:  # fmt: skip
     """Per-group audit of ``reduced`` against ``dense`` on ``split``.
 
     ``grad_samples`` per group enter the gradient-norm means (0 skips them: they cost one
-    backward pass per sample).
+    backward pass per sample). ``relus`` and ``dense_relus`` are counted when not given.
+
+    Examples
+    --------
+    >>> import pifair
+    >>> data = pifair.load_dataset("digits", seed=0)
+    >>> dense = pifair.create_model("mlp", num_classes=10, input_shape=data.input_shape)
+    >>> reduced = pifair.linearize(dense, data, 40, method="naive", progress=False,
+    ...                            finetune=pifair.FinetuneSettings(epochs=0)).model
+    >>> audit = pifair.audit(dense, reduced, data, grad_samples=0)
+    >>> audit.relus, audit.dense_relus, len(audit.groups)
+    (40, 512, 10)
     """
     device = torch.device(device)
+    relus = count_relus(reduced, data.input_shape).total if relus is None else relus
+    dense_relus = count_relus(dense, data.input_shape).total if dense_relus is None else dense_relus
     minority = set(minority_groups(data))
     d_rep, d_m, _, g = _report(dense, data, split, device)
     r_rep, r_m, _, _ = _report(reduced, data, split, device)
@@ -233,7 +247,6 @@ def audit_pair(dense: nn.Module, reduced: nn.Module, data: Dataset, *, name: str
 
 def mean_ci(values: list[float], confidence: float = 0.95) -> tuple[float, float]:
     """Mean and half-width of the t confidence interval (0 for a single value)."""
-    from scipy import stats
 
     values = [v for v in values if v is not None and not math.isnan(v)]
     if not values:

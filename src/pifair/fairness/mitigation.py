@@ -1,6 +1,6 @@
 """Fairness-aware training objectives for reduced models (DESIGN.md section 7).
 
-Each objective wraps the per-sample CE + KD of :class:`~pifair.relu.distill.DistillationLoss`
+Each objective wraps the per-sample CE + KD of :class:`~pifair.training.distill.DistillationLoss`
 and is selected by name (``FinetuneSettings.objective`` for the fine-tuning,
 ``SearchSettings.objective`` for the SNL mask search and hardening):
 
@@ -22,13 +22,13 @@ network's loss), so they are written here, each small and tested against its rul
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Literal, Protocol, get_args
 
 import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..relu.distill import DistillationLoss
+from ..training.distill import DistillationLoss
 
 __all__ = [
     "OBJECTIVES",
@@ -41,8 +41,10 @@ __all__ = [
     "label_log_prior",
 ]
 
-OBJECTIVES = ("kd", "constrained", "anchored", "group-dro", "logit-adjust", "reweight")
-DUAL_UPDATES = ("step", "epoch")
+ObjectiveName = Literal["kd", "constrained", "anchored", "group-dro", "logit-adjust", "reweight"]
+DualUpdate = Literal["step", "epoch"]
+OBJECTIVES: tuple[str, ...] = get_args(ObjectiveName)
+DUAL_UPDATES: tuple[str, ...] = get_args(DualUpdate)
 
 
 class ObjectiveParams(Protocol):
@@ -165,7 +167,7 @@ class DenseAnchoredLoss(_Dual):
     rise. The constraint ``v_g <= 0`` says that no group loses more than its share; the
     multipliers follow projected dual ascent ``lambda_g = max(0, lambda_g + mu v_g)``.
 
-    ``base`` must be a :class:`~pifair.relu.distill.DistillationLoss` (its teacher is the dense
+    ``base`` must be a :class:`~pifair.training.distill.DistillationLoss` (its teacher is the dense
     model; ``base.terms`` gives the teacher's cross-entropy without a second forward pass).
     """
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ._group_metrics import GroupReport
+from ..training.group_metrics import GroupReport
 from .audit import minority_gap
 
 __all__ = ["gap_penalised_accuracy"]

@@ -37,7 +37,14 @@ def register_model(name: str, *, description: str, input_kind: str = "image"):
 
 
 def list_models() -> list[str]:
-    """Names of the registered models."""
+    """Names of the registered models.
+
+    Examples
+    --------
+    >>> import pifair
+    >>> pifair.list_models()
+    ['fairdp_cnn', 'he_cnn', 'lenet', 'mlp', 'resnet18', 'wrn22_8']
+    """
     return sorted(_MODELS)
 
 
@@ -54,6 +61,14 @@ def create_model(
 
     ``options`` are the family's keyword arguments (e.g. ``snl_variant=True`` for resnet18,
     ``act_layer=DenseTanh``).
+
+    Examples
+    --------
+    >>> import pifair
+    >>> model = pifair.create_model("resnet18", num_classes=10, input_shape=(3, 32, 32),
+    ...                             snl_variant=True)
+    >>> pifair.count_relus(model, (3, 32, 32)).total
+    491520
     """
     spec = get_model_spec(name)
     try:

@@ -18,7 +18,8 @@ def parse_budget(budget: str | int | float, total: int) -> int:
     Accepts an int (``50000``), a string with a ``k``/``m`` suffix (``"50k"``, ``"1.5m"``) or a
     percentage of ``total`` (``"12.5%"``, rounded to the nearest integer).
 
-    >>> parse_budget("50k", 557_056), parse_budget("12.5%", 1000)
+    >>> import pifair
+    >>> pifair.parse_budget("50k", 557_056), pifair.parse_budget("12.5%", 1000)
     (50000, 125)
     """
     if total < 0:

@@ -134,7 +134,7 @@ class MaskedReLU(ActivationSite):
 
     The mask has the per-sample feature shape (pixel-wise, C x H x W) or one entry per channel
     (channel-wise, C x 1 x 1) and is shared over the batch. It is a buffer (not trained); SNL's
-    learnable relaxation lives in :mod:`pifair.relu.snl`.
+    learnable relaxation lives in :mod:`pifair.reduce.snl`.
     """
 
     kind = "masked_relu"
@@ -178,7 +178,7 @@ class MaskedReLU(ActivationSite):
 class SharedReLUSite(ActivationSite):
     """Interface of ReLU sharing: ``out = x * step(d_group)``, one decision per group.
 
-    Implementations (``pifair.relu.sharing``) give :meth:`num_groups`; the comparisons are the
+    Implementations (``pifair.relu.shared_relu``) give :meth:`num_groups`; the comparisons are the
     groups, whatever their sizes.
     """
 
@@ -231,6 +231,13 @@ def replace_activations(
     qualified name and returns the replacement, or ``None`` to keep it. Without a factory,
     plain torch activations become the matching dense sites, so any PyTorch model can be read
     by pifair's counters and engines.
+
+    Examples
+    --------
+    >>> import torch, pifair
+    >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    >>> pifair.count_relus(pifair.replace_activations(model), (4,)).total
+    8
     """
 
     def default(name: str, module: nn.Module) -> nn.Module | None:
@@ -328,6 +335,14 @@ def count_relus(model: nn.Module, input_shape: Sequence[int] | None = None) -> R
     ``input_shape`` is the per-sample input shape, e.g. ``(3, 32, 32)``; with it, one forward
     pass records each site's feature shape. Without it, every site must already know its shape
     (it has seen an input, or was built with one).
+
+    Examples
+    --------
+    >>> import pifair
+    >>> model = pifair.create_model("lenet", num_classes=10, input_shape=(1, 28, 28))
+    >>> count = pifair.count_relus(model, (1, 28, 28))
+    >>> count.total, [s.relus for s in count.sites]
+    (18944, [12544, 6272, 128])
     """
     if input_shape is not None:
         record_feature_shapes(model, input_shape)

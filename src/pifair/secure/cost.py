@@ -30,9 +30,11 @@ from torch import nn
 
 from ..atomic import atomic_write_json
 from ..errors import ConfigError
+from .mpc.export import export_model
 
 __all__ = [
     "GarbledCircuitModel",
+    "model_cost",
     "DELPHI",
     "LinearWork",
     "linear_work",
@@ -136,8 +138,6 @@ class ModelWork:
 
 def model_work(model: nn.Module, input_shape: tuple[int, ...]) -> ModelWork:
     """Comparisons and products from the MPC export's site list, linear work from hooks."""
-    from .mpc.export import export_model
-
     exported = export_model(model, input_shape, check=False)
     return ModelWork(exported.comparisons, exported.muxes, exported.poly_products, linear_work(model, input_shape))  # fmt: skip
 
@@ -231,3 +231,49 @@ class CheetahModel:
         if not path.exists():
             raise FileNotFoundError(f"no Cheetah calibration at {path}; measure one with: python benchmarks/mpc.py --write-calibration {path}")  # fmt: skip
         return cls(**json.loads(path.read_text()))
+
+
+def model_cost(
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    *,
+    cores: int = 1,
+    cheetah: CheetahModel | None = None,
+) -> dict:
+    """A model's private-inference cost per image, without running any cryptography.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Any pifair model (dense, linearized, shared-ReLU or polynomial), in eval mode.
+    input_shape : tuple of int
+        Per-sample input shape, e.g. ``(1, 28, 28)``.
+    cores : int
+        Server cores for DELPHI's garbled-circuit times.
+    cheetah : CheetahModel, optional
+        A calibration of SPU's Cheetah; default: the one shipped with pifair.
+
+    Returns
+    -------
+    dict
+        ``work`` (comparisons, multiplexers, polynomial products, linear work), ``delphi``
+        (garbled circuits, offline and online bytes and seconds) and ``cheetah`` (bytes and
+        seconds by category, from the calibration).
+
+    Examples
+    --------
+    >>> import pifair
+    >>> model = pifair.create_model("lenet", num_classes=10, input_shape=(1, 28, 28))
+    >>> cost = pifair.cost(model.eval(), (1, 28, 28))
+    >>> cost["work"]["relus"]
+    18944
+    >>> cost["delphi"]["online_bytes"] > cost["cheetah"]["comparison_bytes"]
+    True
+    """
+    work = model_work(model, tuple(input_shape))
+    cheetah = cheetah or CheetahModel.load(DEFAULT_CALIBRATION)
+    return {
+        "work": asdict(work),
+        "delphi": DELPHI.estimate(work.relus, cores=cores) | {"source": DELPHI.source},
+        "cheetah": cheetah.estimate(work),
+    }

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, Literal
 
 from ..config_types import checked_settings
 from ..errors import ConfigError
@@ -43,11 +43,11 @@ class TrainConfig(DataConfig):
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    schedule: str = "cosine"
+    schedule: Literal["cosine", "onecycle", "constant"] = "cosine"
     label_smoothing: float = 0.0
     seed: int = 0
     device: str = "auto"
-    loader: str = "resident"
+    loader: Literal["resident", "dataloader"] = "resident"
 
     def __post_init__(self) -> None:
         if self.epochs < 1:

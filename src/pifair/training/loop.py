@@ -6,10 +6,12 @@ polynomials) through ``loss_fn``.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
@@ -19,10 +21,29 @@ from tqdm.auto import tqdm
 
 from ..data import Dataset, ResidentLoader, make_dataloader
 from ..errors import ConfigError, TrainingDivergedError
-from ..fairness import GroupReport, group_report
-from ..runs import Run
+from .group_metrics import GroupReport, group_report
 
-__all__ = ["resolve_device", "LoopSettings", "fit", "predict", "evaluate", "autocast_for"]
+__all__ = [
+    "CheckpointStore",
+    "LoopSettings",
+    "autocast_for",
+    "evaluate",
+    "fit",
+    "predict",
+    "resolve_device",
+]
+
+
+class CheckpointStore(Protocol):
+    """Where :func:`fit` keeps its per-epoch checkpoint and log; a run folder
+    (:class:`pifair.runs.Run`) is one. The library never creates run folders itself."""
+
+    log: logging.Logger
+
+    def load_checkpoint(self, map_location: Any = ...) -> dict | None: ...
+
+    def save_checkpoint(self, state: dict) -> None: ...
+
 
 LossFn = Callable[
     [torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor
@@ -62,11 +83,11 @@ class LoopSettings:
     lr: float
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    schedule: str = "cosine"
+    schedule: Literal["cosine", "onecycle", "constant"] = "cosine"
     seed: int = 0
     device: torch.device | None = None
-    loader: str = "resident"
-    optimizer: str = "sgd"
+    loader: Literal["resident", "dataloader"] = "resident"
+    optimizer: Literal["sgd", "adam"] = "sgd"
     progress: bool = True
     grad_clip: float | None = None  # max global gradient norm (None: no clipping)
 
@@ -126,7 +147,7 @@ def fit(
     settings: LoopSettings,
     *,
     loss_fn: LossFn,
-    run: Run | None = None,
+    checkpoints: CheckpointStore | None = None,
     resume: bool = False,
     on_epoch_end: Callable[[int, dict], None] | None = None,
     select_best: bool = False,
@@ -137,7 +158,7 @@ def fit(
     highest accuracy, or highest ``select_score(report)`` of the epoch's validation report
     (recorded as ``val_score``).
 
-    With a ``run``, each epoch ends with an atomic checkpoint (model, optimizer, schedule,
+    With ``checkpoints`` (a run folder, :class:`pifair.runs.Run`), each epoch ends with an atomic checkpoint (model, optimizer, schedule,
     history); ``resume=True`` continues from it. Returns the per-epoch history.
     """
     device = settings.device or resolve_device()
@@ -153,8 +174,8 @@ def fit(
     best: dict | None = None  # {"val_accuracy", "epoch", "model"} of the best validation epoch
     if (
         resume
-        and run is not None
-        and (state := run.load_checkpoint(map_location=device)) is not None
+        and checkpoints is not None
+        and (state := checkpoints.load_checkpoint(map_location=device)) is not None
     ):
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
@@ -163,7 +184,7 @@ def fit(
         best = state.get("best")
         if state.get("loss") is not None and hasattr(loss_fn, "load_state_dict"):
             loss_fn.load_state_dict(state["loss"])
-        run.log.info("resumed from epoch %d", start)
+        checkpoints.log.info("resumed from epoch %d", start)
     torch.manual_seed(settings.seed + start)
     for epoch in range(start, settings.epochs):
         t0 = time.perf_counter()
@@ -223,8 +244,8 @@ def fit(
             raise TrainingDivergedError(
                 f"training diverged at epoch {epoch + 1} (loss {record['train_loss']}); lower --lr"
             )
-        if run is not None:
-            run.save_checkpoint(
+        if checkpoints is not None:
+            checkpoints.save_checkpoint(
                 {
                     "epoch": epoch + 1,
                     "model": model.state_dict(),
@@ -235,7 +256,7 @@ def fit(
                     "loss": loss_fn.state_dict() if hasattr(loss_fn, "state_dict") else None,
                 }
             )
-            run.log.info("epoch %d: %s", epoch + 1, record)
+            checkpoints.log.info("epoch %d: %s", epoch + 1, record)
         if settings.progress:
             tqdm.write(
                 f"epoch {epoch + 1}/{settings.epochs}  loss {record['train_loss']:.4f}  train {100 * record['train_accuracy']:.2f}%  "
@@ -284,7 +305,17 @@ def evaluate(
     batch_size: int = 512,
     device: torch.device | None = None,
 ) -> GroupReport:
-    """Overall and per-group accuracy and cross-entropy of ``model`` on ``split``."""
+    """Overall and per-group accuracy and cross-entropy of ``model`` on ``split``.
+
+    Examples
+    --------
+    >>> import pifair
+    >>> data = pifair.load_dataset("digits", seed=0)
+    >>> model = pifair.create_model("mlp", num_classes=10, input_shape=data.input_shape)
+    >>> report = pifair.evaluate(model, data, "test")
+    >>> len(report.groups), 0.0 <= report.accuracy <= 1.0
+    (10, True)
+    """
     logits, y, g = predict(model, data, split, batch_size=batch_size, device=device)
     losses = F.cross_entropy(logits, y, reduction="none").numpy()
     return group_report(

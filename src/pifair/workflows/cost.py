@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import os
-from dataclasses import asdict
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..models import create_model
 from ..runs import Run
-from ..secure.cost import DEFAULT_CALIBRATION, DELPHI, CheetahModel, ModelWork, model_work
+from ..secure.cost import DEFAULT_CALIBRATION, CheetahModel, ModelWork, model_cost, model_work
+from .train import load_from_run
 
 __all__ = ["estimate_cost", "calibrate_cheetah", "calibration_sample"]
 
 
 def _model_of(run: str | os.PathLike):
-    from ..training import load_from_run
-
     model, record, _ = load_from_run(run)
     return model, tuple(record["input_shape"]), record["model"]
 
@@ -53,18 +52,18 @@ def estimate_cost(
         model, input_shape, name = _model_of(run)
         name = f"{name} ({run})"
     elif model_name is not None:
-        from ..models import create_model
-
         model, name = create_model(model_name, num_classes=num_classes, input_shape=input_shape), model_name  # fmt: skip
     else:
         raise ConfigError("give a run folder or --model NAME")
-    work = model_work(model.eval(), input_shape)
-    cheetah = calibrate_cheetah(calibrate) if calibrate else CheetahModel.load(calibration or DEFAULT_CALIBRATION)  # fmt: skip
-    prov = cheetah.provenance
-    where = prov.get("machine", "?") + (f", commit {prov['commit']}" if "commit" in prov else "")
-    return {
-        "model": name, "work": asdict(work),
-        "delphi": DELPHI.estimate(work.relus, cores=cores) | {"source": DELPHI.source},
-        "cheetah": cheetah.estimate(work),
-        "calibration": f"fitted on {', '.join(map(str, calibrate))}" if calibrate else f"{Path(calibration or DEFAULT_CALIBRATION).name} (measured on {where})",
-    }  # fmt: skip
+    if calibrate:
+        cheetah = calibrate_cheetah(calibrate)
+        source = f"fitted on {', '.join(map(str, calibrate))}"
+    else:
+        cheetah = CheetahModel.load(calibration or DEFAULT_CALIBRATION)
+        prov = cheetah.provenance
+        where = prov.get("machine", "?") + (
+            f", commit {prov['commit']}" if "commit" in prov else ""
+        )
+        source = f"{Path(calibration or DEFAULT_CALIBRATION).name} (measured on {where})"
+    cost = model_cost(model.eval(), input_shape, cores=cores, cheetah=cheetah)
+    return {"model": name, **cost, "calibration": source}

@@ -5,19 +5,22 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
-from dataclasses import fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
+from typing import Literal
 
-from ..errors import ConfigError
+from ..errors import ConfigError, UnfinishedRunError
 from ..fairness.audit import PairAudit, audit_pair, mean_ci
+from ..fairness.mitigation import DualUpdate, ObjectiveName
+from ..reduce.finetune import FinetuneSettings
 from ..relu import count_relus
-from ..relu.linearize import FinetuneSettings
 from ..report import plots
 from ..runs import Run
-from ..training import dataset_for_run, load_from_run, resolve_device
+from ..training import resolve_device
 from .linearize import LinearizeJob, run_linearize, search_checkpoint_of
+from .train import dataset_for_run, load_from_run
 
-__all__ = ["run_audit", "run_mitigate"]
+__all__ = ["AuditJob", "MitigateJob", "run_audit", "run_mitigate"]
 
 
 def _parent_of(reduced: Path, default: Path) -> Path:
@@ -39,27 +42,45 @@ def _label(run: Run) -> str:
     return label
 
 
-def run_audit(dense_dir: str | os.PathLike, reduced_dirs: list[str | os.PathLike], *, out: str | os.PathLike | None = None,
-              split: str = "test", grad_samples: int = 128, device: str = "auto") -> Run:  # fmt: skip
-    """Audit each reduced run against its dense parent (its ``--from`` run, else ``dense_dir``).
+@dataclass
+class AuditJob:
+    """What ``pifair audit`` runs; its dict is the run's config.yaml."""
+
+    dense: str  # the dense run (parent of reduced runs that do not name theirs)
+    reduced: list[str]  # reduced runs (linearize runs, or sweep folders' sub-runs)
+    split: Literal["val", "test"] = "test"
+    grad_samples: int = 128  # samples per group for the gradient norms (0: skip)
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.grad_samples < 0:
+            raise ConfigError(
+                f"--grad-samples must be >= 0 (0 skips the gradient norms), got {self.grad_samples}"
+            )
+        if self.split not in ("val", "test"):
+            raise ConfigError(f"the audit reads split val or test, got {self.split!r}")
+
+
+def run_audit(job: AuditJob, *, out: str | os.PathLike | None = None) -> Run:
+    """Audit each reduced run against its dense parent (its ``--from`` run, else ``job.dense``).
 
     Runs that differ only by seed are summarised with a 95 % confidence interval.
     """
-    if grad_samples < 0:
-        raise ConfigError(
-            f"--grad-samples must be >= 0 (0 skips the gradient norms), got {grad_samples}"
-        )
-    if split not in ("val", "test"):
-        raise ConfigError(f"the audit reads split val or test, got {split!r}")
+    dense_dir, reduced_dirs, split, grad_samples = (
+        job.dense,
+        job.reduced,
+        job.split,
+        job.grad_samples,
+    )
     for path in [dense_dir, *reduced_dirs]:
         Run.open(path)  # a missing or foreign folder is named before any work
-    dev = resolve_device(device)
+    dev = resolve_device(job.device)
     config = {
         "dense": str(Path(dense_dir).resolve()),
         "reduced": [str(Path(r).resolve()) for r in reduced_dirs],
         "split": split,
         "grad_samples": grad_samples,
-        "device": device,
+        "device": job.device,
     }
     run = Run.create("audit", config, out=out)
     pairs: list[tuple[Run, PairAudit]] = []
@@ -125,39 +146,58 @@ def _summarise(pairs: list[tuple[Run, PairAudit]]) -> list[dict]:
     return rows
 
 
-def run_mitigate(reduced_dir: str | os.PathLike, *, objective: str = "constrained", settings: dict | None = None,
-                 out: str | os.PathLike | None = None, epochs: int | None = None, progress: bool = True,
-                 resume: bool = False) -> Run:  # fmt: skip
+@dataclass
+class MitigateJob:
+    """What ``pifair mitigate`` runs: a linearize run's fine-tuning redone with a fairness-aware
+    objective. Unset settings (None) are the reduced run's."""
+
+    from_run: str  # a linearize run folder
+    objective: ObjectiveName = "constrained"
+    epochs: int | None = None  # fine-tuning epochs
+    mu: float | None = None
+    multiplier_init: float | None = None
+    dual_update: DualUpdate | None = None
+    dro_step: float | None = None
+    logit_tau: float | None = None
+    select_by: Literal["accuracy", "fair"] | None = None
+
+    def __post_init__(self) -> None:
+        if self.epochs is not None and self.epochs < 1:
+            raise ConfigError(
+                f"--epochs must be >= 1 (mitigation is a fine-tuning), got {self.epochs}"
+            )
+
+    def finetune_overrides(self) -> dict:
+        """The FinetuneSettings fields this job sets."""
+        names = {f.name for f in fields(FinetuneSettings)}
+        return {k: v for k, v in asdict(self).items() if k in names and v is not None}
+
+
+def run_mitigate(
+    job: MitigateJob,
+    *,
+    out: str | os.PathLike | None = None,
+    progress: bool = True,
+    resume: bool = False,
+) -> Run:
     """Redo the fine-tuning of a linearize run with a fairness-aware objective.
 
     The reduction itself is replayed from the run's SNL search checkpoint (same masks), so the
-    only difference from the original run is the fine-tuning (its objective, and ``settings``:
-    other :class:`~pifair.relu.linearize.FinetuneSettings` fields such as ``mu``,
-    ``multiplier_init`` or ``select_by``). ``resume`` continues the killed mitigation in ``out``.
+    only difference from the original run is the fine-tuning (its objective and the settings
+    the job sets). ``resume`` continues the killed mitigation in ``out``.
     """
-    reduced_dir = Path(reduced_dir)
-    if epochs is not None and epochs < 1:
-        raise ConfigError(f"--epochs must be >= 1 (mitigation is a fine-tuning), got {epochs}")
-    settings = dict(settings or {})
-    unknown = set(settings) - {f.name for f in fields(FinetuneSettings)}
-    if unknown:
-        raise ConfigError(f"unknown fine-tuning settings {sorted(unknown)}")
+    reduced_dir = Path(job.from_run)
     config = Run.open(reduced_dir).config
     if config.get("command") != "linearize":
         raise ConfigError(
             f"{reduced_dir} is not a linearize run (command {config.get('command')!r}); give a reduced model's run folder"
         )
-    job = LinearizeJob.from_config(config)
-    finetune = replace(
-        job.finetune,
-        objective=objective,
-        **settings,
-        **({"epochs": epochs} if epochs is not None else {}),
-    )
-    job = replace(job, finetune=finetune)
+    linearize = LinearizeJob.from_config(config)
+    finetune = replace(linearize.finetune, **job.finetune_overrides())
+    linearize = replace(linearize, finetune=finetune)
     search = search_checkpoint_of(reduced_dir)
-    if search is None and "snl" in job.methods:
-        raise FileNotFoundError(
+    if search is None and "snl" in linearize.methods:
+        raise UnfinishedRunError(
             f"no SNL search checkpoint for {reduced_dir} (search.pt); rerun pifair linearize with --mitigate instead"
         )
-    return run_linearize(job, out=out, progress=progress, search_from=search, resume=resume)
+    return run_linearize(linearize, out=out, progress=progress, search_from=search, resume=resume)

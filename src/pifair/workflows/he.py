@@ -12,9 +12,11 @@ from ..errors import ConfigError
 from ..runs import Run
 from ..secure.he.compile import compile_model
 from ..secure.he.engine import HEClient, HEServer
+from ..secure.he.image_layout import ImageLayout
 from ..secure.he.params import choose_parameters
-from ..training import dataset_for_run, load_from_run, predict
+from ..training import predict
 from ._jobs import RunJob
+from .train import dataset_for_run, load_from_run
 
 __all__ = ["HEInferJob", "run_he_infer"]
 
@@ -41,8 +43,6 @@ def _bytes(ct, folder) -> int:
 
 def _image_layout(program, client, server, x: np.ndarray, reference: np.ndarray, run: Run) -> dict:
     """The same program on one image per ciphertext: latency per image, agreement."""
-    from ..secure.he.image_layout import ImageLayout
-
     layout = ImageLayout(program, client, server)
     run.log.info("image layout: %d features per ciphertext, %d rotation keys, setup %.1f s", layout.m, layout.galois.size(), layout.setup_seconds)  # fmt: skip
     outs, seconds = [], 0.0

@@ -14,20 +14,23 @@ import time
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 
 from ..atomic import atomic_open, load_torch_file
 from ..models.io import save_model_like
+from ..reduce.finetune import FinetuneSettings
+from ..reduce.linearize import LinearizeResult, linearize_many
+from ..reduce.snl import SearchSettings
 from ..relu import count_relus
 from ..relu.budget import parse_budget
-from ..relu.linearize import FinetuneSettings, LinearizeResult, linearize_many
-from ..relu.snl import SearchSettings
 from ..report import plots
 from ..runs import CHECKPOINT, MODEL, Run
-from ..training import dataset_for_run, evaluate, load_from_run, resolve_device
+from ..training import evaluate, resolve_device
 from ._jobs import RunJob
+from .share import ShareJob, run_share
+from .train import dataset_for_run, load_from_run
 
 __all__ = ["LinearizeJob", "run_linearize", "SNL_PUBLISHED_CIFAR10"]
 
@@ -48,7 +51,7 @@ class LinearizeJob(RunJob):
     from_run: str
     budgets: list[str]
     methods: list[str] = field(default_factory=lambda: ["snl"])
-    granularity: str = "pixel"
+    granularity: Literal["pixel", "channel"] = "pixel"
     reference: bool = False
     seed: int = 0
     device: str = "auto"
@@ -82,8 +85,6 @@ SHARE_METHODS = {
 
 def _share_budgets(root: Run, job: LinearizeJob, method: str) -> None:
     """ReLU sharing at each budget of a sweep, one ``share`` run each (same fine-tuning)."""
-    from .share import ShareJob, run_share
-
     scheme, rule = SHARE_METHODS[method]
     for budget in job.budgets:
         path = root.path / f"{method}-{_budget_label(budget)}"
@@ -130,14 +131,14 @@ def _write_result(
         drop=dense_test.accuracy - test.accuracy, val_accuracy=val.accuracy, val_accuracy_before_finetune=result.val_accuracy_before_finetune,
         val_accuracy_soft=result.val_accuracy_soft, hardening=result.hardening, site_budgets=result.site_budgets,
         kept_before_finetune=result.kept_before_finetune,
-        test=test.as_dict(), dense_test=dense_test.as_dict(), search=result.search, history=result.finetune_history,
+        test=test.as_dict(), dense_test=dense_test.as_dict(), search=result.search, history=result.history,
         seconds=result.seconds | {"total": sum(result.seconds.values())}, reference=job.reference,
         data=data.summary(), model=record["model"], device=str(resolve_device(job.device)), objective=job.finetune.objective,
         search_objective=job.search.objective, select_by=job.finetune.select_by,
     )  # fmt: skip
-    if result.finetune_history:
+    if result.history:
         plots.training_curves(
-            result.finetune_history,
+            result.history,
             run.file("curves.png"),
             title=f"fine-tuning at {result.relus:,} ReLUs",
         )
@@ -236,7 +237,7 @@ def run_linearize(
         results = linearize_many(
             dense, data, todo, granularity=job.granularity, method=method, search=job.search, finetune=job.finetune,
             reference=job.reference, device=device, progress=progress, search_state=state,
-            on_search_epoch=partial(_save_search, search_file, root.log), finetune_run=partial(_finetune_run, by_count),
+            on_search_epoch=partial(_save_search, search_file, root.log), finetune_checkpoints=partial(_finetune_run, by_count),
         )  # fmt: skip
         for budget, result in results.items():
             _write_result(

@@ -14,6 +14,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -35,8 +36,8 @@ from ..secure.mpc.export import ExportedModel, export_model
 from ..secure.mpc.placement import Placement, free_loopback_addresses, parse_parties, run_in_threads
 from ..secure.mpc.profile import RunProfile
 from ..secure.mpc.protocols import get_protocol
-from ..training import dataset_for_run, load_from_run
 from ._jobs import RunJob
+from .train import dataset_for_run, load_from_run
 
 __all__ = ["MPCInferJob", "run_mpc_infer", "summarize"]
 
@@ -46,11 +47,11 @@ class MPCInferJob(RunJob):
     """What ``pifair mpc-infer`` runs; its dict is the run's config.yaml."""
 
     from_run: str
-    protocol: str = "cheetah"
+    protocol: Literal["cheetah", "semi2k", "aby3"] = "cheetah"
     images: int = 8  # first N test images
     parties: str = "threads"  # threads | processes | host:port,host:port[,host:port]
     rank: int | None = None  # the party this process plays (hosts placement)
-    ot: str = "ferret"  # Cheetah's OT: ferret or softspoken
+    ot: Literal["ferret", "softspoken"] = "ferret"  # Cheetah's OT: ferret or softspoken
     batch: int = 1  # images per SPU run
     fraction_bits: int = 18
     warmup: bool = True  # one-time setup measured apart (a first run on a zero image)

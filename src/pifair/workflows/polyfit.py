@@ -9,13 +9,15 @@ from typing import ClassVar
 import torch
 
 from ..models.io import save_model_like
+from ..reduce.finetune import FinetuneSettings
+from ..reduce.polyfit import polyfit
 from ..relu import count_relus
-from ..relu.linearize import FinetuneSettings
-from ..relu.poly import polyfit
+from ..relu.polynomial import PolyGranularity
 from ..report import plots
 from ..runs import CHECKPOINT, MODEL, Run
-from ..training import dataset_for_run, evaluate, load_from_run, resolve_device
+from ..training import evaluate, resolve_device
 from ._jobs import RunJob
+from .train import dataset_for_run, load_from_run
 
 __all__ = ["PolyfitJob", "run_polyfit"]
 
@@ -26,7 +28,7 @@ class PolyfitJob(RunJob):
 
     from_run: str
     degree: int = 2
-    granularity: str = "element"
+    granularity: PolyGranularity = "element"
     seed: int = 0
     device: str = "auto"
     finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
@@ -48,7 +50,7 @@ def run_polyfit(
     torch.manual_seed(job.seed)
     parent_test = evaluate(parent_model.to(device), data, "test")
     result = polyfit(parent_model, data, degree=job.degree, granularity=job.granularity, finetune=job.finetune,
-                     device=device, progress=progress, run=run, resume=(run.path / CHECKPOINT).exists())  # fmt: skip
+                     device=device, progress=progress, checkpoints=run, resume=(run.path / CHECKPOINT).exists())  # fmt: skip
     save_model_like(run.file(MODEL), result.model, record)
     test = evaluate(result.model, data, "test")
     run.update_metrics(
@@ -57,11 +59,11 @@ def run_polyfit(
         parent_relus=count_relus(parent_model, data.input_shape).total, test_accuracy=test.accuracy,
         parent_test_accuracy=parent_test.accuracy, drop=parent_test.accuracy - test.accuracy,
         val_accuracy_before_finetune=result.val_accuracy_before_finetune, test=test.as_dict(),
-        parent_test=parent_test.as_dict(), history=result.finetune_history, seconds=result.seconds,
+        parent_test=parent_test.as_dict(), history=result.history, seconds=result.seconds,
         data=data.summary(), model=record["model"], device=str(device),
     )  # fmt: skip
-    if result.finetune_history:
-        plots.training_curves(result.finetune_history, run.file("curves.png"), title=f"KD fine-tuning, degree-{job.degree} {job.granularity}-wise polynomials")  # fmt: skip
+    if result.history:
+        plots.training_curves(result.history, run.file("curves.png"), title=f"KD fine-tuning, degree-{job.degree} {job.granularity}-wise polynomials")  # fmt: skip
     plots.group_accuracy(test.as_dict(), run.file("groups.png"), title="test accuracy per group, polynomial model")  # fmt: skip
     run.log.info(
         "polynomial model: test %.4f (ReLU parent %.4f)", test.accuracy, parent_test.accuracy

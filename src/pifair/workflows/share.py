@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 
 from ..models.io import save_model_like
+from ..reduce.finetune import FinetuneSettings
+from ..reduce.share import share
 from ..relu import count_relus
-from ..relu.linearize import FinetuneSettings
-from ..relu.share import share
 from ..report import plots
 from ..runs import CHECKPOINT, MODEL, Run
-from ..training import dataset_for_run, evaluate, load_from_run, resolve_device
+from ..training import evaluate, resolve_device
 from ._jobs import RunJob
+from .train import dataset_for_run, load_from_run
 
 __all__ = ["ShareJob", "run_share"]
 
@@ -26,8 +27,8 @@ class ShareJob(RunJob):
 
     from_run: str
     budget: str
-    scheme: str = "patch"
-    rule: str = "mean"
+    scheme: Literal["patch", "channel", "cluster"] = "patch"
+    rule: Literal["mean", "representative", "learned"] = "mean"
     seed: int = 0
     device: str = "auto"
     finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
@@ -49,19 +50,19 @@ def run_share(
     torch.manual_seed(job.seed)
     dense_test = evaluate(dense.to(device), data, "test")
     result = share(dense, data, job.budget, scheme=job.scheme, rule=job.rule, finetune=job.finetune, device=device, progress=progress,
-                   run=run, resume=(run.path / CHECKPOINT).exists())  # fmt: skip
+                   checkpoints=run, resume=(run.path / CHECKPOINT).exists())  # fmt: skip
     save_model_like(run.file(MODEL), result.model, record)
     test = evaluate(result.model, data, "test")
     run.update_metrics(
         kind="share", method=f"share-{job.scheme}-{job.rule}", scheme=job.scheme, rule=job.rule, budget=result.budget, relus=result.relus,
         dense_relus=count_relus(dense, data.input_shape).total, allocation=result.allocation, test_accuracy=test.accuracy,
         dense_test_accuracy=dense_test.accuracy, drop=dense_test.accuracy - test.accuracy, val_accuracy=evaluate(result.model, data, "val").accuracy,
-        test=test.as_dict(), dense_test=dense_test.as_dict(), history=result.finetune_history,
+        test=test.as_dict(), dense_test=dense_test.as_dict(), history=result.history,
         seconds=result.seconds | {"total": sum(result.seconds.values())}, data=data.summary(), model=record["model"], device=str(device),
     )  # fmt: skip
-    if result.finetune_history:
+    if result.history:
         plots.training_curves(
-            result.finetune_history,
+            result.history,
             run.file("curves.png"),
             title=f"fine-tuning with {result.relus:,} shared decisions",
         )

@@ -1,6 +1,7 @@
 """An HE-ready model as a CKKS program: affine stages between polynomial sites.
 
-Between two :class:`~pifair.relu.poly.PolyAct` sites, convolutions, batch norm (folded in, as
+Each activation site becomes a polynomial stage through the lowering of its kind
+(:mod:`pifair.secure.he.lowerings`). Between two sites, convolutions, batch norm (folded in, as
 it is affine at inference), average pooling, flattening and linear layers compose to one affine
 map. Each map is read off the model itself: the map of the identity basis (plus a zero input
 for the bias) through that part of the network, in float64, in chunks. Its rows keep only their
@@ -20,8 +21,8 @@ from scipy import sparse
 from torch import nn
 
 from ...errors import UnsupportedLayerError
-from ...relu.poly import PolyAct
 from ...relu.sites import ActivationSite, iter_sites
+from .lowerings import lower_site
 
 __all__ = ["LinearStage", "PolyStage", "HEProgram", "check_he_ready", "compile_model"]
 
@@ -114,14 +115,10 @@ def check_he_ready(model: nn.Module) -> None:
     for name, m in model.named_modules():
         if list(m.children()):
             continue  # containers
-        if isinstance(m, PolyAct):
-            if m.degree > 2:
-                raise UnsupportedLayerError(
-                    f"layer {name} is a degree-{m.degree} polynomial; the HE engine runs degree 1 or 2 "
-                    f"(pifair polyfit --degree 2)"
-                )
+        if isinstance(m, ActivationSite):
+            lower_site(name, m)  # refuses a site kind CKKS cannot run, saying what to do
             continue
-        if isinstance(m, ActivationSite) and m.kind in ("relu", "masked_relu", "shared_relu", "snl_alpha") or isinstance(m, nn.ReLU):  # fmt: skip
+        if isinstance(m, nn.ReLU):
             raise UnsupportedLayerError(
                 f"layer {name} is a ReLU ({type(m).__name__}): CKKS cannot compare, so replace the "
                 f"ReLUs by polynomials first: pifair polyfit --from RUN --degree 2"
@@ -143,7 +140,7 @@ class _Stop(Exception):
         self.value = value
 
 
-def _stage_map(model: nn.Module, input_shape, sites: list[PolyAct], k: int, chunk: int) -> tuple[sparse.csr_matrix, np.ndarray]:  # fmt: skip
+def _stage_map(model: nn.Module, input_shape, sites: list[ActivationSite], k: int, chunk: int) -> tuple[sparse.csr_matrix, np.ndarray]:  # fmt: skip
     """The affine map from stage k's input (the image, or site k-1's output) to its output (site
     k's input, or the logits), as (CSR weights, bias)."""
     in_shape = tuple(input_shape) if k == 0 else sites[k - 1].feature_shape
@@ -185,25 +182,37 @@ def _stage_map(model: nn.Module, input_shape, sites: list[PolyAct], k: int, chun
 
 
 def compile_model(model: nn.Module, input_shape, *, chunk: int = 1024, check_samples: int = 8) -> HEProgram:  # fmt: skip
-    """The CKKS program of an HE-ready ``model`` (checked against it on random inputs)."""
+    """The CKKS program of an HE-ready ``model`` (checked against it on random inputs).
+
+    Examples
+    --------
+    >>> import pifair
+    >>> data = pifair.load_dataset("digits", seed=0)
+    >>> relu_model = pifair.create_model("mlp", num_classes=10, input_shape=data.input_shape)
+    >>> poly = pifair.polyfit(relu_model, data, progress=False,
+    ...                       finetune=pifair.FinetuneSettings(epochs=0)).model
+    >>> program = pifair.he.compile(poly, data.input_shape)
+    >>> [s["stage"] for s in program.summary()], program.depth
+    (['linear', 'poly2', 'linear', 'poly2', 'linear'], 7)
+    """
     check_he_ready(model)
     m = copy.deepcopy(model).double().eval()
-    order: list[PolyAct] = []
-    handles = [s.register_forward_pre_hook(lambda mod, i: order.append(mod)) for _, s in iter_sites(m) if isinstance(s, PolyAct)]  # fmt: skip
+    order: list[ActivationSite] = []  # the sites in the order the forward pass meets them
+    handles = [
+        site.register_forward_pre_hook(lambda mod, i: order.append(mod))
+        for _, site in iter_sites(m)
+    ]
     with torch.no_grad():
         m(torch.zeros(1, *input_shape, dtype=torch.float64))
     for h in handles:
         h.remove()
+    names = {id(site): name for name, site in iter_sites(m)}
     program = HEProgram(tuple(input_shape))
     for k in range(len(order) + 1):
         w, b = _stage_map(m, input_shape, order, k, chunk)
         program.stages.append(LinearStage(w, b))
         if k < len(order):
-            c = order[k].coefficients.detach().double()
-            if c.dim() == 1:  # one polynomial for the layer
-                c = c.view(-1, *[1] * len(order[k].feature_shape))
-            c = c.expand(c.shape[0], *order[k].feature_shape).reshape(c.shape[0], -1).numpy()
-            program.stages.append(PolyStage(np.ascontiguousarray(c)))
+            program.stages.append(PolyStage(lower_site(names[id(order[k])], order[k])))
     x = torch.randn(check_samples, *input_shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0))  # fmt: skip
     with torch.no_grad():
         expected = m(x).numpy()

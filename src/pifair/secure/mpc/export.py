@@ -3,15 +3,8 @@
 The model is traced with :mod:`torch.fx` (activation sites are leaves), batch norm is folded
 into the convolution before it (``torch.nn.utils.fusion``), and every graph node becomes JAX
 code. Weights are an argument of the function, not constants: under MPC they are the server's
-secret, shared like the client's image. What the sites keep, share or compute is structure
-(public, as in every PI paper), so it becomes constant indices:
-
-* :class:`~pifair.relu.sites.MaskedReLU`: gather the kept positions, compare only those, put
-  the results back with one more constant gather (``jnp.where`` over the full tensor would pay
-  a comparison for every element);
-* :class:`~pifair.relu.sharing.SharedReLU`: one decision per group (sum, representative or
-  learned weights), one comparison per group, the bit broadcast to the members;
-* :class:`~pifair.relu.poly.PolyAct`: Horner's rule, arithmetic only.
+secret, shared like the client's image. Activation sites are lowered by their kind through
+:mod:`pifair.secure.mpc.lowerings` (one lowering per site kind, a registry).
 
 The exported function is checked against the torch model in plain JAX before any MPC run.
 """
@@ -30,27 +23,12 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from ...errors import UnsupportedLayerError
 from ...extras import require
-from ...relu.poly import PolyAct
-from ...relu.sharing import SharedReLU
-from ...relu.sites import ActivationSite, DenseReLU, MaskedReLU
+from ...relu.sites import ActivationSite, DenseReLU
+from .lowerings import LoweringContext, Op, SiteExport, lower_site
 
 __all__ = ["ExportedModel", "SiteExport", "export_model"]
 
 Params = dict[str, np.ndarray]
-Op = Callable[..., object]
-
-
-@dataclass(frozen=True)
-class SiteExport:
-    """What one site costs under MPC: its elements, the comparisons it makes, the multiplexers
-    that apply their bits (one per element the bit reaches) and a polynomial's secret products."""
-
-    name: str
-    kind: str
-    elements: int
-    comparisons: int
-    muxes: int
-    poly_products: int = 0
 
 
 @dataclass
@@ -107,8 +85,9 @@ class _Exporter:
     def __init__(self, model: nn.Module, input_shape: tuple[int, ...]) -> None:
         self.model = model
         self.input_shape = input_shape
-        self.params: Params = {}
-        self.sites: list[SiteExport] = []
+        self.lowering = LoweringContext()
+        self.params: Params = self.lowering.params
+        self.sites: list[SiteExport] = self.lowering.sites
         self.graph = _SiteTracer().trace(model)
         self.modules = dict(model.named_modules())
         self.folded: dict[str, nn.Conv2d] = {}  # conv node name -> conv with its bn folded in
@@ -133,9 +112,7 @@ class _Exporter:
                 self.skip.add(node.name)
 
     def _param(self, name: str, value: torch.Tensor) -> str:
-        key = name.replace(".", "/")
-        self.params[key] = value.detach().cpu().numpy().astype(np.float32)
-        return key
+        return self.lowering.param(name, value)
 
     # -- one builder per layer kind: each returns op(value, params) -> value -------------------
 
@@ -204,89 +181,7 @@ class _Exporter:
         return lambda x, _p: lax.reduce_window(x, -jnp.inf, lax.max, (1, 1, kh, kw), (1, 1, sh, sw), ((0, 0), (0, 0), (ph, ph), (pw, pw)))  # fmt: skip
 
     def _site(self, name: str, site: ActivationSite) -> Op:
-        shape = site.feature_shape
-        if shape is None:
-            raise UnsupportedLayerError(f"site {name!r} has not seen an input; run the model once first")  # fmt: skip
-        features = math.prod(shape)
-        jnp = _jnp()
-        if isinstance(site, DenseReLU):  # plain nn.ReLU modules arrive as DenseReLU
-            self.sites.append(SiteExport(name, "relu", features, features, features))
-            return lambda x, _p: jnp.maximum(x, 0.0)
-        if isinstance(site, MaskedReLU):
-            return self._masked(name, site, shape)
-        if isinstance(site, SharedReLU):
-            return self._shared(name, site, shape)
-        if isinstance(site, PolyAct):
-            c = self._param(f"{name}.coefficients", site.coefficients)
-            degree = site.degree
-            self.sites.append(SiteExport(name, "poly", features, 0, 0, degree * features))
-
-            def poly(x, p):
-                out = p[c][degree]
-                for k in range(degree - 1, -1, -1):  # Horner's rule
-                    out = out * x + p[c][k]
-                return out
-
-            return poly
-        raise UnsupportedLayerError(
-            f"site {name!r} ({type(site).__name__}) has no exact MPC form; the MPC engine runs "
-            "ReLU, masked ReLU (SNL), shared ReLU and polynomial sites"
-        )
-
-    def _masked(self, name: str, site: MaskedReLU, shape: tuple[int, ...]) -> Op:
-        mask = torch.broadcast_to(site.mask, shape).flatten().cpu().numpy() > 0.5
-        keep = np.flatnonzero(mask)
-        features, kept = mask.size, keep.size
-        self.sites.append(SiteExport(name, "masked_relu", features, kept, kept))
-        jnp = _jnp()
-        if kept == 0:
-            return lambda x, _p: x
-        if kept == features:
-            return lambda x, _p: jnp.maximum(x, 0.0)
-        # position j of the output reads column j of [x, relu(x_kept)]: kept ones from the tail
-        select = np.arange(features)
-        select[keep] = features + np.arange(kept)
-
-        def op(x, _p):
-            flat = x.reshape(x.shape[0], features)
-            kept_relu = jnp.maximum(flat[:, keep], 0.0)
-            return jnp.concatenate([flat, kept_relu], axis=1)[:, select].reshape(x.shape)
-
-        return op
-
-    def _shared(self, name: str, site: SharedReLU, shape: tuple[int, ...]) -> Op:
-        groups = site.groups.flatten().cpu().numpy()
-        features, count = groups.size, site.num_decisions
-        self.sites.append(SiteExport(name, "shared_relu", features, count, features))
-        jnp = _jnp()
-        if site.rule == "representative":
-            reps = site.representatives.cpu().numpy()
-
-            def decide(flat, _p):
-                return flat[:, reps]
-        else:
-            # members of each group as a padded index matrix; the pad reads a zero column.
-            # The sign of a group's sum is that of its mean: no division needed.
-            order = np.argsort(groups, kind="stable")
-            sizes = np.bincount(groups, minlength=count)
-            width = int(sizes.max())
-            members = np.full((count, width), features)
-            starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-            for g in range(count):
-                members[g, : sizes[g]] = order[starts[g] : starts[g] + sizes[g]]
-            w = self._param(f"{name}.weight", site.weight.flatten()) if site.rule == "learned" else None  # fmt: skip
-
-            def decide(flat, p):
-                weighted = flat if w is None else flat * p[w]
-                padded = jnp.concatenate([weighted, jnp.zeros((flat.shape[0], 1), flat.dtype)], axis=1)  # fmt: skip
-                return padded[:, members].sum(axis=2)
-
-        def op(x, p):
-            flat = x.reshape(x.shape[0], features)
-            bits = decide(flat, p) > 0.0  # one comparison per group
-            return jnp.where(bits[:, groups], flat, 0.0).reshape(x.shape)
-
-        return op
+        return lower_site(self.lowering, name, site)
 
     def _module_op(self, node: fx.Node) -> Op | None:
         name = node.target
@@ -393,6 +288,17 @@ def export_model(
     With ``check``, the function runs in plain JAX on a few random inputs and must match the
     torch model within ``atol`` relative to the largest logit, so a wrong export fails here and
     not in the middle of an MPC run.
+
+    Examples
+    --------
+    >>> import pifair
+    >>> data = pifair.load_dataset("digits", seed=0)
+    >>> model = pifair.create_model("mlp", num_classes=10, input_shape=data.input_shape)
+    >>> reduced = pifair.linearize(model, data, 40, method="naive", progress=False,
+    ...                            finetune=pifair.FinetuneSettings(epochs=0)).model
+    >>> exported = pifair.mpc.export(reduced, data.input_shape)
+    >>> exported.comparisons, [s.kind for s in exported.sites]
+    (40, ['masked_relu', 'masked_relu'])
     """
     require("jax", extra="mpc", purpose="MPC inference (SPU)")
     model = model.eval()

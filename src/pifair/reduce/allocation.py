@@ -18,7 +18,7 @@ from torch import nn
 
 from ..data import Dataset, ResidentLoader
 from ..errors import BudgetError
-from .sites import DenseReLU, iter_sites
+from ..relu.sites import DenseReLU, iter_sites
 
 __all__ = ["relu_sensitivity", "allocate_by_sensitivity"]
 

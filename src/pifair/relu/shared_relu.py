@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from .clustering import cluster_groups, farthest_point_order
 from .sites import SharedReLUSite, register_site
 
 __all__ = ["SharedReLU", "patch_groups", "channel_groups", "grouping_options", "RULES"]
@@ -175,8 +176,6 @@ def grouping_options(
     first_patch = (1, 1) if len(feature_shape) == 3 else None
     options: list[tuple] = [("1x1", torch.arange(elements).view(feature_shape), None, first_patch)]
     if scheme == "cluster":
-        from .clustering import cluster_groups, farthest_point_order
-
         if patterns is None:
             raise ConfigError("the cluster scheme needs sign patterns from a calibration set")
         k = min(max_clusters, elements // 2)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -19,24 +20,32 @@ from torch import nn
 
 from ..data import Dataset
 from ..errors import ConfigError
-from .budget import parse_budget
-from .linearize import FinetuneSettings, _finetune, recalibrate_batchnorm
-from .sharing import SharedReLU, grouping_options
-from .sites import DenseReLU, count_relus, iter_sites, record_feature_shapes, replace_activations
+from ..relu.budget import parse_budget
+from ..relu.clustering import sign_patterns
+from ..relu.shared_relu import SharedReLU, grouping_options
+from ..relu.sites import (
+    DenseReLU,
+    count_relus,
+    iter_sites,
+    record_feature_shapes,
+    replace_activations,
+)
+from ..training.loop import CheckpointStore
+from .finetune import FinetuneSettings, finetune_model, recalibrate_batchnorm
+from .result import ReductionResult
 
 __all__ = ["ShareResult", "share", "allocate_groups"]
 
 
-@dataclass
-class ShareResult:
-    model: nn.Module
+@dataclass(kw_only=True)
+class ShareResult(ReductionResult):
+    """A shared-ReLU model: ``relus`` sign decisions per sample, ``allocation`` the grouping
+    chosen at each site."""
+
     budget: int
-    relus: int
     scheme: str
     rule: str
     allocation: dict[str, str] = field(default_factory=dict)
-    finetune_history: list[dict] = field(default_factory=list)
-    seconds: dict = field(default_factory=dict)
 
 
 @torch.no_grad()
@@ -54,8 +63,6 @@ def _site_patterns(
     samples: int = 256,
 ) -> dict[str, torch.Tensor]:
     """Sign patterns (elements x samples) of each site's input on training samples."""
-    from .clustering import sign_patterns
-
     seen: dict[str, torch.Tensor] = {}
     hooks = [
         s.register_forward_hook(
@@ -139,18 +146,50 @@ def share(
     train_data: Dataset,
     budget: int | str,
     *,
-    scheme: str = "patch",
-    rule: str = "mean",
+    scheme: Literal["patch", "channel", "cluster"] = "patch",
+    rule: Literal["mean", "representative", "learned"] = "mean",
     finetune: FinetuneSettings | None = None,
     device: torch.device | str = "cpu",
     progress: bool = True,
-    run=None,
+    checkpoints: CheckpointStore | None = None,
     resume: bool = False,
 ) -> ShareResult:
     """A copy of ``model`` whose ReLUs share sign decisions, at most ``budget`` of them.
 
-    ``run`` (a :class:`pifair.runs.Run`) checkpoints the fine-tuning; ``resume`` continues it
-    (the allocation is deterministic and is recomputed).
+    Parameters
+    ----------
+    model : nn.Module
+        The dense model (not modified).
+    train_data : Dataset
+        Training data (fine-tuning) with a validation split (the allocation's calibration).
+    budget : int or str
+        Sign decisions per sample: a count or ``"5k"``, ``"1%"``.
+    scheme : {"patch", "channel", "cluster"}
+        Groups: spatial patches per channel, channel groups per pixel, or clusters of
+        activations whose signs agree on training samples.
+    rule : {"mean", "representative", "learned"}
+        What decides a group's sign.
+    finetune : FinetuneSettings, optional
+        The KD fine-tuning after the allocation.
+    checkpoints : CheckpointStore, optional
+        Where the fine-tuning checkpoints (a run folder); ``resume`` continues it (the
+        allocation is deterministic and is recomputed).
+
+    Returns
+    -------
+    ShareResult
+        The model (``relus`` decisions, at most ``budget``), the grouping of each site, the
+        fine-tuning history.
+
+    Examples
+    --------
+    >>> import pifair
+    >>> data = pifair.load_dataset("digits", seed=0)
+    >>> dense = pifair.create_model("mlp", num_classes=10, input_shape=data.input_shape)
+    >>> result = pifair.share(dense, data, 64, progress=False,
+    ...                       finetune=pifair.FinetuneSettings(epochs=0))
+    >>> result.relus <= 64, pifair.count_relus(result.model, data.input_shape).total == result.relus
+    (True, True)
     """
     device = torch.device(device)
     finetune = finetune or FinetuneSettings()
@@ -167,19 +206,19 @@ def share(
     allocate_s = time.perf_counter() - t0
     recalibrate_batchnorm(shared, train_data, device=device)
     t1 = time.perf_counter()
-    history = _finetune(
+    history = finetune_model(
         shared,
         dense,
         train_data,
         finetune,
         device=device,
         progress=progress,
-        run=run,
+        checkpoints=checkpoints,
         resume=resume,
     )
     relus = count_relus(shared, train_data.input_shape).total
     return ShareResult(
         model=shared.cpu().eval(), budget=k, relus=relus, scheme=scheme, rule=rule,
-        allocation={n: options[n][choice[n]][0] for n in choice}, finetune_history=history,
+        allocation={n: options[n][choice[n]][0] for n in choice}, history=history,
         seconds={"allocate": allocate_s, "finetune": time.perf_counter() - t1},
     )  # fmt: skip

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 
-from .fairness import GroupReport
-from .report import plots
-from .training import dataset_for_run, evaluate, load_from_run, resolve_device
+from ..fairness import GroupReport
+from ..report import plots
+from ..training import evaluate, resolve_device
+from .train import dataset_for_run, load_from_run
 
 __all__ = ["evaluate_run"]
 

@@ -23,7 +23,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..data import Dataset, ResidentLoader
-from .distill import DistillationLoss
+from ..training.distill import DistillationLoss
+from ..training.loop import autocast_for
 from .snl import SearchSettings, SNLSite, mask_optimizer, snl_sites
 
 __all__ = ["harden"]
@@ -64,7 +65,6 @@ def harden(
     The sites are left in their soft state; the returned masks are what the binarized model
     must use.
     """
-    from ..training.loop import autocast_for  # late import: training imports relu
 
     sites = dict(snl_sites(model))
     model.to(device)

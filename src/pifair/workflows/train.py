@@ -17,10 +17,10 @@ from ..models.io import load_model, save_model
 from ..relu import count_relus
 from ..report import plots
 from ..runs import MODEL, Run
-from .config import TrainConfig
-from .loop import LoopSettings, evaluate, fit, resolve_device
+from ..training.config import TrainConfig
+from ..training.loop import LoopSettings, evaluate, fit, resolve_device
 
-__all__ = ["train", "load_from_run", "dataset_for_run"]
+__all__ = ["TrainConfig", "train", "load_from_run", "dataset_for_run"]
 
 
 def train(
@@ -30,7 +30,17 @@ def train(
     resume: str | os.PathLike | None = None,
     progress: bool = True,
 ) -> Run:
-    """Train ``cfg.model`` on ``cfg.data``; with ``resume`` continue the killed run in that folder."""
+    """Train ``cfg.model`` on ``cfg.data`` into a run folder (model, config, metrics, plots);
+    with ``resume``, continue the killed run in that folder.
+
+    Examples
+    --------
+    >>> import tempfile, pifair
+    >>> cfg = pifair.TrainConfig(data="digits", model="mlp", epochs=2, lr=0.05)
+    >>> run = pifair.train(cfg, out=tempfile.mkdtemp() + "/run", progress=False)
+    >>> run.metrics["test_accuracy"] > 0.8, sorted(p.name for p in run.path.glob("*.png"))
+    (True, ['curves.png', 'groups.png'])
+    """
     torch.manual_seed(cfg.seed)
     data = load_dataset(**cfg.data_config.load_kwargs(cfg.seed))
     model = create_model(
@@ -52,7 +62,7 @@ def train(
         data,
         settings,
         loss_fn=_cross_entropy(cfg.label_smoothing),
-        run=run,
+        checkpoints=run,
         resume=resume is not None,
     )
     elapsed = time.perf_counter() - t0
@@ -90,7 +100,17 @@ def _cross_entropy(label_smoothing: float):
 def load_from_run(
     path: str | os.PathLike, map_location: str | torch.device = "cpu"
 ) -> tuple[nn.Module, dict, Run]:
-    """The model a run folder holds, its record, and the run."""
+    """The model a run folder holds, its record, and the run.
+
+    Examples
+    --------
+    >>> import tempfile, pifair
+    >>> cfg = pifair.TrainConfig(data="digits", model="mlp", epochs=1, lr=0.05)
+    >>> run = pifair.train(cfg, out=tempfile.mkdtemp() + "/run", progress=False)
+    >>> model, record, _ = pifair.load_from_run(run.path)
+    >>> record["model"], pifair.count_relus(model, tuple(record["input_shape"])).total
+    ('mlp', 512)
+    """
     run = Run.open(path)
     model_file = Path(path) / MODEL
     if not model_file.exists():

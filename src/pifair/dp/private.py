@@ -1,16 +1,16 @@
-"""``pifair dp-train`` as a function: a DP-SGD variant on Opacus, accounted, diagnosed, resumable.
+"""DP-SGD training pieces on Opacus: the private objects of a run and one epoch of training.
 
 Batches are drawn by Opacus' Poisson sampler (``UniformWithReplacementSampler``, or its
 distributed form under ``torchrun``) as index lists into the split, which stays a tensor on the
 device: the privacy analysis assumes Poisson sampling, and indexing a resident tensor avoids a
 per-sample Python data path. The sampler, noise and count generators are reseeded from the run
-seed and the epoch, so a resumed run repeats the same batches and noise.
+seed and the epoch, so a resumed run repeats the same batches and noise. Library code: the run
+folder, checkpoints and plots are :mod:`pifair.workflows.dp_train`.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import math
 import os
 import time
@@ -20,27 +20,24 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..data import Dataset, load_dataset
-from ..errors import ConfigError, UnsupportedLayerError
+from ..data import Dataset
+from ..errors import UnsupportedLayerError
 from ..extras import require
-from ..models import create_model
-from ..models.io import save_model
-from ..runs import MODEL, Run
-from ..training.loop import evaluate, resolve_device
 from .accounting import PrivacyLedger, check_privacy_target, noise_for_target
 from .config import DPConfig
-from .diagnostics import group_alignment, per_sample_grads, privacy_cost
+from .diagnostics import group_alignment, per_sample_grads
+from .optimizers import ghost_backward, optimizer_class
 from .rules import make_rule
 
-__all__ = ["dp_train", "check_dp_compatible", "sample_rate_for"]
-
-ALIGNMENT = "alignment.json"  # per step and group: direction and magnitude error
-UNACCOUNTED_NOTE = (
-    "Misalignment diagnostics (per-group batch counts, cosines and norm ratios of clipped vs "
-    "unclipped gradients) are exact statistics of the private training data: epsilon does NOT "
-    "cover them. Keep alignment.json and the history's 'alignment' entries for research; do "
-    "not release them with the model."
-)
+__all__ = [
+    "PrivateTraining",
+    "check_dp_compatible",
+    "distributed_rank",
+    "nonprivate_batches",
+    "ranks_agree",
+    "sample_rate_for",
+    "train_epoch",
+]
 
 
 def sample_rate_for(cfg: DPConfig, n: int) -> float:
@@ -70,7 +67,7 @@ def check_dp_compatible(model: nn.Module) -> None:
     raise UnsupportedLayerError(f"this model cannot be trained with DP-SGD (Opacus): {first}")
 
 
-def _distributed() -> tuple[int, int]:
+def distributed_rank() -> tuple[int, int]:
     """(rank, world size) under torchrun; (0, 1) otherwise."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
@@ -86,15 +83,13 @@ def _generator(seed: int, epoch: int, stream: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch * 1_009 + stream)
 
 
-class _Private:
+class PrivateTraining:
     """The Opacus objects of a private run: wrapped module, optimizer, sampler, ledger."""
 
     def __init__(
         self, cfg: DPConfig, model: nn.Module, data: Dataset, rank: int, world: int
     ) -> None:
         gsm = require("opacus.grad_sample", extra="dp", purpose="DP-SGD")
-        from .optimizers import optimizer_class
-
         n = len(data.train)
         self.cfg, self.rank, self.world = cfg, rank, world
         self.sample_rate = sample_rate_for(cfg, n)
@@ -153,8 +148,6 @@ class _Private:
 
     def backward(self, loss_per_sample: torch.Tensor) -> None:
         if self.fast:
-            from .optimizers import ghost_backward
-
             ghost_backward(self.module, self.optimizer, loss_per_sample)
         else:
             loss_per_sample.mean().backward()
@@ -213,96 +206,12 @@ def _lockstep_poisson(
     return [shard[torch.rand(len(shard), generator=gen) < rate].tolist() for _ in range(steps)]
 
 
-def _nonprivate_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[torch.Tensor]:
+def nonprivate_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[torch.Tensor]:
     order = torch.randperm(n, generator=_generator(seed, epoch, 0))
     return list(order.split(batch_size))
 
 
-def dp_train(
-    cfg: DPConfig,
-    *,
-    out: str | os.PathLike | None = None,
-    resume: str | os.PathLike | None = None,
-    progress: bool = True,
-) -> Run | None:
-    """Train ``cfg.model`` with ``cfg.method``; returns the run (``None`` on ranks other than 0)."""
-    if cfg.baseline:
-        _check_baseline(cfg.baseline)
-    rank, world = _distributed()
-    if world > 1 and not cfg.private:
-        raise ConfigError("the non-private baseline trains in one process: run it without torchrun")
-    torch.manual_seed(cfg.seed)
-    device = resolve_device(cfg.device)
-    if world > 1 and device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    data = load_dataset(**cfg.data_config.load_kwargs(cfg.seed))
-    model = create_model(
-        cfg.model, num_classes=data.num_classes, input_shape=data.input_shape, **cfg.model_options()
-    )
-    if cfg.private:
-        check_dp_compatible(model)
-    model.to(device)
-    run = None
-    if rank == 0:
-        run = Run.resume(resume, cfg.as_dict(), normalize=lambda d: DPConfig.from_dict(d).as_dict()) if resume else Run.create("dp-train", cfg.as_dict(), out=out)  # fmt: skip
-    private = _Private(cfg, model, data, rank, world) if cfg.private else None
-    optimizer = private.optimizer if private else torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)  # fmt: skip
-    history: list[dict] = []
-    start = 0
-    ckpt = Run.open(resume).load_checkpoint() if resume else None
-    if ckpt:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        history, start = ckpt["history"], ckpt["epoch"]
-        if private:
-            private.load_state(ckpt["private"])
-    if run and cfg.releases_unaccounted_diagnostics:
-        run.log.warning(UNACCOUNTED_NOTE)
-        run.update_metrics(unaccounted_diagnostics={"covered_by_epsilon": False, "files": [ALIGNMENT], "history_key": "alignment", "note": UNACCOUNTED_NOTE})  # fmt: skip
-    if run:
-        run.log.info(
-            "dp-train %s on %s: %d train samples, %d groups, world size %d%s", cfg.method, cfg.data,
-            len(data.train), len(data.group_names), world,
-            f", noise multiplier {private.noise_multiplier:.4f}, sample rate {private.sample_rate:.5f}" if private else "",
-        )  # fmt: skip
-    train = data.train.to(device)
-    for epoch in range(start, cfg.epochs):
-        record = _train_epoch(cfg, model, data, train, optimizer, private, epoch, device, progress and rank == 0)  # fmt: skip
-        if world > 1:
-            torch.distributed.barrier()
-        if rank != 0:
-            continue
-        measured = record.pop("_measured")
-        if measured:
-            previous = json.loads(run.file(ALIGNMENT).read_text()) if run.file(ALIGNMENT).exists() else []  # fmt: skip
-            run.write_json(ALIGNMENT, [m for m in previous if m["epoch"] <= epoch] + measured)
-        test = evaluate(model, data, "test")
-        record |= {
-            "test_accuracy": test.accuracy,
-            "test_groups": {r.name: r.accuracy for r in test.groups},
-        }
-        if private:
-            record |= {
-                "epsilon": private.ledger.epsilon(cfg.delta),
-                "rule_state": private.rule.state(),
-            }
-        history.append(record)
-        run.save_checkpoint({
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "history": history,
-            "epoch": epoch + 1, "private": private.state() if private else None,
-        })  # fmt: skip
-        run.log.info(
-            "epoch %d: loss %.4f, test %.4f%s, %.0f samples/s", epoch + 1, record["train_loss"],
-            test.accuracy, f", epsilon {record['epsilon']:.3f}" if private else "", record["samples_per_s"],
-        )  # fmt: skip
-    in_sync = _ranks_agree(model) if world > 1 else True
-    if rank != 0:
-        return None
-    _finish(cfg, run, model, data, history, private, world_size=world, ranks_in_sync=in_sync)
-    return run
-
-
-def _ranks_agree(model: nn.Module) -> bool:
+def ranks_agree(model: nn.Module) -> bool:
     """Whether every rank ends with the same weights (the data-parallel invariant)."""
     flat = torch.cat([p.detach().flatten() for p in model.parameters()]).cpu()
     high, low = flat.clone(), flat.clone()
@@ -311,19 +220,10 @@ def _ranks_agree(model: nn.Module) -> bool:
     return bool((high - low).abs().max() <= 1e-6)
 
 
-def _check_baseline(path: str) -> None:
-    base = Run.open(path)
-    if base.config.get("command") != "dp-train" or "test_groups" not in base.metrics:
-        raise ConfigError(
-            f"--baseline {path} is not a finished dp-train run; train one with "
-            f"`pifair dp-train --method nonprivate` on the same data first"
-        )
-
-
-def _train_epoch(cfg, model, data, train, optimizer, private, epoch, device, progress) -> dict:
+def train_epoch(cfg, model, data, train, optimizer, private, epoch, device, progress) -> dict:
     model.train()
     n = len(train)
-    batches = private.start_epoch(epoch, n) if private else _nonprivate_batches(n, cfg.batch_size, cfg.seed, epoch)  # fmt: skip
+    batches = private.start_epoch(epoch, n) if private else nonprivate_batches(n, cfg.batch_size, cfg.seed, epoch)  # fmt: skip
     loss_sum, seen, t0, diag_seconds = 0.0, 0, time.perf_counter(), 0.0
     alignment: dict[int, list[tuple[float, float]]] = {}
     measured: list[dict] = []  # per step and group: written to alignment.json
@@ -371,35 +271,3 @@ def _train_epoch(cfg, model, data, train, optimizer, private, epoch, device, pro
         },
         "_measured": measured,
     }
-
-
-def _finish(
-    cfg: DPConfig, run: Run, model: nn.Module, data: Dataset, history: list[dict], private, **extra
-) -> None:
-    from ..report import plots
-
-    test = evaluate(model, data, "test")
-    save_model(run.file(MODEL), model, name=cfg.model, num_classes=data.num_classes, input_shape=data.input_shape, options=cfg.model_options())  # fmt: skip
-    metrics = {
-        "kind": "dp-train", "method": cfg.method, "model": cfg.model, "data": data.summary(),
-        "history": history, "test": test.as_dict(), "test_accuracy": test.accuracy,
-        "test_groups": {r.name: r.accuracy for r in test.groups},
-        "samples_per_s": sum(h["samples"] for h in history) / max(sum(h["seconds"] for h in history), 1e-9),
-        **extra,
-    }  # fmt: skip
-    if private:
-        metrics |= {
-            "epsilon": private.ledger.epsilon(cfg.delta), "delta": cfg.delta,
-            "noise_multiplier": private.noise_multiplier, "sample_rate": private.sample_rate,
-            "steps": private.steps_per_epoch * cfg.epochs, "releases": private.ledger.state(),
-            "rule_state": private.rule.state(),
-        }  # fmt: skip
-    if cfg.baseline:
-        base = Run.open(cfg.baseline).metrics
-        cost = privacy_cost(base["test_groups"], metrics["test_groups"])
-        metrics |= {"baseline": cfg.baseline, "privacy_cost": cost,
-                    "privacy_cost_gap": max(cost.values()) - min(cost.values())}  # fmt: skip
-    run.update_metrics(**metrics)
-    plots.dp_curves(history, run.file("dp_curves.png"), title=f"{cfg.method} on {cfg.data}")
-    plots.group_accuracy(test.as_dict(), run.file("groups.png"), title=f"test accuracy per group, {cfg.method}")  # fmt: skip
-    run.log.info("test accuracy %.4f\n%s", test.accuracy, test.table())

@@ -1,11 +1,8 @@
-"""Trainable polynomial activations for HE (Zhang, Duan, Zou, Liu 2024) and ``polyfit``.
+"""``polyfit``: replace a model's ReLUs by trainable polynomials (Zhang, Duan, Zou, Liu 2024).
 
-Under CKKS a ReLU cannot be computed; a low-degree polynomial can, at a cost in multiplicative
-depth. :class:`PolyAct` is ``y = sum_k c_k x^k`` with coefficients per layer, per channel or
-per element (the paper's fine-grained choice: one polynomial per activation position). Each
-polynomial starts as the least-squares fit of ReLU on the range its inputs take on a
-calibration set, then the whole network is fine-tuned with knowledge distillation from its ReLU
-parent (:func:`polyfit`).
+Each polynomial (:class:`pifair.relu.polynomial.PolyAct`) starts as the least-squares fit of
+ReLU on the range its inputs take on a calibration set, then the whole network is fine-tuned
+with knowledge distillation from its ReLU parent.
 """
 
 from __future__ import annotations
@@ -13,86 +10,27 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from ..data import Dataset, ResidentLoader
 from ..errors import ConfigError
-from .linearize import FinetuneSettings, _finetune, recalibrate_batchnorm
-from .sites import (
+from ..relu.polynomial import GRANULARITIES, PolyAct, PolyGranularity
+from ..relu.sites import (
     DenseReLU,
-    FeatureShape,
     MaskedReLU,
-    PolynomialSite,
+    count_relus,
     iter_sites,
     record_feature_shapes,
-    register_site,
     replace_activations,
 )
+from ..training.loop import CheckpointStore, evaluate
+from .finetune import FinetuneSettings, finetune_model, recalibrate_batchnorm
+from .result import ReductionResult
 
-__all__ = ["PolyAct", "GRANULARITIES", "relu_fit", "calibrate_ranges", "PolyfitResult", "polyfit"]
-
-GRANULARITIES = ("layer", "channel", "element")
-
-
-def _coef_shape(granularity: str, feature_shape: FeatureShape) -> tuple[int, ...]:
-    if granularity == "layer":
-        return ()
-    if granularity == "channel":
-        return (feature_shape[0],) + (1,) * (len(feature_shape) - 1)
-    if granularity == "element":
-        return tuple(feature_shape)
-    raise ConfigError(f"polynomial granularity must be one of {GRANULARITIES}, got {granularity!r}")
-
-
-@register_site
-class PolyAct(PolynomialSite):
-    """``y = c_0 + c_1 x + ... + c_d x^d`` with coefficients shared over the batch.
-
-    ``coefficients`` has shape ``(degree + 1, *coef_shape)``: ``coef_shape`` is ``()`` for one
-    polynomial per layer, ``(C, 1, 1)`` (or ``(F,)``) per channel, the feature shape per element.
-    """
-
-    kind = "poly"
-
-    def __init__(self, degree: int, granularity: str, feature_shape: FeatureShape) -> None:
-        super().__init__()
-        if degree < 1:
-            raise ConfigError(f"polynomial degree must be >= 1, got {degree}")
-        self.granularity = granularity
-        self.feature_shape = tuple(int(s) for s in feature_shape)
-        shape = _coef_shape(granularity, self.feature_shape)
-        coefficients = torch.zeros(degree + 1, *shape)
-        coefficients[1] = 1.0  # identity until fitted
-        self.coefficients = nn.Parameter(coefficients)
-
-    @property
-    def degree(self) -> int:
-        return self.coefficients.shape[0] - 1
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._record_shape(x)
-        c = self.coefficients.to(x.dtype)
-        out = c[-1].expand_as(x)
-        for k in range(self.degree - 1, -1, -1):  # Horner's rule
-            out = out * x + c[k]
-        return out
-
-    def multiplicative_depth(self) -> int:
-        # x^2 is one ciphertext product; each further power one more level (plain scalars fold)
-        return math.ceil(math.log2(self.degree)) if self.degree > 1 else 0
-
-    def spec(self) -> dict:
-        return {"kind": self.kind, "degree": self.degree, "granularity": self.granularity, "feature_shape": list(self.feature_shape)}  # fmt: skip
-
-    @classmethod
-    def from_spec(cls, spec: dict) -> PolyAct:
-        return cls(spec["degree"], spec["granularity"], tuple(spec["feature_shape"]))
-
-    def extra_repr(self) -> str:
-        return f"degree={self.degree}, granularity={self.granularity}, feature_shape={self.feature_shape}"
+__all__ = ["relu_fit", "calibrate_ranges", "PolyfitResult", "polyfit"]
 
 
 def relu_fit(lo: torch.Tensor, hi: torch.Tensor, degree: int, *, points: int = 256) -> torch.Tensor:
@@ -163,18 +101,16 @@ def calibrate_ranges(
     return {n: (lo.cpu(), hi.cpu()) for n, (lo, hi) in ranges.items()}
 
 
-@dataclass
-class PolyfitResult:
-    """A polynomial (HE-ready) model and how it was made."""
+@dataclass(kw_only=True)
+class PolyfitResult(ReductionResult):
+    """A polynomial (HE-ready) model: no comparison left (``relus`` counts any the model kept
+    outside its ReLU sites), degree and granularity of its polynomials."""
 
-    model: nn.Module
     degree: int
     granularity: str
     sites: int
     coefficients: int
     val_accuracy_before_finetune: float | None = None
-    finetune_history: list[dict] = field(default_factory=list)
-    seconds: dict = field(default_factory=dict)
 
 
 def polyfit(
@@ -182,11 +118,11 @@ def polyfit(
     train_data: Dataset,
     *,
     degree: int = 2,
-    granularity: str = "element",
+    granularity: PolyGranularity = "element",
     finetune: FinetuneSettings | None = None,
     device: torch.device | str = "cpu",
     progress: bool = True,
-    run=None,
+    checkpoints: CheckpointStore | None = None,
     resume: bool = False,
 ) -> PolyfitResult:
     """A copy of ``model`` with every ReLU replaced by a trained polynomial.
@@ -195,12 +131,41 @@ def polyfit(
     calibrated input range; a :class:`~pifair.relu.sites.MaskedReLU` (an SNL model) needs
     ``granularity="element"`` and keeps the identity where its mask is 0. Then batch-norm
     statistics are recomputed and the network is fine-tuned with KD from ``model``.
-    """
-    from ..training.loop import evaluate  # late import: training imports relu
 
+    Parameters
+    ----------
+    model : nn.Module
+        A ReLU model (dense or linearized); not modified.
+    train_data : Dataset
+        Calibration (input ranges) and fine-tuning data.
+    degree : int
+        Polynomial degree; the HE engine runs 1 or 2.
+    granularity : {"layer", "channel", "element"}
+        One polynomial per layer, per channel or per activation position.
+    finetune : FinetuneSettings, optional
+        The KD fine-tuning from ``model``.
+
+    Returns
+    -------
+    PolyfitResult
+        The polynomial model (no comparison left), its sites and coefficients, the history.
+
+    Examples
+    --------
+    >>> import pifair
+    >>> data = pifair.load_dataset("digits", seed=0)
+    >>> relu_model = pifair.create_model("mlp", num_classes=10, input_shape=data.input_shape)
+    >>> result = pifair.polyfit(relu_model, data, degree=2, progress=False,
+    ...                         finetune=pifair.FinetuneSettings(epochs=0))
+    >>> result.relus, result.sites, result.coefficients
+    (0, 2, 1536)
+    """
     if degree < 1:
         raise ConfigError(f"polynomial degree must be >= 1, got {degree}")
-    _coef_shape(granularity, (1, 1, 1))  # validates the name
+    if granularity not in GRANULARITIES:
+        raise ConfigError(
+            f"polynomial granularity must be one of {GRANULARITIES}, got {granularity!r}"
+        )
     device = torch.device(device)
     finetune = finetune or FinetuneSettings()
     teacher = copy.deepcopy(model).to(device).eval()
@@ -238,10 +203,19 @@ def polyfit(
     before = evaluate(student, train_data, "val").accuracy if len(train_data.val) else None
     fit_s = time.perf_counter() - t0
     t1 = time.perf_counter()
-    history = _finetune(student, teacher, train_data, finetune, device=device, progress=progress, run=run, resume=resume)  # fmt: skip
+    history = finetune_model(
+        student,
+        teacher,
+        train_data,
+        finetune,
+        device=device,
+        progress=progress,
+        checkpoints=checkpoints,
+        resume=resume,
+    )
     polys = [s for _, s in iter_sites(student) if isinstance(s, PolyAct)]
     return PolyfitResult(
-        model=student.cpu().eval(), degree=degree, granularity=granularity, sites=len(polys),
+        model=student.cpu().eval(), relus=count_relus(student, train_data.input_shape).total, degree=degree, granularity=granularity, sites=len(polys),
         coefficients=sum(p.coefficients.numel() for p in polys), val_accuracy_before_finetune=before,
-        finetune_history=history, seconds={"fit": fit_s, "finetune": time.perf_counter() - t1},
+        history=history, seconds={"fit": fit_s, "finetune": time.perf_counter() - t1},
     )  # fmt: skip

@@ -1,7 +1,7 @@
 """``pifair.linearize``: reduce a model to an exact ReLU budget, by SNL or by a naive baseline.
 
 Pipeline per budget (DESIGN.md section 3, with pifair's corrections):
-1. scores -- SNL's searched masks ``a`` (:mod:`pifair.relu.snl`), or mean |x| of each site's
+1. scores -- SNL's searched masks ``a`` (:mod:`pifair.reduce.snl`), or mean |x| of each site's
    input on a calibration set (the naive baseline);
 2. binarize -- exactly ``budget`` ReLUs kept (top-k; whole channels for channel-wise, the largest
    count the channel sizes allow without going over) -- or SNL's own ``a > 1e-2`` threshold
@@ -19,18 +19,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
+from typing import Literal
 
 import torch
 from torch import nn
 
 from ..data import Dataset, ResidentLoader
 from ..errors import BudgetError, ConfigError
-from ..fairness.mitigation import DUAL_UPDATES, OBJECTIVES, build_objective
-from .allocation import allocate_by_sensitivity, relu_sensitivity
-from .budget import parse_budget
-from .harden import harden
-from .selection import select_channels, select_pixels, select_pixels_per_site
-from .sites import (
+from ..fairness.mitigation import build_objective
+from ..relu.budget import parse_budget
+from ..relu.selection import select_channels, select_pixels, select_pixels_per_site
+from ..relu.sites import (
     ActivationSite,
     DenseReLU,
     MaskedReLU,
@@ -39,6 +38,11 @@ from .sites import (
     record_feature_shapes,
     replace_activations,
 )
+from ..training.loop import CheckpointStore, evaluate
+from .allocation import allocate_by_sensitivity, relu_sensitivity
+from .finetune import FinetuneSettings, finetune_model, recalibrate_batchnorm, selection_score
+from .harden import harden
+from .result import ReductionResult
 from .snl import SearchSettings, SNLSite, attach_snl_sites, snl_search
 
 __all__ = [
@@ -50,62 +54,6 @@ __all__ = [
     "recalibrate_batchnorm",
     "reference_settings",
 ]
-
-
-@dataclass
-class FinetuneSettings:
-    """Fine-tuning after binarization. SNL's paper: SGD lr 1e-3, 100 epochs, final epoch."""
-
-    epochs: int = 20
-    batch_size: int = 128
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    temperature: float = 4.0
-    kd_weight: float = 1.0
-    recalibrate_bn: bool = True
-    select_best: bool = True
-    # with select_best, the model before fine-tuning is a candidate too: after hardening it can
-    # already be better on validation than every fine-tuned epoch. Off by default: on the
-    # Fashion-MNIST ablation it did not lower the test drop (the validation split is small)
-    start_candidate: bool = False
-    seed: int = 0
-    grad_clip: float | None = 5.0  # nearly linear networks (tiny budgets) can diverge without it
-    # the training objective: "kd", or a fairness-aware one of pifair.fairness.mitigation
-    # (constrained, anchored, group-dro, logit-adjust, reweight); the parameters below are theirs
-    objective: str = "kd"
-    mu: float = 1e-2  # dual step of the constrained and anchored objectives
-    multiplier_init: float = 0.5  # warm start of their multipliers (Das et al.: 0)
-    dual_update: str = "step"  # multipliers updated after every "step" or every "epoch"
-    dro_step: float = 0.01  # group DRO's exponentiated-gradient step
-    logit_tau: float = 1.0  # logit adjustment's tau
-    # the epoch kept with select_best: best validation "accuracy", or "fair": accuracy minus
-    # |minority-majority gap| against the dense model on validation (pifair.fairness.selection)
-    select_by: str = "accuracy"
-
-    def __post_init__(self) -> None:
-        if self.epochs < 0:
-            raise ConfigError(f"fine-tuning epochs must be >= 0 (0: none), got {self.epochs}")
-        if self.batch_size < 1:
-            raise ConfigError(f"fine-tuning batch_size must be >= 1, got {self.batch_size}")
-        for name in ("lr", "temperature"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"fine-tuning {name} must be > 0, got {getattr(self, name)}")
-        for name in ("momentum", "weight_decay", "kd_weight", "mu", "multiplier_init", "logit_tau"):
-            if not getattr(self, name) >= 0:
-                raise ConfigError(f"fine-tuning {name} must be >= 0, got {getattr(self, name)}")
-        if self.grad_clip is not None and not self.grad_clip > 0:
-            raise ConfigError(f"fine-tuning grad_clip must be > 0 or None, got {self.grad_clip}")
-        if self.objective not in OBJECTIVES:
-            raise ConfigError(
-                f"fine-tuning objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}"
-            )
-        if self.dual_update not in DUAL_UPDATES:
-            raise ConfigError(f"dual_update must be 'step' or 'epoch', got {self.dual_update!r}")
-        if not self.dro_step > 0:
-            raise ConfigError(f"dro_step must be > 0, got {self.dro_step}")
-        if self.select_by not in ("accuracy", "fair"):
-            raise ConfigError(f"select_by must be 'accuracy' or 'fair', got {self.select_by!r}")
 
 
 def reference_settings(
@@ -128,19 +76,16 @@ def reference_settings(
     return search, finetune
 
 
-@dataclass
-class LinearizeResult:
-    """A reduced model and how it was made."""
+@dataclass(kw_only=True)
+class LinearizeResult(ReductionResult):
+    """A linearized model: exactly ``relus`` kept ReLUs (at most ``budget``), how its mask was
+    found (``method``, ``search``, ``hardening``) and binarized."""
 
-    model: nn.Module
     budget: int
-    relus: int
     method: str
     granularity: str
     binarize: str
     search: dict = field(default_factory=dict)
-    finetune_history: list[dict] = field(default_factory=list)
-    seconds: dict = field(default_factory=dict)
     val_accuracy_before_finetune: float | None = None
     val_accuracy_soft: float | None = None  # the searched soft model (SNL), before binarizing
     hardening: list[dict] = field(default_factory=list)
@@ -186,43 +131,6 @@ def magnitude_scores(
     for h in handles:
         h.remove()
     return {n: (s / seen).cpu() for n, s in sums.items()}
-
-
-@torch.no_grad()
-def recalibrate_batchnorm(
-    model: nn.Module,
-    data: Dataset,
-    *,
-    device: torch.device,
-    batches: int = 50,
-    batch_size: int = 256,
-) -> None:
-    """Recompute every BatchNorm's running statistics on training batches (cumulative average)."""
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not bns:
-        return
-    saved = [(m.momentum, m.training) for m in bns]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None
-    model.to(device).train()
-    loader = ResidentLoader(
-        data,
-        "train",
-        batch_size=batch_size,
-        device=device,
-        shuffle=True,
-        seed=54321,
-        channels_last=device.type == "cuda",
-    )
-    for i, (x, _, _) in enumerate(loader):
-        if i >= batches:
-            break
-        model(x)
-    for m, (momentum, training) in zip(bns, saved):
-        m.momentum = momentum
-        m.train(training)
-    model.eval()
 
 
 def _search_params(search: SearchSettings, finetune: FinetuneSettings) -> FinetuneSettings:
@@ -277,51 +185,12 @@ def _apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
     return replace_activations(model, swap)
 
 
-def _selection_score(
-    dense: nn.Module, data: Dataset, settings: FinetuneSettings, *, device: torch.device
-) -> Callable | None:
-    """The validation score that picks the kept epoch: None (accuracy) or, with
-    ``select_by="fair"``, accuracy minus |minority-majority gap| against ``dense``."""
-    if settings.select_by == "accuracy":
-        return None
-    from ..fairness.audit import minority_groups
-    from ..fairness.selection import gap_penalised_accuracy
-    from ..training.loop import evaluate  # late import: training imports relu
-
-    return gap_penalised_accuracy(
-        evaluate(dense, data, "val", device=device), minority_groups(data)
-    )
-
-
-def _finetune(
-    model: nn.Module,
-    teacher: nn.Module,
-    data: Dataset,
-    settings: FinetuneSettings,
-    *,
-    device: torch.device,
-    progress: bool,
-    run=None,
-    resume: bool = False,
-    select_score: Callable | None = None,
-) -> list[dict]:
-    from ..training.loop import LoopSettings, fit  # late import: training imports relu
-
-    if settings.epochs == 0:
-        return []
-    loop = LoopSettings(epochs=settings.epochs, batch_size=settings.batch_size, lr=settings.lr, momentum=settings.momentum,
-                        weight_decay=settings.weight_decay, schedule="cosine", seed=settings.seed, device=device, progress=progress, grad_clip=settings.grad_clip)  # fmt: skip
-    loss = build_objective(settings.objective, teacher, data, settings)
-    return fit(model, data, loop, loss_fn=loss, run=run, resume=resume, select_best=settings.select_best,
-               select_score=select_score)  # fmt: skip
-
-
 def linearize_many(
     model: nn.Module,
     data: Dataset,
     budgets: list[int | str],
     *,
-    granularity: str = "pixel",
+    granularity: Literal["pixel", "channel"] = "pixel",
     method: str = "snl",
     search: SearchSettings | None = None,
     finetune: FinetuneSettings | None = None,
@@ -330,12 +199,12 @@ def linearize_many(
     progress: bool = True,
     search_state: dict | None = None,
     on_search_epoch: Callable[[dict], None] | None = None,
-    finetune_run: Callable[[int], tuple[object, bool]] | None = None,
+    finetune_checkpoints: Callable[[int], tuple[CheckpointStore | None, bool]] | None = None,
 ) -> dict[int, LinearizeResult]:
     """Reduce ``model`` to each budget; SNL runs one search for all of them.
 
-    ``model`` is not modified. ``finetune_run(budget)`` may give ``(run, resume)`` so each
-    fine-tuning checkpoints into its own run folder.
+    ``model`` is not modified. ``finetune_checkpoints(budget)`` may give ``(store, resume)`` so
+    each fine-tuning checkpoints into its own store (a run folder, say).
     """
     if granularity not in ("pixel", "channel"):
         raise ConfigError(f"granularity must be 'pixel' or 'channel', got {granularity!r}")
@@ -362,7 +231,7 @@ def linearize_many(
         else None
     )
     relu_sizes = {s.name: s.elements for s in dense_count.sites if s.kind == DenseReLU.kind}
-    select_score = _selection_score(dense, data, finetune, device=device)
+    select_score = selection_score(dense, data, finetune, device=device)
     # a fresh objective for the search and for each budget's hardening (objectives hold state)
     search_objective = partial(build_objective, search.objective, dense, data, _search_params(search, finetune))  # fmt: skip
     t0 = time.perf_counter()
@@ -389,19 +258,17 @@ def linearize_many(
         t1 = time.perf_counter()
         if budget == total:  # every ReLU kept: the dense model itself
             results[budget] = LinearizeResult(
-                copy.deepcopy(dense).cpu(),
-                budget,
-                total,
-                method,
-                granularity,
-                "none",
-                search_summary,
-                [],
-                {"search": 0.0, "finetune": 0.0},
+                model=copy.deepcopy(dense).cpu(),
+                budget=budget,
+                relus=total,
+                method=method,
+                granularity=granularity,
+                binarize="none",
+                search=search_summary,
+                seconds={"search": 0.0, "finetune": 0.0},
             )
             continue
         reduced = copy.deepcopy(work)
-        from ..training.loop import evaluate  # late import: training imports relu
 
         soft, hardening = None, []
         if method == "snl":
@@ -450,10 +317,10 @@ def linearize_many(
             recalibrate_batchnorm(reduced, data, device=device)
         before_report = evaluate(reduced, data, "val", device=device)
         before = before_report.accuracy
-        run, resume = finetune_run(budget) if finetune_run else (None, False)
+        store, resume = finetune_checkpoints(budget) if finetune_checkpoints else (None, False)
         keep_start = finetune.select_best and finetune.start_candidate
         start_state = copy.deepcopy(reduced.state_dict()) if keep_start else None
-        history = _finetune(reduced, dense, data, finetune, device=device, progress=progress, run=run, resume=resume,
+        history = finetune_model(reduced, dense, data, finetune, device=device, progress=progress, checkpoints=store, resume=resume,
                             select_score=select_score)  # fmt: skip
         before_score = select_score(before_report) if select_score else before
         kept_start = (
@@ -472,7 +339,7 @@ def linearize_many(
             )
         results[budget] = LinearizeResult(
             model=reduced.cpu().eval(), budget=budget, relus=relus, method=method, granularity=granularity, binarize=binarize,
-            search=search_summary, finetune_history=history, val_accuracy_before_finetune=before,
+            search=search_summary, history=history, val_accuracy_before_finetune=before,
             val_accuracy_soft=soft, hardening=hardening, site_budgets=site_budgets, kept_before_finetune=kept_start,
             seconds={"search": search_seconds, "harden": harden_seconds, "finetune": time.perf_counter() - t1 - harden_seconds},
         )  # fmt: skip
@@ -484,16 +351,40 @@ def linearize(
     train_data: Dataset,
     budget: int | str,
     *,
-    granularity: str = "pixel",
+    granularity: Literal["pixel", "channel"] = "pixel",
     **options,
-) -> nn.Module:
-    """The reduced copy of ``model`` keeping exactly ``budget`` ReLUs (pixel-wise), or the
+) -> LinearizeResult:
+    """A reduced copy of ``model`` keeping exactly ``budget`` ReLUs (pixel-wise), or the
     largest count <= ``budget`` that whole channels allow (channel-wise).
 
-    ``budget`` is a count or a string (``"50k"``, ``"12.5%"``); ``options`` are those of
-    :func:`linearize_many` (``method="naive"``, ``search=SearchSettings(...)``, ...).
+    Parameters
+    ----------
+    model : nn.Module
+        The dense model (not modified).
+    train_data : Dataset
+        Training data (mask search and fine-tuning) with a validation split.
+    budget : int or str
+        ReLUs to keep: a count or ``"50k"``, ``"12.5%"``.
+    granularity : {"pixel", "channel"}
+        Keep single activations, or whole channels.
+    **options
+        Those of :func:`linearize_many`: ``method="snl"`` (default) or ``"naive"``,
+        ``search=SearchSettings(...)``, ``finetune=FinetuneSettings(...)``, ``device``.
 
-    >>> reduced = pifair.linearize(model, data, "5k", device="cuda")  # doctest: +SKIP
+    Returns
+    -------
+    LinearizeResult
+        The reduced model with exactly ``relus`` ReLUs, the search and fine-tuning history.
+
+    Examples
+    --------
+    >>> import pifair
+    >>> data = pifair.load_dataset("digits", seed=0)
+    >>> dense = pifair.create_model("mlp", num_classes=10, input_shape=data.input_shape)
+    >>> result = pifair.linearize(dense, data, "10%", method="naive", progress=False,
+    ...                           finetune=pifair.FinetuneSettings(epochs=0))
+    >>> result.relus, pifair.count_relus(result.model, data.input_shape).total
+    (51, 51)
     """
     results = linearize_many(model, train_data, [budget], granularity=granularity, **options)
-    return next(iter(results.values())).model
+    return next(iter(results.values()))

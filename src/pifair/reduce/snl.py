@@ -14,6 +14,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import Literal
 
 import torch
 from torch import nn
@@ -21,9 +22,8 @@ from tqdm.auto import tqdm
 
 from ..data import Dataset, ResidentLoader
 from ..errors import ConfigError
-from ..fairness.mitigation import OBJECTIVES
-from .distill import DistillationLoss
-from .sites import (
+from ..fairness.mitigation import OBJECTIVES, ObjectiveName
+from ..relu.sites import (
     ActivationSite,
     DenseReLU,
     iter_sites,
@@ -31,6 +31,8 @@ from .sites import (
     register_site,
     replace_activations,
 )
+from ..training.distill import DistillationLoss
+from ..training.loop import autocast_for
 
 __all__ = [
     "SNLSite",
@@ -62,7 +64,7 @@ class SNLSite(ActivationSite):
             else (self.feature_shape[0], 1, 1)
         )
         self.alpha = nn.Parameter(torch.ones(shape))
-        # During hardening (pifair.relu.harden) the forward pass uses this 0/1 mask, with the
+        # During hardening (pifair.reduce.harden) the forward pass uses this 0/1 mask, with the
         # gradient passed straight through to alpha; None: the soft relaxation.
         self.hard_mask: torch.Tensor | None = None
         self.hard_weight = 1.0  # < 1: progressive binarization, a blend of mask and alpha
@@ -153,7 +155,7 @@ class SearchSettings:
     epoch 5, T = 4. pifair's defaults grow lambda x1.5 after every epoch past the warm-up, so a
     search ends in tens of epochs, not hundreds; top-k binarization makes the count exact
     wherever the search stops, and one epoch of hardening per budget (training with that exact
-    mask, :mod:`pifair.relu.harden`) makes the binarized model the one that was trained
+    mask, :mod:`pifair.reduce.harden`) makes the binarized model the one that was trained
     (benchmarks/linearize_ablation.py measures each of these choices)."""
 
     max_epochs: int = 30
@@ -163,22 +165,26 @@ class SearchSettings:
     lambda_init: float = 1e-5
     lambda_growth: float = 1.5
     lambda_warmup: int = 0
-    lambda_rule: str = "always"
+    lambda_rule: Literal["always", "stall", "budget"] = "always"
     threshold: float = 1e-2
     temperature: float = 4.0
     kd_weight: float = 1.0
     seed: int = 0
-    # per budget, after the shared search: train with the exact top-k mask (pifair.relu.harden)
+    # per budget, after the shared search: train with the exact top-k mask (pifair.reduce.harden)
     harden_epochs: float = 1.0  # 0: binarize the soft snapshot directly (SNL, old default)
-    harden_mode: str = "ste"  # "ste": hard mask, straight-through; "progressive": blend to it
+    harden_mode: Literal["ste", "progressive"] = (
+        "ste"  # "ste": hard mask, straight-through; "progressive": blend to it
+    )
     harden_refresh: int = 10  # steps between recomputing the top-k mask from alpha
     harden_mask_lr: float | None = None  # Adam lr of the masks while hardening (None: lr)
     hysteresis: float = 0.02  # added to kept entries' alpha when the mask is recomputed
-    allocation: str = "global"  # "global" top-k, or "sensitivity": per-site budgets (SENet)
+    allocation: Literal["global", "sensitivity"] = (
+        "global"  # "global" top-k, or "sensitivity": per-site budgets (SENet)
+    )
     # the search's (and hardening's) objective: "kd", or a fairness objective of
     # pifair.fairness.mitigation, so that the ReLUs kept are chosen with the groups' losses in
     # view; its parameters are the fine-tuning's (FinetuneSettings.mu, ...)
-    objective: str = "kd"
+    objective: ObjectiveName = "kd"
 
     def __post_init__(self) -> None:
         if not self.harden_epochs >= 0:
@@ -349,7 +355,6 @@ def snl_search(
             state["seconds"],
         )
     pending = sorted((b for b in budgets if b not in snapshots), reverse=True)
-    from ..training.loop import autocast_for  # late import: training imports relu
 
     epoch = start
     for epoch in range(start, settings.max_epochs):

@@ -1,0 +1,51 @@
+"""The ``pifair`` command line: a thin layer over the workflows (DESIGN.md section 1).
+
+Each command is a :class:`~pifair.cli.commands.Command`; its flags are generated from its job
+dataclass (:mod:`pifair.cli.flags`, tables in :mod:`pifair.cli.tables`), so a default is written
+once, in the dataclass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from ..errors import PifairError
+from .commands import COMMANDS
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of every ``pifair`` command."""
+    parser = argparse.ArgumentParser(
+        prog="pifair",
+        description="Privacy-preserving deep learning that stays accurate, cheap and fair.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in COMMANDS:
+        p = sub.add_parser(command.name, help=command.help, description=command.description)
+        command.add(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; pifair's own refusals print one line, anything else is a bug and shows
+    its traceback."""
+    ns = build_parser().parse_args(argv)
+    run = next(c.run for c in COMMANDS if c.name == ns.command)
+    try:
+        run(ns)
+    except PifairError as err:
+        if os.environ.get("PIFAIR_DEBUG"):
+            raise
+        print(f"pifair {ns.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            "\ninterrupted; the last checkpoint is intact: continue with --resume RUN_FOLDER",
+            file=sys.stderr,
+        )
+        return 130
+    return 0

@@ -1,0 +1,160 @@
+"""Command-line flags generated from the job dataclasses, and the one config merge.
+
+A :class:`Flag` binds ``--name`` to one or more fields of a job's config (dotted for nested
+settings: ``finetune.epochs``). Its type, choices (from ``Literal``) and the default shown in
+``--help`` come from the dataclass field, so every default is written once, in the dataclass.
+Flags not given on the command line are absent from the namespace (``SUPPRESS``): a resumed or
+re-run config keeps its own values, and explicit flags override them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+from ..runs import read_config
+
+__all__ = [
+    "Flag",
+    "add_flags",
+    "config_from_flags",
+    "dataclass_flags",
+    "require_keys",
+    "resume_or_config",
+    "run_folder",
+]
+
+_UNSET: Any = object()
+
+
+@dataclasses.dataclass(frozen=True)
+class Flag:
+    """``name`` sets the config fields at ``paths`` (``from`` is a job's ``from_run``)."""
+
+    name: str
+    paths: tuple[str, ...]
+    help: str = ""
+    parse: Callable[[str], Any] | None = None  # instead of the field's type (lists)
+    const: Any = _UNSET  # a switch that stores this value
+    default_text: str | None = None  # what the default means, when the field's value does not say
+
+    @property
+    def dest(self) -> str:
+        return self.name.lstrip("-").replace("-", "_")
+
+
+def _resolve(cls: type, path: str) -> tuple[Any, Any]:
+    """(type hint, default) of the field at dotted ``path`` of dataclass ``cls``."""
+    head, _, rest = path.partition(".")
+    name = "from_run" if head == "from" else head
+    hints = typing.get_type_hints(cls)
+    field = next((f for f in dataclasses.fields(cls) if f.name == name), None)
+    if field is None:
+        raise AssertionError(f"{cls.__name__} has no field {name!r}")  # a wrong flag table
+    if rest:
+        return _resolve(hints[name], rest)
+    if field.default is not dataclasses.MISSING:
+        default = field.default
+    elif field.default_factory is not dataclasses.MISSING:
+        default = field.default_factory()
+    else:
+        default = _UNSET
+    return hints[name], default
+
+
+def _without_none(tp: Any) -> Any:
+    """``X`` for ``X | None``."""
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        rest = [a for a in typing.get_args(tp) if a is not type(None)]
+        return rest[0] if len(rest) == 1 else tp
+    return tp
+
+
+def _default_help(flag: Flag, default: Any) -> str:
+    if flag.const is not _UNSET:
+        return ""
+    if flag.default_text is not None:
+        return f"(default: {flag.default_text})"
+    if default is _UNSET:
+        return ""
+    if isinstance(default, list):
+        default = ",".join(map(str, default))
+    return f"(default: {default})"
+
+
+def add_flags(parser: argparse.ArgumentParser, cls: type, flags: Sequence[Flag]) -> None:
+    """One ``--flag`` per :class:`Flag`, typed and documented from dataclass ``cls``."""
+    for flag in flags:
+        tp, default = _resolve(cls, flag.paths[0])
+        tp = _without_none(tp)
+        text = " ".join(t for t in (flag.help, _default_help(flag, default)) if t)
+        kwargs: dict[str, Any] = {"dest": flag.dest, "default": argparse.SUPPRESS, "help": text}
+        if flag.const is not _UNSET:
+            kwargs |= {"action": "store_const", "const": flag.const}
+        elif tp is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif typing.get_origin(tp) is typing.Literal and flag.parse is None:
+            kwargs["choices"] = typing.get_args(tp)
+        else:
+            kwargs["type"] = flag.parse or (tp if tp in (int, float, str) else str)
+        parser.add_argument(flag.name, **kwargs)
+
+
+def dataclass_flags(cls: type, *, help: dict[str, str] | None = None) -> list[Flag]:
+    """A flag for every field of a flat settings dataclass (``pifair train``, ``dp-train``)."""
+    help = help or {}
+    return [
+        Flag("--" + f.name.replace("_", "-"), (f.name,), help.get(f.name, ""))
+        for f in dataclasses.fields(cls)
+    ]
+
+
+def config_from_flags(ns: argparse.Namespace, flags: Sequence[Flag], base: dict) -> dict:
+    """``base`` (a saved config, or empty) with the flags given on the command line set."""
+    config = {k: (dict(v) if isinstance(v, dict) else v) for k, v in base.items()}
+    for flag in flags:
+        if flag.dest not in ns:
+            continue
+        value = getattr(ns, flag.dest)
+        for path in flag.paths:
+            *sections, key = path.split(".")
+            target = config
+            for section in sections:
+                target = target.setdefault(section, {})
+            target[key] = str(value) if key == "from" and value is not None else value
+    return config
+
+
+def resume_or_config(ns: argparse.Namespace) -> dict:
+    """The config a command starts from: the run's with ``--resume RUN``, the file's with
+    ``--config FILE``, else empty (the dataclass defaults). Without its ``command`` key."""
+    path: Path | None = None
+    if getattr(ns, "resume", None):
+        path = ns.resume / "config.yaml"
+    elif getattr(ns, "config", None):
+        path = ns.config
+    if path is None:
+        return {}
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist; give the config.yaml of a run")
+    return {k: v for k, v in read_config(path).items() if k != "command"}
+
+
+def run_folder(ns: argparse.Namespace) -> Path | None:
+    """The run folder of a command that takes ``--out`` and ``--resume RUN``."""
+    if ns.resume and ns.out and ns.resume.resolve() != ns.out.resolve():
+        raise ConfigError("give either --resume RUN or --out RUN, not two different folders")
+    return ns.resume or ns.out
+
+
+def require_keys(config: dict, messages: dict[str, str]) -> None:
+    """Refuse a config that lacks a key a new job needs, with the flag that gives it."""
+    for key, message in messages.items():
+        if not config.get(key):
+            raise ConfigError(message)

@@ -1,0 +1,246 @@
+"""Which job fields each command exposes as flags, with the help text of each.
+
+Types, choices and defaults are not written here: :func:`pifair.cli.flags.add_flags` reads them
+from the job dataclasses.
+"""
+
+from __future__ import annotations
+
+from .flags import Flag
+
+__all__ = [
+    "FINETUNE_FLAGS",
+    "HE_FLAGS",
+    "MITIGATE_FLAGS",
+    "MPC_FLAGS",
+    "POLYFIT_FLAGS",
+    "SHARE_FLAGS",
+    "audit_flags",
+    "linearize_flags",
+    "objective_flags",
+]
+
+
+def _comma_list(text: str) -> list[str]:
+    return [b.strip() for b in text.split(",") if b.strip()]
+
+
+def _one(text: str) -> list[str]:
+    return [text]
+
+
+_OBJECTIVE_HELP = (
+    "fine-tuning objective: constrained = Das et al. 2024, anchored = no group loses more than "
+    "its share against the dense model, group-dro = Sagawa et al. 2020, logit-adjust = Menon "
+    "et al. 2021, reweight = inverse group frequency"
+)
+
+
+def objective_flags(prefix: str, *, unset: str | None = None) -> list[Flag]:
+    """The fairness objective and its parameters, at ``prefix`` (``finetune.`` or a flat job);
+    ``unset`` says what an unset parameter means when its default is None."""
+    return [
+        Flag("--objective", (f"{prefix}objective",), _OBJECTIVE_HELP),
+        Flag("--mu", (f"{prefix}mu",), "dual step of constrained and anchored", default_text=unset),
+        Flag(
+            "--multiplier-init",
+            (f"{prefix}multiplier_init",),
+            "their multipliers' warm start",
+            default_text=unset,
+        ),
+        Flag("--dro-step", (f"{prefix}dro_step",), "group DRO's step", default_text=unset),
+        Flag("--logit-tau", (f"{prefix}logit_tau",), "logit adjustment's tau", default_text=unset),
+        Flag(
+            "--dual-update",
+            (f"{prefix}dual_update",),
+            "multipliers updated per step or per epoch",
+            default_text=unset,
+        ),
+        Flag(
+            "--select-by",
+            (f"{prefix}select_by",),
+            "fine-tuning epoch kept: best validation accuracy, or fair = accuracy - "
+            "|minority-majority gap| against the dense model",
+            default_text=unset,
+        ),
+    ]
+
+
+_SEARCH_FLAGS = [
+    Flag("--search-epochs", ("search.max_epochs",), "most SNL search epochs"),
+    Flag("--mask-lr", ("search.mask_lr",), "Adam lr of the masks", default_text="the weights' lr"),
+    Flag("--lambda-init", ("search.lambda_init",)),
+    Flag(
+        "--lambda-growth",
+        ("search.lambda_growth",),
+        "lambda's factor after every epoch (SNL: 1.1 when the count stalls)",
+    ),
+    Flag("--lambda-warmup", ("search.lambda_warmup",), "epochs before lambda may grow (SNL 5)"),
+    Flag(
+        "--lambda-rule",
+        ("search.lambda_rule",),
+        "lambda growth: after every epoch, when the count stalls (SNL), or by the distance to "
+        "the budget",
+    ),
+    Flag(
+        "--harden-epochs",
+        ("search.harden_epochs",),
+        "per budget, epochs of training with the exact top-k mask before binarizing (0: none)",
+    ),
+    Flag("--harden-mode", ("search.harden_mode",)),
+    Flag(
+        "--allocation",
+        ("search.allocation",),
+        "one global top-k, or per-layer budgets by ReLU sensitivity (SENet; pixel-wise)",
+    ),
+    Flag(
+        "--search-objective",
+        ("search.objective",),
+        "objective of the SNL search and hardening: a fairness objective puts the groups' "
+        "losses into which ReLUs are kept",
+    ),
+]
+
+_SWEEP_METHODS = {
+    None: Flag("--method", ("methods",), "snl or naive (top-k mean |x|)", parse=_one),
+    "linearize": Flag(
+        "--methods",
+        ("methods",),
+        "comma list of snl, naive, share-patch, share-channel, share-cluster",
+        parse=_comma_list,
+        default_text="snl,naive",
+    ),
+    "share": Flag(
+        "--methods",
+        ("methods",),
+        "comma list of snl, naive, share-patch, share-channel, share-cluster",
+        parse=_comma_list,
+        default_text="share-patch,share-cluster,snl",
+    ),
+}
+_SWEEP_BUDGETS = {
+    None: Flag("--budget", ("budgets",), "ReLUs to keep: 50000, 50k or 12.5%%", parse=_one),
+    "linearize": Flag("--budgets", ("budgets",), "e.g. 15k,25k,50k,100k", parse=_comma_list),
+    "share": Flag("--budgets", ("budgets",), "e.g. 5k,1k,200,50", parse=_comma_list),
+}
+
+
+def linearize_flags(*, sweep: str | None) -> list[Flag]:
+    """``pifair linearize`` (``sweep=None``) and ``pifair sweep linearize|share``."""
+    return [
+        Flag("--from", ("from",), "run folder of the dense model"),
+        _SWEEP_BUDGETS[sweep],
+        _SWEEP_METHODS[sweep],
+        Flag("--granularity", ("granularity",)),
+        Flag(
+            "--reference",
+            ("reference",),
+            "SNL's reference settings: lambda x1.1, threshold binarization, no corrections",
+        ),
+        Flag(
+            "--mitigate",
+            ("finetune.objective",),
+            "fine-tune with Das et al.'s fairness-constrained objective instead of plain CE + KD",
+            const="constrained",
+        ),
+        *_SEARCH_FLAGS,
+        Flag("--finetune-epochs", ("finetune.epochs",)),
+        Flag("--finetune-kd-weight", ("finetune.kd_weight",)),
+        Flag("--finetune-lr", ("finetune.lr",)),
+        *objective_flags("finetune."),
+        Flag(
+            "--batch-size",
+            ("search.batch_size", "finetune.batch_size"),
+            "search and fine-tuning batch",
+        ),
+        Flag("--seed", ("seed",)),
+        Flag("--device", ("device",)),
+    ]
+
+
+# the fine-tuning of share and polyfit (the seed is the job's and the fine-tuning's)
+FINETUNE_FLAGS = [
+    Flag("--finetune-epochs", ("finetune.epochs",)),
+    Flag("--finetune-lr", ("finetune.lr",)),
+    Flag("--batch-size", ("finetune.batch_size",)),
+    Flag("--seed", ("seed", "finetune.seed")),
+    Flag("--device", ("device",)),
+]
+
+SHARE_FLAGS = [
+    Flag("--from", ("from",), "run folder of the dense model"),
+    Flag("--budget", ("budget",), "sign decisions to keep: 5000, 5k or 1%%"),
+    Flag(
+        "--scheme",
+        ("scheme",),
+        "spatial patches per channel, channel groups per pixel, or clusters of activations "
+        "whose signs agree",
+    ),
+    Flag("--rule", ("rule",), "what decides a group's sign"),
+]
+
+POLYFIT_FLAGS = [
+    Flag("--from", ("from",), "run folder of the ReLU model"),
+    Flag("--degree", ("degree",), "polynomial degree"),
+    Flag(
+        "--granularity",
+        ("granularity",),
+        "one polynomial per layer, per channel or per activation position",
+    ),
+]
+
+MITIGATE_FLAGS = [
+    Flag("--from", ("from",), "a linearize run folder"),
+    *objective_flags("", unset="the reduced run's"),
+    Flag("--epochs", ("epochs",), "fine-tuning epochs", default_text="the reduced run's"),
+]
+
+
+def audit_flags() -> list[Flag]:
+    return [
+        Flag("--split", ("split",)),
+        Flag(
+            "--grad-samples",
+            ("grad_samples",),
+            "samples per group for the gradient norms (0: skip)",
+        ),
+        Flag("--device", ("device",)),
+    ]
+
+
+HE_FLAGS = [
+    Flag("--from", ("from",), "run folder of a polynomial model (pifair polyfit)"),
+    Flag("--batch", ("batch",), "images per ciphertext (at most N/2)"),
+    Flag("--images", ("images",), "test images to run", default_text="one batch"),
+    Flag("--scale-bits", ("scale_bits",), "CKKS scale: 2^bits"),
+    Flag("--workers", ("workers",), "server processes (0: one per core)"),
+    Flag(
+        "--compare-images",
+        ("compare_images",),
+        "also run N images one per ciphertext (with rotations) and compare times",
+    ),
+]
+
+MPC_FLAGS = [
+    Flag("--from", ("from",), "run folder of any ReLU, SNL, shared-ReLU or polynomial model"),
+    Flag(
+        "--protocol",
+        ("protocol",),
+        "cheetah (2PC), semi2k (2PC, trusted first party), aby3 (3PC)",
+    ),
+    Flag("--images", ("images",), "first N test images"),
+    Flag("--parties", ("parties",), "threads, processes, or host:port per party"),
+    Flag(
+        "--rank",
+        ("rank",),
+        "with host:port parties: the party this machine plays (0 server, 1 client, 2 helper)",
+    ),
+    Flag("--ot", ("ot",), "Cheetah's OT (ferret: silent OT, fewest bytes)"),
+    Flag("--batch", ("batch",), "images per SPU run (1: latency)"),
+    Flag("--fraction-bits", ("fraction_bits",), "fixed-point fraction bits"),
+    Flag(
+        "--warmup",
+        ("warmup",),
+        "measure the one-time setup apart with a first run on a zero image",
+    ),
+]

@@ -1,0 +1,171 @@
+"""``pifair dp-train``: a DP-SGD variant on Opacus in a run folder, accounted, diagnosed,
+resumable (the training pieces are :mod:`pifair.dp.private`)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+from torch import nn
+
+from ..data import Dataset, load_dataset
+from ..dp.config import DPConfig
+from ..dp.diagnostics import privacy_cost
+from ..dp.private import (
+    PrivateTraining,
+    check_dp_compatible,
+    distributed_rank,
+    ranks_agree,
+    train_epoch,
+)
+from ..errors import ConfigError
+from ..models import create_model
+from ..models.io import save_model
+from ..report import plots
+from ..runs import MODEL, Run
+from ..training.loop import evaluate, resolve_device
+
+__all__ = ["DPConfig", "dp_train"]
+
+ALIGNMENT = "alignment.json"  # per step and group: direction and magnitude error
+UNACCOUNTED_NOTE = (
+    "Misalignment diagnostics (per-group batch counts, cosines and norm ratios of clipped vs "
+    "unclipped gradients) are exact statistics of the private training data: epsilon does NOT "
+    "cover them. Keep alignment.json and the history's 'alignment' entries for research; do "
+    "not release them with the model."
+)
+
+
+def dp_train(
+    cfg: DPConfig,
+    *,
+    out: str | os.PathLike | None = None,
+    resume: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> Run | None:
+    """Train ``cfg.model`` with ``cfg.method`` into a run folder, every release accounted;
+    returns the run (``None`` on torchrun ranks other than 0).
+
+    Examples
+    --------
+    >>> import tempfile, pifair
+    >>> cfg = pifair.DPConfig(data="digits", model="mlp", method="global-adapt", epochs=1,
+    ...                       epsilon=3.0, delta=1e-5)
+    >>> run = pifair.dp_train(cfg, out=tempfile.mkdtemp() + "/dp", progress=False)
+    >>> round(run.metrics["epsilon"], 1) <= 3.0, sorted(run.metrics["test_groups"])[:3]
+    (True, ['0', '1', '2'])
+    """
+    if cfg.baseline:
+        _check_baseline(cfg.baseline)
+    rank, world = distributed_rank()
+    if world > 1 and not cfg.private:
+        raise ConfigError("the non-private baseline trains in one process: run it without torchrun")
+    torch.manual_seed(cfg.seed)
+    device = resolve_device(cfg.device)
+    if world > 1 and device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    data = load_dataset(**cfg.data_config.load_kwargs(cfg.seed))
+    model = create_model(
+        cfg.model, num_classes=data.num_classes, input_shape=data.input_shape, **cfg.model_options()
+    )
+    if cfg.private:
+        check_dp_compatible(model)
+    model.to(device)
+    run = None
+    if rank == 0:
+        run = Run.resume(resume, cfg.as_dict(), normalize=lambda d: DPConfig.from_dict(d).as_dict()) if resume else Run.create("dp-train", cfg.as_dict(), out=out)  # fmt: skip
+    private = PrivateTraining(cfg, model, data, rank, world) if cfg.private else None
+    optimizer = private.optimizer if private else torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)  # fmt: skip
+    history: list[dict] = []
+    start = 0
+    ckpt = Run.open(resume).load_checkpoint() if resume else None
+    if ckpt:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        history, start = ckpt["history"], ckpt["epoch"]
+        if private:
+            private.load_state(ckpt["private"])
+    if run and cfg.releases_unaccounted_diagnostics:
+        run.log.warning(UNACCOUNTED_NOTE)
+        run.update_metrics(unaccounted_diagnostics={"covered_by_epsilon": False, "files": [ALIGNMENT], "history_key": "alignment", "note": UNACCOUNTED_NOTE})  # fmt: skip
+    if run:
+        run.log.info(
+            "dp-train %s on %s: %d train samples, %d groups, world size %d%s", cfg.method, cfg.data,
+            len(data.train), len(data.group_names), world,
+            f", noise multiplier {private.noise_multiplier:.4f}, sample rate {private.sample_rate:.5f}" if private else "",
+        )  # fmt: skip
+    train = data.train.to(device)
+    for epoch in range(start, cfg.epochs):
+        record = train_epoch(cfg, model, data, train, optimizer, private, epoch, device, progress and rank == 0)  # fmt: skip
+        if world > 1:
+            torch.distributed.barrier()
+        if rank != 0:
+            continue
+        measured = record.pop("_measured")
+        if measured:
+            previous = json.loads(run.file(ALIGNMENT).read_text()) if run.file(ALIGNMENT).exists() else []  # fmt: skip
+            run.write_json(ALIGNMENT, [m for m in previous if m["epoch"] <= epoch] + measured)
+        test = evaluate(model, data, "test")
+        record |= {
+            "test_accuracy": test.accuracy,
+            "test_groups": {r.name: r.accuracy for r in test.groups},
+        }
+        if private:
+            record |= {
+                "epsilon": private.ledger.epsilon(cfg.delta),
+                "rule_state": private.rule.state(),
+            }
+        history.append(record)
+        run.save_checkpoint({
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "history": history,
+            "epoch": epoch + 1, "private": private.state() if private else None,
+        })  # fmt: skip
+        run.log.info(
+            "epoch %d: loss %.4f, test %.4f%s, %.0f samples/s", epoch + 1, record["train_loss"],
+            test.accuracy, f", epsilon {record['epsilon']:.3f}" if private else "", record["samples_per_s"],
+        )  # fmt: skip
+    in_sync = ranks_agree(model) if world > 1 else True
+    if rank != 0:
+        return None
+    _finish(cfg, run, model, data, history, private, world_size=world, ranks_in_sync=in_sync)
+    return run
+
+
+def _check_baseline(path: str) -> None:
+    base = Run.open(path)
+    if base.config.get("command") != "dp-train" or "test_groups" not in base.metrics:
+        raise ConfigError(
+            f"--baseline {path} is not a finished dp-train run; train one with "
+            f"`pifair dp-train --method nonprivate` on the same data first"
+        )
+
+
+def _finish(
+    cfg: DPConfig, run: Run, model: nn.Module, data: Dataset, history: list[dict], private, **extra
+) -> None:
+    test = evaluate(model, data, "test")
+    save_model(run.file(MODEL), model, name=cfg.model, num_classes=data.num_classes, input_shape=data.input_shape, options=cfg.model_options())  # fmt: skip
+    metrics = {
+        "kind": "dp-train", "method": cfg.method, "model": cfg.model, "data": data.summary(),
+        "history": history, "test": test.as_dict(), "test_accuracy": test.accuracy,
+        "test_groups": {r.name: r.accuracy for r in test.groups},
+        "samples_per_s": sum(h["samples"] for h in history) / max(sum(h["seconds"] for h in history), 1e-9),
+        **extra,
+    }  # fmt: skip
+    if private:
+        metrics |= {
+            "epsilon": private.ledger.epsilon(cfg.delta), "delta": cfg.delta,
+            "noise_multiplier": private.noise_multiplier, "sample_rate": private.sample_rate,
+            "steps": private.steps_per_epoch * cfg.epochs, "releases": private.ledger.state(),
+            "rule_state": private.rule.state(),
+        }  # fmt: skip
+    if cfg.baseline:
+        base = Run.open(cfg.baseline).metrics
+        cost = privacy_cost(base["test_groups"], metrics["test_groups"])
+        metrics |= {"baseline": cfg.baseline, "privacy_cost": cost,
+                    "privacy_cost_gap": max(cost.values()) - min(cost.values())}  # fmt: skip
+    run.update_metrics(**metrics)
+    plots.dp_curves(history, run.file("dp_curves.png"), title=f"{cfg.method} on {cfg.data}")
+    plots.group_accuracy(test.as_dict(), run.file("groups.png"), title=f"test accuracy per group, {cfg.method}")  # fmt: skip
+    run.log.info("test accuracy %.4f\n%s", test.accuracy, test.table())
