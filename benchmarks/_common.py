@@ -21,7 +21,10 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 def machine_line() -> str:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{platform.node()} | {platform.machine()} | {os.cpu_count()} CPUs | {gpu} | torch {torch.__version__}"
+    return (
+        f"{platform.node()} | {platform.machine()} | {os.cpu_count()} CPUs | {gpu} | torch "
+        f"{torch.__version__}"
+    )
 
 
 def machine_class() -> str:

@@ -19,7 +19,9 @@ from pifair.runs import Run  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", type=Path, default=Path("runs/demo"))
     ns = parser.parse_args()
     print(f"machine: {machine_line()}")
@@ -38,20 +40,37 @@ def main() -> None:
         rows.append([f"SNL {r['budget']}", f"{r['relus']:,}", f"{100 * r['test_accuracy']:.2f}"])
     share, mitigated = metrics("share-1000"), metrics("mitigate-1000")
     rows.append(["shared (patches)", f"{share['relus']:,}", f"{100 * share['test_accuracy']:.2f}"])
-    rows.append(["SNL 1000, constrained fine-tuning", f"{mitigated['relus']:,}", f"{100 * mitigated['test_accuracy']:.2f}"])  # fmt: skip
+    rows.append(
+        [
+            "SNL 1000, constrained fine-tuning",
+            f"{mitigated['relus']:,}",
+            f"{100 * mitigated['test_accuracy']:.2f}",
+        ]
+    )
     poly, he = metrics("polyfit"), metrics("he-infer")
     rows.append(["he_cnn, polynomials", "0", f"{100 * poly['test_accuracy']:.2f}"])
     header = ["model", "ReLUs", "test accuracy %"]
     print_table(header, rows)
     summary = [
-        f"dense CNN {100 * dense['test_accuracy']:.2f} % test accuracy, median epoch {epoch_s:.1f} s",
-        f"CKKS: encrypted accuracy {100 * he['encrypted_accuracy']:.2f} % on {he['images']:,} images, agreement {100 * he['argmax_agreement']:.2f} %, {he['amortized_ms_per_image']:.1f} ms per image",
+        f"dense CNN {100 * dense['test_accuracy']:.2f} % test accuracy, median epoch {epoch_s:.1f} "
+        "s",
+        f"CKKS: encrypted accuracy {100 * he['encrypted_accuracy']:.2f} % on {he['images']:,} "
+        f"images, agreement {100 * he['argmax_agreement']:.2f} %, "
+        f"{he['amortized_ms_per_image']:.1f} ms per image",
         f"whole demo {wall / 60:.1f} min ({wall:.0f} s)",
-    ]  # fmt: skip
+    ]
     print("\n" + "\n".join(summary))
-    save_results("demo", tables={"demo stages": (header, rows)}, summary=summary,
-                 data={"wall_s": wall, "dense": {k: dense[k] for k in ("test_accuracy", "relus")}, "epoch_s": epoch_s},
-                 setting={"out": str(ns.out)})  # fmt: skip
+    save_results(
+        "demo",
+        tables={"demo stages": (header, rows)},
+        summary=summary,
+        data={
+            "wall_s": wall,
+            "dense": {k: dense[k] for k in ("test_accuracy", "relus")},
+            "epoch_s": epoch_s,
+        },
+        setting={"out": str(ns.out)},
+    )
 
 
 if __name__ == "__main__":

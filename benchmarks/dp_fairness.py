@@ -40,18 +40,39 @@ from pifair.runs import MODEL, Run  # noqa: E402
 METHODS = ["dpsgd", "global", "global-adapt", "dpsgd-f"]
 PROTOCOLS = {
     "fashion-mnist": dict(
-        config=dict(data="fashion-mnist", keep="8:0.09", model="fairdp_cnn", batch_size=256, delta=1e-6, epsilon=6.0),
-        per_method={}, groups=("Bag", "Pullover"), default_epochs=60,
+        config=dict(
+            data="fashion-mnist",
+            keep="8:0.09",
+            model="fairdp_cnn",
+            batch_size=256,
+            delta=1e-6,
+            epsilon=6.0,
+        ),
+        per_method={},
+        groups=("Bag", "Pullover"),
+        default_epochs=60,
     ),
     "adult": dict(
-        config=dict(data="adult", group_by="sex", model="mlp", act="tanh", batch_size=256, delta=1e-6, noise_multiplier=1.0),
+        config=dict(
+            data="adult",
+            group_by="sex",
+            model="mlp",
+            act="tanh",
+            batch_size=256,
+            delta=1e-6,
+            noise_multiplier=1.0,
+        ),
         per_method={
-            "nonprivate": dict(lr=0.01), "dpsgd": dict(lr=0.01, clip=0.5), "dpsgd-f": dict(lr=0.01, clip=0.5, count_noise=10.0),
-            "global": dict(lr=0.2, clip=0.5, z=50.0), "global-adapt": dict(lr=0.2, clip=0.5, z=50.0, tau=1.0, count_noise=10.0),
+            "nonprivate": dict(lr=0.01),
+            "dpsgd": dict(lr=0.01, clip=0.5),
+            "dpsgd-f": dict(lr=0.01, clip=0.5, count_noise=10.0),
+            "global": dict(lr=0.2, clip=0.5, z=50.0),
+            "global-adapt": dict(lr=0.2, clip=0.5, z=50.0, tau=1.0, count_noise=10.0),
         },
-        groups=("Female", "Male"), default_epochs=20,
+        groups=("Female", "Male"),
+        default_epochs=20,
     ),
-}  # fmt: skip
+}
 
 
 def _config(name: str, method: str, seed: int, epochs: int, **extra) -> DPConfig:
@@ -60,7 +81,14 @@ def _config(name: str, method: str, seed: int, epochs: int, **extra) -> DPConfig
     if method == "nonprivate":
         base.pop("epsilon", None)
         base.pop("noise_multiplier", None)
-    return DPConfig(**(base | p["per_method"].get(method, {}) | dict(method=method, seed=seed, epochs=epochs) | extra))  # fmt: skip
+    return DPConfig(
+        **(
+            base
+            | p["per_method"].get(method, {})
+            | dict(method=method, seed=seed, epochs=epochs)
+            | extra
+        )
+    )
 
 
 def _train(cfg: DPConfig, out: Path) -> Run:
@@ -76,18 +104,52 @@ def fairness(
     minority, reference = PROTOCOLS[name]["groups"]
     rows = []
     for seed in seeds:
-        base = _train(_config(name, "nonprivate", seed, epochs, momentum=momentum), root / name / f"s{seed}-nonprivate")  # fmt: skip
+        base = _train(
+            _config(name, "nonprivate", seed, epochs, momentum=momentum),
+            root / name / f"s{seed}-nonprivate",
+        )
         b = base.metrics
-        rows.append(dict(method="nonprivate", seed=seed, accuracy=b["test_accuracy"], minority=b["test_groups"][minority],
-                         reference=b["test_groups"][reference], gap=0.0, epsilon=None, sps=b["samples_per_s"]))  # fmt: skip
+        rows.append(
+            dict(
+                method="nonprivate",
+                seed=seed,
+                accuracy=b["test_accuracy"],
+                minority=b["test_groups"][minority],
+                reference=b["test_groups"][reference],
+                gap=0.0,
+                epsilon=None,
+                sps=b["samples_per_s"],
+            )
+        )
         for method in METHODS:
-            cfg = _config(name, method, seed, epochs, baseline=str(base.path), diag_every=50, momentum=momentum)  # fmt: skip
+            cfg = _config(
+                name,
+                method,
+                seed,
+                epochs,
+                baseline=str(base.path),
+                diag_every=50,
+                momentum=momentum,
+            )
             m = _train(cfg, root / name / f"s{seed}-{method}").metrics
             cost = m["privacy_cost"]
-            rows.append(dict(method=method, seed=seed, accuracy=m["test_accuracy"], minority=m["test_groups"][minority],
-                             reference=m["test_groups"][reference], gap=cost[minority] - cost[reference],
-                             epsilon=m["epsilon"], sps=m["samples_per_s"]))  # fmt: skip
-            print(f"  {name} seed {seed} {method}: {100 * m['test_accuracy']:.2f}%, gap {100 * rows[-1]['gap']:+.2f}, eps {m['epsilon']:.2f}", flush=True)  # fmt: skip
+            rows.append(
+                dict(
+                    method=method,
+                    seed=seed,
+                    accuracy=m["test_accuracy"],
+                    minority=m["test_groups"][minority],
+                    reference=m["test_groups"][reference],
+                    gap=cost[minority] - cost[reference],
+                    epsilon=m["epsilon"],
+                    sps=m["samples_per_s"],
+                )
+            )
+            print(
+                f"  {name} seed {seed} {method}: {100 * m['test_accuracy']:.2f}%, gap "
+                f"{100 * rows[-1]['gap']:+.2f}, eps {m['epsilon']:.2f}",
+                flush=True,
+            )
     return rows
 
 
@@ -114,9 +176,22 @@ def summarize(name: str, rows: list[dict]) -> list[dict]:
         "privacy-cost gap",
         "gap / DPSGD's",
     ]
-    TABLES[name] = (header, [[s["method"], s["runs"], "-" if s["epsilon"] is None else f"{s['epsilon']:.2f}",
-          *(f"{100 * s[k][0]:.2f} ± {100 * s[k][1]:.2f}" for k in ("accuracy", "minority", "reference", "gap")),
-          "-" if s["method"] == "nonprivate" else f"{s['gap'][0] / dpsgd_gap:.2f}"] for s in out])  # fmt: skip
+    TABLES[name] = (
+        header,
+        [
+            [
+                s["method"],
+                s["runs"],
+                "-" if s["epsilon"] is None else f"{s['epsilon']:.2f}",
+                *(
+                    f"{100 * s[k][0]:.2f} ± {100 * s[k][1]:.2f}"
+                    for k in ("accuracy", "minority", "reference", "gap")
+                ),
+                "-" if s["method"] == "nonprivate" else f"{s['gap'][0] / dpsgd_gap:.2f}",
+            ]
+            for s in out
+        ],
+    )
     print_table(*TABLES[name])
     return out
 
@@ -142,7 +217,13 @@ def _opacus_default_epoch(name: str, seed: int) -> float:
         cfg.model, num_classes=data.num_classes, input_shape=data.input_shape, **cfg.model_options()
     )
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr)
-    model, opt, loader = PrivacyEngine().make_private(module=model, optimizer=opt, data_loader=loader, noise_multiplier=1.0, max_grad_norm=cfg.clip)  # fmt: skip
+    model, opt, loader = PrivacyEngine().make_private(
+        module=model,
+        optimizer=opt,
+        data_loader=loader,
+        noise_multiplier=1.0,
+        max_grad_norm=cfg.clip,
+    )
     seen, t0 = 0, time.perf_counter()
     for xb, yb in loader:
         opt.zero_grad()
@@ -159,19 +240,38 @@ def speed(name: str, root: Path) -> list[list[object]]:
         for method in METHODS:
             out = root / "speed" / name / f"{path}-{method}"
             shutil.rmtree(out, ignore_errors=True)
-            m = dp_train(_config(name, method, 0, 1, grad_path=path, diag_every=0), out=out, progress=False).metrics  # fmt: skip
-            rows.append([f"pifair {path}", method, f"{m['samples_per_s']:.0f}", f"{m['samples_per_s'] / baseline:.2f}"])  # fmt: skip
+            m = dp_train(
+                _config(name, method, 0, 1, grad_path=path, diag_every=0), out=out, progress=False
+            ).metrics
+            rows.append(
+                [
+                    f"pifair {path}",
+                    method,
+                    f"{m['samples_per_s']:.0f}",
+                    f"{m['samples_per_s'] / baseline:.2f}",
+                ]
+            )
     TABLES[f"{name} throughput"] = (["pipeline", "method", "samples/s", "vs Opacus default"], rows)
     print_table(*TABLES[f"{name} throughput"])
     return rows
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--epochs", type=int, help="epochs per run (default: the protocol's, 60 / 20)")  # fmt: skip
+    parser.add_argument(
+        "--epochs", type=int, help="epochs per run (default: the protocol's, 60 / 20)"
+    )
     parser.add_argument("--data", default="fashion-mnist,adult")
-    parser.add_argument("--momentum", type=float, default=0.0, help="SGD momentum of every method (the protocol: 0; with few CPU epochs 0.9 stands in for the missing ones)")  # fmt: skip
+    parser.add_argument(
+        "--momentum",
+        type=float,
+        default=0.0,
+        help="SGD momentum of every method (the protocol: 0; with few CPU epochs 0.9 stands in for "
+        "the missing ones)",
+    )
     parser.add_argument("--speed", action="store_true", help="also measure throughput")
     parser.add_argument("--no-fairness", action="store_true", help="throughput only")
     parser.add_argument("--out", type=Path, default=Path("runs/bench-dp"))
@@ -184,7 +284,12 @@ def main() -> None:
             epochs = ns.epochs or PROTOCOLS[name]["default_epochs"]
             print(f"\n## {name}: {epochs} epochs, seeds {seeds}")
             rows = fairness(name, seeds, epochs, ns.out, momentum=ns.momentum)
-            results[name] = {"epochs": epochs, "momentum": ns.momentum, "runs": rows, "summary": summarize(name, rows)}  # fmt: skip
+            results[name] = {
+                "epochs": epochs,
+                "momentum": ns.momentum,
+                "runs": rows,
+                "summary": summarize(name, rows),
+            }
         if ns.speed:
             print(f"\n## {name}: throughput, one epoch each")
             results[f"{name}-speed"] = speed(name, ns.out)
@@ -196,8 +301,13 @@ def main() -> None:
         + ("_speed" if ns.speed else "")
         + ("" if not ns.no_fairness else "_only")
     )
-    save_results(name, tables=TABLES, summary=[], data=json.loads(json.dumps(results, default=str)),
-                 setting={k: str(v) for k, v in vars(ns).items()})  # fmt: skip
+    save_results(
+        name,
+        tables=TABLES,
+        summary=[],
+        data=json.loads(json.dumps(results, default=str)),
+        setting={k: str(v) for k, v in vars(ns).items()},
+    )
 
 
 if __name__ == "__main__":

@@ -72,37 +72,85 @@ class Arm:
 
 ARMS = [
     Arm("plain", "SNL, CE + KD (no mitigation)"),
-    Arm("das-paper", "Das et al. as released: gamma from 0, per epoch, mu 1e-3",
-        {"objective": "constrained", "multiplier_init": 0.0, "dual_update": "epoch", "mu": 1e-3}),
+    Arm(
+        "das-paper",
+        "Das et al. as released: gamma from 0, per epoch, mu 1e-3",
+        {"objective": "constrained", "multiplier_init": 0.0, "dual_update": "epoch", "mu": 1e-3},
+    ),
     Arm("das", "Das et al., warm gamma 0.5, per step", {"objective": "constrained"} | FAIR),
-    Arm("anchored", "dense-anchored: no group loses more than its share", {"objective": "anchored"} | FAIR),
+    Arm(
+        "anchored",
+        "dense-anchored: no group loses more than its share",
+        {"objective": "anchored"} | FAIR,
+    ),
     Arm("group-dro", "group DRO (Sagawa et al.)", {"objective": "group-dro"} | FAIR),
     Arm("logit-adjust", "logit adjustment (Menon et al.)", {"objective": "logit-adjust"} | FAIR),
     Arm("reweight", "inverse group frequency", {"objective": "reweight"} | FAIR),
-    Arm("search-anchored", "dense-anchored inside the mask search and the fine-tuning",
-        {"objective": "anchored"} | FAIR, search_objective="anchored"),
-]  # fmt: skip
+    Arm(
+        "search-anchored",
+        "dense-anchored inside the mask search and the fine-tuning",
+        {"objective": "anchored"} | FAIR,
+        search_objective="anchored",
+    ),
+]
 
 SETTINGS = {
     "fashion-mnist": dict(
-        dense=dict(data="fashion-mnist", model="lenet", epochs=6, batch_size=128, lr=0.05, schedule="cosine"),
+        dense=dict(
+            data="fashion-mnist",
+            model="lenet",
+            epochs=6,
+            batch_size=128,
+            lr=0.05,
+            schedule="cosine",
+        ),
         budgets=["100", "300"],
-        search=SearchSettings(max_epochs=14, batch_size=128, mask_lr=0.02, lambda_init=3e-4, lambda_growth=1.5,
-                              harden_epochs=0.5),
+        search=SearchSettings(
+            max_epochs=14,
+            batch_size=128,
+            mask_lr=0.02,
+            lambda_init=3e-4,
+            lambda_growth=1.5,
+            harden_epochs=0.5,
+        ),
         finetune=FinetuneSettings(epochs=3, batch_size=128, lr=0.01),
     ),
     "cifar10-cpu": dict(
-        dense=dict(data="cifar10", model="resnet18", snl_variant=True, width=8, limit=20000, epochs=10, batch_size=128,
-                   lr=0.1, label_smoothing=0.1, schedule="onecycle"),
+        dense=dict(
+            data="cifar10",
+            model="resnet18",
+            snl_variant=True,
+            width=8,
+            limit=20000,
+            epochs=10,
+            batch_size=128,
+            lr=0.1,
+            label_smoothing=0.1,
+            schedule="onecycle",
+        ),
         budgets=["3k"],
-        search=SearchSettings(max_epochs=5, batch_size=128, mask_lr=0.02, lambda_init=3e-4, lambda_growth=2.0,
-                              harden_epochs=0.5),
+        search=SearchSettings(
+            max_epochs=5,
+            batch_size=128,
+            mask_lr=0.02,
+            lambda_init=3e-4,
+            lambda_growth=2.0,
+            harden_epochs=0.5,
+        ),
         finetune=FinetuneSettings(epochs=2, batch_size=128, lr=0.01),
         arms=["logit-adjust", "anchored"],
     ),
     "cifar10-gpu": dict(
-        dense=dict(data="cifar10", model="resnet18", snl_variant=True, epochs=40, batch_size=512, lr=0.2,
-                   label_smoothing=0.1, schedule="onecycle"),
+        dense=dict(
+            data="cifar10",
+            model="resnet18",
+            snl_variant=True,
+            epochs=40,
+            batch_size=512,
+            lr=0.2,
+            label_smoothing=0.1,
+            schedule="onecycle",
+        ),
         budgets=["15k", "50k", "100k"],
         search=SearchSettings(max_epochs=30, batch_size=256, mask_lr=0.02, lambda_init=1e-4),
         finetune=FinetuneSettings(epochs=20, batch_size=256),
@@ -110,10 +158,12 @@ SETTINGS = {
     "tiny": dict(
         dense=dict(data="digits", model="lenet", epochs=3, batch_size=64, lr=0.05),
         budgets=["60", "200"],
-        search=SearchSettings(max_epochs=3, batch_size=64, mask_lr=0.05, lambda_init=1e-3, harden_epochs=0.5),
+        search=SearchSettings(
+            max_epochs=3, batch_size=64, mask_lr=0.05, lambda_init=1e-3, harden_epochs=0.5
+        ),
         finetune=FinetuneSettings(epochs=2, batch_size=64, lr=0.01),
     ),
-}  # fmt: skip
+}
 
 
 def _sweep(setting: dict, seed: int, dense_dir: Path, out: Path, arm: Arm) -> Path:
@@ -121,10 +171,18 @@ def _sweep(setting: dict, seed: int, dense_dir: Path, out: Path, arm: Arm) -> Pa
     budget fine-tuned with the arm's settings."""
     search = replace(setting["search"], seed=seed, objective=arm.search_objective or "kd")
     finetune = replace(setting["finetune"], seed=seed, **arm.finetune)
-    job = LinearizeJob(from_run=str(dense_dir), budgets=setting["budgets"], methods=["snl"], seed=seed,
-                       search=search, finetune=finetune)  # fmt: skip
+    job = LinearizeJob(
+        from_run=str(dense_dir),
+        budgets=setting["budgets"],
+        methods=["snl"],
+        seed=seed,
+        search=search,
+        finetune=finetune,
+    )
     if not all((out / f"snl-{b}" / MODEL).exists() for b in setting["budgets"]):
-        run_linearize(job, out=out, resume=(out / "config.yaml").exists(), progress=False, sweep=True)  # fmt: skip
+        run_linearize(
+            job, out=out, resume=(out / "config.yaml").exists(), progress=False, sweep=True
+        )
     return out
 
 
@@ -135,8 +193,12 @@ def arm_runs(
     dense_dir = root / "dense"
     if not (dense_dir / MODEL).exists():
         config = TrainConfig(**setting["dense"], keep=KEEP, seed=seed, data_dir=data_dir)
-        train(config, out=dense_dir, resume=dense_dir if (dense_dir / "checkpoint.pt").exists() else None,
-              progress=False)  # fmt: skip
+        train(
+            config,
+            out=dense_dir,
+            resume=dense_dir if (dense_dir / "checkpoint.pt").exists() else None,
+            progress=False,
+        )
     runs: dict[tuple[str, str], Path] = {}
     plain = _sweep(setting, seed, dense_dir, root / "snl", ARMS[0])
     for arm in arms:
@@ -175,13 +237,19 @@ def measure(
 
     side = [(d, c) for d, c, m in zip(drops, counts, is_minority) if m]
     return {
-        "relus": None, "accuracy": reduced.accuracy, "dense_accuracy": dense.accuracy,
-        "accuracy_imbalanced": imbalanced(reduced), "dense_accuracy_imbalanced": imbalanced(dense),
-        "gap": minority_gap(drops, counts, is_minority), "gap_unweighted": minority_gap(drops, counts, is_minority, weighted=False),
-        "worst_group_accuracy": reduced.worst_group_accuracy, "drop_spread": max(drops) - min(drops),
+        "relus": None,
+        "accuracy": reduced.accuracy,
+        "dense_accuracy": dense.accuracy,
+        "accuracy_imbalanced": imbalanced(reduced),
+        "dense_accuracy_imbalanced": imbalanced(dense),
+        "gap": minority_gap(drops, counts, is_minority),
+        "gap_unweighted": minority_gap(drops, counts, is_minority, weighted=False),
+        "worst_group_accuracy": reduced.worst_group_accuracy,
+        "drop_spread": max(drops) - min(drops),
         "minority_drop": sum(d * c for d, c in side) / sum(c for _, c in side),
-        "group_drops": {g.name: d for g, d in zip(reduced.groups, drops)}, "group_sizes": {g.name: g.count for g in reduced.groups},
-    }  # fmt: skip
+        "group_drops": {g.name: d for g, d in zip(reduced.groups, drops)},
+        "group_sizes": {g.name: g.count for g in reduced.groups},
+    }
 
 
 def measure_seed(
@@ -218,8 +286,13 @@ def verdict(base: list[float], gap: list[float], base_acc: list[float], acc: lis
     _, low, high = paired_difference(base, gap)
     cost = mean_ci(base_acc)[0] - mean_ci(acc)[0]
     halved = len(base) > 1 and g0 > 0 and g1 <= 0.5 * g0 and high < 0  # one seed has no interval
-    return {"gap_halved": bool(halved), "accuracy_cost": cost, "cost_ok": cost <= 0.01,
-            "reversed_too_far": bool(g1 < -0.5 * g0), "meets_aim": bool(halved and cost <= 0.01 and g1 >= -0.5 * g0)}  # fmt: skip
+    return {
+        "gap_halved": bool(halved),
+        "accuracy_cost": cost,
+        "cost_ok": cost <= 0.01,
+        "reversed_too_far": bool(g1 < -0.5 * g0),
+        "meets_aim": bool(halved and cost <= 0.01 and g1 >= -0.5 * g0),
+    }
 
 
 def write_results(
@@ -227,9 +300,18 @@ def write_results(
 ) -> None:
     """Tables, verdicts, Pareto plot and results JSON for the seeds finished so far (rewritten
     after every seed: a stopped run keeps what it measured)."""
-    header = ["objective", "ReLUs", "accuracy % (balanced)", "accuracy % (imbalanced test)",
-              "minority-majority gap (pts)", "gap vs plain (pts, paired)", "accuracy vs plain (pts, paired)",
-              "imbalanced-test accuracy vs plain (pts, paired)", "worst group %", "max-min spread (pts)"]  # fmt: skip
+    header = [
+        "objective",
+        "ReLUs",
+        "accuracy % (balanced)",
+        "accuracy % (imbalanced test)",
+        "minority-majority gap (pts)",
+        "gap vs plain (pts, paired)",
+        "accuracy vs plain (pts, paired)",
+        "imbalanced-test accuracy vs plain (pts, paired)",
+        "worst group %",
+        "max-min spread (pts)",
+    ]
     rows, points, verdicts = [], [], {}
     for budget in setting["budgets"]:
         base = by[("plain", budget)]
@@ -241,26 +323,54 @@ def write_results(
                 [m["accuracy_imbalanced"] for m in r],
             )
             compare = arm.key != "plain"
-            rows.append([arm.label, f"{r[0]['relus']:,}", _ci(accs), _ci(imb), _ci(gaps),
-                         _paired([m["gap"] for m in base], gaps) if compare else "-",
-                         _paired([m["accuracy"] for m in base], accs) if compare else "-",
-                         _paired([m["accuracy_imbalanced"] for m in base], imb) if compare else "-",
-                         _ci([m["worst_group_accuracy"] for m in r]), _ci([m["drop_spread"] for m in r])])  # fmt: skip
+            rows.append(
+                [
+                    arm.label,
+                    f"{r[0]['relus']:,}",
+                    _ci(accs),
+                    _ci(imb),
+                    _ci(gaps),
+                    _paired([m["gap"] for m in base], gaps) if compare else "-",
+                    _paired([m["accuracy"] for m in base], accs) if compare else "-",
+                    _paired([m["accuracy_imbalanced"] for m in base], imb) if compare else "-",
+                    _ci([m["worst_group_accuracy"] for m in r]),
+                    _ci([m["drop_spread"] for m in r]),
+                ]
+            )
             acc_mean, acc_half = mean_ci([100 * a for a in accs])
             gap_mean, gap_half = mean_ci([100 * g for g in gaps])
-            points.append({"label": arm.key, "relus": r[0]["relus"], "accuracy": acc_mean, "accuracy_ci": acc_half,
-                           "gap": gap_mean, "gap_ci": gap_half})  # fmt: skip
+            points.append(
+                {
+                    "label": arm.key,
+                    "relus": r[0]["relus"],
+                    "accuracy": acc_mean,
+                    "accuracy_ci": acc_half,
+                    "gap": gap_mean,
+                    "gap_ci": gap_half,
+                }
+            )
             if compare:
-                verdicts[f"{arm.key}@{budget}"] = verdict([m["gap"] for m in base], gaps, [m["accuracy"] for m in base], accs)  # fmt: skip
+                verdicts[f"{arm.key}@{budget}"] = verdict(
+                    [m["gap"] for m in base], gaps, [m["accuracy"] for m in base], accs
+                )
     print()
     print_table(header, rows)
     dense_accs = [m["dense_accuracy"] for m in by[("plain", setting["budgets"][0])]]
-    summary = [f"{name}, keep {KEEP}, {len(seeds)} seeds (a dense model per seed): dense {_ci(dense_accs)} % on the balanced test set"]  # fmt: skip
+    summary = [
+        f"{name}, keep {KEEP}, {len(seeds)} seeds (a dense model per seed): dense "
+        f"{_ci(dense_accs)} % on the balanced test set"
+    ]
     for budget in setting["budgets"]:
         base = by[("plain", budget)]
         relus = f"{base[0]['relus']:,}"
         gap_mean, gap_half = mean_ci([100 * m["gap"] for m in base])
-        pays = "one seed: no interval" if len(base) < 2 else "the minority pays more" if gap_mean - gap_half > 0 else ("the majority pays more" if gap_mean + gap_half < 0 else "no difference shown")  # fmt: skip
+        pays = (
+            "one seed: no interval"
+            if len(base) < 2
+            else "the minority pays more"
+            if gap_mean - gap_half > 0
+            else ("the majority pays more" if gap_mean + gap_half < 0 else "no difference shown")
+        )
         summary.append(
             f"plain SNL at {relus} ReLUs: gap {gap_mean:+.2f} ± {gap_half:.2f} pts ({pays})"
         )
@@ -269,33 +379,59 @@ def write_results(
             for k, v in verdicts.items()
             if k.endswith(f"@{budget}") and v["meets_aim"]
         ]
-        summary.append(f"at {relus} ReLUs, objectives that halve the gap (paired interval excluding 0) at <= 1 pt of balanced accuracy, reversing it by at most half: {', '.join(met) or 'none'}")  # fmt: skip
+        summary.append(
+            f"at {relus} ReLUs, objectives that halve the gap (paired interval excluding 0) at <= "
+            f"1 pt of balanced accuracy, reversing it by at most half: {', '.join(met) or 'none'}"
+        )
     for line in summary:
         print(line)
     results_dir = results_dir or RESULTS_DIR
     results_dir.mkdir(parents=True, exist_ok=True)
-    plots.accuracy_gap_pareto(points, results_dir / f"fairness_{name}.png",
-                              title=f"{name}: accuracy vs minority-majority gap ({len(seeds)} seeds, 95 % CI)")  # fmt: skip
+    plots.accuracy_gap_pareto(
+        points,
+        results_dir / f"fairness_{name}.png",
+        title=f"{name}: accuracy vs minority-majority gap ({len(seeds)} seeds, 95 % CI)",
+    )
     save_results(
         f"fairness_{name}",
         tables={f"{name}: objectives against plain SNL, paired by seed": (header, rows)},
         summary=summary,
-        data={"seeds": seeds, "keep": KEEP, "points": points, "verdicts": verdicts,
-              "arms": {a.key: {"label": a.label, "finetune": a.finetune, "search_objective": a.search_objective} for a in arms},
-              "by_seed": {f"{a}@{b}": v for (a, b), v in by.items()}},
+        data={
+            "seeds": seeds,
+            "keep": KEEP,
+            "points": points,
+            "verdicts": verdicts,
+            "arms": {
+                a.key: {
+                    "label": a.label,
+                    "finetune": a.finetune,
+                    "search_objective": a.search_objective,
+                }
+                for a in arms
+            },
+            "by_seed": {f"{a}@{b}": v for (a, b), v in by.items()},
+        },
         setting={k: str(v) for k, v in setting.items()},
         results_dir=results_dir,
-    )  # fmt: skip
+    )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--setting", choices=sorted(SETTINGS), default="fashion-mnist")
     parser.add_argument("--seeds", default="0,1,2,3,4")
-    parser.add_argument("--arms", help=f"comma list of {', '.join(a.key for a in ARMS)} (default: the setting's; plain always runs)")  # fmt: skip
+    parser.add_argument(
+        "--arms",
+        help=f"comma list of {', '.join(a.key for a in ARMS)} (default: the setting's; plain "
+        "always runs)",
+    )
     parser.add_argument("--out", type=Path, help="run folders (default runs/fairness-SETTING)")
     parser.add_argument("--data-dir")
-    parser.add_argument("--results-dir", type=Path, help=f"where the JSON and plot go (default {RESULTS_DIR})")  # fmt: skip
+    parser.add_argument(
+        "--results-dir", type=Path, help=f"where the JSON and plot go (default {RESULTS_DIR})"
+    )
     args = parser.parse_args()
     setting = SETTINGS[args.setting]
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -307,7 +443,10 @@ def main() -> None:
         )
     arms = [a for a in ARMS if a.key == "plain" or a.key in wanted]
     out = args.out or Path(f"runs/fairness-{args.setting}")
-    print(f"machine: {machine_line()}\ncommit:  {commit()}\nsetting: {args.setting}, keep {KEEP}, seeds {seeds}, arms {[a.key for a in arms]}\n")  # fmt: skip
+    print(
+        f"machine: {machine_line()}\ncommit:  {commit()}\nsetting: {args.setting}, keep {KEEP}, "
+        f"seeds {seeds}, arms {[a.key for a in arms]}\n"
+    )
     keep = parse_keep(KEEP, 10)
     by: dict[tuple[str, str], list[dict]] = {}
     for i, seed in enumerate(seeds):

@@ -40,29 +40,74 @@ from pifair.workflows.train import train  # noqa: E402
 REPO = Path(__file__).resolve().parent.parent
 
 FULL = dict(
-    dense=dict(data="cifar10", model="resnet18", snl_variant=True, epochs=30, batch_size=512, lr=0.2,
-               label_smoothing=0.1, schedule="onecycle"),
-    budgets=["15k", "25k", "50k", "100k"], naive=["50k"], channel=["50k"], share=["15k", "5k", "1k"],
+    dense=dict(
+        data="cifar10",
+        model="resnet18",
+        snl_variant=True,
+        epochs=30,
+        batch_size=512,
+        lr=0.2,
+        label_smoothing=0.1,
+        schedule="onecycle",
+    ),
+    budgets=["15k", "25k", "50k", "100k"],
+    naive=["50k"],
+    channel=["50k"],
+    share=["15k", "5k", "1k"],
     search=SearchSettings(max_epochs=20, batch_size=256, harden_epochs=1.0),
     finetune=FinetuneSettings(epochs=10, batch_size=256, lr=0.01),
-)  # fmt: skip
+)
 # The CPU-scale stand-in: ResNet18 at width 16 (a quarter of the ReLUs: 122,880) on 5,000
 # CIFAR-10 images, every budget a quarter of the GPU one; the dense model of
-# benchmarks/linearize_ablation.py --setting cifar10-cpu (the same settings, so --dense may reuse it).
+# benchmarks/linearize_ablation.py --setting cifar10-cpu (the same settings, so --dense may
+# reuse it).
 CPU = dict(
-    dense=dict(data="cifar10", model="resnet18", snl_variant=True, width=16, limit=5000, epochs=15,
-               batch_size=128, lr=0.1, label_smoothing=0.1, schedule="onecycle"),
-    budgets=["3.75k", "6.25k", "12.5k", "25k"], naive=["12.5k"], channel=["12.5k"], share=["3.75k", "1.25k", "250"],
-    search=SearchSettings(max_epochs=8, batch_size=128, mask_lr=0.02, lambda_init=3e-4, lambda_growth=1.5, harden_epochs=1.0),
+    dense=dict(
+        data="cifar10",
+        model="resnet18",
+        snl_variant=True,
+        width=16,
+        limit=5000,
+        epochs=15,
+        batch_size=128,
+        lr=0.1,
+        label_smoothing=0.1,
+        schedule="onecycle",
+    ),
+    budgets=["3.75k", "6.25k", "12.5k", "25k"],
+    naive=["12.5k"],
+    channel=["12.5k"],
+    share=["3.75k", "1.25k", "250"],
+    search=SearchSettings(
+        max_epochs=8,
+        batch_size=128,
+        mask_lr=0.02,
+        lambda_init=3e-4,
+        lambda_growth=1.5,
+        harden_epochs=1.0,
+    ),
     finetune=FinetuneSettings(epochs=3, batch_size=128, lr=0.01),
-)  # fmt: skip
+)
 TINY = dict(
-    dense=dict(data="cifar10", data_dir=str(REPO / "tests/data/slices/cifar10"), model="resnet18",
-               snl_variant=True, width=4, epochs=1, batch_size=64, lr=0.05),
-    budgets=["1k", "3k"], naive=["3k"], channel=["3k"], share=["1k"],
-    search=SearchSettings(max_epochs=2, batch_size=64, mask_lr=0.05, lambda_init=1e-3, harden_epochs=0.5),
+    dense=dict(
+        data="cifar10",
+        data_dir=str(REPO / "tests/data/slices/cifar10"),
+        model="resnet18",
+        snl_variant=True,
+        width=4,
+        epochs=1,
+        batch_size=64,
+        lr=0.05,
+    ),
+    budgets=["1k", "3k"],
+    naive=["3k"],
+    channel=["3k"],
+    share=["1k"],
+    search=SearchSettings(
+        max_epochs=2, batch_size=64, mask_lr=0.05, lambda_init=1e-3, harden_epochs=0.5
+    ),
     finetune=FinetuneSettings(epochs=1, batch_size=64, lr=0.01),
-)  # fmt: skip
+)
 
 
 def stages(setting: dict) -> list[tuple[str, dict]]:
@@ -71,17 +116,29 @@ def stages(setting: dict) -> list[tuple[str, dict]]:
     return [
         ("snl", {"budgets": setting["budgets"], "methods": ["snl"]} | common),
         ("naive", {"budgets": setting["naive"], "methods": ["naive"]} | common),
-        ("snl-channel", {"budgets": setting["channel"], "methods": ["snl"], "granularity": "channel"} | common),
+        (
+            "snl-channel",
+            {"budgets": setting["channel"], "methods": ["snl"], "granularity": "channel"} | common,
+        ),
         ("share", {"budgets": setting["share"], "methods": ["share-cluster"]} | common),
-    ]  # fmt: skip
+    ]
 
 
 def collect(
     out: Path, dense: dict, *, published: bool = True
 ) -> tuple[list[str], list[list[str]], list[dict]]:
     """The table of every finished reduction under ``out`` (a partial suite gives a partial one)."""
-    header = ["method", "ReLUs", "test %", "drop (pts)", "SNL published drop", "val soft %",
-              "val binarized %", "binarization loss (pts)", "s for this budget"]  # fmt: skip
+    header = [
+        "method",
+        "ReLUs",
+        "test %",
+        "drop (pts)",
+        "SNL published drop",
+        "val soft %",
+        "val binarized %",
+        "binarization loss (pts)",
+        "s for this budget",
+    ]
     rows, records = [], []
     paper = {p[0]: p for p in SNL_PUBLISHED_CIFAR10} if published else {}
     for metrics_file in sorted(out.glob("*/*/metrics.json")):
@@ -93,19 +150,40 @@ def collect(
         soft, binar = m.get("val_accuracy_soft"), m.get("val_accuracy_before_finetune")
         seconds = seconds_for_budget(m)
         method = m["method"] + ("-channel" if m.get("granularity") == "channel" else "")
-        rows.append([
-            method, f"{m['relus']:,}", f"{100 * m['test_accuracy']:.2f}", f"{100 * m['drop']:.2f}",
-            f"{pub[2]:.1f} @ {pub[0] / 1000:.1f}K" if pub and abs(pub[0] - m["relus"]) < 0.1 * pub[0] else "-",
-            f"{100 * soft:.2f}" if soft is not None else "-", f"{100 * binar:.2f}" if binar is not None else "-",
-            f"{100 * (soft - binar):.2f}" if soft is not None and binar is not None else "-", f"{seconds:.0f}",
-        ])  # fmt: skip
-        records.append({"method": method, "relus": m["relus"], "test_accuracy": m["test_accuracy"], "drop": m["drop"],
-                        "val_soft": soft, "val_binarized": binar, "seconds": seconds, "run": str(metrics_file.parent)})  # fmt: skip
+        rows.append(
+            [
+                method,
+                f"{m['relus']:,}",
+                f"{100 * m['test_accuracy']:.2f}",
+                f"{100 * m['drop']:.2f}",
+                f"{pub[2]:.1f} @ {pub[0] / 1000:.1f}K"
+                if pub and abs(pub[0] - m["relus"]) < 0.1 * pub[0]
+                else "-",
+                f"{100 * soft:.2f}" if soft is not None else "-",
+                f"{100 * binar:.2f}" if binar is not None else "-",
+                f"{100 * (soft - binar):.2f}" if soft is not None and binar is not None else "-",
+                f"{seconds:.0f}",
+            ]
+        )
+        records.append(
+            {
+                "method": method,
+                "relus": m["relus"],
+                "test_accuracy": m["test_accuracy"],
+                "drop": m["drop"],
+                "val_soft": soft,
+                "val_binarized": binar,
+                "seconds": seconds,
+                "run": str(metrics_file.parent),
+            }
+        )
     return header, rows, records
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument(
         "--data-dir", help="folder holding cifar10_jpeg.npz (default: pifair's search)"
     )
@@ -125,7 +203,7 @@ def main() -> None:
     parser.add_argument(
         "--results-dir", type=Path, help="where the JSON goes (default benchmarks/results)"
     )
-    args = parser.parse_args()  # fmt: skip
+    args = parser.parse_args()
     t_start = time.perf_counter()
     setting = TINY if args.tiny else CPU if args.cpu_scale else FULL
     name = (
@@ -163,11 +241,18 @@ def main() -> None:
         save_results(
             name,
             tables={title: (header, rows)},
-            summary=[f"dense {100 * dense['test_accuracy']:.2f} % with {dense['relus']:,} ReLUs", note],
-            data={"dense": {"test_accuracy": dense["test_accuracy"], "relus": dense["relus"]}, "rows": records,
-                  "stage_seconds_this_call": durations},
-            setting={k: str(v) for k, v in setting.items()}, results_dir=args.results_dir,
-        )  # fmt: skip
+            summary=[
+                f"dense {100 * dense['test_accuracy']:.2f} % with {dense['relus']:,} ReLUs",
+                note,
+            ],
+            data={
+                "dense": {"test_accuracy": dense["test_accuracy"], "relus": dense["relus"]},
+                "rows": records,
+                "stage_seconds_this_call": durations,
+            },
+            setting={k: str(v) for k, v in setting.items()},
+            results_dir=args.results_dir,
+        )
 
     dense_dir = args.dense or args.out / "dense"
     if not (dense_dir / MODEL).exists():
@@ -177,7 +262,11 @@ def main() -> None:
         durations["dense"] = time.perf_counter() - t0
     for stage, fields in stages(setting):
         path = args.out / stage
-        finished = all((path / f"{m}-{b}" / MODEL).exists() for m in fields["methods"] for b in fields["budgets"])  # fmt: skip
+        finished = all(
+            (path / f"{m}-{b}" / MODEL).exists()
+            for m in fields["methods"]
+            for b in fields["budgets"]
+        )
         if finished:
             continue
         estimate = max(durations.values(), default=0.0)

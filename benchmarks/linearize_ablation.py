@@ -61,42 +61,103 @@ def rows_for(harden: float) -> list[Row]:
     h = {"harden_epochs": harden}
     return [
         Row("old", "old default: top-k of the soft snapshot"),
-        Row("old-longer", f"old default, fine-tuning {math.ceil(harden):g} ep longer (hardening's compute)", {},
-            {"extra_epochs": math.ceil(harden)}),
+        Row(
+            "old-longer",
+            f"old default, fine-tuning {math.ceil(harden):g} ep longer (hardening's compute)",
+            {},
+            {"extra_epochs": math.ceil(harden)},
+        ),
         Row("harden", f"new default: + hardening {harden:g} ep (top-k, STE, hysteresis)", h),
-        Row("start", "+ hardening + the model before fine-tuning a candidate", h, {"start_candidate": True}),
+        Row(
+            "start",
+            "+ hardening + the model before fine-tuning a candidate",
+            h,
+            {"start_candidate": True},
+        ),
         Row("progressive", "+ hardening, progressive blend", h | {"harden_mode": "progressive"}),
-        Row("sensitivity", "+ hardening + layer budgets by sensitivity", h | {"allocation": "sensitivity"}),
-        Row("lambda", "+ hardening + lambda by distance to budget", h | {"lambda_rule": "budget"}, own_search=True),
+        Row(
+            "sensitivity",
+            "+ hardening + layer budgets by sensitivity",
+            h | {"allocation": "sensitivity"},
+        ),
+        Row(
+            "lambda",
+            "+ hardening + lambda by distance to budget",
+            h | {"lambda_rule": "budget"},
+            own_search=True,
+        ),
         Row("ft-lr", "+ hardening + fine-tune lr / 3", h, {"lr_scale": 1 / 3}),
         Row("ft-kd", "+ hardening + KD weight 3", h, {"kd_weight": 3.0}),
-    ]  # fmt: skip
+    ]
 
 
 SETTINGS = {
     "cifar10-cpu": dict(
-        dense=dict(data="cifar10", model="resnet18", snl_variant=True, width=16, limit=5000, epochs=15,
-                   batch_size=128, lr=0.1, label_smoothing=0.1, schedule="onecycle"),
-        budget="12.5k", harden=1.0,
-        search=SearchSettings(max_epochs=8, batch_size=128, mask_lr=0.02, lambda_init=3e-4, lambda_growth=1.5,
-                              harden_epochs=0.0),
+        dense=dict(
+            data="cifar10",
+            model="resnet18",
+            snl_variant=True,
+            width=16,
+            limit=5000,
+            epochs=15,
+            batch_size=128,
+            lr=0.1,
+            label_smoothing=0.1,
+            schedule="onecycle",
+        ),
+        budget="12.5k",
+        harden=1.0,
+        search=SearchSettings(
+            max_epochs=8,
+            batch_size=128,
+            mask_lr=0.02,
+            lambda_init=3e-4,
+            lambda_growth=1.5,
+            harden_epochs=0.0,
+        ),
         finetune=FinetuneSettings(epochs=3, batch_size=128, lr=0.01, start_candidate=False),
     ),
     "fashion-mnist": dict(
-        dense=dict(data="fashion-mnist", model="lenet", limit=12000, epochs=6, batch_size=128, lr=0.05, schedule="cosine"),
-        budget="1000", harden=1.0,
-        search=SearchSettings(max_epochs=10, batch_size=128, mask_lr=0.02, lambda_init=3e-4, lambda_growth=1.5,
-                              harden_epochs=0.0),
+        dense=dict(
+            data="fashion-mnist",
+            model="lenet",
+            limit=12000,
+            epochs=6,
+            batch_size=128,
+            lr=0.05,
+            schedule="cosine",
+        ),
+        budget="1000",
+        harden=1.0,
+        search=SearchSettings(
+            max_epochs=10,
+            batch_size=128,
+            mask_lr=0.02,
+            lambda_init=3e-4,
+            lambda_growth=1.5,
+            harden_epochs=0.0,
+        ),
         finetune=FinetuneSettings(epochs=3, batch_size=128, lr=0.01, start_candidate=False),
     ),
     "tiny": dict(
-        dense=dict(data="cifar10", data_dir=str(REPO / "tests/data/slices/cifar10"), model="resnet18",
-                   snl_variant=True, width=4, epochs=2, batch_size=64, lr=0.05),
-        budget="3k", harden=0.5,
-        search=SearchSettings(max_epochs=2, batch_size=64, mask_lr=0.05, lambda_init=1e-3, harden_epochs=0.0),
+        dense=dict(
+            data="cifar10",
+            data_dir=str(REPO / "tests/data/slices/cifar10"),
+            model="resnet18",
+            snl_variant=True,
+            width=4,
+            epochs=2,
+            batch_size=64,
+            lr=0.05,
+        ),
+        budget="3k",
+        harden=0.5,
+        search=SearchSettings(
+            max_epochs=2, batch_size=64, mask_lr=0.05, lambda_init=1e-3, harden_epochs=0.0
+        ),
         finetune=FinetuneSettings(epochs=1, batch_size=64, lr=0.01, start_candidate=False),
     ),
-}  # fmt: skip
+}
 
 
 def _finetune_changes(base: FinetuneSettings, changes: dict) -> dict:
@@ -114,11 +175,21 @@ def run_row(row: Row, setting: dict, seed: int, dense_dir: Path, out: Path) -> d
     if not (path / MODEL).exists():
         search, finetune = replace(setting["search"], seed=seed, **row.search), setting["finetune"]
         finetune = replace(finetune, seed=seed, **_finetune_changes(finetune, row.finetune))
-        job = LinearizeJob(from_run=str(dense_dir), budgets=[setting["budget"]], seed=seed,
-                           search=search, finetune=finetune)  # fmt: skip
+        job = LinearizeJob(
+            from_run=str(dense_dir),
+            budgets=[setting["budget"]],
+            seed=seed,
+            search=search,
+            finetune=finetune,
+        )
         shared = out / f"seed{seed}" / "old" / "search.pt"
-        run_linearize(job, out=path, resume=(path / "config.yaml").exists(), progress=False,
-                      search_from=shared if shared.exists() and not row.own_search else None)  # fmt: skip
+        run_linearize(
+            job,
+            out=path,
+            resume=(path / "config.yaml").exists(),
+            progress=False,
+            search_from=shared if shared.exists() and not row.own_search else None,
+        )
     return Run.open(path).metrics
 
 
@@ -127,7 +198,11 @@ def paired(differences: list[float]) -> str:
     if len(differences) < 2:
         return f"{differences[0]:+.2f}" if differences else "-"
     mean = statistics.fmean(differences)
-    half = stats.t.ppf(0.975, len(differences) - 1) * statistics.stdev(differences) / math.sqrt(len(differences))  # fmt: skip
+    half = (
+        stats.t.ppf(0.975, len(differences) - 1)
+        * statistics.stdev(differences)
+        / math.sqrt(len(differences))
+    )
     return f"{mean:+.2f} [{mean - half:+.2f}, {mean + half:+.2f}]"
 
 
@@ -139,12 +214,16 @@ def spread(values: list[float]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--setting", choices=sorted(SETTINGS), default="cifar10-cpu")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--rows", help="comma list of row keys (default: all)")
     parser.add_argument("--out", type=Path, help="run folders (default runs/ablation-SETTING)")
-    parser.add_argument("--results-dir", type=Path, help="where the JSON goes (default benchmarks/results)")  # fmt: skip
+    parser.add_argument(
+        "--results-dir", type=Path, help="where the JSON goes (default benchmarks/results)"
+    )
     args = parser.parse_args()
     setting = SETTINGS[args.setting]
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -163,7 +242,8 @@ def main() -> None:
     dense = Run.open(dense_dir).metrics
     dense_s = time.perf_counter() - t0
     print(
-        f"dense: test {100 * dense['test_accuracy']:.2f} %, {dense['relus']:,} ReLUs ({dense_s:.0f} s)"
+        f"dense: test {100 * dense['test_accuracy']:.2f} %, {dense['relus']:,} ReLUs "
+        f"({dense_s:.0f} s)"
     )
 
     results: dict[str, dict[int, dict]] = {r.key: {} for r in rows}
@@ -172,16 +252,34 @@ def main() -> None:
             t1 = time.perf_counter()
             m = run_row(row, setting, seed, dense_dir, out)
             results[row.key][seed] = {
-                "relus": m["relus"], "val_soft": m.get("val_accuracy_soft"), "val_binarized": m["val_accuracy_before_finetune"],
-                "val_final": m["val_accuracy"], "test": m["test_accuracy"], "drop": m["drop"], "seconds": m["seconds"],
-                "wall_s": time.perf_counter() - t1, "binarize": m["binarize"],
-            }  # fmt: skip
+                "relus": m["relus"],
+                "val_soft": m.get("val_accuracy_soft"),
+                "val_binarized": m["val_accuracy_before_finetune"],
+                "val_final": m["val_accuracy"],
+                "test": m["test_accuracy"],
+                "drop": m["drop"],
+                "seconds": m["seconds"],
+                "wall_s": time.perf_counter() - t1,
+                "binarize": m["binarize"],
+            }
             r = results[row.key][seed]
-            print(f"seed {seed} {row.key:12s} soft {100 * r['val_soft']:.2f}  binarized {100 * r['val_binarized']:.2f}  "
-                  f"test {100 * r['test']:.2f}  drop {100 * r['drop']:.2f}  ({r['wall_s']:.0f} s)", flush=True)  # fmt: skip
+            print(
+                f"seed {seed} {row.key:12s} soft {100 * r['val_soft']:.2f}  binarized "
+                f"{100 * r['val_binarized']:.2f}  "
+                f"test {100 * r['test']:.2f}  drop {100 * r['drop']:.2f}  ({r['wall_s']:.0f} s)",
+                flush=True,
+            )
 
-    header = ["row", "val soft %", "val binarized %", "binarization loss (pts)", "test after FT %",
-              "drop (pts)", "drop vs old default (pts, 95% CI)", "s per seed"]  # fmt: skip
+    header = [
+        "row",
+        "val soft %",
+        "val binarized %",
+        "binarization loss (pts)",
+        "test after FT %",
+        "drop (pts)",
+        "drop vs old default (pts, 95% CI)",
+        "s per seed",
+    ]
     table, old = [], results["old"]
     for row in rows:
         per = results[row.key]
@@ -192,26 +290,48 @@ def main() -> None:
         loss = [100 * (per[s]["val_soft"] - per[s]["val_binarized"]) for s in seeds]
         diff = [100 * (per[s]["drop"] - old[s]["drop"]) for s in seeds]
         secs = statistics.fmean(per[s]["seconds"]["total"] for s in seeds)
-        table.append([row.label, spread(pts("val_soft")), spread(pts("val_binarized")), spread(loss),
-                      spread(pts("test")), spread(pts("drop")), "-" if row.key == "old" else paired(diff), f"{secs:.0f}"])  # fmt: skip
+        table.append(
+            [
+                row.label,
+                spread(pts("val_soft")),
+                spread(pts("val_binarized")),
+                spread(loss),
+                spread(pts("test")),
+                spread(pts("drop")),
+                "-" if row.key == "old" else paired(diff),
+                f"{secs:.0f}",
+            ]
+        )
     print()
     print_table(header, table)
     relus = results["old"][seeds[0]]["relus"]
     summary = [
-        f"dense {100 * dense['test_accuracy']:.2f} % test with {dense['relus']:,} ReLUs; budget {relus:,} ReLUs; "
+        f"dense {100 * dense['test_accuracy']:.2f} % test with {dense['relus']:,} ReLUs; budget "
+        f"{relus:,} ReLUs; "
         f"{len(seeds)} seeds; each row from the same dense model, paired by seed",
-    ]  # fmt: skip
+    ]
     title = f"{args.setting}: one change at a time at {relus:,} ReLUs"
     save_results(
         f"linearize_ablation_{args.setting}",
         tables={title: (header, table)},
         summary=summary,
-        data={"dense": {"test_accuracy": dense["test_accuracy"], "relus": dense["relus"]}, "budget": relus,
-              "seeds": seeds, "rows": {r.key: {"label": r.label, "search": r.search, "finetune": r.finetune,
-                                               "by_seed": results[r.key]} for r in rows}},
+        data={
+            "dense": {"test_accuracy": dense["test_accuracy"], "relus": dense["relus"]},
+            "budget": relus,
+            "seeds": seeds,
+            "rows": {
+                r.key: {
+                    "label": r.label,
+                    "search": r.search,
+                    "finetune": r.finetune,
+                    "by_seed": results[r.key],
+                }
+                for r in rows
+            },
+        },
         setting={k: str(v) for k, v in setting.items()},
         results_dir=args.results_dir,
-    )  # fmt: skip
+    )
 
 
 if __name__ == "__main__":

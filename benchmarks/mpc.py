@@ -41,8 +41,12 @@ from pifair.workflows.cost import calibration_sample  # noqa: E402
 from pifair.workflows.mpc import MPCInferJob, run_mpc_infer, summarize  # noqa: E402
 from pifair.workflows.train import load_from_run  # noqa: E402
 
-DEMO = {"dense": "runs/demo/train", "snl-3000": "runs/demo/linearize/snl-3000",
-        "snl-1000": "runs/demo/linearize/snl-1000", "shared-1000": "runs/demo/share-1000"}  # fmt: skip
+DEMO = {
+    "dense": "runs/demo/train",
+    "snl-3000": "runs/demo/linearize/snl-3000",
+    "snl-1000": "runs/demo/linearize/snl-1000",
+    "shared-1000": "runs/demo/share-1000",
+}
 RESNET_BUDGET = 50_000
 # with --write-calibration: the demo's HE-ready CNN with ReLUs and with polynomials
 CALIBRATION_EXTRA = {"he_cnn relu": "runs/demo/he-cnn", "he_cnn poly": "runs/demo/polyfit"}
@@ -52,11 +56,17 @@ def _row(label: str, m: dict, dense: dict | None) -> list[object]:
     cats = m["per_image"]["by_category"]
     relu_s = cats["comparison"]["seconds"] + cats["multiplication"]["seconds"]
     total_s = sum(c["seconds"] for c in cats.values())
-    row = [label, f"{m['comparisons']:,}", f"{m['seconds_per_image']:.2f}", f"{m['bytes_per_image'] / 1e6:.2f}",
-           f"{cats['linear']['seconds']:.2f} / {cats['linear']['bytes'] / 1e6:.2f}",
-           f"{cats['comparison']['seconds']:.3f} / {cats['comparison']['bytes'] / 1e6:.3f}",
-           f"{cats['multiplication']['seconds']:.3f} / {cats['multiplication']['bytes'] / 1e6:.3f}",
-           f"{100 * relu_s / total_s:.1f}%", f"{100 * m['argmax_agreement']:.0f}%"]  # fmt: skip
+    row = [
+        label,
+        f"{m['comparisons']:,}",
+        f"{m['seconds_per_image']:.2f}",
+        f"{m['bytes_per_image'] / 1e6:.2f}",
+        f"{cats['linear']['seconds']:.2f} / {cats['linear']['bytes'] / 1e6:.2f}",
+        f"{cats['comparison']['seconds']:.3f} / {cats['comparison']['bytes'] / 1e6:.3f}",
+        f"{cats['multiplication']['seconds']:.3f} / {cats['multiplication']['bytes'] / 1e6:.3f}",
+        f"{100 * relu_s / total_s:.1f}%",
+        f"{100 * m['argmax_agreement']:.0f}%",
+    ]
     if dense is None or dense is m:
         return row + ["1", "1", "-", "-"]
     dc = dense["per_image"]["by_category"]
@@ -68,15 +78,31 @@ def _row(label: str, m: dict, dense: dict | None) -> list[object]:
     ]
 
 
-HEADER = ["model", "ReLUs", "s / image", "MB / image", "linear s / MB", "comparison s / MB", "mux s / MB",
-          "time in ReLUs", "agree", "ReLU ratio", "cmp-bytes ratio", "latency removed", "bytes removed"]  # fmt: skip
+HEADER = [
+    "model",
+    "ReLUs",
+    "s / image",
+    "MB / image",
+    "linear s / MB",
+    "comparison s / MB",
+    "mux s / MB",
+    "time in ReLUs",
+    "agree",
+    "ReLU ratio",
+    "cmp-bytes ratio",
+    "latency removed",
+    "bytes removed",
+]
 
 
 def _resnet_models(ns) -> dict[str, tuple[torch.nn.Module, str]]:
     if ns.resnet_dense and ns.resnet_snl:
         dense, _, _ = load_from_run(ns.resnet_dense)
         snl, _, _ = load_from_run(ns.resnet_snl)
-        return {"resnet18 dense": (dense, "trained"), f"resnet18 {count_relus(snl, (3, 32, 32)).total // 1000}K": (snl, "trained, SNL")}  # fmt: skip
+        return {
+            "resnet18 dense": (dense, "trained"),
+            f"resnet18 {count_relus(snl, (3, 32, 32)).total // 1000}K": (snl, "trained, SNL"),
+        }
     torch.manual_seed(0)
     dense = create_model("resnet18", num_classes=10, input_shape=(3, 32, 32)).eval()
     reduced = create_model("resnet18", num_classes=10, input_shape=(3, 32, 32)).eval()
@@ -87,27 +113,47 @@ def _resnet_models(ns) -> dict[str, tuple[torch.nn.Module, str]]:
     keep = np.zeros(sum(sizes), bool)
     keep[np.random.default_rng(0).choice(keep.size, RESNET_BUDGET, replace=False)] = True
     chunks = iter(np.split(keep, np.cumsum(sizes)[:-1]))
-    replace_activations(reduced, lambda n, s: MaskedReLU(torch.from_numpy(next(chunks).reshape(s.feature_shape)).float()))  # fmt: skip
+    replace_activations(
+        reduced,
+        lambda n, s: MaskedReLU(torch.from_numpy(next(chunks).reshape(s.feature_shape)).float()),
+    )
     assert count_relus(reduced, (3, 32, 32)).total == RESNET_BUDGET
-    return {"resnet18 dense": (dense, "random weights"), "resnet18 50K": (reduced, "random weights, random kept positions")}  # fmt: skip
+    return {
+        "resnet18 dense": (dense, "random weights"),
+        "resnet18 50K": (reduced, "random weights, random kept positions"),
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--images", type=int, default=4, help="Fashion-MNIST test images per model")
-    parser.add_argument("--models", nargs="+", metavar="LABEL=RUN", help="Fashion-MNIST runs (default: the demo's)")  # fmt: skip
+    parser.add_argument(
+        "--models", nargs="+", metavar="LABEL=RUN", help="Fashion-MNIST runs (default: the demo's)"
+    )
     parser.add_argument("--out", type=Path, default=Path("runs/bench-mpc"))
-    parser.add_argument("--no-resnet", action="store_true", help="skip ResNet18 (about 7 minutes on 2 cores)")  # fmt: skip
+    parser.add_argument(
+        "--no-resnet", action="store_true", help="skip ResNet18 (about 7 minutes on 2 cores)"
+    )
     parser.add_argument("--resnet-dense", type=Path, help="a trained ResNet18 run (CIFAR-10)")
     parser.add_argument("--resnet-snl", type=Path, help="its SNL-reduced run")
     parser.add_argument("--ot", default="ferret", choices=["ferret", "softspoken"])
-    parser.add_argument("--write-calibration", type=Path, metavar="PATH", help="fit the Cheetah cost model on the Fashion-MNIST runs and save it")  # fmt: skip
+    parser.add_argument(
+        "--write-calibration",
+        type=Path,
+        metavar="PATH",
+        help="fit the Cheetah cost model on the Fashion-MNIST runs and save it",
+    )
     ns = parser.parse_args()
     models = dict(m.split("=", 1) for m in ns.models) if ns.models else DEMO
     missing = [r for r in models.values() if not (Path(r) / "model.pt").exists()]
     if missing:
         sys.exit(f"missing model runs {missing}: run `make demo` first or give --models LABEL=RUN")
-    print(f"machine: {machine_line()}\ncommit: {commit()}\nprotocol: cheetah (OT {ns.ot}), parties as threads, one image per run, one-time setup apart")  # fmt: skip
+    print(
+        f"machine: {machine_line()}\ncommit: {commit()}\nprotocol: cheetah (OT {ns.ot}), parties "
+        "as threads, one image per run, one-time setup apart"
+    )
 
     results, done = {}, []
     for label, source in models.items():
@@ -141,22 +187,68 @@ def main() -> None:
             labels.append(label)
     if ns.write_calibration:
         _write_calibration(ns, samples, labels)
-    data = {"fashion_mnist": {k: {f: m.get(f) for f in ("relus", "comparisons", "seconds_per_image", "bytes_per_image", "per_image", "setup", "argmax_agreement", "max_logit_error")} for k, m in results.items()},
-            "resnet18": resnet}  # fmt: skip
-    save_results("mpc_cheetah_" + ns.ot, tables=tables, summary=[], data=json.loads(json.dumps(data, default=float)),
-                 setting={"images": ns.images, "ot": ns.ot, "models": models, "resnet": not ns.no_resnet})  # fmt: skip
+    data = {
+        "fashion_mnist": {
+            k: {
+                f: m.get(f)
+                for f in (
+                    "relus",
+                    "comparisons",
+                    "seconds_per_image",
+                    "bytes_per_image",
+                    "per_image",
+                    "setup",
+                    "argmax_agreement",
+                    "max_logit_error",
+                )
+            }
+            for k, m in results.items()
+        },
+        "resnet18": resnet,
+    }
+    save_results(
+        "mpc_cheetah_" + ns.ot,
+        tables=tables,
+        summary=[],
+        data=json.loads(json.dumps(data, default=float)),
+        setting={"images": ns.images, "ot": ns.ot, "models": models, "resnet": not ns.no_resnet},
+    )
 
 
 def _write_calibration(ns, samples, labels) -> None:
-    cheetah = CheetahModel.fit(samples, {"machine": machine_line(), "commit": commit(), "command": f"python benchmarks/mpc.py --write-calibration {ns.write_calibration}" + (" --no-resnet" if ns.no_resnet else ""), "ot": ns.ot, "models": labels})  # fmt: skip
+    cheetah = CheetahModel.fit(
+        samples,
+        {
+            "machine": machine_line(),
+            "commit": commit(),
+            "command": f"python benchmarks/mpc.py --write-calibration {ns.write_calibration}"
+            + (" --no-resnet" if ns.no_resnet else ""),
+            "ot": ns.ot,
+            "models": labels,
+        },
+    )
     check = cheetah.check(samples)
     for row, label in zip(check, labels):
         row["model"] = label
     cheetah.provenance["check"] = check
     cheetah.save(ns.write_calibration)
-    print(f"\nCheetah cost model saved to {ns.write_calibration}: {cheetah.bytes_per_comparison:.1f} B and {1e6 * cheetah.seconds_per_comparison:.2f} us per comparison")  # fmt: skip
-    print_table(["model", "measured MB", "estimated MB", "measured s", "estimated s"],
-                [[r["model"], f"{r['measured_bytes'] / 1e6:.2f}", f"{r['estimated_bytes'] / 1e6:.2f}", f"{r['measured_seconds']:.2f}", f"{r['estimated_seconds']:.2f}"] for r in check])  # fmt: skip
+    print(
+        f"\nCheetah cost model saved to {ns.write_calibration}: {cheetah.bytes_per_comparison:.1f} "
+        f"B and {1e6 * cheetah.seconds_per_comparison:.2f} us per comparison"
+    )
+    print_table(
+        ["model", "measured MB", "estimated MB", "measured s", "estimated s"],
+        [
+            [
+                r["model"],
+                f"{r['measured_bytes'] / 1e6:.2f}",
+                f"{r['estimated_bytes'] / 1e6:.2f}",
+                f"{r['measured_seconds']:.2f}",
+                f"{r['estimated_seconds']:.2f}",
+            ]
+            for r in check
+        ],
+    )
 
 
 def _resnet(ns, tables: dict, measured: dict) -> list[tuple[str, object, dict]]:
@@ -167,15 +259,27 @@ def _resnet(ns, tables: dict, measured: dict) -> list[tuple[str, object, dict]]:
     for label, (model, what) in _resnet_models(ns).items():
         t0 = time.perf_counter()
         exported = export_model(model, (3, 32, 32))
-        results_r = run_in_threads(exported, image, MPCSettings(ot=ns.ot), log_path=ns.out / f"{label.replace(' ', '-')}.spu.log")  # fmt: skip
+        results_r = run_in_threads(
+            exported,
+            image,
+            MPCSettings(ot=ns.ot),
+            log_path=ns.out / f"{label.replace(' ', '-')}.spu.log",
+        )
         with torch.no_grad():
             plain = model(torch.from_numpy(image)).double().numpy()
         logits = results_r[1].logits
-        m = summarize(results_r, 2) | {"comparisons": exported.comparisons, "argmax_agreement": float((logits.argmax(1) == plain.argmax(1)).mean())}  # fmt: skip
+        m = summarize(results_r, 2) | {
+            "comparisons": exported.comparisons,
+            "argmax_agreement": float((logits.argmax(1) == plain.argmax(1)).mean()),
+        }
         m["max_relative_error"] = float(np.abs(logits - plain).max() / np.abs(plain).max())
         dense_r = dense_r or m
         resnet_rows.append(_row(f"{label} ({what})", m, dense_r))
-        print(f"  {label}: {time.perf_counter() - t0:.0f} s (relative logit error {m['max_relative_error']:.1e}, setup {m['setup']['seconds']:.0f} s)", flush=True)  # fmt: skip
+        print(
+            f"  {label}: {time.perf_counter() - t0:.0f} s (relative logit error "
+            f"{m['max_relative_error']:.1e}, setup {m['setup']['seconds']:.0f} s)",
+            flush=True,
+        )
         out.append((label, model_work(model, (3, 32, 32)), m["per_image"]))
         measured[label] = {
             k: m[k]

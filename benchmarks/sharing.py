@@ -28,16 +28,34 @@ from pifair.workflows.linearize import LinearizeJob, run_linearize  # noqa: E402
 from pifair.workflows.train import train  # noqa: E402
 
 GPU = dict(
-    dense=dict(data="cifar10", model="resnet18", snl_variant=True, epochs=40, batch_size=512, lr=0.2, label_smoothing=0.1, schedule="onecycle"),
-    budgets=["491520", "100k", "25k", "5k", "1k", "492"], search=SearchSettings(max_epochs=30, batch_size=256), finetune=FinetuneSettings(epochs=20, batch_size=256),
-)  # fmt: skip
+    dense=dict(
+        data="cifar10",
+        model="resnet18",
+        snl_variant=True,
+        epochs=40,
+        batch_size=512,
+        lr=0.2,
+        label_smoothing=0.1,
+        schedule="onecycle",
+    ),
+    budgets=["491520", "100k", "25k", "5k", "1k", "492"],
+    search=SearchSettings(max_epochs=30, batch_size=256),
+    finetune=FinetuneSettings(epochs=20, batch_size=256),
+)
 CPU = dict(
     dense=dict(data="fashion-mnist", model="lenet", epochs=4, batch_size=128, lr=0.05),
     budgets=["18944", "5000", "1000", "200", "50", "19"],
-    search=SearchSettings(max_epochs=10, batch_size=256, mask_lr=1e-2, lambda_init=1e-4, lambda_growth=1.5),
+    search=SearchSettings(
+        max_epochs=10, batch_size=256, mask_lr=1e-2, lambda_init=1e-4, lambda_growth=1.5
+    ),
     finetune=FinetuneSettings(epochs=3, batch_size=128),
-)  # fmt: skip
+)
 METHODS = ["share-patch", "share-cluster", "snl"]
+
+
+def _budget_count(budget: str) -> int:
+    """``"5k"`` -> 5000, ``"200"`` -> 200."""
+    return int(float(budget.rstrip("k")) * (1000 if budget.endswith("k") else 1))
 
 
 def main() -> None:
@@ -50,7 +68,8 @@ def main() -> None:
     args = parser.parse_args()
     setting = GPU if torch.cuda.is_available() else CPU
     print(
-        f"machine: {machine_line()}\ncommit:  {commit()}\nsetting: {setting['dense']['model']} on {setting['dense']['data']}\n"
+        f"machine: {machine_line()}\ncommit:  {commit()}\nsetting: {setting['dense']['model']} on "
+        f"{setting['dense']['data']}\n"
     )
     dense_dir = args.dense or args.out / "dense"
     if not (dense_dir / MODEL).exists():
@@ -74,7 +93,7 @@ def main() -> None:
     for b in setting["budgets"]:
         cells = [
             b,
-            f"{dense['relus'] / max(1, int(float(b.rstrip('k')) * (1000 if b.endswith('k') else 1))):.0f}x",
+            f"{dense['relus'] / max(1, _budget_count(b)):.0f}x",
         ]
         for method in METHODS:
             r = next((r for r in rows if r["method"] == method and r["budget"] == b), None)
@@ -96,9 +115,13 @@ def main() -> None:
             indent=2,
         )
     )
-    save_results("sharing_" + ("gpu" if setting is GPU else "cpu"), tables={"sharing vs SNL": (header, table)},
-                 summary=[f"dense {100 * dense['test_accuracy']:.2f} % with {dense['relus']:,} ReLUs"],
-                 data={"dense": dense["test_accuracy"], "rows": rows}, setting={k: str(v) for k, v in setting.items()})  # fmt: skip
+    save_results(
+        "sharing_" + ("gpu" if setting is GPU else "cpu"),
+        tables={"sharing vs SNL": (header, table)},
+        summary=[f"dense {100 * dense['test_accuracy']:.2f} % with {dense['relus']:,} ReLUs"],
+        data={"dense": dense["test_accuracy"], "rows": rows},
+        setting={k: str(v) for k, v in setting.items()},
+    )
 
 
 if __name__ == "__main__":

@@ -34,16 +34,34 @@ from pifair.workflows.linearize import SNL_PUBLISHED_CIFAR10, LinearizeJob, run_
 from pifair.workflows.train import train  # noqa: E402
 
 GPU = dict(
-    dense=dict(data="cifar10", model="resnet18", snl_variant=True, epochs=40, batch_size=512, lr=0.2, label_smoothing=0.1, schedule="onecycle"),
-    budgets=["15k", "25k", "50k", "100k"], reference_budget="50k", reference_epochs=150,
-    search=SearchSettings(max_epochs=30, batch_size=256), finetune=FinetuneSettings(epochs=30, batch_size=256, lr=0.01),
-)  # fmt: skip
+    dense=dict(
+        data="cifar10",
+        model="resnet18",
+        snl_variant=True,
+        epochs=40,
+        batch_size=512,
+        lr=0.2,
+        label_smoothing=0.1,
+        schedule="onecycle",
+    ),
+    budgets=["15k", "25k", "50k", "100k"],
+    reference_budget="50k",
+    reference_epochs=150,
+    search=SearchSettings(max_epochs=30, batch_size=256),
+    finetune=FinetuneSettings(epochs=30, batch_size=256, lr=0.01),
+)
 CPU = dict(
-    dense=dict(data="fashion-mnist", model="lenet", epochs=4, batch_size=128, lr=0.05, schedule="cosine"),
-    budgets=["500", "1000", "3000", "6000"], reference_budget="3000", reference_epochs=30,
-    search=SearchSettings(max_epochs=8, batch_size=256, mask_lr=1e-2, lambda_init=1e-4, lambda_growth=1.5),
+    dense=dict(
+        data="fashion-mnist", model="lenet", epochs=4, batch_size=128, lr=0.05, schedule="cosine"
+    ),
+    budgets=["500", "1000", "3000", "6000"],
+    reference_budget="3000",
+    reference_epochs=30,
+    search=SearchSettings(
+        max_epochs=8, batch_size=256, mask_lr=1e-2, lambda_init=1e-4, lambda_growth=1.5
+    ),
     finetune=FinetuneSettings(epochs=4, batch_size=128, lr=0.01),
-)  # fmt: skip
+)
 
 
 def main() -> None:
@@ -57,7 +75,9 @@ def main() -> None:
     args = parser.parse_args()
     setting = GPU if torch.cuda.is_available() else CPU
     print(
-        f"machine: {machine_line()}\ncommit:  {commit()}\nscale:   {'GPU (issue setting)' if setting is GPU else 'CPU (reduced scale: Fashion-MNIST LeNet)'}\n"
+        f"machine: {machine_line()}\ncommit:  {commit()}\nscale:   "
+        + ("GPU (issue setting)" if setting is GPU else "CPU (reduced scale: Fashion-MNIST LeNet)")
+        + "\n"
     )
     args.out.mkdir(parents=True, exist_ok=True)
 
@@ -123,10 +143,16 @@ def main() -> None:
             if setting is GPU
             else None
         )
-        rows.append([
-            f"{snl['relus']:,}", f"{100 * snl['test_accuracy']:.2f}", f"{100 * snl['drop']:.2f}", f"{100 * naive['test_accuracy']:.2f}",
-            f"{pub[2]:.1f} @ {pub[0] / 1000:.1f}K" if pub else "-", f"{seconds_for_budget(snl):.0f}",
-        ])  # fmt: skip
+        rows.append(
+            [
+                f"{snl['relus']:,}",
+                f"{100 * snl['test_accuracy']:.2f}",
+                f"{100 * snl['drop']:.2f}",
+                f"{100 * naive['test_accuracy']:.2f}",
+                f"{pub[2]:.1f} @ {pub[0] / 1000:.1f}K" if pub else "-",
+                f"{seconds_for_budget(snl):.0f}",
+            ]
+        )
         result["budgets"].append(
             {
                 "budget": b,
@@ -138,7 +164,8 @@ def main() -> None:
             }
         )
     print(
-        f"dense: {100 * dense['test_accuracy']:.2f}% with {dense['relus']:,} ReLUs ({dense_s:.0f} s)\n"
+        f"dense: {100 * dense['test_accuracy']:.2f}% with {dense['relus']:,} ReLUs ({dense_s:.0f} "
+        "s)\n"
     )
     header = [
         "ReLUs",
@@ -153,10 +180,16 @@ def main() -> None:
     if ref is not None:
         mine = Run.open(sweep_dir / f"snl-{setting['reference_budget']}").metrics
         summary.append(
-            f"at {setting['reference_budget']}: pifair defaults {100 * mine['test_accuracy']:.2f} % vs SNL reference settings {100 * ref['test_accuracy']:.2f} %"
+            f"at {setting['reference_budget']}: pifair defaults {100 * mine['test_accuracy']:.2f} "
+            f"% vs SNL reference settings {100 * ref['test_accuracy']:.2f} %"
         )
-        print(f"\nat {setting['reference_budget']}: pifair defaults {100 * mine['test_accuracy']:.2f}% ({mine['relus']:,} ReLUs) vs SNL reference settings "
-              f"{100 * ref['test_accuracy']:.2f}% ({ref['relus']:,} ReLUs, {seconds_for_budget(ref):.0f} s)")  # fmt: skip
+        print(
+            f"\nat {setting['reference_budget']}: pifair defaults "
+            f"{100 * mine['test_accuracy']:.2f}% ({mine['relus']:,} ReLUs) vs SNL reference "
+            "settings "
+            f"{100 * ref['test_accuracy']:.2f}% ({ref['relus']:,} ReLUs, "
+            f"{seconds_for_budget(ref):.0f} s)"
+        )
         result["reference"] = {
             "budget": setting["reference_budget"],
             "relus": ref["relus"],
@@ -164,8 +197,13 @@ def main() -> None:
             "pifair": mine["test_accuracy"],
         }
     (args.out / "results.json").write_text(json.dumps(result, indent=2))
-    save_results("snl_" + ("gpu" if setting is GPU else "cpu"), tables={"SNL vs naive": (header, rows)}, summary=summary, data=result,
-                 setting={k: str(v) for k, v in setting.items()})  # fmt: skip
+    save_results(
+        "snl_" + ("gpu" if setting is GPU else "cpu"),
+        tables={"SNL vs naive": (header, rows)},
+        summary=summary,
+        data=result,
+        setting={k: str(v) for k, v in setting.items()},
+    )
 
 
 if __name__ == "__main__":

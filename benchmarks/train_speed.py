@@ -161,13 +161,25 @@ def main() -> None:
     ratio = steady(ours["epoch_times"]) / steady(plain["epoch_times"])
     header = ["loop", "epoch (median, s)", "test accuracy", "wall (s)"]
     rows = [
-        ["plain PyTorch", f"{steady(plain['epoch_times']):.3f}", f"{100 * plain['test_accuracy']:.2f}%", f"{plain['wall_s']:.1f}"],
-        ["pifair train", f"{steady(ours['epoch_times']):.3f}", f"{100 * ours['test_accuracy']:.2f}%", f"{ours['wall_s']:.1f}"],
-    ]  # fmt: skip
+        [
+            "plain PyTorch",
+            f"{steady(plain['epoch_times']):.3f}",
+            f"{100 * plain['test_accuracy']:.2f}%",
+            f"{plain['wall_s']:.1f}",
+        ],
+        [
+            "pifair train",
+            f"{steady(ours['epoch_times']):.3f}",
+            f"{100 * ours['test_accuracy']:.2f}%",
+            f"{ours['wall_s']:.1f}",
+        ],
+    ]
     print_table(header, rows)
     summary = [
-        f"pifair / plain epoch time: {ratio:.2f}x ({steady(ours['epoch_times']):.2f} s vs {steady(plain['epoch_times']):.2f} s)",
-        f"test accuracy: pifair {100 * ours['test_accuracy']:.2f} %, plain {100 * plain['test_accuracy']:.2f} %",
+        f"pifair / plain epoch time: {ratio:.2f}x ({steady(ours['epoch_times']):.2f} s vs "
+        f"{steady(plain['epoch_times']):.2f} s)",
+        f"test accuracy: pifair {100 * ours['test_accuracy']:.2f} %, plain "
+        f"{100 * plain['test_accuracy']:.2f} %",
     ]
     print("\n" + "\n".join(summary) + " (target <= 1.3x)")
     result = {
@@ -181,8 +193,14 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(result, indent=2))
     # a --limit run is a quick check, not a result: its file stays in the run folder
-    save_results("train_speed_" + ("gpu" if cuda else "cpu"), tables={"epoch time": (header, rows)}, summary=summary,
-                 data=result, setting=setting, results_dir=args.out if args.limit else None)  # fmt: skip
+    save_results(
+        "train_speed_" + ("gpu" if cuda else "cpu"),
+        tables={"epoch time": (header, rows)},
+        summary=summary,
+        data=result,
+        setting=setting,
+        results_dir=args.out if args.limit else None,
+    )
 
 
 if __name__ == "__main__":

@@ -164,3 +164,14 @@ def test_the_checker_sees_a_forbidden_import(tmp_path):
         assert LAYER_OF[_package(found[0][0])] > LAYER_OF["relu"]
     finally:
         bad.unlink()
+
+
+def test_cli_functions_are_short_and_nothing_skips_the_formatter():
+    long = []
+    for p in (SRC / "cli").rglob("*.py"):
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, ast.FunctionDef) and node.end_lineno - node.lineno + 1 > 60:
+                long.append(f"{p.name}:{node.lineno} {node.name}")
+    assert not long, f"CLI functions over 60 lines: {long}"
+    skips = [str(p) for p in SRC.rglob("*.py") if "fmt: " + "skip" in p.read_text()]
+    assert not skips, f"formatter skipped in {skips}"

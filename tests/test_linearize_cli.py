@@ -118,9 +118,15 @@ def test_interrupted_search_resumes_from_its_state(digits):
     assert saved[0]["epoch"] == 1
     epochs = []
     result = linearize_many(
-        model, digits, [10], search=search, finetune=FinetuneSettings(epochs=0), progress=False,
-        search_state=saved[0], on_search_epoch=lambda s: epochs.append(s["epoch"]),
-    )  # fmt: skip
+        model,
+        digits,
+        [10],
+        search=search,
+        finetune=FinetuneSettings(epochs=0),
+        progress=False,
+        search_state=saved[0],
+        on_search_epoch=lambda s: epochs.append(s["epoch"]),
+    )
     assert epochs and epochs[0] == 2  # continued, not restarted
     assert [h["epoch"] for h in result[10].search["history"]][:2] == [1, 2]
     assert result[10].relus == 10
@@ -165,9 +171,28 @@ def test_mitigate_and_audit_commands(dense_run, tmp_path, capsys):
     assert [p["label"] for p in pairs] == ["snl", "snl+constrained"]
     dro = tmp_path / "dro"
     flags = ["--objective", "group-dro", "--dro-step", "0.05", "--select-by", "fair"]
-    assert main(["mitigate", "--from", str(lin), "--epochs", "1", "--out", str(dro), "--no-progress", *flags]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "mitigate",
+                "--from",
+                str(lin),
+                "--epochs",
+                "1",
+                "--out",
+                str(dro),
+                "--no-progress",
+                *flags,
+            ]
+        )
+        == 0
+    )
     finetune = yaml.safe_load((dro / "config.yaml").read_text())["finetune"]
-    assert (finetune["objective"], finetune["dro_step"], finetune["select_by"]) == ("group-dro", 0.05, "fair")  # fmt: skip
+    assert (finetune["objective"], finetune["dro_step"], finetune["select_by"]) == (
+        "group-dro",
+        0.05,
+        "fair",
+    )
     history = json.loads((dro / "metrics.json").read_text())["history"]
     assert "group_weights" in history[0] and "val_score" in history[0]
     assert (audit / "drops.png").exists() and (audit / "margins-0.png").exists()
@@ -201,8 +226,31 @@ ADULT = Path(__file__).resolve().parent / "data" / "slices" / "adult"  # a real 
 
 def test_adult_mlp_by_sex_linearize_and_audit(tmp_path):
     dense = tmp_path / "dense"
-    assert main(["train", "--data", "adult", "--data-dir", str(ADULT), "--group-by", "sex", "--model", "mlp",
-                 "--epochs", "2", "--lr", "0.05", "--device", "cpu", "--out", str(dense), "--no-progress"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                "adult",
+                "--data-dir",
+                str(ADULT),
+                "--group-by",
+                "sex",
+                "--model",
+                "mlp",
+                "--epochs",
+                "2",
+                "--lr",
+                "0.05",
+                "--device",
+                "cpu",
+                "--out",
+                str(dense),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     lin = tmp_path / "lin"
     assert (
         main(

@@ -56,11 +56,13 @@ def problems(readme: str, results: Path) -> list[str]:
             out.append(f"{what}: {path.name} was written by uncommitted code")
         if row.get("machine") != record["machine_class"]:
             out.append(
-                f"{what}: machine {row.get('machine')!r} but {path.name} ran on {record['machine_class']!r}"
+                f"{what}: machine {row.get('machine')!r} but {path.name} ran on "
+                f"{record['machine_class']!r}"
             )
         if row.get("command", "").strip("`") != record["command"]:
             out.append(
-                f"{what}: command {row.get('command')!r} but {path.name} was written by {record['command']!r}"
+                f"{what}: command {row.get('command')!r} but {path.name} was written by "
+                f"{record['command']!r}"
             )
         source = json.dumps(record["tables"]) + " " + " ".join(record["summary"])
         missing = numbers(row.get("result", "")) - numbers(source)
@@ -77,7 +79,9 @@ def test_an_edited_number_or_a_missing_file_fails(tmp_path):
     readme = README.read_text()
     row = measured_rows(readme)[0]
     number = sorted(numbers(row["result"]))[0]
-    edited_cell = re.sub(rf"(?<![\d.]){re.escape(number)}(?![\d])", "987.65", row["result"], count=1)  # fmt: skip
+    edited_cell = re.sub(
+        rf"(?<![\d.]){re.escape(number)}(?![\d])", "987.65", row["result"], count=1
+    )
     assert edited_cell != row["result"]
     edited = readme.replace(row["result"], edited_cell, 1)
     assert any("987.65" in p for p in problems(edited, RESULTS))
@@ -90,5 +94,12 @@ def test_an_edited_number_or_a_missing_file_fails(tmp_path):
 
 def test_numbers_are_read_as_written():
     assert numbers("91.42 % (1,000 ReLUs), 1.18x, -5.50 ± 0.30, 9-11 %, 1.3e-05, ResNet18") == {
-        "91.42", "1000", "1.18", "-5.50", "0.30", "9", "11", "1.3e-05",
-    }  # fmt: skip
+        "91.42",
+        "1000",
+        "1.18",
+        "-5.50",
+        "0.30",
+        "9",
+        "11",
+        "1.3e-05",
+    }

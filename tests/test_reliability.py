@@ -31,7 +31,18 @@ from pifair.training import TrainConfig
 from pifair.workflows.evaluate import evaluate_run
 from pifair.workflows.train import load_from_run
 
-TRAIN = ["train", "--data", "digits", "--model", "mlp", "--epochs", "1", "--device", "cpu", "--no-progress"]  # fmt: skip
+TRAIN = [
+    "train",
+    "--data",
+    "digits",
+    "--model",
+    "mlp",
+    "--epochs",
+    "1",
+    "--device",
+    "cpu",
+    "--no-progress",
+]
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +55,8 @@ def _hold_lock(folder: Path) -> subprocess.Popen:
     """Another process that has created a run in ``folder`` and is still writing it."""
     code = (
         "import sys, time; from pifair.runs import Run; "
-        f"Run.create('train', {{'seed': 0}}, out={str(folder)!r}); print('ready', flush=True); time.sleep(60)"
+        f"Run.create('train', {{'seed': 0}}, out={str(folder)!r}); print('ready', flush=True); "
+        "time.sleep(60)"
     )
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "ready"
@@ -109,7 +121,16 @@ def test_derived_runs_find_their_parent_from_anywhere(tmp_path, monkeypatch):
     tree.mkdir()
     monkeypatch.chdir(tree)
     assert main([*TRAIN, "--out", "runs/dense"]) == 0
-    args = ["polyfit", "--from", "runs/dense", "--finetune-epochs", "1", "--device", "cpu", "--no-progress"]  # fmt: skip
+    args = [
+        "polyfit",
+        "--from",
+        "runs/dense",
+        "--finetune-epochs",
+        "1",
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
     assert main([*args, "--out", "runs/poly"]) == 0
     config = Run.open(tree / "runs/poly").config
     assert Path(config["from"]).is_absolute() and config["from_relative"] == "../dense"
@@ -133,7 +154,9 @@ def test_dp_diagnostics_are_off_by_default_and_labelled_when_on(tmp_path):
     from pifair import DPConfig, dp_train
     from pifair.report import build_report
 
-    base = dict(data="digits", model="mlp", epochs=1, batch_size=64, noise_multiplier=1.0, delta=1e-4)  # fmt: skip
+    base = dict(
+        data="digits", model="mlp", epochs=1, batch_size=64, noise_multiplier=1.0, delta=1e-4
+    )
     plain = dp_train(DPConfig(**base), out=tmp_path / "plain", progress=False)
     assert not (plain.path / "alignment.json").exists()
     assert all(not h["alignment"] for h in plain.metrics["history"])
@@ -153,12 +176,18 @@ def test_dp_diagnostics_are_off_by_default_and_labelled_when_on(tmp_path):
     "args, named",
     [
         (["mitigate", "--from", "{dense}", "--epochs", "0"], "--epochs must be >= 1"),
-        (["share", "--from", "{dense}", "--budget", "10", "--finetune-epochs", "-1"], "fine-tuning epochs must be >= 0"),
+        (
+            ["share", "--from", "{dense}", "--budget", "10", "--finetune-epochs", "-1"],
+            "fine-tuning epochs must be >= 0",
+        ),
         (["audit", "{dense}", "{dense}", "--grad-samples", "-1"], "--grad-samples must be >= 0"),
         (["polyfit", "--from", "{dense}", "--finetune-lr", "0"], "fine-tuning lr must be > 0"),
-        (["linearize", "--from", "{dense}", "--budget", "10", "--search-epochs", "0"], "max_epochs must be >= 1"),
+        (
+            ["linearize", "--from", "{dense}", "--budget", "10", "--search-epochs", "0"],
+            "max_epochs must be >= 1",
+        ),
     ],
-)  # fmt: skip
+)
 def test_out_of_range_values_are_refused_before_any_work(args, named, dense, tmp_path, capsys):
     args = [a.format(dense=dense) for a in args]
     assert main([*args, "--out", str(tmp_path / "out")]) == 2
@@ -176,7 +205,11 @@ def test_truncated_model_and_checkpoint_files_are_named(tmp_path, dense, capsys)
     assert f"{run / 'model.pt'} cannot be read" in capsys.readouterr().err
 
     killed = tmp_path / "killed"
-    Run.create("train", TrainConfig(data="digits", model="mlp", epochs=1, device="cpu").as_dict(), out=killed)  # fmt: skip
+    Run.create(
+        "train",
+        TrainConfig(data="digits", model="mlp", epochs=1, device="cpu").as_dict(),
+        out=killed,
+    )
     (killed / "checkpoint.pt").write_bytes(b"PK\x03\x04 not a whole zip")
     assert main(["train", "--resume", str(killed), "--no-progress"]) == 2
     assert "checkpoint.pt cannot be read" in capsys.readouterr().err
@@ -184,9 +217,12 @@ def test_truncated_model_and_checkpoint_files_are_named(tmp_path, dense, capsys)
 
 @pytest.mark.parametrize(
     "text, named",
-    [("epochs: [1\n", "is not valid YAML"), ("epochs: ten\n", "setting 'epochs' must be an integer"),
-     ("- a list\n", "must hold a mapping")],
-)  # fmt: skip
+    [
+        ("epochs: [1\n", "is not valid YAML"),
+        ("epochs: ten\n", "setting 'epochs' must be an integer"),
+        ("- a list\n", "must hold a mapping"),
+    ],
+)
 def test_broken_config_files_are_named(text, named, tmp_path, capsys):
     (tmp_path / "config.yaml").write_text(text)
     assert main(["train", "--config", str(tmp_path / "config.yaml")]) == 2
@@ -210,7 +246,23 @@ def test_bad_training_input_is_one_line(extra, named, tmp_path, capsys):
 
 
 def test_dp_train_default_model_on_digits_says_what_to_choose(tmp_path, capsys):
-    assert main(["dp-train", "--data", "digits", "--epochs", "1", "--epsilon", "6", "--out", str(tmp_path / "r"), "--no-progress"]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                "dp-train",
+                "--data",
+                "digits",
+                "--epochs",
+                "1",
+                "--epsilon",
+                "6",
+                "--out",
+                str(tmp_path / "r"),
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     assert "model 'fairdp_cnn' cannot take inputs of shape (1, 8, 8)" in capsys.readouterr().err
 
 
@@ -230,8 +282,24 @@ def test_main_lets_real_bugs_show_their_traceback(monkeypatch):
 
 # ---- 6. he-infer validates before the work starts ----------------------------------------------
 def test_he_infer_settings_are_refused_before_loading_anything(tmp_path, capsys):
-    for flag, value, named in (("--images", "-3", "--images must be >= 1"), ("--batch", "0", "--batch must be >= 1")):  # fmt: skip
-        assert main(["he-infer", "--from", str(tmp_path / "nothing"), flag, value, "--out", str(tmp_path / "he")]) == 2  # fmt: skip
+    for flag, value, named in (
+        ("--images", "-3", "--images must be >= 1"),
+        ("--batch", "0", "--batch must be >= 1"),
+    ):
+        assert (
+            main(
+                [
+                    "he-infer",
+                    "--from",
+                    str(tmp_path / "nothing"),
+                    flag,
+                    value,
+                    "--out",
+                    str(tmp_path / "he"),
+                ]
+            )
+            == 2
+        )
         assert named in capsys.readouterr().err
     assert not (tmp_path / "he").exists()
 

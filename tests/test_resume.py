@@ -75,7 +75,14 @@ def test_train(monkeypatch, tmp_path):
 
 def _linearize_job(dense: Path) -> LinearizeJob:
     search = SearchSettings(max_epochs=2, batch_size=64, lambda_init=1e-3, mask_lr=0.02)
-    return LinearizeJob(from_run=str(dense), budgets=["300"], methods=["snl"], search=search, finetune=FINETUNE, device="cpu")  # fmt: skip
+    return LinearizeJob(
+        from_run=str(dense),
+        budgets=["300"],
+        methods=["snl"],
+        search=search,
+        finetune=FINETUNE,
+        device="cpu",
+    )
 
 
 def test_linearize(monkeypatch, tmp_path, dense):

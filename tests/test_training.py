@@ -107,8 +107,27 @@ def test_sigkill_mid_epoch_then_resume(tmp_path):
     """Kill a training process with SIGKILL mid-run: the checkpoint stays loadable, and
     --resume continues from it to the end with the history of the killed run kept."""
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "pifair", "train", "--data", "digits", "--model", "mlp", "--epochs", "40",
-           "--batch-size", "4", "--lr", "0.01", "--device", "cpu", "--out", str(out), "--no-progress"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "pifair",
+        "train",
+        "--data",
+        "digits",
+        "--model",
+        "mlp",
+        "--epochs",
+        "40",
+        "--batch-size",
+        "4",
+        "--lr",
+        "0.01",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     env = os.environ | {"OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ckpt = out / "checkpoint.pt"

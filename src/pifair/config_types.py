@@ -31,7 +31,9 @@ def checked_settings(cls: type, values: dict[str, Any]) -> dict[str, Any]:
 
 def _checked(name: str, tp: Any, value: Any) -> Any:
     args = typing.get_args(tp)
-    optional = (isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union) and type(None) in args  # fmt: skip
+    optional = (isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union) and type(
+        None
+    ) in args
     if optional:
         if value is None:
             return None

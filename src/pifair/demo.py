@@ -48,12 +48,20 @@ DEMO_FINETUNE = FinetuneSettings(epochs=2, batch_size=128)
 
 # DP stage: the fair-dp protocol (Fashion-MNIST, class 8 at 9 %, fair-dp CNN, epsilon 6) on a
 # 20,000-image slice for 3 epochs; momentum 0.9 stands in for the paper's 60 epochs of plain SGD.
-DEMO_DP = dict(data="fashion-mnist", keep="8:0.09", model="fairdp_cnn", epochs=3, momentum=0.9, delta=1e-6)  # fmt: skip
+DEMO_DP = dict(
+    data="fashion-mnist", keep="8:0.09", model="fairdp_cnn", epochs=3, momentum=0.9, delta=1e-6
+)
 DEMO_DP_LIMIT = 20_000
 
 
-def _dp_stage(out: Path, *, seed: int, data_dir: str | None, limit: int | None, progress: bool) -> list[Path]:  # fmt: skip
-    common = DEMO_DP | {"seed": seed, "data_dir": data_dir, "limit": min(limit or DEMO_DP_LIMIT, DEMO_DP_LIMIT)}  # fmt: skip
+def _dp_stage(
+    out: Path, *, seed: int, data_dir: str | None, limit: int | None, progress: bool
+) -> list[Path]:
+    common = DEMO_DP | {
+        "seed": seed,
+        "data_dir": data_dir,
+        "limit": min(limit or DEMO_DP_LIMIT, DEMO_DP_LIMIT),
+    }
     baseline = out / "dp-nonprivate"
     paths = []
     for method in ("nonprivate", "dpsgd", "global-adapt"):
@@ -66,13 +74,24 @@ def _dp_stage(out: Path, *, seed: int, data_dir: str | None, limit: int | None, 
         )
         if not (path / MODEL).exists():
             cfg = DPConfig(**common, method=method, **privacy)
-            dp_train(cfg, out=path, resume=path if (path / CHECKPOINT).exists() else None, progress=progress)  # fmt: skip
+            dp_train(
+                cfg,
+                out=path,
+                resume=path if (path / CHECKPOINT).exists() else None,
+                progress=progress,
+            )
         m = Run.open(path).metrics
         cost = m.get("privacy_cost", {})
         print(
-            f"{method:<13} test {100 * m['test_accuracy']:.2f}%, Bag {100 * m['test_groups']['Bag']:.2f}%"
-            + (f", epsilon {m['epsilon']:.2f}, privacy cost Bag {100 * cost['Bag']:.1f} vs Pullover {100 * cost['Pullover']:.1f} points" if cost else "")
-        )  # fmt: skip
+            f"{method:<13} test {100 * m['test_accuracy']:.2f}%, Bag "
+            f"{100 * m['test_groups']['Bag']:.2f}%"
+            + (
+                f", epsilon {m['epsilon']:.2f}, privacy cost Bag {100 * cost['Bag']:.1f} vs "
+                f"Pullover {100 * cost['Pullover']:.1f} points"
+                if cost
+                else ""
+            )
+        )
         paths.append(path)
     return paths
 
@@ -92,21 +111,43 @@ DEMO_HE_TRAIN = dict(data="fashion-mnist", model="he_cnn", epochs=6, batch_size=
 DEMO_HE_IMAGES = 4096
 
 
-def _he_stage(out: Path, *, seed: int, data_dir: str | None, limit: int | None, progress: bool) -> list[Path]:  # fmt: skip
+def _he_stage(
+    out: Path, *, seed: int, data_dir: str | None, limit: int | None, progress: bool
+) -> list[Path]:
 
     dense, poly, he = out / "he-cnn", out / "polyfit", out / "he-infer"
     if not (dense / MODEL).exists():
         cfg = TrainConfig(**DEMO_HE_TRAIN, seed=seed, data_dir=data_dir, limit=limit)
-        train(cfg, out=dense, resume=dense if (dense / CHECKPOINT).exists() else None, progress=progress)  # fmt: skip
+        train(
+            cfg,
+            out=dense,
+            resume=dense if (dense / CHECKPOINT).exists() else None,
+            progress=progress,
+        )
     if not (poly / MODEL).exists():
-        job = PolyfitJob(from_run=str(dense), degree=2, granularity="element", seed=seed, finetune=FinetuneSettings(epochs=3, batch_size=128))  # fmt: skip
+        job = PolyfitJob(
+            from_run=str(dense),
+            degree=2,
+            granularity="element",
+            seed=seed,
+            finetune=FinetuneSettings(epochs=3, batch_size=128),
+        )
         run_polyfit(job, out=poly, resume=(poly / "config.yaml").exists(), progress=progress)
     m = Run.open(poly).metrics
-    print(f"polynomial CNN: test {100 * m['test_accuracy']:.2f}% (ReLU parent {100 * m['parent_test_accuracy']:.2f}%)")  # fmt: skip
-    m = _unless_finished(he, "encrypted_accuracy", lambda: run_he_infer(HEInferJob(from_run=str(poly), batch=DEMO_HE_IMAGES), out=he))  # fmt: skip
     print(
-        f"CKKS, {m['images']:,} images in one batch: encrypted accuracy {100 * m['encrypted_accuracy']:.2f}% "
-        f"(plaintext {100 * m['plaintext_accuracy']:.2f}%), agreement {100 * m['argmax_agreement']:.2f}%, "
+        f"polynomial CNN: test {100 * m['test_accuracy']:.2f}% (ReLU parent "
+        f"{100 * m['parent_test_accuracy']:.2f}%)"
+    )
+    m = _unless_finished(
+        he,
+        "encrypted_accuracy",
+        lambda: run_he_infer(HEInferJob(from_run=str(poly), batch=DEMO_HE_IMAGES), out=he),
+    )
+    print(
+        f"CKKS, {m['images']:,} images in one batch: encrypted accuracy "
+        f"{100 * m['encrypted_accuracy']:.2f}% "
+        f"(plaintext {100 * m['plaintext_accuracy']:.2f}%), agreement "
+        f"{100 * m['argmax_agreement']:.2f}%, "
         f"{m['amortized_ms_per_image']:.1f} ms per image (server {m['seconds']['server']:.0f} s)"
     )
     return [dense, poly, he]
@@ -125,10 +166,12 @@ def _mpc_stage(out: Path, models: dict[str, Path]) -> list[Path]:
         job = MPCInferJob(from_run=str(source), images=DEMO_MPC_IMAGES)
         m = _unless_finished(path, "argmax_agreement", lambda: run_mpc_infer(job, out=path))  # noqa: B023
         print(
-            f"{label:<8} {m['comparisons']:>6,} ReLUs under Cheetah: agreement {100 * m['argmax_agreement']:.0f}%, "
+            f"{label:<8} {m['comparisons']:>6,} ReLUs under Cheetah: agreement "
+            f"{100 * m['argmax_agreement']:.0f}%, "
             f"{m['seconds_per_image']:.2f} s and {m['bytes_per_image'] / 1e6:.2f} MB per image, "
-            f"comparisons {m['comparison_bytes_per_image'] / 1e6:.2f} MB, linear layers {m['linear_bytes_per_image'] / 1e6:.2f} MB"
-        )  # fmt: skip
+            f"comparisons {m['comparison_bytes_per_image'] / 1e6:.2f} MB, linear layers "
+            f"{m['linear_bytes_per_image'] / 1e6:.2f} MB"
+        )
         paths.append(path)
     return paths
 
@@ -186,7 +229,8 @@ def run_demo(
     )
     for row in Run.open(sweep).metrics["rows"]:
         print(
-            f"SNL {row['relus']:>6,} ReLUs: test {100 * row['test_accuracy']:.2f}% (drop {100 * row['drop']:.2f} points)"
+            f"SNL {row['relus']:>6,} ReLUs: test {100 * row['test_accuracy']:.2f}% (drop "
+            f"{100 * row['drop']:.2f} points)"
         )
 
     _stage("4. share ReLUs: one sign decision per patch, 1,000 decisions")
@@ -203,7 +247,8 @@ def run_demo(
         run_share(job, out=shared, resume=(shared / "config.yaml").exists(), progress=progress)
     m = Run.open(shared).metrics
     print(
-        f"sharing {m['relus']:,} decisions ({m['allocation']}): test {100 * m['test_accuracy']:.2f}% (drop {100 * m['drop']:.2f} points)"
+        f"sharing {m['relus']:,} decisions ({m['allocation']}): test "
+        f"{100 * m['test_accuracy']:.2f}% (drop {100 * m['drop']:.2f} points)"
     )
 
     _stage("5. mitigate: refit the 1,000-ReLU model with the fairness-constrained objective")
@@ -216,7 +261,8 @@ def run_demo(
         run_mitigate(job, out=mitigated, progress=progress)
     m = Run.open(mitigated).metrics
     print(
-        f"constrained fine-tuning: test {100 * m['test_accuracy']:.2f}%, worst group {100 * m['test']['worst_group_accuracy']:.2f}%"
+        f"constrained fine-tuning: test {100 * m['test_accuracy']:.2f}%, worst group "
+        f"{100 * m['test']['worst_group_accuracy']:.2f}%"
     )
 
     _stage("6. audit: who pays for the reduction")
@@ -227,7 +273,9 @@ def run_demo(
     audit_run = run_audit(audit_job, out=audit)
     for p in audit_run.metrics["pairs"]:
         print(
-            f"{p['label']:<16} {p['relus']:>6,} ReLUs: drop {100 * p['drop']:.2f} points, worst group {100 * p['worst_group_accuracy']:.2f}%, spread of drops {100 * p['drop_spread']:.2f}"
+            f"{p['label']:<16} {p['relus']:>6,} ReLUs: drop {100 * p['drop']:.2f} points, worst "
+            f"group {100 * p['worst_group_accuracy']:.2f}%, spread of drops "
+            f"{100 * p['drop_spread']:.2f}"
         )
 
     _stage("7. train with DP: who pays for privacy (class 8 kept at 9 %)")

@@ -75,7 +75,8 @@ class Run:
         if (path / CHECKPOINT).exists() or (path / METRICS).exists():
             _unlock(path)
             raise RunExistsError(
-                f"run folder {path} already holds a run; pass --resume {path} to continue it or choose another --out"
+                f"run folder {path} already holds a run; pass --resume {path} to continue it or "
+                "choose another --out"
             )
         _remove_stale_temporaries(path)
         config = {"command": command, **config}
@@ -96,7 +97,8 @@ class Run:
             )
         if not (path / CONFIG).exists():
             raise NotARunError(
-                f"{path} is not a pifair run folder (no {CONFIG}); give the folder a pifair command wrote"
+                f"{path} is not a pifair run folder (no {CONFIG}); give the folder a pifair "
+                "command wrote"
             )
         return cls(path, read_config(path / CONFIG))
 
@@ -132,7 +134,8 @@ class Run:
                         f"{k}: saved {a!r} vs given {b!r}" for k, (a, b) in diffs.items()
                     )
                     raise ResumeMismatchError(
-                        f"cannot resume {path}: its config differs ({lines}). Resume with the saved "
+                        f"cannot resume {path}: its config differs ({lines}). Resume with the "
+                        "saved "
                         f"settings (drop the differing options) or start a new run with --out."
                     )
             if not allow_finished and run.finished:
@@ -166,7 +169,8 @@ class Run:
                 return candidate
         raise NotARunError(
             f"{self.path} was derived from the run {saved}, which is not found (tried "
-            f"{', '.join(str(t) for t in tried)}); move the parent run back or keep the runs together"
+            f"{', '.join(str(t) for t in tried)}); move the parent run back or keep the runs "
+            "together"
         )
 
     # ---- files ------------------------------------------------------------------------------
@@ -233,7 +237,8 @@ def _make_folder(path: Path) -> None:
         path.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError) as err:
         raise RunFolderError(
-            f"cannot create the run folder {path}: {err.filename or path} is a file; choose another --out"
+            f"cannot create the run folder {path}: {err.filename or path} is a file; choose "
+            "another --out"
         ) from err
     except PermissionError as err:
         raise RunFolderError(

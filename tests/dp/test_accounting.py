@@ -31,7 +31,9 @@ def test_ledger_matches_opacus_fed_step_by_step():
 def test_target_without_extra_releases_is_opacus_get_noise_multiplier():
     q, steps = 256 / 54_000, 2000
     ours = noise_for_target(6.0, 1e-6, sample_rate=q, steps=steps)
-    assert ours == get_noise_multiplier(target_epsilon=6.0, target_delta=1e-6, sample_rate=q, steps=steps, epsilon_tolerance=0.01)  # fmt: skip
+    assert ours == get_noise_multiplier(
+        target_epsilon=6.0, target_delta=1e-6, sample_rate=q, steps=steps, epsilon_tolerance=0.01
+    )
 
 
 def test_target_with_count_releases_spends_the_whole_budget():

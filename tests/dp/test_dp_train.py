@@ -24,7 +24,15 @@ needs_fashion = pytest.mark.skipif(
 
 
 def _cfg(**kw) -> DPConfig:
-    base = dict(data="digits", model="mlp", epochs=2, batch_size=64, noise_multiplier=1.0, delta=1e-4, diag_every=4)  # fmt: skip
+    base = dict(
+        data="digits",
+        model="mlp",
+        epochs=2,
+        batch_size=64,
+        noise_multiplier=1.0,
+        delta=1e-4,
+        diag_every=4,
+    )
     return DPConfig(**(base | kw))
 
 
@@ -50,19 +58,29 @@ def test_every_release_is_accounted(tmp_path):
 
 
 def test_target_epsilon_is_met_with_the_count_releases(tmp_path):
-    run = dp_train(_cfg(method="dpsgd-f", noise_multiplier=None, epsilon=4.0, count_noise=3.0), out=tmp_path / "f", progress=False)  # fmt: skip
+    run = dp_train(
+        _cfg(method="dpsgd-f", noise_multiplier=None, epsilon=4.0, count_noise=3.0),
+        out=tmp_path / "f",
+        progress=False,
+    )
     m = run.metrics
     assert 4.0 - 0.02 <= m["epsilon"] <= 4.0
     assert len(m["releases"]) == 2
 
 
 def test_privacy_cost_against_a_nonprivate_baseline(tmp_path):
-    base = dp_train(_cfg(method="nonprivate", noise_multiplier=None), out=tmp_path / "np", progress=False)  # fmt: skip
-    run = dp_train(_cfg(method="dpsgd", baseline=str(base.path)), out=tmp_path / "dp", progress=False)  # fmt: skip
+    base = dp_train(
+        _cfg(method="nonprivate", noise_multiplier=None), out=tmp_path / "np", progress=False
+    )
+    run = dp_train(
+        _cfg(method="dpsgd", baseline=str(base.path)), out=tmp_path / "dp", progress=False
+    )
     m, b = run.metrics, base.metrics
     for name, cost in m["privacy_cost"].items():
         assert cost == pytest.approx(b["test_groups"][name] - m["test_groups"][name])
-    assert m["privacy_cost_gap"] == pytest.approx(max(m["privacy_cost"].values()) - min(m["privacy_cost"].values()))  # fmt: skip
+    assert m["privacy_cost_gap"] == pytest.approx(
+        max(m["privacy_cost"].values()) - min(m["privacy_cost"].values())
+    )
 
 
 def test_a_killed_run_resumes_to_the_same_model(tmp_path, monkeypatch):
@@ -109,8 +127,24 @@ def test_bad_input_gets_clear_errors(tmp_path, capsys):
 @pytest.mark.slow
 def test_cli_fair_dp_protocol_on_fashion_mnist(tmp_path, capsys):
     """The protocol's data and CNN (class 8 kept at 9 %), one short epoch, ghost path."""
-    args = ["dp-train", "--data", "fashion-mnist", "--limit", "4000", "--keep", "8:0.09", "--epochs", "1",
-            "--method", "global-adapt", "--epsilon", "6", "--out", str(tmp_path / "run"), "--no-progress"]  # fmt: skip
+    args = [
+        "dp-train",
+        "--data",
+        "fashion-mnist",
+        "--limit",
+        "4000",
+        "--keep",
+        "8:0.09",
+        "--epochs",
+        "1",
+        "--method",
+        "global-adapt",
+        "--epsilon",
+        "6",
+        "--out",
+        str(tmp_path / "run"),
+        "--no-progress",
+    ]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "global-adapt: test accuracy" in out

@@ -23,9 +23,14 @@ from pifair.dp.rules import make_rule  # noqa: E402
 def _cnn() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(
-        nn.Conv2d(1, 4, 3), nn.Tanh(), nn.AvgPool2d(2), nn.Flatten(), nn.Linear(4 * 3 * 3, 16),
-        nn.Tanh(), nn.Linear(16, 3),
-    )  # fmt: skip
+        nn.Conv2d(1, 4, 3),
+        nn.Tanh(),
+        nn.AvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(4 * 3 * 3, 16),
+        nn.Tanh(),
+        nn.Linear(16, 3),
+    )
 
 
 def _batch(n: int = 24):
@@ -44,9 +49,12 @@ def _rule(method: str):
 def _hooks_grads(method, model, x, y, g, sigma=0.0, seed=0):
     gsm = GradSampleModule(copy.deepcopy(model))
     opt = FairDPOptimizer(
-        torch.optim.SGD(gsm.parameters(), lr=0.0), rule=_rule(method), noise_multiplier=sigma,
-        expected_batch_size=len(x), count_generator=torch.Generator().manual_seed(seed),
-    )  # fmt: skip
+        torch.optim.SGD(gsm.parameters(), lr=0.0),
+        rule=_rule(method),
+        noise_multiplier=sigma,
+        expected_batch_size=len(x),
+        count_generator=torch.Generator().manual_seed(seed),
+    )
     opt.zero_grad()
     opt.set_groups(g)
     F.cross_entropy(gsm(x), y).backward()
@@ -59,9 +67,21 @@ def test_hooks_path_with_flat_clipping_is_opacus_dpsgd():
     model, (x, y, _) = _cnn(), _batch()
     released = []
     for make in (
-        lambda params: DPOptimizer(torch.optim.SGD(params, lr=0.0), noise_multiplier=0.7, max_grad_norm=0.3, expected_batch_size=len(x), generator=torch.Generator().manual_seed(5)),
-        lambda params: FairDPOptimizer(torch.optim.SGD(params, lr=0.0), rule=_rule("dpsgd"), noise_multiplier=0.7, expected_batch_size=len(x), generator=torch.Generator().manual_seed(5)),
-    ):  # fmt: skip
+        lambda params: DPOptimizer(
+            torch.optim.SGD(params, lr=0.0),
+            noise_multiplier=0.7,
+            max_grad_norm=0.3,
+            expected_batch_size=len(x),
+            generator=torch.Generator().manual_seed(5),
+        ),
+        lambda params: FairDPOptimizer(
+            torch.optim.SGD(params, lr=0.0),
+            rule=_rule("dpsgd"),
+            noise_multiplier=0.7,
+            expected_batch_size=len(x),
+            generator=torch.Generator().manual_seed(5),
+        ),
+    ):
         gsm = GradSampleModule(copy.deepcopy(model))
         opt = make(gsm.parameters())
         F.cross_entropy(gsm(x), y).backward()
@@ -75,11 +95,16 @@ def test_hooks_path_with_flat_clipping_is_opacus_dpsgd():
 def test_ghost_path_agrees_with_the_hooks_path(method):
     model, (x, y, g) = _cnn(), _batch()
     reference, ref_opt = _hooks_grads(method, model, x, y, g)
-    gsm = GradSampleModuleFastGradientClipping(copy.deepcopy(model), max_grad_norm=0.3, use_ghost_clipping=True)  # fmt: skip
+    gsm = GradSampleModuleFastGradientClipping(
+        copy.deepcopy(model), max_grad_norm=0.3, use_ghost_clipping=True
+    )
     opt = FairDPOptimizerFast(
-        torch.optim.SGD(gsm.parameters(), lr=0.0), rule=_rule(method), noise_multiplier=0.0,
-        expected_batch_size=len(x), count_generator=torch.Generator().manual_seed(0),
-    )  # fmt: skip
+        torch.optim.SGD(gsm.parameters(), lr=0.0),
+        rule=_rule(method),
+        noise_multiplier=0.0,
+        expected_batch_size=len(x),
+        count_generator=torch.Generator().manual_seed(0),
+    )
     opt.zero_grad()
     opt.set_groups(g)
     ghost_backward(gsm, opt, F.cross_entropy(gsm(x), y, reduction="none"))
@@ -98,10 +123,13 @@ def test_noise_std_is_sigma_times_the_sensitivity_over_the_batch(method):
     model = nn.Linear(100, 100)
     gsm = GradSampleModuleFastGradientClipping(model, max_grad_norm=1.0)
     opt = FairDPOptimizerFast(
-        torch.optim.SGD(gsm.parameters(), lr=0.0), rule=make_rule(method, clip=1.0, count_noise=1.0, num_groups=2),
-        noise_multiplier=1.5, expected_batch_size=32, generator=torch.Generator().manual_seed(0),
+        torch.optim.SGD(gsm.parameters(), lr=0.0),
+        rule=make_rule(method, clip=1.0, count_noise=1.0, num_groups=2),
+        noise_multiplier=1.5,
+        expected_batch_size=32,
+        generator=torch.Generator().manual_seed(0),
         count_generator=torch.Generator().manual_seed(0),
-    )  # fmt: skip
+    )
     x = torch.randn(32, 100)
     opt.zero_grad()
     opt.set_groups(torch.randint(0, 2, (32,)))

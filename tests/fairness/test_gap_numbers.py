@@ -15,15 +15,34 @@ from pifair.workflows.fairness import _summarise
 
 
 def _group(g: int, drop: float, minority: bool, count: int = 10) -> GroupAudit:
-    return GroupAudit(group=g, name=str(g), count=count, minority=minority, dense_accuracy=0.9, reduced_accuracy=0.9 - drop,
-                      drop=drop, dense_loss=0.0, reduced_loss=0.0, dense_margin=0.0, reduced_margin=0.0,
-                      dense_grad_norm=None, reduced_grad_norm=None)  # fmt: skip
+    return GroupAudit(
+        group=g,
+        name=str(g),
+        count=count,
+        minority=minority,
+        dense_accuracy=0.9,
+        reduced_accuracy=0.9 - drop,
+        drop=drop,
+        dense_loss=0.0,
+        reduced_loss=0.0,
+        dense_margin=0.0,
+        reduced_margin=0.0,
+        dense_grad_norm=None,
+        reduced_grad_norm=None,
+    )
 
 
 def _pair(drops: list[float], minority: set[int], counts: list[int] | None = None) -> PairAudit:
     counts = counts or [10] * len(drops)
     groups = [_group(g, d, g in minority, c) for g, (d, c) in enumerate(zip(drops, counts))]
-    return PairAudit(name="p", relus=100, dense_relus=1000, dense_accuracy=0.9, reduced_accuracy=0.85, groups=groups)  # fmt: skip
+    return PairAudit(
+        name="p",
+        relus=100,
+        dense_relus=1000,
+        dense_accuracy=0.9,
+        reduced_accuracy=0.85,
+        groups=groups,
+    )
 
 
 def test_gap_is_minority_mean_drop_minus_majority_mean_drop():

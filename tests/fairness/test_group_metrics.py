@@ -10,7 +10,8 @@ def test_per_group_accuracy_matches_a_hand_count():
     groups = np.array([0, 0, 0, 1, 1, 1, 2, 2])
     losses = np.array([1.0, 2, 3, 4, 5, 6, 7, 8])
     r = group_report(y_true, y_pred, groups, ["a", "b", "c", "absent"], losses=losses)
-    # group a: samples 0,1,2 -> correct 0,2 -> 2/3; b: 3,4,5 -> correct 3,5 -> 2/3; c: 6,7 -> correct 7 -> 1/2
+    # group a: samples 0,1,2 -> correct 0,2 -> 2/3; b: 3,4,5 -> correct 3,5 -> 2/3;
+    # c: 6,7 -> correct 7 -> 1/2
     assert [g.name for g in r.groups] == ["a", "b", "c"]
     assert [g.count for g in r.groups] == [3, 3, 2]
     assert [g.accuracy for g in r.groups] == pytest.approx([2 / 3, 2 / 3, 1 / 2])

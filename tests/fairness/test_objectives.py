@@ -44,8 +44,12 @@ def imbalanced():
 def teacher(imbalanced):
     torch.manual_seed(0)
     model = create_model("lenet", num_classes=10, input_shape=(1, 8, 8))
-    fit(model, imbalanced, LoopSettings(epochs=2, batch_size=64, lr=0.05, progress=False),
-        loss_fn=lambda logits, y, x, g: F.cross_entropy(logits, y))  # fmt: skip
+    fit(
+        model,
+        imbalanced,
+        LoopSettings(epochs=2, batch_size=64, lr=0.05, progress=False),
+        loss_fn=lambda logits, y, x, g: F.cross_entropy(logits, y),
+    )
     return model.eval()
 
 
@@ -145,9 +149,14 @@ def test_fit_keeps_the_epoch_with_the_best_score(digits):
     torch.manual_seed(0)
     model = create_model("mlp", num_classes=10, input_shape=(1, 8, 8))
     scores = iter([0.1, 0.9, 0.5])
-    history = fit(model, digits, LoopSettings(epochs=3, batch_size=64, lr=0.05, progress=False),
-                  loss_fn=lambda logits, y, x, g: F.cross_entropy(logits, y), select_best=True,
-                  select_score=lambda report: next(scores))  # fmt: skip
+    history = fit(
+        model,
+        digits,
+        LoopSettings(epochs=3, batch_size=64, lr=0.05, progress=False),
+        loss_fn=lambda logits, y, x, g: F.cross_entropy(logits, y),
+        select_best=True,
+        select_score=lambda report: next(scores),
+    )
     assert [h["val_score"] for h in history] == [0.1, 0.9, 0.5]
     assert [h["selected"] for h in history] == [False, True, False]
 
@@ -172,8 +181,14 @@ def test_fairness_inside_the_mask_search(imbalanced, teacher):
     search = SearchSettings(
         max_epochs=2, objective="group-dro", harden_epochs=0.5, lambda_init=1e-3
     )
-    results = linearize_many(teacher, imbalanced, [300], search=search, progress=False,
-                             finetune=FinetuneSettings(epochs=1, select_by="fair"))  # fmt: skip
+    results = linearize_many(
+        teacher,
+        imbalanced,
+        [300],
+        search=search,
+        progress=False,
+        finetune=FinetuneSettings(epochs=1, select_by="fair"),
+    )
     result = results[300]
     assert result.relus == 300
     weights = result.search["history"][-1]["group_weights"]

@@ -32,8 +32,12 @@ def dense(digits):
     model = create_model("lenet", num_classes=10, input_shape=SHAPE)
     from pifair.training import LoopSettings, fit
 
-    fit(model, digits, LoopSettings(epochs=3, batch_size=64, lr=0.05, progress=False),
-        loss_fn=lambda logits, y, x, g: torch.nn.functional.cross_entropy(logits, y))  # fmt: skip
+    fit(
+        model,
+        digits,
+        LoopSettings(epochs=3, batch_size=64, lr=0.05, progress=False),
+        loss_fn=lambda logits, y, x, g: torch.nn.functional.cross_entropy(logits, y),
+    )
     return model.eval()
 
 
@@ -49,13 +53,22 @@ def conv_only(digits):
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(
-        torch.nn.Conv2d(1, 8, 3, 1, 1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
-        torch.nn.Conv2d(8, 8, 3, 2, 1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
-        torch.nn.Flatten(), torch.nn.Linear(8 * 16, 10),
-    )  # fmt: skip
+        torch.nn.Conv2d(1, 8, 3, 1, 1),
+        torch.nn.BatchNorm2d(8),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 8, 3, 2, 1),
+        torch.nn.BatchNorm2d(8),
+        torch.nn.ReLU(),
+        torch.nn.Flatten(),
+        torch.nn.Linear(8 * 16, 10),
+    )
     replace_activations(model)
-    fit(model, digits, LoopSettings(epochs=2, batch_size=64, lr=0.05, progress=False),
-        loss_fn=lambda logits, y, x, g: torch.nn.functional.cross_entropy(logits, y))  # fmt: skip
+    fit(
+        model,
+        digits,
+        LoopSettings(epochs=2, batch_size=64, lr=0.05, progress=False),
+        loss_fn=lambda logits, y, x, g: torch.nn.functional.cross_entropy(logits, y),
+    )
     return model.eval()
 
 
@@ -67,8 +80,15 @@ def test_snl_channelwise_end_to_end_at_budgets_no_channel_sum_reaches(
     288), and 40 is one the 2-epoch search does not reach (it keeps 32)."""
     sizes = [64] * 8 + [16] * 8
     search = replace(SEARCH, harden_epochs=harden_epochs)
-    results = linearize_many(conv_only, digits, [300, 40], granularity="channel", search=search,
-                             finetune=FinetuneSettings(epochs=1, batch_size=64), progress=False)  # fmt: skip
+    results = linearize_many(
+        conv_only,
+        digits,
+        [300, 40],
+        granularity="channel",
+        search=search,
+        finetune=FinetuneSettings(epochs=1, batch_size=64),
+        progress=False,
+    )
     assert {b: r.relus for b, r in results.items()} == {300: 288, 40: 32}
     for b, result in results.items():
         assert result.relus == _kept(result) == largest_reachable(sizes, b)
@@ -90,8 +110,15 @@ def test_hardening_keeps_the_exact_budget_at_every_refresh(dense, digits, granul
 
     monkeypatch.setattr(harden_module, "_refresh", spy)
     budget = 300
-    (result,) = linearize_many(dense, digits, [budget], granularity=granularity, search=HARD,
-                               finetune=NO_FINETUNE, progress=False).values()  # fmt: skip
+    (result,) = linearize_many(
+        dense,
+        digits,
+        [budget],
+        granularity=granularity,
+        search=HARD,
+        finetune=NO_FINETUNE,
+        progress=False,
+    ).values()
     want = budget if granularity == "pixel" else largest_reachable(CHANNEL_SIZES, budget)
     steps = len(digits.train.y) // HARD.batch_size
     assert len(seen) == 1 + (steps - 1) // HARD.harden_refresh  # refreshed every 3 steps
@@ -117,7 +144,9 @@ def test_the_binarized_model_is_the_hardened_one(dense, digits, monkeypatch):
 
     monkeypatch.setattr(lin, "harden", keep)
     finetune = replace(NO_FINETUNE, recalibrate_bn=False)
-    (result,) = linearize_many(dense, digits, [250], search=HARD, finetune=finetune, progress=False).values()  # fmt: skip
+    (result,) = linearize_many(
+        dense, digits, [250], search=HARD, finetune=finetune, progress=False
+    ).values()
     hardened = captured["model"].eval()
     for name, site in iter_sites(hardened):
         assert isinstance(site, SNLSite) and site.hard_mask is None  # left soft
@@ -131,12 +160,21 @@ def test_the_binarized_model_is_the_hardened_one(dense, digits, monkeypatch):
 
 def test_progressive_binarization_ends_at_the_budget(dense, digits):
     search = replace(HARD, harden_mode="progressive")
-    (result,) = linearize_many(dense, digits, [120], search=search, finetune=NO_FINETUNE, progress=False).values()  # fmt: skip
+    (result,) = linearize_many(
+        dense, digits, [120], search=search, finetune=NO_FINETUNE, progress=False
+    ).values()
     assert result.relus == _kept(result) == 120 and "progressive" in result.binarize
 
 
 def test_soft_binarized_and_final_accuracies_are_reported(dense, digits):
-    (result,) = linearize_many(dense, digits, [300], search=HARD, finetune=FinetuneSettings(epochs=1, batch_size=64), progress=False).values()  # fmt: skip
+    (result,) = linearize_many(
+        dense,
+        digits,
+        [300],
+        search=HARD,
+        finetune=FinetuneSettings(epochs=1, batch_size=64),
+        progress=False,
+    ).values()
     for value in (result.val_accuracy_soft, result.val_accuracy_before_finetune):
         assert 0.0 <= value <= 1.0
     assert result.seconds["harden"] > 0
@@ -151,7 +189,9 @@ def test_sensitivity_allocation_sums_to_the_budget_and_follows_sensitivity():
     assert allocate_by_sensitivity({"a": 0, "b": 0, "c": 0}, sizes, 210) == sizes
     with pytest.raises(BudgetError):
         allocate_by_sensitivity({"a": 1.0}, {"a": 5}, 6)
-    masks = select_pixels_per_site({"a": torch.arange(100.0), "b": torch.zeros(100), "c": torch.ones(10)}, counts)  # fmt: skip
+    masks = select_pixels_per_site(
+        {"a": torch.arange(100.0), "b": torch.zeros(100), "c": torch.ones(10)}, counts
+    )
     assert {n: int(m.sum()) for n, m in masks.items()} == counts
     assert masks["a"][-counts["a"] :].all()  # the highest scores of the site
 
@@ -160,12 +200,22 @@ def test_sensitivity_is_measured_per_site_and_used(dense, digits):
     sens = relu_sensitivity(dense, digits, device=torch.device("cpu"), batches=2)
     assert set(sens) == {n for n, _ in iter_sites(dense)} and all(v > 0 for v in sens.values())
     search = replace(SEARCH, allocation="sensitivity")
-    (result,) = linearize_many(dense, digits, [400], search=search, finetune=NO_FINETUNE, progress=False).values()  # fmt: skip
+    (result,) = linearize_many(
+        dense, digits, [400], search=search, finetune=NO_FINETUNE, progress=False
+    ).values()
     assert result.relus == _kept(result) == 400 and sum(result.site_budgets.values()) == 400
     per_site = {n: s.relu_count() for n, s in iter_sites(result.model)}
     assert per_site == result.site_budgets
     with pytest.raises(ConfigError, match="pixel-wise only"):
-        linearize_many(dense, digits, [400], granularity="channel", search=search, finetune=NO_FINETUNE, progress=False)  # fmt: skip
+        linearize_many(
+            dense,
+            digits,
+            [400],
+            granularity="channel",
+            search=search,
+            finetune=NO_FINETUNE,
+            progress=False,
+        )
 
 
 def test_budget_driven_lambda_grows_with_the_distance_only():
@@ -184,13 +234,17 @@ def test_the_model_before_fine_tuning_is_kept_when_validation_prefers_it(dense, 
     wreck = FinetuneSettings(
         epochs=1, batch_size=64, lr=2.0, weight_decay=0.5, start_candidate=True
     )
-    (kept,) = linearize_many(dense, digits, [300], search=HARD, finetune=wreck, progress=False).values()  # fmt: skip
+    (kept,) = linearize_many(
+        dense, digits, [300], search=HARD, finetune=wreck, progress=False
+    ).values()
     assert kept.kept_before_finetune and not any(h["selected"] for h in kept.history)
     assert evaluate(kept.model, digits, "val").accuracy == pytest.approx(
         kept.val_accuracy_before_finetune
     )
     assert kept.history[0]["val_accuracy"] < kept.val_accuracy_before_finetune
     wreck_only = replace(wreck, start_candidate=False)
-    (lost,) = linearize_many(dense, digits, [300], search=HARD, finetune=wreck_only, progress=False).values()  # fmt: skip
+    (lost,) = linearize_many(
+        dense, digits, [300], search=HARD, finetune=wreck_only, progress=False
+    ).values()
     assert not lost.kept_before_finetune
     assert evaluate(lost.model, digits, "val").accuracy < kept.val_accuracy_before_finetune

@@ -27,8 +27,12 @@ def dense(digits):
     model = create_model("lenet", num_classes=10, input_shape=(1, 8, 8))
     from pifair.training import LoopSettings, fit
 
-    fit(model, digits, LoopSettings(epochs=3, batch_size=64, lr=0.05, progress=False),
-        loss_fn=lambda logits, y, x, g: torch.nn.functional.cross_entropy(logits, y))  # fmt: skip
+    fit(
+        model,
+        digits,
+        LoopSettings(epochs=3, batch_size=64, lr=0.05, progress=False),
+        loss_fn=lambda logits, y, x, g: torch.nn.functional.cross_entropy(logits, y),
+    )
     return model.eval()
 
 
@@ -64,9 +68,11 @@ def test_selection_and_fine_tuning_never_read_the_test_split(dense, digits, hard
     whatever the test split holds."""
     search = replace(SEARCH, harden_epochs=harden_epochs, allocation="sensitivity")
     torch.manual_seed(0)
-    a = linearize_many(dense, digits, [150], search=search, finetune=FINETUNE, progress=False)[150]  # fmt: skip
+    a = linearize_many(dense, digits, [150], search=search, finetune=FINETUNE, progress=False)[150]
     torch.manual_seed(0)
-    b = linearize_many(dense, _scrambled_test(digits), [150], search=search, finetune=FINETUNE, progress=False)[150]  # fmt: skip
+    b = linearize_many(
+        dense, _scrambled_test(digits), [150], search=search, finetune=FINETUNE, progress=False
+    )[150]
     assert [h["selected"] for h in a.history].count(True) == 1
     for (k, p), q in zip(a.model.state_dict().items(), b.model.state_dict().values(), strict=True):
         assert torch.equal(p, q), k
@@ -81,7 +87,14 @@ def test_a_sweep_runs_one_search_for_all_its_budgets(dense, digits, monkeypatch)
         return real(*args, **kwargs)
 
     monkeypatch.setattr(lin, "snl_search", counted)
-    results = linearize_many(dense, digits, [100, 300], search=SEARCH, finetune=replace(FINETUNE, epochs=0), progress=False)  # fmt: skip
+    results = linearize_many(
+        dense,
+        digits,
+        [100, 300],
+        search=SEARCH,
+        finetune=replace(FINETUNE, epochs=0),
+        progress=False,
+    )
     assert calls == [[100, 300]]
     assert {b: r.relus for b, r in results.items()} == {100: 100, 300: 300}
 
@@ -106,8 +119,15 @@ def test_reference_binarizes_by_snl_threshold(dense, digits, monkeypatch):
 
     monkeypatch.setattr(lin, "snl_search", reached_search)
     search = replace(SEARCH, max_epochs=1)
-    (result,) = linearize_many(dense, digits, [1600], search=search, finetune=replace(FINETUNE, epochs=0),
-                               reference=True, progress=False).values()  # fmt: skip
+    (result,) = linearize_many(
+        dense,
+        digits,
+        [1600],
+        search=search,
+        finetune=replace(FINETUNE, epochs=0),
+        reference=True,
+        progress=False,
+    ).values()
     snapshot = seen["snapshot"]
     assert result.binarize == "threshold a > 0.01"
     masks = {n: s.mask for n, s in iter_sites(result.model) if isinstance(s, MaskedReLU)}
@@ -118,6 +138,7 @@ def test_reference_binarizes_by_snl_threshold(dense, digits, monkeypatch):
     assert result.relus == snapshot.count < 1600
     # pifair's default on the same search state: exactly the budget (top-k)
     monkeypatch.setattr(lin, "snl_search", reached_search)
-    (exact,) = linearize_many(dense, digits, [1100], search=search, finetune=replace(FINETUNE, epochs=0),
-                              progress=False).values()  # fmt: skip
+    (exact,) = linearize_many(
+        dense, digits, [1100], search=search, finetune=replace(FINETUNE, epochs=0), progress=False
+    ).values()
     assert exact.relus == 1100 and exact.binarize.endswith("top-k")

@@ -25,7 +25,9 @@ pytestmark = pytest.mark.he
 
 def _poly_cnn(granularity: str = "element") -> nn.Module:
     torch.manual_seed(0)
-    model = create_model("he_cnn", num_classes=10, input_shape=(1, 8, 8), channels=2, hidden=6).eval()  # fmt: skip
+    model = create_model(
+        "he_cnn", num_classes=10, input_shape=(1, 8, 8), channels=2, hidden=6
+    ).eval()
     count_relus(model, (1, 8, 8))
     replace_activations(model, lambda n, s: PolyAct(2, granularity, s.feature_shape))
     for m in model.modules():

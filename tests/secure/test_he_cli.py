@@ -16,13 +16,52 @@ pytestmark = [pytest.mark.he, pytest.mark.slow]
 
 
 def test_polyfit_then_encrypted_inference_matches_plaintext(tmp_path, capsys):
-    dense = train(TrainConfig(data="digits", model="he_cnn", epochs=3, lr=0.05, batch_size=64), out=tmp_path / "dense", progress=False)  # fmt: skip
+    dense = train(
+        TrainConfig(data="digits", model="he_cnn", epochs=3, lr=0.05, batch_size=64),
+        out=tmp_path / "dense",
+        progress=False,
+    )
     assert main(["he-infer", "--from", str(dense.path), "--out", str(tmp_path / "refused")]) == 2
     assert "is a ReLU" in capsys.readouterr().err
     poly = tmp_path / "poly"
-    assert main(["polyfit", "--from", str(dense.path), "--finetune-epochs", "2", "--batch-size", "64", "--out", str(poly), "--no-progress"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "polyfit",
+                "--from",
+                str(dense.path),
+                "--finetune-epochs",
+                "2",
+                "--batch-size",
+                "64",
+                "--out",
+                str(poly),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     out = tmp_path / "he"
-    assert main(["he-infer", "--from", str(poly), "--batch", "20", "--images", "40", "--workers", "2", "--compare-images", "2", "--out", str(out)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "he-infer",
+                "--from",
+                str(poly),
+                "--batch",
+                "20",
+                "--images",
+                "40",
+                "--workers",
+                "2",
+                "--compare-images",
+                "2",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     m = Run.open(out).metrics
     assert m["batches"] == 2 and m["images"] == 40
     assert m["argmax_agreement"] == 1.0 and m["encrypted_accuracy"] == m["plaintext_accuracy"]

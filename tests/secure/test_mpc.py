@@ -83,7 +83,9 @@ def test_residual_model_and_polynomials_export():
     resnet = create_model("resnet18", num_classes=10, input_shape=(3, 8, 8)).eval()
     exported = export_model(resnet, (3, 8, 8))
     assert exported.comparisons == count_relus(resnet, (3, 8, 8)).total
-    poly = create_model("he_cnn", num_classes=10, input_shape=(1, 8, 8), channels=2, hidden=6).eval()  # fmt: skip
+    poly = create_model(
+        "he_cnn", num_classes=10, input_shape=(1, 8, 8), channels=2, hidden=6
+    ).eval()
     count_relus(poly, (1, 8, 8))
     replace_activations(poly, lambda n, s: PolyAct(2, "channel", s.feature_shape))
     assert export_model(poly, (1, 8, 8)).comparisons == 0
@@ -91,7 +93,9 @@ def test_residual_model_and_polynomials_export():
 
 def test_layers_mpc_cannot_run_are_named():
     tanh = create_model("fairdp_cnn", num_classes=10, input_shape=(1, 28, 28), act_layer="tanh")
-    with pytest.raises(UnsupportedLayerError, match=r"site 'act1' \(DenseTanh\) has no exact MPC form"):  # fmt: skip
+    with pytest.raises(
+        UnsupportedLayerError, match=r"site 'act1' \(DenseTanh\) has no exact MPC form"
+    ):
         export_model(tanh, (1, 28, 28))
     upsample = nn.Sequential(nn.Conv2d(1, 2, 3), DenseReLU(), nn.Upsample(scale_factor=2))
     with pytest.raises(UnsupportedLayerError, match=r"layer '2' \(Upsample\) cannot be exported"):
@@ -111,7 +115,9 @@ def test_small_cnn_under_mpc_agrees_with_plaintext(digits, protocol, tmp_path):
     model = _reduced_lenet()
     exported = export_model(model, (1, 8, 8))
     x = digits.normalize(digits.test.x[:3]).float()
-    results = run_in_threads(exported, x.numpy(), MPCSettings(protocol=protocol, batch=2), log_path=tmp_path / "spu.log")  # fmt: skip
+    results = run_in_threads(
+        exported, x.numpy(), MPCSettings(protocol=protocol, batch=2), log_path=tmp_path / "spu.log"
+    )
     assert len(results) == (3 if protocol == "aby3" else 2)
     client = next(r for r in results if r.rank == 1)
     with torch.no_grad():
@@ -128,7 +134,9 @@ def test_a_failing_party_stops_the_run_with_its_error(tmp_path):
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 4)).eval()
     images = np.zeros((2, 1, 6, 6), np.float32)  # the model takes 1x8x8
     with pytest.raises(ValueError, match=r"shape \(1, 6, 6\) but the model takes \(1, 8, 8\)"):
-        run_in_threads(export_model(model, (1, 8, 8)), images, MPCSettings(), log_path=tmp_path / "spu.log")  # fmt: skip
+        run_in_threads(
+            export_model(model, (1, 8, 8)), images, MPCSettings(), log_path=tmp_path / "spu.log"
+        )
 
 
 def test_parties_started_with_different_settings_are_refused():
@@ -138,7 +146,9 @@ def test_parties_started_with_different_settings_are_refused():
     def party(rank: int, settings: MPCSettings) -> None:
         link = make_link(None, rank, world=2, world_id=f"mismatch-{id(errors)}")
         try:
-            run_party(rank, link, settings, program=model, images=np.zeros((1, 1, 8, 8), np.float32))  # fmt: skip
+            run_party(
+                rank, link, settings, program=model, images=np.zeros((1, 1, 8, 8), np.float32)
+            )
         except ValueError as err:
             errors[rank] = err
 
@@ -151,7 +161,9 @@ def test_parties_started_with_different_settings_are_refused():
 
 def _one_site(mask: torch.Tensor) -> nn.Module:
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), MaskedReLU(mask), nn.Flatten(), nn.Linear(16 * 16 * 16, 4))  # fmt: skip
+    model = nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1), MaskedReLU(mask), nn.Flatten(), nn.Linear(16 * 16 * 16, 4)
+    )
     model[1].feature_shape = (16, 16, 16)
     return model.eval()
 
@@ -163,26 +175,43 @@ def test_comparison_bytes_follow_the_kept_count_not_the_full_count(tmp_path):
     x = np.random.default_rng(0).standard_normal((2, 1, 16, 16)).astype(np.float32)
     measured = {}
     for name, mask in [("dense", dense), ("tenth", tenth)]:
-        results = run_in_threads(export_model(_one_site(mask), (1, 16, 16)), x, MPCSettings(), log_path=tmp_path / f"{name}.log")  # fmt: skip
+        results = run_in_threads(
+            export_model(_one_site(mask), (1, 16, 16)),
+            x,
+            MPCSettings(),
+            log_path=tmp_path / f"{name}.log",
+        )
         measured[name] = results[0].total.by_category()["comparison"]["bytes"]
     kept = int(tenth.sum()) / tenth.numel()
     ratio = measured["tenth"] / measured["dense"]
     assert abs(ratio - kept) <= 0.15 * kept, (ratio, kept)
 
 
-SPU_LOG = """\
-2026-11-26 01:40:28.027 [info] [api.cc:printProfilingData:220] HLO profiling: total time 3.1
-2026-11-26 01:40:28.027 [info] [api.cc:printProfilingData:223] - pphlo.dot, executed 1 times, duration 1.5s, send bytes 100 recv bytes 90, send actions 4, recv actions 3
-2026-11-26 01:40:28.027 [info] [api.cc:printProfilingData:223] - pphlo.less, executed 2 times, duration 0.5s, send bytes 40 recv bytes 60, send actions 6, recv actions 7
-2026-11-26 01:40:28.027 [info] [api.cc:printProfilingData:223] - pphlo.custom_call: spu.gather, executed 2 times, duration 0.001s, send bytes 0 recv bytes 0, send actions 0, recv actions 0
-2026-11-26 01:40:28.027 [info] [api.cc:printProfilingData:220] HAL profiling: total time 3.1
-2026-11-26 01:40:28.027 [info] [api.cc:printProfilingData:223] - f_mmul, executed 1 times, duration 1.5s, send bytes 100 recv bytes 90, send actions 4, recv actions 3
-2026-11-26 01:40:28.027 [info] [api.cc:printProfilingData:233] Link details: total send bytes 140, recv bytes 150, send actions 10, recv actions 10
-"""
+# SPU's profile as it writes it (the prefix of every line is the same)
+_SPU_PREFIX = "2026-11-26 01:40:28.027 [info] [api.cc:printProfilingData:"
+SPU_LOG = "".join(
+    _SPU_PREFIX + line + "\n"
+    for line in [
+        "220] HLO profiling: total time 3.1",
+        "223] - pphlo.dot, executed 1 times, duration 1.5s, send bytes 100 recv bytes 90, send "
+        "actions 4, recv actions 3",
+        "223] - pphlo.less, executed 2 times, duration 0.5s, send bytes 40 recv bytes 60, send "
+        "actions 6, recv actions 7",
+        "223] - pphlo.custom_call: spu.gather, executed 2 times, duration 0.001s, send bytes 0 "
+        "recv bytes 0, send actions 0, recv actions 0",
+        "220] HAL profiling: total time 3.1",
+        "223] - f_mmul, executed 1 times, duration 1.5s, send bytes 100 recv bytes 90, send "
+        "actions 4, recv actions 3",
+        "233] Link details: total send bytes 140, recv bytes 150, send actions 10, recv actions 10",
+    ]
+)
 
 
 def test_profile_is_parsed_per_op_and_per_category():
-    p = parse_profile("older run ... Link details: total send bytes 1, recv bytes 1, send actions 1, recv actions 1\n" + SPU_LOG)  # fmt: skip
+    p = parse_profile(
+        "older run ... Link details: total send bytes 1, recv bytes 1, send actions 1, recv "
+        "actions 1\n" + SPU_LOG
+    )
     assert set(p.ops) == {
         "pphlo.dot",
         "pphlo.less",

@@ -18,12 +18,31 @@ pytestmark = [pytest.mark.mpc, pytest.mark.slow]
 @pytest.fixture(scope="module")
 def dense_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("mpc") / "dense"
-    return train(TrainConfig(data="digits", model="lenet", epochs=2, lr=0.05, batch_size=64), out=out, progress=False).path  # fmt: skip
+    return train(
+        TrainConfig(data="digits", model="lenet", epochs=2, lr=0.05, batch_size=64),
+        out=out,
+        progress=False,
+    ).path
 
 
 def test_two_processes_on_loopback_agree_with_plaintext(dense_run, tmp_path, capsys):
     out = tmp_path / "proc"
-    assert main(["mpc-infer", "--from", str(dense_run), "--images", "2", "--parties", "processes", "--out", str(out)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "mpc-infer",
+                "--from",
+                str(dense_run),
+                "--images",
+                "2",
+                "--parties",
+                "processes",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     m = Run.open(out).metrics
     assert m["argmax_agreement"] == 1.0 and m["max_relative_error"] < 2e-3
     assert m["placement"].startswith("one process per party")
@@ -38,11 +57,41 @@ def test_two_processes_on_loopback_agree_with_plaintext(dense_run, tmp_path, cap
 
 def test_threads_and_clear_errors(dense_run, tmp_path, capsys):
     out = tmp_path / "threads"
-    assert main(["mpc-infer", "--from", str(dense_run), "--images", "1", "--protocol", "semi2k", "--out", str(out)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "mpc-infer",
+                "--from",
+                str(dense_run),
+                "--images",
+                "1",
+                "--protocol",
+                "semi2k",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     m = Run.open(out).metrics
     assert m["argmax_agreement"] == 1.0 and "TRUSTED FIRST PARTY" in m["security"]
     assert m["parties"][1]["derived_from"] == "server's link totals"
     capsys.readouterr()
-    assert main(["mpc-infer", "--from", str(dense_run), "--parties", "127.0.0.1:1,127.0.0.1:2", "--out", str(tmp_path / "x")]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                "mpc-infer",
+                "--from",
+                str(dense_run),
+                "--parties",
+                "127.0.0.1:1,127.0.0.1:2",
+                "--out",
+                str(tmp_path / "x"),
+            ]
+        )
+        == 2
+    )
     assert "needs --rank" in capsys.readouterr().err
-    assert main(["mpc-infer", "--from", str(tmp_path / "missing"), "--out", str(tmp_path / "y")]) == 2  # fmt: skip
+    assert (
+        main(["mpc-infer", "--from", str(tmp_path / "missing"), "--out", str(tmp_path / "y")]) == 2
+    )

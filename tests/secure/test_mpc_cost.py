@@ -28,7 +28,9 @@ def test_delphi_costs_are_per_relu_and_split_over_cores():
     est = DELPHI.estimate(1000)
     assert est["offline_bytes"] == pytest.approx(1000 * 17.07 * 1024)
     assert est["online_bytes"] == pytest.approx(1000 * 1.18 * 1024)
-    assert est["offline_seconds"] == pytest.approx(0.104) and est["online_seconds"] == pytest.approx(0.054)  # fmt: skip
+    assert est["offline_seconds"] == pytest.approx(0.104) and est[
+        "online_seconds"
+    ] == pytest.approx(0.054)
     assert DELPHI.estimate(1000, cores=4)["online_seconds"] == pytest.approx(0.054 / 4)
     with pytest.raises(ValueError, match="relus must be >= 0"):
         DELPHI.estimate(-1)
@@ -38,12 +40,21 @@ def test_linear_work_matches_a_hand_count():
     model = nn.Sequential(nn.Conv2d(1, 2, 3), DenseReLU(), nn.Flatten(), nn.Linear(18, 4))
     work = linear_work(model, (1, 5, 5))
     # conv: 2x3x3 outputs of 9 MACs each; linear: 18 x 4
-    assert work == LinearWork(macs=18 * 9 + 72, io_elements=(25 + 18) + (18 + 4), weights=18 + 72, layers=2)  # fmt: skip
+    assert work == LinearWork(
+        macs=18 * 9 + 72, io_elements=(25 + 18) + (18 + 4), weights=18 + 72, layers=2
+    )
 
 
 def _per_image(cmp: float, mul: float, lin: float, seconds: float = 1.0) -> dict:
-    cats = {"comparison": (cmp, seconds), "multiplication": (mul, seconds), "linear": (lin, seconds), "data movement": (0, 0)}  # fmt: skip
-    return {"by_category": {k: {"bytes": b, "seconds": s, "messages": 0} for k, (b, s) in cats.items()}}  # fmt: skip
+    cats = {
+        "comparison": (cmp, seconds),
+        "multiplication": (mul, seconds),
+        "linear": (lin, seconds),
+        "data movement": (0, 0),
+    }
+    return {
+        "by_category": {k: {"bytes": b, "seconds": s, "messages": 0} for k, (b, s) in cats.items()}
+    }
 
 
 def test_cheetah_fit_recovers_per_comparison_costs_and_reproduces_its_samples():
@@ -55,7 +66,9 @@ def test_cheetah_fit_recovers_per_comparison_costs_and_reproduces_its_samples():
     ]
     model = CheetahModel.fit(samples, {"machine": "test"})
     assert model.bytes_per_comparison == pytest.approx(80.0)
-    assert model.bytes_per_mux == pytest.approx(17.0) and model.bytes_per_poly_product == pytest.approx(300.0)  # fmt: skip
+    assert model.bytes_per_mux == pytest.approx(
+        17.0
+    ) and model.bytes_per_poly_product == pytest.approx(300.0)
     for row in model.check(samples):
         assert row["estimated_bytes"] == pytest.approx(row["measured_bytes"], rel=1e-6)
     assert math.isnan(CheetahModel.fit(samples[:1]).bytes_per_poly_product)  # nothing to fit it on

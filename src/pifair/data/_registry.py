@@ -182,7 +182,8 @@ def load_dataset(
         raise ConfigError(f"limit must be >= 10 samples (or unset for all), got {limit}")
     if data_dir is not None and not Path(data_dir).expanduser().exists() and not download:
         raise DataNotFoundError(
-            f"data directory {data_dir} does not exist; pass an existing --data-dir for {name!r} (or leave it out to use the default places)"
+            f"data directory {data_dir} does not exist; pass an existing --data-dir for {name!r} "
+            "(or leave it out to use the default places)"
         )
     raw = _DATASETS[name].loader(data_dir, download, limit)
     if group_by == "class":
@@ -197,7 +198,8 @@ def load_dataset(
         )
     else:
         raise ConfigError(
-            f"data set {name!r} has no group column {group_by!r}; choose one of {['class', *raw.group_columns]}"
+            f"data set {name!r} has no group column {group_by!r}; choose one of "
+            f"{['class', *raw.group_columns]}"
         )
     info: dict = {"source": raw.source}
     if keep:
@@ -213,6 +215,15 @@ def load_dataset(
             f"{len(test)} test samples; keep a fraction > 0 of some class or raise the limit"
         )
     return Dataset(
-        name=name, train=train, val=val, test=test, classes=list(raw.classes), group_names=group_names,
-        group_by=group_by, mean=raw.mean, std=raw.std, augment=raw.augment, info=info,
-    )  # fmt: skip
+        name=name,
+        train=train,
+        val=val,
+        test=test,
+        classes=list(raw.classes),
+        group_names=group_names,
+        group_by=group_by,
+        mean=raw.mean,
+        std=raw.std,
+        augment=raw.augment,
+        info=info,
+    )

@@ -99,10 +99,12 @@ def load_fashion_mnist_arrays(
             datasets.FashionMNIST(str(root), train=train, download=True)
         folder = _fashion_dir(root)
     if folder is None:
+        roots = search_roots(data_dir) if data_dir else [FASHION_DEBIAN_DIR, *search_roots()]
         raise DataNotFoundError(
             "Fashion-MNIST not found. Looked for train-images-idx3-ubyte(.gz) in "
-            f"{[str(r) for r in (search_roots(data_dir) if data_dir else [FASHION_DEBIAN_DIR, *search_roots()])]}. "
-            "Install it with 'apt-get install -y dataset-fashion-mnist' (as root; 'make data' does it), "
+            f"{[str(r) for r in roots]}. "
+            "Install it with 'apt-get install -y dataset-fashion-mnist' (as root; 'make data' does "
+            "it), "
             "pass --data-dir DIR holding the four IDX files, or --download (network + torchvision)."
         )
 
@@ -205,7 +207,8 @@ def load_cifar10_arrays(
     if bundle is None:
         raise DataNotFoundError(
             "CIFAR-10 not found. Looked for cifar10_jpeg.npz and cifar-10-batches-py under "
-            f"{[str(r) for r in search_roots(data_dir)]}. Pass --data-dir pointing at the JPEG bundle "
+            f"{[str(r) for r in search_roots(data_dir)]}. Pass --data-dir pointing at the JPEG "
+            "bundle "
             "(e.g. ../shared/data/cifar10-jpeg) or a torchvision CIFAR10 root, or --download."
         )
     arrays = (

@@ -113,6 +113,10 @@ def make_dataloader(
     ``data.normalize``). Use it with samplers of your own, Opacus' Poisson sampling, or DDP."""
     s = data.split(split)
     return DataLoader(
-        TensorDataset(s.x, s.y, s.groups), batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
-        generator=torch.Generator().manual_seed(seed), pin_memory=torch.cuda.is_available(),
-    )  # fmt: skip
+        TensorDataset(s.x, s.y, s.groups),
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=num_workers,
+        generator=torch.Generator().manual_seed(seed),
+        pin_memory=torch.cuda.is_available(),
+    )

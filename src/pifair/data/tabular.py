@@ -14,9 +14,22 @@ from .paths import find_file, search_roots
 __all__ = ["load_adult_frames", "encode_adult", "ADULT_GROUP_COLUMNS"]
 
 ADULT_COLUMNS = [
-    "age", "workclass", "fnlwgt", "education", "education-num", "marital-status", "occupation",
-    "relationship", "race", "sex", "capital-gain", "capital-loss", "hours-per-week", "native-country", "income",
-]  # fmt: skip
+    "age",
+    "workclass",
+    "fnlwgt",
+    "education",
+    "education-num",
+    "marital-status",
+    "occupation",
+    "relationship",
+    "race",
+    "sex",
+    "capital-gain",
+    "capital-loss",
+    "hours-per-week",
+    "native-country",
+    "income",
+]
 ADULT_GROUP_COLUMNS = ("sex", "race")
 _NUMERIC = ["age", "fnlwgt", "education-num", "capital-gain", "capital-loss", "hours-per-week"]
 
@@ -41,7 +54,8 @@ def _read(path: Path) -> pd.DataFrame:
 def load_adult_frames(
     data_dir: str | os.PathLike | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(train, test) frames of ``adult.data`` and ``adult.test`` from ``data_dir`` or the search roots."""
+    """(train, test) frames of ``adult.data`` and ``adult.test`` from ``data_dir`` or the
+    search roots."""
     candidates = []
     for root in search_roots(data_dir):
         candidates += [root / "adult.data", root / "adult" / "adult.data"]

@@ -86,10 +86,18 @@ class DPConfig(DataConfig):
             raise ConfigError(f"grad_path must be ghost or hooks, got {self.grad_path!r}")
         if self.private:
             # builds the rule once so that bad thresholds fail here, before any run folder
-            make_rule(self.method, clip=self.clip, z=self.z, count_noise=self.count_noise, eta_z=self.eta_z, tau=self.tau)  # fmt: skip
+            make_rule(
+                self.method,
+                clip=self.clip,
+                z=self.z,
+                count_noise=self.count_noise,
+                eta_z=self.eta_z,
+                tau=self.tau,
+            )
             if self.epsilon is not None and self.noise_multiplier is not None:
                 raise PrivacyParameterError(
-                    "give --epsilon (the noise is derived) or --noise-multiplier (epsilon is reported), not both"
+                    "give --epsilon (the noise is derived) or --noise-multiplier (epsilon is "
+                    "reported), not both"
                 )
             if self.epsilon is None and self.noise_multiplier is None:
                 raise PrivacyParameterError(

@@ -62,7 +62,7 @@ def check_dp_compatible(model: nn.Module) -> None:
             f"the samples of a batch, so per-sample gradients are undefined. Use a model with "
             f"group norm or none (fairdp_cnn, mlp), or convert it with "
             f"opacus.validators.ModuleValidator.fix(model)"
-        )  # fmt: skip
+        )
     first = "; ".join(str(e).split(". ")[0] for e in errors[:3])
     raise UnsupportedLayerError(f"this model cannot be trained with DP-SGD (Opacus): {first}")
 
@@ -95,14 +95,22 @@ class PrivateTraining:
         self.sample_rate = sample_rate_for(cfg, n)
         self.steps_per_epoch = max(1, int(1 / self.sample_rate))
         self.rule = make_rule(
-            cfg.method, clip=cfg.clip, z=cfg.z, count_noise=cfg.count_noise, eta_z=cfg.eta_z,
-            tau=cfg.tau, num_groups=len(data.group_names),
-        )  # fmt: skip
+            cfg.method,
+            clip=cfg.clip,
+            z=cfg.z,
+            count_noise=cfg.count_noise,
+            eta_z=cfg.eta_z,
+            tau=cfg.tau,
+            num_groups=len(data.group_names),
+        )
         check_privacy_target(cfg.epsilon, cfg.delta, n)
         self.noise_multiplier = cfg.noise_multiplier or noise_for_target(
-            cfg.epsilon, cfg.delta, sample_rate=self.sample_rate,
-            steps=self.steps_per_epoch * cfg.epochs, extra_releases=self.rule.releases_per_step(),
-        )  # fmt: skip
+            cfg.epsilon,
+            cfg.delta,
+            sample_rate=self.sample_rate,
+            steps=self.steps_per_epoch * cfg.epochs,
+            extra_releases=self.rule.releases_per_step(),
+        )
         fast = cfg.grad_path == "ghost"
         if fast:
             self.module = gsm.GradSampleModuleFastGradientClipping(
@@ -116,10 +124,12 @@ class PrivateTraining:
         self.fast = fast
         base = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
         self.optimizer = optimizer_class(fast=fast, distributed=world > 1)(
-            base, rule=self.rule, noise_multiplier=self.noise_multiplier,
+            base,
+            rule=self.rule,
+            noise_multiplier=self.noise_multiplier,
             expected_batch_size=max(1, round(self.sample_rate * n / world)),
             secure_mode=cfg.secure_noise,
-        )  # fmt: skip
+        )
         self.ledger = PrivacyLedger()
         self.optimizer.attach_step_hook(self._charge)
         self.twin: nn.Module | None = None
@@ -140,7 +150,9 @@ class PrivateTraining:
         sampler_mod = require("opacus.utils.uniform_sampler", extra="dp", purpose="DP-SGD")
         gen = _generator(seed, epoch, 104_729 + self.rank)
         if self.world > 1:
-            return _lockstep_poisson(n, self.sample_rate, self.steps_per_epoch, self.rank, self.world, seed + epoch, gen)  # fmt: skip
+            return _lockstep_poisson(
+                n, self.sample_rate, self.steps_per_epoch, self.rank, self.world, seed + epoch, gen
+            )
         sampler = sampler_mod.UniformWithReplacementSampler(
             num_samples=n, sample_rate=self.sample_rate, generator=gen
         )
@@ -223,11 +235,22 @@ def ranks_agree(model: nn.Module) -> bool:
 def train_epoch(cfg, model, data, train, optimizer, private, epoch, device, progress) -> dict:
     model.train()
     n = len(train)
-    batches = private.start_epoch(epoch, n) if private else nonprivate_batches(n, cfg.batch_size, cfg.seed, epoch)  # fmt: skip
+    batches = (
+        private.start_epoch(epoch, n)
+        if private
+        else nonprivate_batches(n, cfg.batch_size, cfg.seed, epoch)
+    )
     loss_sum, seen, t0, diag_seconds = 0.0, 0, time.perf_counter(), 0.0
     alignment: dict[int, list[tuple[float, float]]] = {}
     measured: list[dict] = []  # per step and group: written to alignment.json
-    for step, idx in enumerate(tqdm(batches, desc=f"dp epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=None if progress else True)):  # fmt: skip
+    for step, idx in enumerate(
+        tqdm(
+            batches,
+            desc=f"dp epoch {epoch + 1}/{cfg.epochs}",
+            leave=False,
+            disable=None if progress else True,
+        )
+    ):
         optimizer.zero_grad()
         if len(idx) == 0:
             private.empty_step()
@@ -249,8 +272,16 @@ def train_epoch(cfg, model, data, train, optimizer, private, epoch, device, prog
         if diag:
             for a in group_alignment(grads, optimizer.last_step.factors, g):
                 alignment.setdefault(a.group, []).append((a.cosine, a.norm_ratio))
-                measured.append({"epoch": epoch + 1, "step": step, "group": data.group_names[a.group],
-                                 "count": a.count, "cosine": a.cosine, "norm_ratio": a.norm_ratio})  # fmt: skip
+                measured.append(
+                    {
+                        "epoch": epoch + 1,
+                        "step": step,
+                        "group": data.group_names[a.group],
+                        "count": a.count,
+                        "cosine": a.cosine,
+                        "norm_ratio": a.norm_ratio,
+                    }
+                )
         loss_sum += float(loss.detach().sum())
         seen += len(idx)
     elapsed = time.perf_counter() - t0 - diag_seconds  # training only: diagnostics are extra

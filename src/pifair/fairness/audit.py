@@ -133,14 +133,21 @@ class PairAudit:
         """Size-weighted mean drop of the minority groups minus that of the majority groups
         (each group weighs its sample count: the drop of the pooled minority samples); None
         when no group is a minority."""
-        return minority_gap([g.drop for g in self.groups], [g.count for g in self.groups],
-                            [g.minority for g in self.groups])  # fmt: skip
+        return minority_gap(
+            [g.drop for g in self.groups],
+            [g.count for g in self.groups],
+            [g.minority for g in self.groups],
+        )
 
     @property
     def minority_gap_unweighted(self) -> float | None:
         """The same gap with every group weighing the same, whatever its size."""
-        return minority_gap([g.drop for g in self.groups], [g.count for g in self.groups],
-                            [g.minority for g in self.groups], weighted=False)  # fmt: skip
+        return minority_gap(
+            [g.drop for g in self.groups],
+            [g.count for g in self.groups],
+            [g.minority for g in self.groups],
+            weighted=False,
+        )
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -195,8 +202,18 @@ def _grad_norm_by_group(
     return {r.group: r.extras["grad_norm"] for r in report.groups}
 
 
-def audit_pair(dense: nn.Module, reduced: nn.Module, data: Dataset, *, name: str = "reduced", relus: int | None = None, dense_relus: int | None = None,
-               split: str = "test", grad_samples: int = 128, device: torch.device | str = "cpu") -> PairAudit:  # fmt: skip
+def audit_pair(
+    dense: nn.Module,
+    reduced: nn.Module,
+    data: Dataset,
+    *,
+    name: str = "reduced",
+    relus: int | None = None,
+    dense_relus: int | None = None,
+    split: str = "test",
+    grad_samples: int = 128,
+    device: torch.device | str = "cpu",
+) -> PairAudit:
     """Per-group audit of ``reduced`` against ``dense`` on ``split``.
 
     ``grad_samples`` per group enter the gradient-norm means (0 skips them: they cost one
@@ -223,12 +240,23 @@ def audit_pair(dense: nn.Module, reduced: nn.Module, data: Dataset, *, name: str
     r_norm = _grad_norm_by_group(reduced, data, split, device, grad_samples) if grad_samples else {}
     rows = []
     for d, r in zip(d_rep.groups, r_rep.groups):
-        rows.append(GroupAudit(
-            group=d.group, name=d.name, count=d.count, minority=d.group in minority,
-            dense_accuracy=d.accuracy, reduced_accuracy=r.accuracy, drop=d.accuracy - r.accuracy,
-            dense_loss=d.loss, reduced_loss=r.loss, dense_margin=d.extras["margin"], reduced_margin=r.extras["margin"],
-            dense_grad_norm=d_norm.get(d.group), reduced_grad_norm=r_norm.get(d.group),
-        ))  # fmt: skip
+        rows.append(
+            GroupAudit(
+                group=d.group,
+                name=d.name,
+                count=d.count,
+                minority=d.group in minority,
+                dense_accuracy=d.accuracy,
+                reduced_accuracy=r.accuracy,
+                drop=d.accuracy - r.accuracy,
+                dense_loss=d.loss,
+                reduced_loss=r.loss,
+                dense_margin=d.extras["margin"],
+                reduced_margin=r.extras["margin"],
+                dense_grad_norm=d_norm.get(d.group),
+                reduced_grad_norm=r_norm.get(d.group),
+            )
+        )
     names = data.group_names
     dist = {
         label: {names[int(k)]: m[g == k].tolist() for k in torch.unique(g)}
@@ -265,7 +293,8 @@ def paired_difference(
     bounds of its t confidence interval."""
     if len(baseline) != len(treated):
         raise ValueError(
-            f"paired runs need the same seeds: {len(baseline)} baseline values, {len(treated)} treated"
+            f"paired runs need the same seeds: {len(baseline)} baseline values, {len(treated)} "
+            "treated"
         )
     mean, half = mean_ci([t - b for b, t in zip(baseline, treated)], confidence)
     return mean, mean - half, mean + half

@@ -145,7 +145,9 @@ class ConstrainedLoss(_Dual):
         multiplier_init: float = 0.0,
         dual_update: str = "epoch",
     ) -> None:
-        super().__init__(num_groups, mu=mu, multiplier_init=multiplier_init, dual_update=dual_update)  # fmt: skip
+        super().__init__(
+            num_groups, mu=mu, multiplier_init=multiplier_init, dual_update=dual_update
+        )
         self.base = base
 
     def __call__(
@@ -180,7 +182,9 @@ class DenseAnchoredLoss(_Dual):
         multiplier_init: float = 0.0,
         dual_update: str = "step",
     ) -> None:
-        super().__init__(num_groups, mu=mu, multiplier_init=multiplier_init, dual_update=dual_update)  # fmt: skip
+        super().__init__(
+            num_groups, mu=mu, multiplier_init=multiplier_init, dual_update=dual_update
+        )
         self.base = base
 
     def _project(self, gamma: torch.Tensor) -> torch.Tensor:
@@ -267,7 +271,9 @@ def build_objective(name: str, teacher: nn.Module, data, params: ObjectiveParams
     base = DistillationLoss(
         teacher, temperature=params.temperature, weight=params.kd_weight, ce_offset=offset
     )
-    dual = dict(mu=params.mu, multiplier_init=params.multiplier_init, dual_update=params.dual_update)  # fmt: skip
+    dual = dict(
+        mu=params.mu, multiplier_init=params.multiplier_init, dual_update=params.dual_update
+    )
     if name == "constrained":
         return ConstrainedLoss(base, num_groups, **dual)
     if name == "anchored":

@@ -91,7 +91,8 @@ def _check_input_shape(model: nn.Module, name: str, input_shape: tuple[int, ...]
             model(torch.zeros(1, *input_shape))
     except RuntimeError as err:
         raise ConfigError(
-            f"model {name!r} cannot take inputs of shape {input_shape}: {str(err).splitlines()[0]}. "
+            f"model {name!r} cannot take inputs of shape {input_shape}: "
+            f"{str(err).splitlines()[0]}. "
             f"Choose a model for this data set (pifair list), e.g. --model mlp"
         ) from None
     finally:

@@ -74,9 +74,13 @@ def save_model_like(
 ) -> None:
     """Save a reduced ``model`` with the architecture record of the model it came from."""
     save_model(
-        path, model, name=parent_record["model"], num_classes=parent_record["num_classes"],
-        input_shape=tuple(parent_record["input_shape"]), options=parent_record["options"],
-    )  # fmt: skip
+        path,
+        model,
+        name=parent_record["model"],
+        num_classes=parent_record["num_classes"],
+        input_shape=tuple(parent_record["input_shape"]),
+        options=parent_record["options"],
+    )
 
 
 def load_model(

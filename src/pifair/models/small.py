@@ -86,7 +86,15 @@ class HECNN(nn.Module):
     activation, a 100-unit linear layer, an activation, the output layer. Small and shallow,
     so that after ``polyfit`` it runs under CKKS with batch-oriented packing in seconds."""
 
-    def __init__(self, *, num_classes: int, input_shape: tuple[int, ...], act_layer: ActLayer, channels: int = 5, hidden: int = 100) -> None:  # fmt: skip
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        input_shape: tuple[int, ...],
+        act_layer: ActLayer,
+        channels: int = 5,
+        hidden: int = 100,
+    ) -> None:
         super().__init__()
         c, h, w = input_shape
         self.conv = nn.Conv2d(c, channels, 5, stride=2, padding=1)
@@ -168,7 +176,13 @@ def he_cnn(
     channels: int = 5,
     hidden: int = 100,
 ) -> HECNN:
-    return HECNN(num_classes=num_classes, input_shape=input_shape, act_layer=_act(act_layer), channels=channels, hidden=hidden)  # fmt: skip
+    return HECNN(
+        num_classes=num_classes,
+        input_shape=input_shape,
+        act_layer=_act(act_layer),
+        channels=channels,
+        hidden=hidden,
+    )
 
 
 @register_model(

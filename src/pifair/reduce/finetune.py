@@ -77,7 +77,8 @@ class FinetuneSettings:
             raise ConfigError(f"fine-tuning grad_clip must be > 0 or None, got {self.grad_clip}")
         if self.objective not in OBJECTIVES:
             raise ConfigError(
-                f"fine-tuning objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}"
+                f"fine-tuning objective must be one of {', '.join(OBJECTIVES)}, got "
+                f"{self.objective!r}"
             )
         if self.dual_update not in DUAL_UPDATES:
             raise ConfigError(f"dual_update must be 'step' or 'epoch', got {self.dual_update!r}")
@@ -152,8 +153,26 @@ def finetune_model(
     per-epoch history. ``checkpoints`` (a run folder, say) makes every epoch resumable."""
     if settings.epochs == 0:
         return []
-    loop = LoopSettings(epochs=settings.epochs, batch_size=settings.batch_size, lr=settings.lr, momentum=settings.momentum,
-                        weight_decay=settings.weight_decay, schedule="cosine", seed=settings.seed, device=device, progress=progress, grad_clip=settings.grad_clip)  # fmt: skip
+    loop = LoopSettings(
+        epochs=settings.epochs,
+        batch_size=settings.batch_size,
+        lr=settings.lr,
+        momentum=settings.momentum,
+        weight_decay=settings.weight_decay,
+        schedule="cosine",
+        seed=settings.seed,
+        device=device,
+        progress=progress,
+        grad_clip=settings.grad_clip,
+    )
     loss = build_objective(settings.objective, teacher, data, settings)
-    return fit(model, data, loop, loss_fn=loss, checkpoints=checkpoints, resume=resume, select_best=settings.select_best,
-               select_score=select_score)  # fmt: skip
+    return fit(
+        model,
+        data,
+        loop,
+        loss_fn=loss,
+        checkpoints=checkpoints,
+        resume=resume,
+        select_best=settings.select_best,
+        select_score=select_score,
+    )

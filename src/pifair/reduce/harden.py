@@ -70,16 +70,25 @@ def harden(
     model.to(device)
     teacher = teacher.to(device).eval()
     if loss_fn is None:
-        loss_fn = DistillationLoss(teacher, temperature=settings.temperature, weight=settings.kd_weight)  # fmt: skip
+        loss_fn = DistillationLoss(
+            teacher, temperature=settings.temperature, weight=settings.kd_weight
+        )
     # the masks move slowly here (a step of mask_lr would reorder thousands of entries between
     # refreshes and the hysteresis could not hold them)
     optimizer = mask_optimizer(
         model, list(sites.values()), lr=settings.lr, mask_lr=settings.harden_mask_lr or settings.lr
     )
     loader = ResidentLoader(
-        data, "train", batch_size=settings.batch_size, device=device, shuffle=True, augment=True,
-        drop_last=True, seed=settings.seed + 7919, channels_last=device.type == "cuda",
-    )  # fmt: skip
+        data,
+        "train",
+        batch_size=settings.batch_size,
+        device=device,
+        shuffle=True,
+        augment=True,
+        drop_last=True,
+        seed=settings.seed + 7919,
+        channels_last=device.type == "cuda",
+    )
     total_steps = max(1, math.ceil(settings.harden_epochs * len(loader)))
     history: list[dict] = []
     masks = _refresh(sites, make_masks, 0.0)
@@ -89,7 +98,12 @@ def harden(
         while step < total_steps:
             loader.set_epoch(epoch)
             model.train()
-            bar = tqdm(loader, desc=f"hardening {epoch + 1}", leave=False, disable=None if progress else True)  # fmt: skip
+            bar = tqdm(
+                loader,
+                desc=f"hardening {epoch + 1}",
+                leave=False,
+                disable=None if progress else True,
+            )
             loss_sum, batches = torch.zeros((), device=device), 0
             for x, y, g in bar:
                 if step >= total_steps:
@@ -110,10 +124,15 @@ def harden(
                 batches += 1
                 step += 1
             epoch += 1
-            history.append({
-                "epoch": epoch, "steps": step, "loss": float(loss_sum) / max(batches, 1),
-                "mask_flips": flips, "seconds": time.perf_counter() - t0,
-            })  # fmt: skip
+            history.append(
+                {
+                    "epoch": epoch,
+                    "steps": step,
+                    "loss": float(loss_sum) / max(batches, 1),
+                    "mask_flips": flips,
+                    "seconds": time.perf_counter() - t0,
+                }
+            )
     finally:
         for s in sites.values():
             s.hard_mask, s.hard_weight = None, 1.0

@@ -233,7 +233,9 @@ def linearize_many(
     relu_sizes = {s.name: s.elements for s in dense_count.sites if s.kind == DenseReLU.kind}
     select_score = selection_score(dense, data, finetune, device=device)
     # a fresh objective for the search and for each budget's hardening (objectives hold state)
-    search_objective = partial(build_objective, search.objective, dense, data, _search_params(search, finetune))  # fmt: skip
+    search_objective = partial(
+        build_objective, search.objective, dense, data, _search_params(search, finetune)
+    )
     t0 = time.perf_counter()
     work = copy.deepcopy(dense)
     if method == "snl":
@@ -297,9 +299,15 @@ def linearize_many(
             binarize = f"threshold a > {search.threshold}"
         elif method == "snl" and search.harden_epochs > 0:
             masks, hardening = harden(
-                reduced, dense, data, make_masks, search, device=device, progress=progress,
+                reduced,
+                dense,
+                data,
+                make_masks,
+                search,
+                device=device,
+                progress=progress,
                 loss_fn=search_objective(),
-            )  # fmt: skip
+            )
             binarize = f"hardened {search.harden_epochs:g} epochs ({search.harden_mode}), then "
         else:
             masks = make_masks(scores)
@@ -320,8 +328,17 @@ def linearize_many(
         store, resume = finetune_checkpoints(budget) if finetune_checkpoints else (None, False)
         keep_start = finetune.select_best and finetune.start_candidate
         start_state = copy.deepcopy(reduced.state_dict()) if keep_start else None
-        history = finetune_model(reduced, dense, data, finetune, device=device, progress=progress, checkpoints=store, resume=resume,
-                            select_score=select_score)  # fmt: skip
+        history = finetune_model(
+            reduced,
+            dense,
+            data,
+            finetune,
+            device=device,
+            progress=progress,
+            checkpoints=store,
+            resume=resume,
+            select_score=select_score,
+        )
         before_score = select_score(before_report) if select_score else before
         kept_start = (
             start_state is not None
@@ -338,11 +355,25 @@ def linearize_many(
                 f"internal error: reduced model keeps {relus:,} ReLUs for a budget of {budget:,}"
             )
         results[budget] = LinearizeResult(
-            model=reduced.cpu().eval(), budget=budget, relus=relus, method=method, granularity=granularity, binarize=binarize,
-            search=search_summary, history=history, val_accuracy_before_finetune=before,
-            val_accuracy_soft=soft, hardening=hardening, site_budgets=site_budgets, kept_before_finetune=kept_start,
-            seconds={"search": search_seconds, "harden": harden_seconds, "finetune": time.perf_counter() - t1 - harden_seconds},
-        )  # fmt: skip
+            model=reduced.cpu().eval(),
+            budget=budget,
+            relus=relus,
+            method=method,
+            granularity=granularity,
+            binarize=binarize,
+            search=search_summary,
+            history=history,
+            val_accuracy_before_finetune=before,
+            val_accuracy_soft=soft,
+            hardening=hardening,
+            site_budgets=site_budgets,
+            kept_before_finetune=kept_start,
+            seconds={
+                "search": search_seconds,
+                "harden": harden_seconds,
+                "finetune": time.perf_counter() - t1 - harden_seconds,
+            },
+        )
     return results
 
 

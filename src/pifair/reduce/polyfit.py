@@ -57,9 +57,15 @@ def relu_fit(lo: torch.Tensor, hi: torch.Tensor, degree: int, *, points: int = 2
 
 @torch.no_grad()
 def calibrate_ranges(
-    model: nn.Module, data: Dataset, names: list[str], granularity: str, *, device: torch.device,
-    batches: int = 20, batch_size: int = 256,
-) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:  # fmt: skip
+    model: nn.Module,
+    data: Dataset,
+    names: list[str],
+    granularity: str,
+    *,
+    device: torch.device,
+    batches: int = 20,
+    batch_size: int = 256,
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Per site: the min and max of its inputs on training batches, reduced to the granularity."""
     sites = dict(iter_sites(model))
     ranges: dict[str, list[torch.Tensor]] = {}
@@ -215,7 +221,13 @@ def polyfit(
     )
     polys = [s for _, s in iter_sites(student) if isinstance(s, PolyAct)]
     return PolyfitResult(
-        model=student.cpu().eval(), relus=count_relus(student, train_data.input_shape).total, degree=degree, granularity=granularity, sites=len(polys),
-        coefficients=sum(p.coefficients.numel() for p in polys), val_accuracy_before_finetune=before,
-        history=history, seconds={"fit": fit_s, "finetune": time.perf_counter() - t1},
-    )  # fmt: skip
+        model=student.cpu().eval(),
+        relus=count_relus(student, train_data.input_shape).total,
+        degree=degree,
+        granularity=granularity,
+        sites=len(polys),
+        coefficients=sum(p.coefficients.numel() for p in polys),
+        val_accuracy_before_finetune=before,
+        history=history,
+        seconds={"fit": fit_s, "finetune": time.perf_counter() - t1},
+    )

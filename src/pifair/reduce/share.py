@@ -134,7 +134,8 @@ def allocate_groups(
                 best, best_score = n, score
         if best is None:
             raise ConfigError(
-                f"cannot reach {budget:,} decisions: the coarsest grouping keeps {decisions(choice):,}; try --scheme cluster"
+                f"cannot reach {budget:,} decisions: the coarsest grouping keeps "
+                f"{decisions(choice):,}; try --scheme cluster"
             )
         choice[best] += 1
         apply(choice)
@@ -218,7 +219,12 @@ def share(
     )
     relus = count_relus(shared, train_data.input_shape).total
     return ShareResult(
-        model=shared.cpu().eval(), budget=k, relus=relus, scheme=scheme, rule=rule,
-        allocation={n: options[n][choice[n]][0] for n in choice}, history=history,
+        model=shared.cpu().eval(),
+        budget=k,
+        relus=relus,
+        scheme=scheme,
+        rule=rule,
+        allocation={n: options[n][choice[n]][0] for n in choice},
+        history=history,
         seconds={"allocate": allocate_s, "finetune": time.perf_counter() - t1},
-    )  # fmt: skip
+    )

@@ -325,7 +325,9 @@ def snl_search(
         teacher.to(memory_format=torch.channels_last)
     sites = [s for _, s in snl_sites(model)]
     if loss_fn is None:
-        loss_fn = DistillationLoss(teacher, temperature=settings.temperature, weight=settings.kd_weight)  # fmt: skip
+        loss_fn = DistillationLoss(
+            teacher, temperature=settings.temperature, weight=settings.kd_weight
+        )
     optimizer = mask_optimizer(
         model, sites, lr=settings.lr, mask_lr=settings.mask_lr or settings.lr
     )
@@ -393,11 +395,21 @@ def snl_search(
                 pending.remove(b)
         if progress:
             tqdm.write(
-                f"SNL search epoch {epoch + 1}: {count:,} ReLUs with a > {settings.threshold}  lambda {record['lambda']:.2e}  {seconds:.0f}s"
+                f"SNL search epoch {epoch + 1}: {count:,} ReLUs with a > {settings.threshold}  "
+                f"lambda {record['lambda']:.2e}  {seconds:.0f}s"
             )
         if on_epoch_end is not None:
-            on_epoch_end({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-                          "history": history, "snapshots": snapshots, "epoch": epoch + 1, "seconds": seconds})  # fmt: skip
+            on_epoch_end(
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "schedule": schedule.state_dict(),
+                    "history": history,
+                    "snapshots": snapshots,
+                    "epoch": epoch + 1,
+                    "seconds": seconds,
+                }
+            )
     if pending:  # budgets the search did not reach: the final state, binarized by top-k
         final = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         count = alpha_count(model)

@@ -73,11 +73,19 @@ class PolyAct(PolynomialSite):
         return math.ceil(math.log2(self.degree)) if self.degree > 1 else 0
 
     def spec(self) -> dict:
-        return {"kind": self.kind, "degree": self.degree, "granularity": self.granularity, "feature_shape": list(self.feature_shape)}  # fmt: skip
+        return {
+            "kind": self.kind,
+            "degree": self.degree,
+            "granularity": self.granularity,
+            "feature_shape": list(self.feature_shape),
+        }
 
     @classmethod
     def from_spec(cls, spec: dict) -> PolyAct:
         return cls(spec["degree"], spec["granularity"], tuple(spec["feature_shape"]))
 
     def extra_repr(self) -> str:
-        return f"degree={self.degree}, granularity={self.granularity}, feature_shape={self.feature_shape}"
+        return (
+            f"degree={self.degree}, granularity={self.granularity}, "
+            f"feature_shape={self.feature_shape}"
+        )

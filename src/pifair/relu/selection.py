@@ -24,7 +24,8 @@ def _check_budget(budget: int, total: int) -> None:
         raise BudgetError(f"budget must be a whole number >= 0, got {budget!r}")
     if budget > total:
         raise BudgetError(
-            f"budget {budget:,} is above the model's ReLU count of {total:,}; choose at most {total:,}"
+            f"budget {budget:,} is above the model's ReLU count of {total:,}; choose at most "
+            f"{total:,}"
         )
 
 

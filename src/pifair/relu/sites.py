@@ -350,7 +350,8 @@ def count_relus(model: nn.Module, input_shape: Sequence[int] | None = None) -> R
     for name, site in iter_sites(model):
         if site.feature_shape is None:
             raise ConfigError(
-                f"site {name!r} has not seen an input yet; pass input_shape=(C, H, W) to count_relus"
+                f"site {name!r} has not seen an input yet; pass input_shape=(C, H, W) to "
+                "count_relus"
             )
         shape = site.feature_shape
         rows.append(SiteCount(name, site.kind, shape, math.prod(shape), site.relu_count(shape)))

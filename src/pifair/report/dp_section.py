@@ -18,11 +18,16 @@ def dp_section(run: Run) -> str:
     if "test_groups" not in m:
         return "<p>DP training not finished (resume it with <code>--resume</code>).</p>"
     if "epsilon" in m:
-        state = ", ".join(f"{k} = {v:.3g}" if isinstance(v, float) else f"{k} = {[round(b, 2) for b in v]}" for k, v in m["rule_state"].items())  # fmt: skip
+        state = ", ".join(
+            f"{k} = {v:.3g}" if isinstance(v, float) else f"{k} = {[round(b, 2) for b in v]}"
+            for k, v in m["rule_state"].items()
+        )
         privacy = (
             f"({m['epsilon']:.3f}, {m['delta']:g})-DP over {m['steps']:,} steps: noise multiplier "
-            f"{m['noise_multiplier']:.4f}, sampling rate {m['sample_rate']:.5f} (Poisson), clip {c['clip']:g}; "
-            f"{sum(n for _, _, n in m['releases']) - m['steps']:,} further count releases accounted. "
+            f"{m['noise_multiplier']:.4f}, sampling rate {m['sample_rate']:.5f} (Poisson), clip "
+            f"{c['clip']:g}; "
+            f"{sum(n for _, _, n in m['releases']) - m['steps']:,} further count releases "
+            "accounted. "
             f"{'Final ' + state + '. ' if state else ''}"
         )
     else:
@@ -31,35 +36,52 @@ def dp_section(run: Run) -> str:
     cost = m.get("privacy_cost", {})
     diagnosed = any(h.get("alignment") for h in history)
     rows = [
-        [name, pct(acc), "-" if name not in cost else f"{100 * cost[name]:.2f}",
-         *((("-" if (v := _mean_alignment(history, name, k)) is None else f"{v:.3f}") for k in ("cosine", "norm_ratio")) if diagnosed else ())]
+        [
+            name,
+            pct(acc),
+            "-" if name not in cost else f"{100 * cost[name]:.2f}",
+            *(
+                (
+                    ("-" if (v := _mean_alignment(history, name, k)) is None else f"{v:.3f}")
+                    for k in ("cosine", "norm_ratio")
+                )
+                if diagnosed
+                else ()
+            ),
+        ]
         for name, acc in m["test_groups"].items()
-    ]  # fmt: skip
+    ]
     header = ["group", "test accuracy", "privacy cost (points)"]
     if diagnosed:
         header += ["cos(clipped, raw) [not DP]", "|clipped| / |raw| [not DP]"]
     warning = (
         "<p class='meta'><b>Not covered by epsilon:</b> the misalignment columns are exact "
-        "statistics of the private training data (research diagnostics, <code>--diag-every</code>); "
+        "statistics of the private training data (research diagnostics, "
+        "<code>--diag-every</code>); "
         "do not release them with the model.</p>"
         if diagnosed and "epsilon" in m
         else ""
     )
     gap = (
-        f" Privacy-cost gap (largest minus smallest group cost): <b>{100 * m['privacy_cost_gap']:.2f} points</b> "
+        " Privacy-cost gap (largest minus smallest group cost): "
+        f"<b>{100 * m['privacy_cost_gap']:.2f} points</b> "
         f"against <code>{m['baseline']}</code>."
         if "privacy_cost_gap" in m
         else ""
     )
     return "".join(
         [
-            f"<p><b>{c['method']}</b> on {c['data']}{' (keep ' + c['keep'] + ')' if c.get('keep') else ''}, "
-            f"{c['model']}, {c['epochs']} epochs, expected batch {c['batch_size']}, lr {c['lr']:g}, "
+            f"<p><b>{c['method']}</b> on "
+            f"{c['data']}{' (keep ' + c['keep'] + ')' if c.get('keep') else ''}, "
+            f"{c['model']}, {c['epochs']} epochs, expected batch {c['batch_size']}, lr "
+            f"{c['lr']:g}, "
             f"{c['grad_path']} path, {m['samples_per_s']:.0f} samples/s. {privacy}{gap}</p>",
             table(header, rows),
             warning,
-            "<p class='meta'>Misalignment: per group, the mean over measured steps of the cosine and the norm ratio "
-            "between the clipped and the unclipped mean gradient of the group's samples in the batch (before noise).</p>"
+            "<p class='meta'>Misalignment: per group, the mean over measured steps of the cosine "
+            "and the norm ratio "
+            "between the clipped and the unclipped mean gradient of the group's samples in the "
+            "batch (before noise).</p>"
             if diagnosed
             else "",
             img(

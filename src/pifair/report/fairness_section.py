@@ -20,16 +20,26 @@ def audit_section(run: Run) -> str:
     if "pairs" not in m:
         return "<p>Audit not finished.</p>"
     summary = [
-        [r["label"], f"{r['relus']:,}", r["runs"], _pm(r["accuracy"], r["accuracy_ci"], r["runs"]), _pm(r["drop"], r["drop_ci"], r["runs"]),
-         _pm(r["worst_group_accuracy"], r["worst_group_accuracy_ci"], r["runs"]), _pm(r["drop_spread"], r["drop_spread_ci"], r["runs"]),
-         _pm(r["minority_gap"], r["minority_gap_ci"], r["runs"]),
-         _pm(r.get("minority_gap_unweighted"), r.get("minority_gap_unweighted_ci"), r["runs"])]
+        [
+            r["label"],
+            f"{r['relus']:,}",
+            r["runs"],
+            _pm(r["accuracy"], r["accuracy_ci"], r["runs"]),
+            _pm(r["drop"], r["drop_ci"], r["runs"]),
+            _pm(r["worst_group_accuracy"], r["worst_group_accuracy_ci"], r["runs"]),
+            _pm(r["drop_spread"], r["drop_spread_ci"], r["runs"]),
+            _pm(r["minority_gap"], r["minority_gap_ci"], r["runs"]),
+            _pm(r.get("minority_gap_unweighted"), r.get("minority_gap_unweighted_ci"), r["runs"]),
+        ]
         for r in m["summary"]
-    ]  # fmt: skip
+    ]
     parts = [
-        f"<p>Per-group audit on the {m['split']} split, groups by {m['group_by']}. Drops in points (dense minus reduced); "
-        "± is the 95 % confidence interval across seeds. <i>max-min spread</i>: largest minus smallest group drop. "
-        "<i>minority-majority gap</i>: mean drop of the minority groups minus that of the majority groups, each group weighted by its "
+        f"<p>Per-group audit on the {m['split']} split, groups by {m['group_by']}. Drops in points "
+        "(dense minus reduced); "
+        "± is the 95 % confidence interval across seeds. <i>max-min spread</i>: largest minus "
+        "smallest group drop. "
+        "<i>minority-majority gap</i>: mean drop of the minority groups minus that of the majority "
+        "groups, each group weighted by its "
         "size (the drop of the pooled samples), and unweighted beside it "
         "(minority: fewer than 80 % of the mean group's training samples).</p>",
         table(
@@ -50,11 +60,19 @@ def audit_section(run: Run) -> str:
     ]
     for i, p in enumerate(m["pairs"][:6]):
         rows = [
-            [g["name"] + (" (minority)" if g["minority"] else ""), g["count"], pct(g["dense_accuracy"]), pct(g["reduced_accuracy"]), f"{100 * g['drop']:.2f}",
-             f"{g['dense_margin']:.3f} / {g['reduced_margin']:.3f}",
-             "-" if g["dense_grad_norm"] is None else f"{g['dense_grad_norm']:.2f} / {g['reduced_grad_norm']:.2f}"]
+            [
+                g["name"] + (" (minority)" if g["minority"] else ""),
+                g["count"],
+                pct(g["dense_accuracy"]),
+                pct(g["reduced_accuracy"]),
+                f"{100 * g['drop']:.2f}",
+                f"{g['dense_margin']:.3f} / {g['reduced_margin']:.3f}",
+                "-"
+                if g["dense_grad_norm"] is None
+                else f"{g['dense_grad_norm']:.2f} / {g['reduced_grad_norm']:.2f}",
+            ]
             for g in p["groups"]
-        ]  # fmt: skip
+        ]
         parts += [
             f"<h4>{Path(p['run']).name}: {p['relus']:,} ReLUs, {p['label']}</h4>",
             table(

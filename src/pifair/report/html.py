@@ -103,12 +103,16 @@ def machine_summary() -> dict[str, str]:
 def _train_section(run: Run) -> str:
     m, c = run.metrics, run.config
     if not m:
-        return f"<p>Run {html.escape(str(run.path))} has no metrics yet (still running, or killed: resume it).</p>"
+        return (
+            f"<p>Run {html.escape(str(run.path))} has no metrics yet (still running, or "
+            "killed: resume it).</p>"
+        )
     test = m.get("test", {})
     rows = [
         [
             "data",
-            f"{c.get('data')} (groups: {c.get('group_by')}{', keep ' + str(c['keep']) if c.get('keep') else ''})",
+            f"{c.get('data')} (groups: "
+            f"{c.get('group_by')}{', keep ' + str(c['keep']) if c.get('keep') else ''})",
         ],
         ["model", f"{c.get('model')} ({m.get('relus', 0):,} ReLUs)"],
         [
@@ -135,8 +139,10 @@ def _train_section(run: Run) -> str:
 
 _CSS = """
 body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
-table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left}
-th{background:#f3f3f3}img{max-width:100%;display:block;margin:.6em 0}h2{border-bottom:2px solid #ddd}
+table{border-collapse:collapse;margin:.6em 0}
+td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left}
+th{background:#f3f3f3}img{max-width:100%;display:block;margin:.6em 0}
+h2{border-bottom:2px solid #ddd}
 .meta{color:#666;font-size:.9em}
 """
 
@@ -171,14 +177,18 @@ def build_report(
             if renderer
             else f"<p>No report section for runs of kind {html.escape(kind)}.</p>"
         )
-        sections.append(f'<h2 id="{html.escape(run.path.name)}">{html.escape(run.path.name)} <small>({html.escape(kind)})</small></h2>'
-                        f'<p class="meta">{html.escape(str(run.path))}</p>{body}')  # fmt: skip
+        sections.append(
+            f'<h2 id="{html.escape(run.path.name)}">{html.escape(run.path.name)} '
+            f"<small>({html.escape(kind)})</small></h2>"
+            f'<p class="meta">{html.escape(str(run.path))}</p>{body}'
+        )
     summaries = "".join(
         fn([r for r in runs if r.config.get("command") == kind]) for kind, fn in SUMMARIES.items()
     )
     meta = machine_summary()
     page = (
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{_CSS}</style></head><body>"
+        "<!doctype html><html><head><meta "
+        f"charset='utf-8'><title>{html.escape(title)}</title><style>{_CSS}</style></head><body>"
         f"<h1>{html.escape(title)}</h1>"
         f"<p class='meta'>{' · '.join(f'{k}: {html.escape(v)}' for k, v in meta.items())}</p>"
         "<h2>Overview</h2>"

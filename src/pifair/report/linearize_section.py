@@ -14,7 +14,8 @@ def linearize_section(run: Run) -> str:
     rows = [
         [
             "method",
-            f"{m['method']} ({m['granularity']}-wise, binarized by {m['binarize']}){' - SNL reference settings' if m.get('reference') else ''}",
+            f"{m['method']} ({m['granularity']}-wise, binarized by "
+            f"{m['binarize']}){' - SNL reference settings' if m.get('reference') else ''}",
         ],
         [
             "fine-tuning objective",
@@ -26,11 +27,13 @@ def linearize_section(run: Run) -> str:
         ],
         [
             "ReLUs",
-            f"{m['relus']:,} of {m['dense_relus']:,} (budget {m['budget']:,}; {100 * m['relus'] / m['dense_relus']:.2f} %)",
+            f"{m['relus']:,} of {m['dense_relus']:,} (budget {m['budget']:,}; "
+            f"{100 * m['relus'] / m['dense_relus']:.2f} %)",
         ],
         [
             "test accuracy",
-            f"{pct(m['test_accuracy'])} (dense {pct(m['dense_test_accuracy'])}, drop {100 * m['drop']:.2f} points)",
+            f"{pct(m['test_accuracy'])} (dense {pct(m['dense_test_accuracy'])}, drop "
+            f"{100 * m['drop']:.2f} points)",
         ],
         [
             "validation accuracy",
@@ -40,11 +43,13 @@ def linearize_section(run: Run) -> str:
         ["binarization", m.get("binarize", "")],
         [
             "worst-group test accuracy",
-            f"{pct(m['test']['worst_group_accuracy'])} (dense {pct(m['dense_test']['worst_group_accuracy'])})",
+            f"{pct(m['test']['worst_group_accuracy'])} (dense "
+            f"{pct(m['dense_test']['worst_group_accuracy'])})",
         ],
         [
             "time",
-            f"search {m['seconds']['search']:.0f} s, hardening {m['seconds'].get('harden', 0):.0f} s, fine-tune {m['seconds']['finetune']:.0f} s on {m.get('device')}",
+            f"search {m['seconds']['search']:.0f} s, hardening {m['seconds'].get('harden', 0):.0f} "
+            f"s, fine-tune {m['seconds']['finetune']:.0f} s on {m.get('device')}",
         ],
     ]
     dense_groups = {g["name"]: g["accuracy"] for g in m["dense_test"]["groups"]}
@@ -85,8 +90,10 @@ def sweep_section(run: Run) -> str:
         for r in sorted(m["rows"], key=lambda r: (r["method"], r["relus"]))
     ]
     return (
-        f"<p>Dense parent: {pct(m['dense_test_accuracy'])} with {m['dense_relus']:,} ReLUs on {m['data']}. "
-        "The SNL search is shared by all budgets (its time appears in each of its rows); for sharing the column is the layer allocation.</p>"
+        f"<p>Dense parent: {pct(m['dense_test_accuracy'])} with {m['dense_relus']:,} ReLUs on "
+        f"{m['data']}. "
+        "The SNL search is shared by all budgets (its time appears in each of its rows); for "
+        "sharing the column is the layer allocation.</p>"
         + table(
             [
                 "method",
@@ -113,20 +120,24 @@ def share_section(run: Run) -> str:
         ["scheme / rule", f"{m['scheme']} / {m['rule']}"],
         [
             "sign decisions",
-            f"{m['relus']:,} (budget {m['budget']:,}; dense {m['dense_relus']:,}: {m['dense_relus'] / max(m['relus'], 1):.0f}x fewer)",
+            f"{m['relus']:,} (budget {m['budget']:,}; dense {m['dense_relus']:,}: "
+            f"{m['dense_relus'] / max(m['relus'], 1):.0f}x fewer)",
         ],
         ["groupings", ", ".join(f"{k}: {v}" for k, v in m["allocation"].items())],
         [
             "test accuracy",
-            f"{pct(m['test_accuracy'])} (dense {pct(m['dense_test_accuracy'])}, drop {100 * m['drop']:.2f} points)",
+            f"{pct(m['test_accuracy'])} (dense {pct(m['dense_test_accuracy'])}, drop "
+            f"{100 * m['drop']:.2f} points)",
         ],
         [
             "worst-group test accuracy",
-            f"{pct(m['test']['worst_group_accuracy'])} (dense {pct(m['dense_test']['worst_group_accuracy'])})",
+            f"{pct(m['test']['worst_group_accuracy'])} (dense "
+            f"{pct(m['dense_test']['worst_group_accuracy'])})",
         ],
         [
             "time",
-            f"allocation {m['seconds']['allocate']:.0f} s, fine-tune {m['seconds']['finetune']:.0f} s on {m.get('device')}",
+            f"allocation {m['seconds']['allocate']:.0f} s, fine-tune "
+            f"{m['seconds']['finetune']:.0f} s on {m.get('device')}",
         ],
     ]
     return (

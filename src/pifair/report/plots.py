@@ -248,12 +248,23 @@ def accuracy_gap_pareto(points: list[dict], path: str | os.PathLike, *, title: s
     for i, label in enumerate(labels):
         for j, relus in enumerate(budgets):
             for p in (p for p in points if p["label"] == label and p["relus"] == relus):
-                ax.errorbar(p["gap"], p["accuracy"], xerr=p["gap_ci"], yerr=p["accuracy_ci"],
-                            fmt=markers[j % len(markers)], color=colours[i % len(colours)], capsize=3,
-                            label=label if j == 0 else None)  # fmt: skip
+                ax.errorbar(
+                    p["gap"],
+                    p["accuracy"],
+                    xerr=p["gap_ci"],
+                    yerr=p["accuracy_ci"],
+                    fmt=markers[j % len(markers)],
+                    color=colours[i % len(colours)],
+                    capsize=3,
+                    label=label if j == 0 else None,
+                )
     ax.axvline(0, color="grey", lw=0.8)
-    handles = [plt.Line2D([], [], marker=markers[j % len(markers)], ls="", color="black",
-                          label=f"{b:,} ReLUs") for j, b in enumerate(budgets)]  # fmt: skip
+    handles = [
+        plt.Line2D(
+            [], [], marker=markers[j % len(markers)], ls="", color="black", label=f"{b:,} ReLUs"
+        )
+        for j, b in enumerate(budgets)
+    ]
     first = ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
     ax.add_artist(first)
     second = ax.legend(handles=handles, fontsize=7, loc="lower left", bbox_to_anchor=(1.01, 0))

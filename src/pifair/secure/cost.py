@@ -66,18 +66,23 @@ class GarbledCircuitModel:
         if cores < 1:
             raise ConfigError(f"cores must be >= 1, got {cores}")
         return {
-            "relus": relus, "cores": cores,
+            "relus": relus,
+            "cores": cores,
             "offline_bytes": relus * self.offline_bytes_per_relu,
             "online_bytes": relus * self.online_bytes_per_relu,
             "offline_seconds": relus * self.garble_ms_per_relu / 1000 / cores,
             "online_seconds": relus * self.evaluate_ms_per_relu / 1000 / cores,
-        }  # fmt: skip
+        }
 
 
 DELPHI = GarbledCircuitModel(
-    "DELPHI (garbled circuits)", 17.07 * KB, 1.18 * KB, 0.104, 0.054,
+    "DELPHI (garbled circuits)",
+    17.07 * KB,
+    1.18 * KB,
+    0.104,
+    0.054,
     "DELPHI (Mishra et al. 2020) per-ReLU costs as used by SNL-style papers (CryptoNite artifact)",
-)  # fmt: skip
+)
 
 
 @dataclass(frozen=True)
@@ -113,7 +118,11 @@ def linear_work(model: nn.Module, input_shape: tuple[int, ...]) -> LinearWork:
         totals["weights"] += module.weight.numel()
         totals["layers"] += 1
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]  # fmt: skip
+    handles = [
+        m.register_forward_hook(hook)
+        for m in model.modules()
+        if isinstance(m, (nn.Conv2d, nn.Linear))
+    ]
     was_training = model.training
     model.eval()
     try:
@@ -139,7 +148,12 @@ class ModelWork:
 def model_work(model: nn.Module, input_shape: tuple[int, ...]) -> ModelWork:
     """Comparisons and products from the MPC export's site list, linear work from hooks."""
     exported = export_model(model, input_shape, check=False)
-    return ModelWork(exported.comparisons, exported.muxes, exported.poly_products, linear_work(model, input_shape))  # fmt: skip
+    return ModelWork(
+        exported.comparisons,
+        exported.muxes,
+        exported.poly_products,
+        linear_work(model, input_shape),
+    )
 
 
 def _linear_fit(samples: list[tuple[ModelWork, dict]]) -> tuple[list[float], list[float]]:
@@ -173,25 +187,40 @@ class CheetahModel:
 
     def estimate(self, work: ModelWork) -> dict[str, float]:
         parts = {
-            "comparison": (work.relus * self.bytes_per_comparison, work.relus * self.seconds_per_comparison),
-            "multiplication": (work.muxes * self.bytes_per_mux + work.poly_products * self.bytes_per_poly_product,
-                               work.muxes * self.seconds_per_mux + work.poly_products * self.seconds_per_poly_product),
-            "linear": (float(np.dot(self.linear_bytes, work.linear.features())), float(np.dot(self.linear_seconds, work.linear.features()))),
-        }  # fmt: skip
-        out = {f"{k}_bytes": b for k, (b, _) in parts.items()} | {f"{k}_seconds": s for k, (_, s) in parts.items()}  # fmt: skip
+            "comparison": (
+                work.relus * self.bytes_per_comparison,
+                work.relus * self.seconds_per_comparison,
+            ),
+            "multiplication": (
+                work.muxes * self.bytes_per_mux + work.poly_products * self.bytes_per_poly_product,
+                work.muxes * self.seconds_per_mux
+                + work.poly_products * self.seconds_per_poly_product,
+            ),
+            "linear": (
+                float(np.dot(self.linear_bytes, work.linear.features())),
+                float(np.dot(self.linear_seconds, work.linear.features())),
+            ),
+        }
+        out = {f"{k}_bytes": b for k, (b, _) in parts.items()} | {
+            f"{k}_seconds": s for k, (_, s) in parts.items()
+        }
         out["bytes"] = sum(b for b, _ in parts.values())
         out["seconds"] = sum(s for _, s in parts.values())
         return out
 
     @classmethod
-    def fit(cls, samples: list[tuple[ModelWork, dict]], provenance: dict | None = None) -> CheetahModel:  # fmt: skip
+    def fit(
+        cls, samples: list[tuple[ModelWork, dict]], provenance: dict | None = None
+    ) -> CheetahModel:
         """Ratio estimates (total measured / total work) from ``(work, per_image)`` pairs,
         ``per_image`` being the ``per_image`` block of an mpc-infer run's metrics. Products are
         fitted apart: multiplexers on models without polynomials, polynomial products on
         models without comparisons (a model with both calibrates neither). A figure no
         sample informs is NaN."""
         if not samples:
-            raise ConfigError("calibrating the Cheetah model needs at least one measured mpc-infer run")  # fmt: skip
+            raise ConfigError(
+                "calibrating the Cheetah model needs at least one measured mpc-infer run"
+            )
 
         def ratio(category: str, key: str, work_of, subset=samples) -> float:
             num = sum(p["by_category"][category][key] for _, p in subset)
@@ -218,8 +247,15 @@ class CheetahModel:
             est = self.estimate(work)
             measured_bytes = sum(c["bytes"] for c in per_image["by_category"].values())
             measured_s = sum(c["seconds"] for c in per_image["by_category"].values())
-            out.append({"relus": work.relus, "measured_bytes": measured_bytes, "estimated_bytes": est["bytes"],
-                        "measured_seconds": measured_s, "estimated_seconds": est["seconds"]})  # fmt: skip
+            out.append(
+                {
+                    "relus": work.relus,
+                    "measured_bytes": measured_bytes,
+                    "estimated_bytes": est["bytes"],
+                    "measured_seconds": measured_s,
+                    "estimated_seconds": est["seconds"],
+                }
+            )
         return out
 
     def save(self, path: str | os.PathLike) -> None:
@@ -229,7 +265,10 @@ class CheetahModel:
     def load(cls, path: str | os.PathLike = DEFAULT_CALIBRATION) -> CheetahModel:
         path = Path(path)
         if not path.exists():
-            raise FileNotFoundError(f"no Cheetah calibration at {path}; measure one with: python benchmarks/mpc.py --write-calibration {path}")  # fmt: skip
+            raise FileNotFoundError(
+                f"no Cheetah calibration at {path}; measure one with: python benchmarks/mpc.py "
+                f"--write-calibration {path}"
+            )
         return cls(**json.loads(path.read_text()))
 
 

@@ -60,7 +60,8 @@ class GroupReport:
             f"{'all':<{width}}  {self.count:>6}  {100 * self.accuracy:7.2f}%  {loss}",
         ]
         lines.append(
-            f"worst group {100 * self.worst_group_accuracy:.2f}%, gap {100 * self.accuracy_gap:.2f} points"
+            f"worst group {100 * self.worst_group_accuracy:.2f}%, gap "
+            f"{100 * self.accuracy_gap:.2f} points"
         )
         return "\n".join(lines)
 

@@ -96,9 +96,16 @@ def _make_loader(data: Dataset, split: str, s: LoopSettings, device: torch.devic
     if s.loader == "dataloader":
         return make_dataloader(data, split, batch_size=s.batch_size, shuffle=train, seed=s.seed)
     return ResidentLoader(
-        data, split, batch_size=s.batch_size, device=device, shuffle=train, augment=train,
-        drop_last=train and len(data.split(split)) > s.batch_size, seed=s.seed, channels_last=device.type == "cuda",
-    )  # fmt: skip
+        data,
+        split,
+        batch_size=s.batch_size,
+        device=device,
+        shuffle=train,
+        augment=train,
+        drop_last=train and len(data.split(split)) > s.batch_size,
+        seed=s.seed,
+        channels_last=device.type == "cuda",
+    )
 
 
 def _batches(loader, data: Dataset, device: torch.device):
@@ -158,8 +165,9 @@ def fit(
     highest accuracy, or highest ``select_score(report)`` of the epoch's validation report
     (recorded as ``val_score``).
 
-    With ``checkpoints`` (a run folder, :class:`pifair.runs.Run`), each epoch ends with an atomic checkpoint (model, optimizer, schedule,
-    history); ``resume=True`` continues from it. Returns the per-epoch history.
+    With ``checkpoints`` (a run folder, :class:`pifair.runs.Run`), each epoch ends with an
+    atomic checkpoint (model, optimizer, schedule, history); ``resume=True`` continues from it.
+    Returns the per-epoch history.
     """
     device = settings.device or resolve_device()
     model.to(device)
@@ -259,7 +267,8 @@ def fit(
             checkpoints.log.info("epoch %d: %s", epoch + 1, record)
         if settings.progress:
             tqdm.write(
-                f"epoch {epoch + 1}/{settings.epochs}  loss {record['train_loss']:.4f}  train {100 * record['train_accuracy']:.2f}%  "
+                f"epoch {epoch + 1}/{settings.epochs}  loss {record['train_loss']:.4f}  train "
+                f"{100 * record['train_accuracy']:.2f}%  "
                 f"val {100 * record['val_accuracy']:.2f}%  {train_time:.1f}s"
             )
         if on_epoch_end is not None:

@@ -26,12 +26,16 @@ def calibration_sample(mpc_run: str | os.PathLike) -> tuple[ModelWork, dict]:
     if m.get("kind") != "mpc-infer" or not m.get("per_image"):
         raise ConfigError(f"{mpc_run} is not a finished pifair mpc-infer run with a profile")
     if m["protocol"] != "cheetah":
-        raise ConfigError(f"{mpc_run} ran {m['protocol']}; the Cheetah model is calibrated on cheetah runs")  # fmt: skip
+        raise ConfigError(
+            f"{mpc_run} ran {m['protocol']}; the Cheetah model is calibrated on cheetah runs"
+        )
     model, shape, _ = _model_of(run.parent())
     return model_work(model, shape), m["per_image"]
 
 
-def calibrate_cheetah(mpc_runs: list[str | os.PathLike], provenance: dict | None = None) -> CheetahModel:  # fmt: skip
+def calibrate_cheetah(
+    mpc_runs: list[str | os.PathLike], provenance: dict | None = None
+) -> CheetahModel:
     """Fit the Cheetah model on finished ``pifair mpc-infer`` runs under Cheetah."""
     samples = [calibration_sample(p) for p in mpc_runs]
     return CheetahModel.fit(samples, provenance or {"runs": [str(p) for p in mpc_runs]})
@@ -52,7 +56,10 @@ def estimate_cost(
         model, input_shape, name = _model_of(run)
         name = f"{name} ({run})"
     elif model_name is not None:
-        model, name = create_model(model_name, num_classes=num_classes, input_shape=input_shape), model_name  # fmt: skip
+        model, name = (
+            create_model(model_name, num_classes=num_classes, input_shape=input_shape),
+            model_name,
+        )
     else:
         raise ConfigError("give a run folder or --model NAME")
     if calibrate:

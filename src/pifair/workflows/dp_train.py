@@ -74,9 +74,17 @@ def dp_train(
     model.to(device)
     run = None
     if rank == 0:
-        run = Run.resume(resume, cfg.as_dict(), normalize=lambda d: DPConfig.from_dict(d).as_dict()) if resume else Run.create("dp-train", cfg.as_dict(), out=out)  # fmt: skip
+        run = (
+            Run.resume(resume, cfg.as_dict(), normalize=lambda d: DPConfig.from_dict(d).as_dict())
+            if resume
+            else Run.create("dp-train", cfg.as_dict(), out=out)
+        )
     private = PrivateTraining(cfg, model, data, rank, world) if cfg.private else None
-    optimizer = private.optimizer if private else torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)  # fmt: skip
+    optimizer = (
+        private.optimizer
+        if private
+        else torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
+    )
     history: list[dict] = []
     start = 0
     ckpt = Run.open(resume).load_checkpoint() if resume else None
@@ -88,23 +96,41 @@ def dp_train(
             private.load_state(ckpt["private"])
     if run and cfg.releases_unaccounted_diagnostics:
         run.log.warning(UNACCOUNTED_NOTE)
-        run.update_metrics(unaccounted_diagnostics={"covered_by_epsilon": False, "files": [ALIGNMENT], "history_key": "alignment", "note": UNACCOUNTED_NOTE})  # fmt: skip
+        run.update_metrics(
+            unaccounted_diagnostics={
+                "covered_by_epsilon": False,
+                "files": [ALIGNMENT],
+                "history_key": "alignment",
+                "note": UNACCOUNTED_NOTE,
+            }
+        )
     if run:
         run.log.info(
-            "dp-train %s on %s: %d train samples, %d groups, world size %d%s", cfg.method, cfg.data,
-            len(data.train), len(data.group_names), world,
-            f", noise multiplier {private.noise_multiplier:.4f}, sample rate {private.sample_rate:.5f}" if private else "",
-        )  # fmt: skip
+            "dp-train %s on %s: %d train samples, %d groups, world size %d%s",
+            cfg.method,
+            cfg.data,
+            len(data.train),
+            len(data.group_names),
+            world,
+            f", noise multiplier {private.noise_multiplier:.4f}, sample rate "
+            f"{private.sample_rate:.5f}"
+            if private
+            else "",
+        )
     train = data.train.to(device)
     for epoch in range(start, cfg.epochs):
-        record = train_epoch(cfg, model, data, train, optimizer, private, epoch, device, progress and rank == 0)  # fmt: skip
+        record = train_epoch(
+            cfg, model, data, train, optimizer, private, epoch, device, progress and rank == 0
+        )
         if world > 1:
             torch.distributed.barrier()
         if rank != 0:
             continue
         measured = record.pop("_measured")
         if measured:
-            previous = json.loads(run.file(ALIGNMENT).read_text()) if run.file(ALIGNMENT).exists() else []  # fmt: skip
+            previous = (
+                json.loads(run.file(ALIGNMENT).read_text()) if run.file(ALIGNMENT).exists() else []
+            )
             run.write_json(ALIGNMENT, [m for m in previous if m["epoch"] <= epoch] + measured)
         test = evaluate(model, data, "test")
         record |= {
@@ -117,14 +143,23 @@ def dp_train(
                 "rule_state": private.rule.state(),
             }
         history.append(record)
-        run.save_checkpoint({
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "history": history,
-            "epoch": epoch + 1, "private": private.state() if private else None,
-        })  # fmt: skip
+        run.save_checkpoint(
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "history": history,
+                "epoch": epoch + 1,
+                "private": private.state() if private else None,
+            }
+        )
         run.log.info(
-            "epoch %d: loss %.4f, test %.4f%s, %.0f samples/s", epoch + 1, record["train_loss"],
-            test.accuracy, f", epsilon {record['epsilon']:.3f}" if private else "", record["samples_per_s"],
-        )  # fmt: skip
+            "epoch %d: loss %.4f, test %.4f%s, %.0f samples/s",
+            epoch + 1,
+            record["train_loss"],
+            test.accuracy,
+            f", epsilon {record['epsilon']:.3f}" if private else "",
+            record["samples_per_s"],
+        )
     in_sync = ranks_agree(model) if world > 1 else True
     if rank != 0:
         return None
@@ -145,27 +180,48 @@ def _finish(
     cfg: DPConfig, run: Run, model: nn.Module, data: Dataset, history: list[dict], private, **extra
 ) -> None:
     test = evaluate(model, data, "test")
-    save_model(run.file(MODEL), model, name=cfg.model, num_classes=data.num_classes, input_shape=data.input_shape, options=cfg.model_options())  # fmt: skip
+    save_model(
+        run.file(MODEL),
+        model,
+        name=cfg.model,
+        num_classes=data.num_classes,
+        input_shape=data.input_shape,
+        options=cfg.model_options(),
+    )
     metrics = {
-        "kind": "dp-train", "method": cfg.method, "model": cfg.model, "data": data.summary(),
-        "history": history, "test": test.as_dict(), "test_accuracy": test.accuracy,
+        "kind": "dp-train",
+        "method": cfg.method,
+        "model": cfg.model,
+        "data": data.summary(),
+        "history": history,
+        "test": test.as_dict(),
+        "test_accuracy": test.accuracy,
         "test_groups": {r.name: r.accuracy for r in test.groups},
-        "samples_per_s": sum(h["samples"] for h in history) / max(sum(h["seconds"] for h in history), 1e-9),
+        "samples_per_s": sum(h["samples"] for h in history)
+        / max(sum(h["seconds"] for h in history), 1e-9),
         **extra,
-    }  # fmt: skip
+    }
     if private:
         metrics |= {
-            "epsilon": private.ledger.epsilon(cfg.delta), "delta": cfg.delta,
-            "noise_multiplier": private.noise_multiplier, "sample_rate": private.sample_rate,
-            "steps": private.steps_per_epoch * cfg.epochs, "releases": private.ledger.state(),
+            "epsilon": private.ledger.epsilon(cfg.delta),
+            "delta": cfg.delta,
+            "noise_multiplier": private.noise_multiplier,
+            "sample_rate": private.sample_rate,
+            "steps": private.steps_per_epoch * cfg.epochs,
+            "releases": private.ledger.state(),
             "rule_state": private.rule.state(),
-        }  # fmt: skip
+        }
     if cfg.baseline:
         base = Run.open(cfg.baseline).metrics
         cost = privacy_cost(base["test_groups"], metrics["test_groups"])
-        metrics |= {"baseline": cfg.baseline, "privacy_cost": cost,
-                    "privacy_cost_gap": max(cost.values()) - min(cost.values())}  # fmt: skip
+        metrics |= {
+            "baseline": cfg.baseline,
+            "privacy_cost": cost,
+            "privacy_cost_gap": max(cost.values()) - min(cost.values()),
+        }
     run.update_metrics(**metrics)
     plots.dp_curves(history, run.file("dp_curves.png"), title=f"{cfg.method} on {cfg.data}")
-    plots.group_accuracy(test.as_dict(), run.file("groups.png"), title=f"test accuracy per group, {cfg.method}")  # fmt: skip
+    plots.group_accuracy(
+        test.as_dict(), run.file("groups.png"), title=f"test accuracy per group, {cfg.method}"
+    )
     run.log.info("test accuracy %.4f\n%s", test.accuracy, test.table())

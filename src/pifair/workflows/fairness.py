@@ -89,8 +89,17 @@ def run_audit(job: AuditJob, *, out: str | os.PathLike | None = None) -> Run:
         dense, _, parent = load_from_run(parent_dir)
         reduced, _, reduced_run = load_from_run(reduced_dir)
         data = dataset_for_run(parent)
-        audit = audit_pair(dense, reduced, data, name=reduced_dir.name, relus=count_relus(reduced, data.input_shape).total,
-                           dense_relus=count_relus(dense, data.input_shape).total, split=split, grad_samples=grad_samples, device=dev)  # fmt: skip
+        audit = audit_pair(
+            dense,
+            reduced,
+            data,
+            name=reduced_dir.name,
+            relus=count_relus(reduced, data.input_shape).total,
+            dense_relus=count_relus(dense, data.input_shape).total,
+            split=split,
+            grad_samples=grad_samples,
+            device=dev,
+        )
         pairs.append((reduced_run, audit))
         run.log.info(
             "%s: drop %.4f, worst group %.4f, spread %.4f, minority gap %s",
@@ -190,7 +199,8 @@ def run_mitigate(
     config = Run.open(reduced_dir).config
     if config.get("command") != "linearize":
         raise ConfigError(
-            f"{reduced_dir} is not a linearize run (command {config.get('command')!r}); give a reduced model's run folder"
+            f"{reduced_dir} is not a linearize run (command {config.get('command')!r}); give a "
+            "reduced model's run folder"
         )
     linearize = LinearizeJob.from_config(config)
     finetune = replace(linearize.finetune, **job.finetune_overrides())
@@ -198,6 +208,7 @@ def run_mitigate(
     search = search_checkpoint_of(reduced_dir)
     if search is None and "snl" in linearize.methods:
         raise UnfinishedRunError(
-            f"no SNL search checkpoint for {reduced_dir} (search.pt); rerun pifair linearize with --mitigate instead"
+            f"no SNL search checkpoint for {reduced_dir} (search.pt); rerun pifair linearize with "
+            "--mitigate instead"
         )
     return run_linearize(linearize, out=out, progress=progress, search_from=search, resume=resume)

@@ -44,7 +44,12 @@ def _bytes(ct, folder) -> int:
 def _image_layout(program, client, server, x: np.ndarray, reference: np.ndarray, run: Run) -> dict:
     """The same program on one image per ciphertext: latency per image, agreement."""
     layout = ImageLayout(program, client, server)
-    run.log.info("image layout: %d features per ciphertext, %d rotation keys, setup %.1f s", layout.m, layout.galois.size(), layout.setup_seconds)  # fmt: skip
+    run.log.info(
+        "image layout: %d features per ciphertext, %d rotation keys, setup %.1f s",
+        layout.m,
+        layout.galois.size(),
+        layout.setup_seconds,
+    )
     outs, seconds = [], 0.0
     for row in x:
         ct = layout.encrypt(row)
@@ -54,12 +59,15 @@ def _image_layout(program, client, server, x: np.ndarray, reference: np.ndarray,
         outs.append(layout.decrypt(out, reference.shape[1]))
     logits = np.stack(outs)
     return {
-        "images": len(x), "features_per_ciphertext": layout.m, "rotation_keys": layout.galois.size(),
-        "seconds_per_image": seconds / len(x), "setup_seconds": layout.setup_seconds,
+        "images": len(x),
+        "features_per_ciphertext": layout.m,
+        "rotation_keys": layout.galois.size(),
+        "seconds_per_image": seconds / len(x),
+        "setup_seconds": layout.setup_seconds,
         "keygen_seconds": layout.keygen_seconds,
         "argmax_agreement": float((logits.argmax(1) == reference.argmax(1)).mean()),
         "max_logit_error": float(np.abs(logits - reference).max()),
-    }  # fmt: skip
+    }
 
 
 def _validate(job: HEInferJob) -> None:
@@ -92,8 +100,16 @@ def run_he_infer(job: HEInferJob, *, out: str | os.PathLike | None = None) -> Ru
     logits_plain, y, _ = predict(model, data, "test")
     x = data.normalize(data.test.x[:n]).double().numpy()
     logits_plain, y = logits_plain[:n].numpy(), y[:n].numpy()
-    run.log.info("program: depth %d, %s; CKKS N=%d, %d slots, log Q %d; %d images in batches of %d",
-                 program.depth, program.summary(), params.poly_modulus_degree, params.slots, params.log_q, n, batch)  # fmt: skip
+    run.log.info(
+        "program: depth %d, %s; CKKS N=%d, %d slots, log Q %d; %d images in batches of %d",
+        program.depth,
+        program.summary(),
+        params.poly_modulus_degree,
+        params.slots,
+        params.log_q,
+        n,
+        batch,
+    )
     t0 = time.perf_counter()
     client = HEClient(params)
     workers = job.workers or os.cpu_count() or 1
@@ -123,12 +139,19 @@ def run_he_infer(job: HEInferJob, *, out: str | os.PathLike | None = None) -> Ru
         t0 = time.perf_counter()
         outputs.append(client.decrypt(result, len(chunk)))
         seconds["decrypt"] += time.perf_counter() - t0
-        run.log.info("batch %d-%d done: server %.1f s", start, start + len(chunk), seconds["server"])  # fmt: skip
+        run.log.info(
+            "batch %d-%d done: server %.1f s", start, start + len(chunk), seconds["server"]
+        )
     logits = np.concatenate(outputs)
     reference = program.run_plain(x)
     metrics = {
-        "kind": "he-infer", "images": n, "batch": batch, "batches": -(-n // batch),
-        "params": params.as_dict(), "program": program.summary(), "depth": program.depth,
+        "kind": "he-infer",
+        "images": n,
+        "batch": batch,
+        "batches": -(-n // batch),
+        "params": params.as_dict(),
+        "program": program.summary(),
+        "depth": program.depth,
         "encrypted_accuracy": float((logits.argmax(1) == y).mean()),
         "plaintext_accuracy": float((logits_plain.argmax(1) == y).mean()),
         "argmax_agreement": float((logits.argmax(1) == logits_plain.argmax(1)).mean()),
@@ -137,17 +160,33 @@ def run_he_infer(job: HEInferJob, *, out: str | os.PathLike | None = None) -> Ru
         "seconds": seconds | {"compile": compile_s, "keygen": keygen_s, "stages": stage_seconds},
         "amortized_ms_per_image": 1000 * seconds["server"] / n,
         "amortized_ms_per_image_end_to_end": 1000 * sum(seconds.values()) / n,
-        **sizes, "workers": workers, "server_key_check": key_check,
-    }  # fmt: skip
+        **sizes,
+        "workers": workers,
+        "server_key_check": key_check,
+    }
     if job.compare_images > 0:
-        metrics["image_layout"] = _image_layout(program, client, server, x[: job.compare_images], logits_plain[: job.compare_images], run)  # fmt: skip
+        metrics["image_layout"] = _image_layout(
+            program,
+            client,
+            server,
+            x[: job.compare_images],
+            logits_plain[: job.compare_images],
+            run,
+        )
         per_image = metrics["image_layout"]["seconds_per_image"]
         metrics["batch_vs_image_layout"] = {
-            "amortized_ms_per_image": metrics["amortized_ms_per_image"], "image_layout_ms_per_image": 1000 * per_image,
+            "amortized_ms_per_image": metrics["amortized_ms_per_image"],
+            "image_layout_ms_per_image": 1000 * per_image,
             "time_reduction": 1 - metrics["amortized_ms_per_image"] / (1000 * per_image),
-        }  # fmt: skip
+        }
     run.update_metrics(**metrics)
-    run.log.info("encrypted accuracy %.4f (plaintext %.4f), agreement %.4f, max logit error %.2e, %.2f ms/image",
-                 metrics["encrypted_accuracy"], metrics["plaintext_accuracy"], metrics["argmax_agreement"],
-                 metrics["max_logit_error"], metrics["amortized_ms_per_image"])  # fmt: skip
+    run.log.info(
+        "encrypted accuracy %.4f (plaintext %.4f), agreement %.4f, max logit error %.2e, %.2f "
+        "ms/image",
+        metrics["encrypted_accuracy"],
+        metrics["plaintext_accuracy"],
+        metrics["argmax_agreement"],
+        metrics["max_logit_error"],
+        metrics["amortized_ms_per_image"],
+    )
     return run

@@ -126,16 +126,35 @@ def _write_result(
     test = evaluate(result.model, data, "test")
     val = evaluate(result.model, data, "val")
     metrics = run.update_metrics(
-        kind="linearize", method=result.method, granularity=result.granularity, binarize=result.binarize, budget=result.budget,
-        relus=result.relus, dense_relus=dense_relus, dense_test_accuracy=dense_test.accuracy, test_accuracy=test.accuracy,
-        drop=dense_test.accuracy - test.accuracy, val_accuracy=val.accuracy, val_accuracy_before_finetune=result.val_accuracy_before_finetune,
-        val_accuracy_soft=result.val_accuracy_soft, hardening=result.hardening, site_budgets=result.site_budgets,
+        kind="linearize",
+        method=result.method,
+        granularity=result.granularity,
+        binarize=result.binarize,
+        budget=result.budget,
+        relus=result.relus,
+        dense_relus=dense_relus,
+        dense_test_accuracy=dense_test.accuracy,
+        test_accuracy=test.accuracy,
+        drop=dense_test.accuracy - test.accuracy,
+        val_accuracy=val.accuracy,
+        val_accuracy_before_finetune=result.val_accuracy_before_finetune,
+        val_accuracy_soft=result.val_accuracy_soft,
+        hardening=result.hardening,
+        site_budgets=result.site_budgets,
         kept_before_finetune=result.kept_before_finetune,
-        test=test.as_dict(), dense_test=dense_test.as_dict(), search=result.search, history=result.history,
-        seconds=result.seconds | {"total": sum(result.seconds.values())}, reference=job.reference,
-        data=data.summary(), model=record["model"], device=str(resolve_device(job.device)), objective=job.finetune.objective,
-        search_objective=job.search.objective, select_by=job.finetune.select_by,
-    )  # fmt: skip
+        test=test.as_dict(),
+        dense_test=dense_test.as_dict(),
+        search=result.search,
+        history=result.history,
+        seconds=result.seconds | {"total": sum(result.seconds.values())},
+        reference=job.reference,
+        data=data.summary(),
+        model=record["model"],
+        device=str(resolve_device(job.device)),
+        objective=job.finetune.objective,
+        search_objective=job.search.objective,
+        select_by=job.finetune.select_by,
+    )
     if result.history:
         plots.training_curves(
             result.history,
@@ -235,10 +254,20 @@ def run_linearize(
         source = search_file if search_file.exists() else search_from
         state = load_torch_file(source) if source else None
         results = linearize_many(
-            dense, data, todo, granularity=job.granularity, method=method, search=job.search, finetune=job.finetune,
-            reference=job.reference, device=device, progress=progress, search_state=state,
-            on_search_epoch=partial(_save_search, search_file, root.log), finetune_checkpoints=partial(_finetune_run, by_count),
-        )  # fmt: skip
+            dense,
+            data,
+            todo,
+            granularity=job.granularity,
+            method=method,
+            search=job.search,
+            finetune=job.finetune,
+            reference=job.reference,
+            device=device,
+            progress=progress,
+            search_state=state,
+            on_search_epoch=partial(_save_search, search_file, root.log),
+            finetune_checkpoints=partial(_finetune_run, by_count),
+        )
         for budget, result in results.items():
             _write_result(
                 by_count[budget],
@@ -257,11 +286,20 @@ def run_linearize(
                 if not (path / MODEL).exists():
                     continue  # skipped (unreachable for this method)
                 m = Run.open(path).metrics
-                rows.append({
-                    "method": method, "budget": b, "relus": m["relus"], "test_accuracy": m["test_accuracy"], "drop": m["drop"],
-                    "val_accuracy": m["val_accuracy"], "search_s": m["seconds"].get("search", m["seconds"].get("allocate", 0.0)), "finetune_s": m["seconds"]["finetune"],
-                    "total_s": m["seconds"]["total"], "worst_group_accuracy": m["test"]["worst_group_accuracy"],
-                })  # fmt: skip
+                rows.append(
+                    {
+                        "method": method,
+                        "budget": b,
+                        "relus": m["relus"],
+                        "test_accuracy": m["test_accuracy"],
+                        "drop": m["drop"],
+                        "val_accuracy": m["val_accuracy"],
+                        "search_s": m["seconds"].get("search", m["seconds"].get("allocate", 0.0)),
+                        "finetune_s": m["seconds"]["finetune"],
+                        "total_s": m["seconds"]["total"],
+                        "worst_group_accuracy": m["test"]["worst_group_accuracy"],
+                    }
+                )
         _write_pareto(root, rows, dense_test.accuracy, dense_relus, data.name)
     return root
 

@@ -61,9 +61,30 @@ class MPCInferJob(RunJob):
 
 
 def _party_command(job: MPCInferJob, addresses: list[str], rank: int, out: Path) -> list[str]:
-    cmd = [sys.executable, "-m", "pifair", "mpc-infer", "--from", str(job.from_run), "--protocol", job.protocol,
-           "--images", str(job.images), "--parties", ",".join(addresses), "--rank", str(rank), "--ot", job.ot,
-           "--batch", str(job.batch), "--fraction-bits", str(job.fraction_bits), "--out", str(out)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "pifair",
+        "mpc-infer",
+        "--from",
+        str(job.from_run),
+        "--protocol",
+        job.protocol,
+        "--images",
+        str(job.images),
+        "--parties",
+        ",".join(addresses),
+        "--rank",
+        str(rank),
+        "--ot",
+        job.ot,
+        "--batch",
+        str(job.batch),
+        "--fraction-bits",
+        str(job.fraction_bits),
+        "--out",
+        str(out),
+    ]
     return cmd + ([] if job.warmup else ["--no-warmup"])
 
 
@@ -74,9 +95,11 @@ def _run_processes(job: MPCInferJob, run: Run, world: int) -> list[PartyResult]:
     folders = [run.path / f"party{r}" for r in range(world)]
     logs = [open(run.file(f"party{r}.err"), "w") for r in range(world)]  # noqa: SIM115 - closed below
     procs = [
-        subprocess.Popen(_party_command(job, addresses, r, folders[r]), stdout=subprocess.DEVNULL, stderr=logs[r])
+        subprocess.Popen(
+            _party_command(job, addresses, r, folders[r]), stdout=subprocess.DEVNULL, stderr=logs[r]
+        )
         for r in range(world)
-    ]  # fmt: skip
+    ]
     try:
         # a party that fails leaves the others waiting on it: stop them all at the first failure
         failed = None
@@ -93,23 +116,38 @@ def _run_processes(job: MPCInferJob, run: Run, world: int) -> list[PartyResult]:
     if failed is None:
         failed = next((r for r, p in enumerate(procs) if p.returncode != 0), None)
     if failed is not None:
-        tail = Path(run.file(f"party{failed}.err")).read_text(errors="replace").strip().splitlines()[-5:]  # fmt: skip
-        raise PartyFailedError(f"party {failed} exited with {procs[failed].returncode} (the others were stopped): " + " | ".join(tail))  # fmt: skip
+        tail = (
+            Path(run.file(f"party{failed}.err"))
+            .read_text(errors="replace")
+            .strip()
+            .splitlines()[-5:]
+        )
+        raise PartyFailedError(
+            f"party {failed} exited with {procs[failed].returncode} (the others were stopped): "
+            + " | ".join(tail)
+        )
     return [PartyResult.from_dict(Run.open(f).metrics["party"]) for f in folders]
 
 
-def _play_one(job: MPCInferJob, placement: Placement, program: ExportedModel, images: np.ndarray, run: Run) -> PartyResult:  # fmt: skip
+def _play_one(
+    job: MPCInferJob, placement: Placement, program: ExportedModel, images: np.ndarray, run: Run
+) -> PartyResult:
     world = get_protocol(job.protocol).parties
     if job.rank is None or not 0 <= job.rank < world:
-        raise ConfigError(f"--parties with addresses needs --rank in [0, {world}): the party this machine plays")  # fmt: skip
+        raise ConfigError(
+            f"--parties with addresses needs --rank in [0, {world}): the party this machine plays"
+        )
     log = configure_spu_log(run.file(f"spu-party{job.rank}.log"))
     link = make_link(placement.addresses, job.rank)
     try:
         return run_party(
-            job.rank, link, job.settings(),
+            job.rank,
+            link,
+            job.settings(),
             program=program if job.rank == SERVER else None,
-            images=images if job.rank == CLIENT else None, log=log,
-        )  # fmt: skip
+            images=images if job.rank == CLIENT else None,
+            log=log,
+        )
     finally:
         link.stop_link()
 
@@ -120,12 +158,23 @@ def _per_image(profile: RunProfile | None, images: int) -> dict | None:
     d = profile.as_dict()
     scale = 1.0 / images
     return {
-        "sent": d["sent"] * scale, "received": d["received"] * scale,
-        "messages": d["send_actions"] * scale, "seconds": d["seconds"] * scale,
-        "by_category": {c: {k: v * scale for k, v in row.items()} for c, row in d["by_category"].items()},
-        "ops": {k: {"count": v["count"] * scale, "seconds": v["seconds"] * scale, "bytes": (v["sent"] + v["received"]) * scale, "messages": v["send_actions"] * scale}
-                for k, v in d["ops"].items()},
-    }  # fmt: skip
+        "sent": d["sent"] * scale,
+        "received": d["received"] * scale,
+        "messages": d["send_actions"] * scale,
+        "seconds": d["seconds"] * scale,
+        "by_category": {
+            c: {k: v * scale for k, v in row.items()} for c, row in d["by_category"].items()
+        },
+        "ops": {
+            k: {
+                "count": v["count"] * scale,
+                "seconds": v["seconds"] * scale,
+                "bytes": (v["sent"] + v["received"]) * scale,
+                "messages": v["send_actions"] * scale,
+            }
+            for k, v in d["ops"].items()
+        },
+    }
 
 
 def summarize(results: list[PartyResult], world: int) -> dict:
@@ -141,16 +190,28 @@ def summarize(results: list[PartyResult], world: int) -> dict:
         total = r.total if r else None
         row = {"rank": rank, "role": r.role if r else None, "measured": total is not None}
         if total is not None:
-            row |= {"sent_per_image": total.sent / n, "received_per_image": total.received / n, "messages_per_image": total.send_actions / n}  # fmt: skip
+            row |= {
+                "sent_per_image": total.sent / n,
+                "received_per_image": total.received / n,
+                "messages_per_image": total.send_actions / n,
+            }
         elif world == 2 and server is not None and server.total is not None:
             # 2PC: what one party sends the other receives
             st = server.total
-            row |= {"sent_per_image": st.received / n, "received_per_image": st.sent / n,
-                    "messages_per_image": st.recv_actions / n, "derived_from": "server's link totals"}  # fmt: skip
+            row |= {
+                "sent_per_image": st.received / n,
+                "received_per_image": st.sent / n,
+                "messages_per_image": st.recv_actions / n,
+                "derived_from": "server's link totals",
+            }
         if r is not None:
             row["sharing_bytes_sent"] = r.sharing_bytes_sent
         parties.append(row)
-    reference = server if server and server.total is not None else next((r for r in results if r.total is not None), None)  # fmt: skip
+    reference = (
+        server
+        if server and server.total is not None
+        else next((r for r in results if r.total is not None), None)
+    )
     runs = len(timed.run_seconds)
     out = {
         "seconds_per_image": sum(timed.run_seconds) / n,
@@ -163,11 +224,15 @@ def summarize(results: list[PartyResult], world: int) -> dict:
     if reference is not None and reference.setup is not None:
         s = reference.setup
         out["setup"] = {
-            "seconds": timed.setup_seconds, "bytes": s.sent + s.received, "messages": s.send_actions,
+            "seconds": timed.setup_seconds,
+            "bytes": s.sent + s.received,
+            "messages": s.send_actions,
             # the warm-up is a full run: what it cost beyond an average run is the one-time part
             "one_time_seconds": timed.setup_seconds - out["seconds_per_run"],
-            "one_time_bytes": s.sent + s.received - (reference.total.sent + reference.total.received) / max(runs, 1),
-        }  # fmt: skip
+            "one_time_bytes": s.sent
+            + s.received
+            - (reference.total.sent + reference.total.received) / max(runs, 1),
+        }
     if out["per_image"]:
         p = out["per_image"]
         out["bytes_per_image"] = p["sent"] + p["received"]
@@ -194,8 +259,15 @@ def run_mpc_infer(job: MPCInferJob, *, out: str | os.PathLike | None = None) -> 
     export_s = time.perf_counter() - t0
     run = Run.create("mpc-infer", job.as_config(), out=out)
     relus = count_relus(model, data.input_shape).total
-    run.log.info("%s (%s): %d images, %d ReLUs (%d comparisons by the sites), parties: %s",
-                 protocol.name, protocol.security, n, relus, program.comparisons, placement.describe())  # fmt: skip
+    run.log.info(
+        "%s (%s): %d images, %d ReLUs (%d comparisons by the sites), parties: %s",
+        protocol.name,
+        protocol.security,
+        n,
+        relus,
+        program.comparisons,
+        placement.describe(),
+    )
     if placement.mode == "hosts":
         result = _play_one(job, placement, program, images, run)
         run.update_metrics(party=result.as_dict())
@@ -212,21 +284,38 @@ def run_mpc_infer(job: MPCInferJob, *, out: str | os.PathLike | None = None) -> 
     y = data.test.y[:n].numpy()
     logits = client.logits
     metrics = {
-        "kind": "mpc-infer", "protocol": protocol.name, "security": protocol.security,
-        "ot": job.ot if protocol.spu_kind == "CHEETAH" else None, "placement": placement.describe(),
-        "images": n, "batch": job.batch, "relus": relus, "comparisons": program.comparisons,
-        "sites": [s.__dict__ for s in program.sites], "model": record["model"],
+        "kind": "mpc-infer",
+        "protocol": protocol.name,
+        "security": protocol.security,
+        "ot": job.ot if protocol.spu_kind == "CHEETAH" else None,
+        "placement": placement.describe(),
+        "images": n,
+        "batch": job.batch,
+        "relus": relus,
+        "comparisons": program.comparisons,
+        "sites": [s.__dict__ for s in program.sites],
+        "model": record["model"],
         "mpc_accuracy": float((logits.argmax(1) == y).mean()),
         "plaintext_accuracy": float((logits_plain.argmax(1) == y).mean()),
         "argmax_agreement": float((logits.argmax(1) == logits_plain.argmax(1)).mean()),
         "max_logit_error": float(np.abs(logits - logits_plain).max()),
-        "max_relative_error": float(np.abs(logits - logits_plain).max() / max(1e-12, np.abs(logits_plain).max())),
-        "fixed_point": f"64-bit ring, {job.fraction_bits} fraction bits", "export_seconds": export_s,
+        "max_relative_error": float(
+            np.abs(logits - logits_plain).max() / max(1e-12, np.abs(logits_plain).max())
+        ),
+        "fixed_point": f"64-bit ring, {job.fraction_bits} fraction bits",
+        "export_seconds": export_s,
         **summarize(results, protocol.parties),
-    }  # fmt: skip
+    }
     run.update_metrics(**metrics)
-    atomic_write_json(run.file("logits.json"), {"mpc": logits.tolist(), "plaintext": logits_plain.tolist(), "labels": y.tolist()})  # fmt: skip
-    run.log.info("agreement %.3f, max logit error %.2e, %.2f s per image, %.2f MB per image",
-                 metrics["argmax_agreement"], metrics["max_logit_error"], metrics["seconds_per_image"],
-                 (metrics.get("bytes_per_image") or 0) / 1e6)  # fmt: skip
+    atomic_write_json(
+        run.file("logits.json"),
+        {"mpc": logits.tolist(), "plaintext": logits_plain.tolist(), "labels": y.tolist()},
+    )
+    run.log.info(
+        "agreement %.3f, max logit error %.2e, %.2f s per image, %.2f MB per image",
+        metrics["argmax_agreement"],
+        metrics["max_logit_error"],
+        metrics["seconds_per_image"],
+        (metrics.get("bytes_per_image") or 0) / 1e6,
+    )
     return run

@@ -49,22 +49,48 @@ def run_polyfit(
     run = job.open_run("polyfit", out, resume=resume)
     torch.manual_seed(job.seed)
     parent_test = evaluate(parent_model.to(device), data, "test")
-    result = polyfit(parent_model, data, degree=job.degree, granularity=job.granularity, finetune=job.finetune,
-                     device=device, progress=progress, checkpoints=run, resume=(run.path / CHECKPOINT).exists())  # fmt: skip
+    result = polyfit(
+        parent_model,
+        data,
+        degree=job.degree,
+        granularity=job.granularity,
+        finetune=job.finetune,
+        device=device,
+        progress=progress,
+        checkpoints=run,
+        resume=(run.path / CHECKPOINT).exists(),
+    )
     save_model_like(run.file(MODEL), result.model, record)
     test = evaluate(result.model, data, "test")
     run.update_metrics(
-        kind="polyfit", degree=result.degree, granularity=result.granularity, poly_sites=result.sites,
-        coefficients=result.coefficients, relus=count_relus(result.model, data.input_shape).total,
-        parent_relus=count_relus(parent_model, data.input_shape).total, test_accuracy=test.accuracy,
-        parent_test_accuracy=parent_test.accuracy, drop=parent_test.accuracy - test.accuracy,
-        val_accuracy_before_finetune=result.val_accuracy_before_finetune, test=test.as_dict(),
-        parent_test=parent_test.as_dict(), history=result.history, seconds=result.seconds,
-        data=data.summary(), model=record["model"], device=str(device),
-    )  # fmt: skip
+        kind="polyfit",
+        degree=result.degree,
+        granularity=result.granularity,
+        poly_sites=result.sites,
+        coefficients=result.coefficients,
+        relus=count_relus(result.model, data.input_shape).total,
+        parent_relus=count_relus(parent_model, data.input_shape).total,
+        test_accuracy=test.accuracy,
+        parent_test_accuracy=parent_test.accuracy,
+        drop=parent_test.accuracy - test.accuracy,
+        val_accuracy_before_finetune=result.val_accuracy_before_finetune,
+        test=test.as_dict(),
+        parent_test=parent_test.as_dict(),
+        history=result.history,
+        seconds=result.seconds,
+        data=data.summary(),
+        model=record["model"],
+        device=str(device),
+    )
     if result.history:
-        plots.training_curves(result.history, run.file("curves.png"), title=f"KD fine-tuning, degree-{job.degree} {job.granularity}-wise polynomials")  # fmt: skip
-    plots.group_accuracy(test.as_dict(), run.file("groups.png"), title="test accuracy per group, polynomial model")  # fmt: skip
+        plots.training_curves(
+            result.history,
+            run.file("curves.png"),
+            title=f"KD fine-tuning, degree-{job.degree} {job.granularity}-wise polynomials",
+        )
+    plots.group_accuracy(
+        test.as_dict(), run.file("groups.png"), title="test accuracy per group, polynomial model"
+    )
     run.log.info(
         "polynomial model: test %.4f (ReLU parent %.4f)", test.accuracy, parent_test.accuracy
     )

@@ -49,17 +49,41 @@ def run_share(
     run = job.open_run("share", out, resume=resume)
     torch.manual_seed(job.seed)
     dense_test = evaluate(dense.to(device), data, "test")
-    result = share(dense, data, job.budget, scheme=job.scheme, rule=job.rule, finetune=job.finetune, device=device, progress=progress,
-                   checkpoints=run, resume=(run.path / CHECKPOINT).exists())  # fmt: skip
+    result = share(
+        dense,
+        data,
+        job.budget,
+        scheme=job.scheme,
+        rule=job.rule,
+        finetune=job.finetune,
+        device=device,
+        progress=progress,
+        checkpoints=run,
+        resume=(run.path / CHECKPOINT).exists(),
+    )
     save_model_like(run.file(MODEL), result.model, record)
     test = evaluate(result.model, data, "test")
     run.update_metrics(
-        kind="share", method=f"share-{job.scheme}-{job.rule}", scheme=job.scheme, rule=job.rule, budget=result.budget, relus=result.relus,
-        dense_relus=count_relus(dense, data.input_shape).total, allocation=result.allocation, test_accuracy=test.accuracy,
-        dense_test_accuracy=dense_test.accuracy, drop=dense_test.accuracy - test.accuracy, val_accuracy=evaluate(result.model, data, "val").accuracy,
-        test=test.as_dict(), dense_test=dense_test.as_dict(), history=result.history,
-        seconds=result.seconds | {"total": sum(result.seconds.values())}, data=data.summary(), model=record["model"], device=str(device),
-    )  # fmt: skip
+        kind="share",
+        method=f"share-{job.scheme}-{job.rule}",
+        scheme=job.scheme,
+        rule=job.rule,
+        budget=result.budget,
+        relus=result.relus,
+        dense_relus=count_relus(dense, data.input_shape).total,
+        allocation=result.allocation,
+        test_accuracy=test.accuracy,
+        dense_test_accuracy=dense_test.accuracy,
+        drop=dense_test.accuracy - test.accuracy,
+        val_accuracy=evaluate(result.model, data, "val").accuracy,
+        test=test.as_dict(),
+        dense_test=dense_test.as_dict(),
+        history=result.history,
+        seconds=result.seconds | {"total": sum(result.seconds.values())},
+        data=data.summary(),
+        model=record["model"],
+        device=str(device),
+    )
     if result.history:
         plots.training_curves(
             result.history,

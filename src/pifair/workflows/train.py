@@ -53,9 +53,17 @@ def train(
     run.write_json("relus.json", relus.as_dict())
     run.log.info("model %s: %s ReLUs\n%s", cfg.model, f"{relus.total:,}", relus.table())
     settings = LoopSettings(
-        epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-        schedule=cfg.schedule, seed=cfg.seed, device=resolve_device(cfg.device), loader=cfg.loader, progress=progress,
-    )  # fmt: skip
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay,
+        schedule=cfg.schedule,
+        seed=cfg.seed,
+        device=resolve_device(cfg.device),
+        loader=cfg.loader,
+        progress=progress,
+    )
     t0 = time.perf_counter()
     history = fit(
         model,
@@ -76,10 +84,17 @@ def train(
         options=cfg.model_options(),
     )
     run.update_metrics(
-        kind="train", model=cfg.model, relus=relus.total, data=data.summary(), history=history,
-        val_accuracy=history[-1]["val_accuracy"], test=test.as_dict(), test_accuracy=test.accuracy,
-        wall_time_s=elapsed, device=str(settings.device),
-    )  # fmt: skip
+        kind="train",
+        model=cfg.model,
+        relus=relus.total,
+        data=data.summary(),
+        history=history,
+        val_accuracy=history[-1]["val_accuracy"],
+        test=test.as_dict(),
+        test_accuracy=test.accuracy,
+        wall_time_s=elapsed,
+        device=str(settings.device),
+    )
     plots.training_curves(history, run.file("curves.png"), title=f"{cfg.model} on {cfg.data}")
     plots.group_accuracy(
         test.as_dict(), run.file("groups.png"), title=f"test accuracy per group ({cfg.group_by})"

@@ -26,7 +26,17 @@ from .lowerings import lower_site
 
 __all__ = ["LinearStage", "PolyStage", "HEProgram", "check_he_ready", "compile_model"]
 
-_LINEAR_TYPES = (nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.Identity, nn.Dropout)  # fmt: skip
+_LINEAR_TYPES = (
+    nn.Conv2d,
+    nn.Linear,
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool2d,
+    nn.Flatten,
+    nn.Identity,
+    nn.Dropout,
+)
 
 
 @dataclass
@@ -74,9 +84,23 @@ class HEProgram:
         out = []
         for s in self.stages:
             if isinstance(s, LinearStage):
-                out.append({"stage": "linear", "in": s.weights.shape[1], "out": s.weights.shape[0], "terms": s.terms, "depth": s.depth})  # fmt: skip
+                out.append(
+                    {
+                        "stage": "linear",
+                        "in": s.weights.shape[1],
+                        "out": s.weights.shape[0],
+                        "terms": s.terms,
+                        "depth": s.depth,
+                    }
+                )
             else:
-                out.append({"stage": f"poly{s.degree}", "features": s.coefficients.shape[1], "depth": s.depth})  # fmt: skip
+                out.append(
+                    {
+                        "stage": f"poly{s.degree}",
+                        "features": s.coefficients.shape[1],
+                        "depth": s.depth,
+                    }
+                )
         return out
 
     def check_encryptable(self) -> None:
@@ -140,7 +164,9 @@ class _Stop(Exception):
         self.value = value
 
 
-def _stage_map(model: nn.Module, input_shape, sites: list[ActivationSite], k: int, chunk: int) -> tuple[sparse.csr_matrix, np.ndarray]:  # fmt: skip
+def _stage_map(
+    model: nn.Module, input_shape, sites: list[ActivationSite], k: int, chunk: int
+) -> tuple[sparse.csr_matrix, np.ndarray]:
     """The affine map from stage k's input (the image, or site k-1's output) to its output (site
     k's input, or the logits), as (CSR weights, bias)."""
     in_shape = tuple(input_shape) if k == 0 else sites[k - 1].feature_shape
@@ -158,7 +184,11 @@ def _stage_map(model: nn.Module, input_shape, sites: list[ActivationSite], k: in
                 raise _Stop(inputs[0])
 
             handles.append(sites[k].register_forward_pre_hook(stop))
-        x = probe.view(-1, *input_shape) if k == 0 else torch.zeros(len(probe), *input_shape, dtype=torch.float64)  # fmt: skip
+        x = (
+            probe.view(-1, *input_shape)
+            if k == 0
+            else torch.zeros(len(probe), *input_shape, dtype=torch.float64)
+        )
         try:
             out = model(x)
         except _Stop as s:
@@ -175,13 +205,19 @@ def _stage_map(model: nn.Module, input_shape, sites: list[ActivationSite], k: in
             eye = torch.zeros(min(chunk, dim - start), dim, dtype=torch.float64)
             eye[torch.arange(len(eye)), torch.arange(start, start + len(eye))] = 1.0
             cols = (outputs(eye) - bias).numpy()  # (chunk, out): columns of W
-            blocks.append(sparse.csr_matrix(np.where(np.abs(cols) > 1e-12 * max(1.0, np.abs(cols).max()), cols, 0.0)))  # fmt: skip
+            blocks.append(
+                sparse.csr_matrix(
+                    np.where(np.abs(cols) > 1e-12 * max(1.0, np.abs(cols).max()), cols, 0.0)
+                )
+            )
     weights = sparse.vstack(blocks).T.tocsr()
     weights.eliminate_zeros()
     return weights, bias.numpy()
 
 
-def compile_model(model: nn.Module, input_shape, *, chunk: int = 1024, check_samples: int = 8) -> HEProgram:  # fmt: skip
+def compile_model(
+    model: nn.Module, input_shape, *, chunk: int = 1024, check_samples: int = 8
+) -> HEProgram:
     """The CKKS program of an HE-ready ``model`` (checked against it on random inputs).
 
     Examples
@@ -213,7 +249,9 @@ def compile_model(model: nn.Module, input_shape, *, chunk: int = 1024, check_sam
         program.stages.append(LinearStage(w, b))
         if k < len(order):
             program.stages.append(PolyStage(lower_site(names[id(order[k])], order[k])))
-    x = torch.randn(check_samples, *input_shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0))  # fmt: skip
+    x = torch.randn(
+        check_samples, *input_shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0)
+    )
     with torch.no_grad():
         expected = m(x).numpy()
     got = program.run_plain(x.numpy())

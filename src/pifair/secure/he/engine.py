@@ -102,15 +102,18 @@ class HEClient:
             "files": files,
             "only_public_files": files == ["parms.seal", "public.seal", "relin.seal"],
             "secret_key_in_folder": bool(leaked),
-            "server_holds_no_secret_key": not leaked and files == ["parms.seal", "public.seal", "relin.seal"],
-        }  # fmt: skip
+            "server_holds_no_secret_key": not leaked
+            and files == ["parms.seal", "public.seal", "relin.seal"],
+        }
 
     def encrypt(self, x: np.ndarray) -> list:
         """(B, features) -> one ciphertext per feature, image b in slot b (B <= slots)."""
         s = _seal()
         x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
         if len(x) > self.params.slots:
-            raise ConfigError(f"batch {len(x)} exceeds the {self.params.slots} slots; split it (HEInference does)")  # fmt: skip
+            raise ConfigError(
+                f"batch {len(x)} exceeds the {self.params.slots} slots; split it (HEInference does)"
+            )
         out = []
         for column in x.T:
             pt, ct = s.Plaintext(), s.Ciphertext()
@@ -208,7 +211,9 @@ class HEServer:
             _JOB = (fn, folder)
             try:
                 with mp.get_context("fork").Pool(self.workers) as pool:
-                    pool.map(_work, [c.tolist() for c in np.array_split(np.arange(count), self.workers)])  # fmt: skip
+                    pool.map(
+                        _work, [c.tolist() for c in np.array_split(np.arange(count), self.workers)]
+                    )
             finally:
                 _JOB = None
             out = []
@@ -226,7 +231,10 @@ class HEServer:
             lo, hi = w.indptr[o], w.indptr[o + 1]
             terms = [(cts[j], float(v)) for j, v in zip(w.indices[lo:hi], w.data[lo:hi])]
             if not terms:
-                raise ConfigError(f"output {o} of a linear stage depends on no input (a constant); the engine does not encrypt constants")  # fmt: skip
+                raise ConfigError(
+                    f"output {o} of a linear stage depends on no input (a constant); the engine "
+                    "does not encrypt constants"
+                )
             acc = self._weighted_sum(terms)
             self._add_constant(acc, float(stage.bias[o]))
             return acc
@@ -256,7 +264,9 @@ class HEServer:
                 terms.append((x1, c[1, j]))
             y = self._weighted_sum(terms) if terms else None
         if y is None:
-            raise ConfigError(f"feature {j}: a constant polynomial; the engine does not encrypt constants")  # fmt: skip
+            raise ConfigError(
+                f"feature {j}: a constant polynomial; the engine does not encrypt constants"
+            )
         self._add_constant(y, float(c[0, j]))
         return y
 
@@ -266,8 +276,18 @@ class HEServer:
             t0 = time.perf_counter()
             if isinstance(stage, LinearStage):
                 cts = self._linear(stage, cts)
-                self.timings.append(StageTiming(f"linear {stage.weights.shape[1]}->{stage.weights.shape[0]}", time.perf_counter() - t0, stage.terms))  # fmt: skip
+                self.timings.append(
+                    StageTiming(
+                        f"linear {stage.weights.shape[1]}->{stage.weights.shape[0]}",
+                        time.perf_counter() - t0,
+                        stage.terms,
+                    )
+                )
             else:
                 cts = self._poly(stage, cts)
-                self.timings.append(StageTiming(f"poly{stage.degree} x{len(cts)}", time.perf_counter() - t0, len(cts)))  # fmt: skip
+                self.timings.append(
+                    StageTiming(
+                        f"poly{stage.degree} x{len(cts)}", time.perf_counter() - t0, len(cts)
+                    )
+                )
         return cts

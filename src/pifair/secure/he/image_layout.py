@@ -95,7 +95,9 @@ class ImageLayout:
                     if not diag.any():
                         continue
                     g, b = divmod(d, self.baby)
-                    blocks.setdefault(g, []).append((b, self._encode(np.roll(diag, g * self.baby), pid, q)))  # fmt: skip
+                    blocks.setdefault(g, []).append(
+                        (b, self._encode(np.roll(diag, g * self.baby), pid, q))
+                    )
                 bias = self._encode(stage.bias, chain[level + 1], srv.scale)
                 plans.append(_Diagonals(self.baby, blocks, bias))
                 level += 1
@@ -105,11 +107,13 @@ class ImageLayout:
                     ctx.get_context_data(chain[level + 1]).parms().coeff_modulus()[-1].value()
                 )
                 sq_scale = srv.scale**2 / q
-                plans.append({
-                    "c2": self._encode(c[2], chain[level + 1], srv.scale * q2 / sq_scale),
-                    "c1": self._encode(c[1], chain[level + 1], q2),
-                    "c0": self._encode(c[0], chain[level + 2], srv.scale),
-                })  # fmt: skip
+                plans.append(
+                    {
+                        "c2": self._encode(c[2], chain[level + 1], srv.scale * q2 / sq_scale),
+                        "c1": self._encode(c[1], chain[level + 1], q2),
+                        "c0": self._encode(c[0], chain[level + 2], srv.scale),
+                    }
+                )
                 level += 2
         return plans
 

@@ -39,7 +39,12 @@ class CKKSParameters:
         return sum(self.coeff_bits)
 
     def as_dict(self) -> dict:
-        return asdict(self) | {"slots": self.slots, "log_q": self.log_q, "max_log_q": MAX_LOG_Q[self.poly_modulus_degree], "security_bits": 128}  # fmt: skip
+        return asdict(self) | {
+            "slots": self.slots,
+            "log_q": self.log_q,
+            "max_log_q": MAX_LOG_Q[self.poly_modulus_degree],
+            "security_bits": 128,
+        }
 
 
 def choose_parameters(

@@ -13,8 +13,23 @@ from .profile import CATEGORIES, OpCost, RunProfile, parse_profile
 from .protocols import PROTOCOLS, Protocol, get_protocol
 
 __all__ = [
-    "CATEGORIES", "ExportedModel", "MPCSettings", "OpCost", "PROTOCOLS", "PartyResult",
-    "Placement", "Protocol", "RunProfile", "SiteExport", "configure_spu_log", "export_model",
-    "free_loopback_addresses", "get_protocol", "make_link", "parse_parties", "parse_profile",
-    "run_in_threads", "run_party",
-]  # fmt: skip
+    "CATEGORIES",
+    "ExportedModel",
+    "MPCSettings",
+    "OpCost",
+    "PROTOCOLS",
+    "PartyResult",
+    "Placement",
+    "Protocol",
+    "RunProfile",
+    "SiteExport",
+    "configure_spu_log",
+    "export_model",
+    "free_loopback_addresses",
+    "get_protocol",
+    "make_link",
+    "parse_parties",
+    "parse_profile",
+    "run_in_threads",
+    "run_party",
+]

@@ -82,13 +82,17 @@ class PartyResult:
 
     def as_dict(self) -> dict:
         return {
-            "rank": self.rank, "role": self.role, "images": self.images,
-            "run_seconds": self.run_seconds, "setup_seconds": self.setup_seconds,
+            "rank": self.rank,
+            "role": self.role,
+            "images": self.images,
+            "run_seconds": self.run_seconds,
+            "setup_seconds": self.setup_seconds,
             "runs": [r.as_dict() for r in self.runs],
             "setup": self.setup.as_dict() if self.setup else None,
-            "compile_seconds": self.compile_seconds, "sharing_bytes_sent": self.sharing_bytes_sent,
+            "compile_seconds": self.compile_seconds,
+            "sharing_bytes_sent": self.sharing_bytes_sent,
             "logits": None if self.logits is None else self.logits.tolist(),
-        }  # fmt: skip
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> PartyResult:
@@ -109,7 +113,13 @@ def configure_spu_log(path: str | os.PathLike) -> ProfileLog:
     return ProfileLog(path)
 
 
-def make_link(addresses: Sequence[str] | None, rank: int, *, world: int | None = None, world_id: str | None = None):  # fmt: skip
+def make_link(
+    addresses: Sequence[str] | None,
+    rank: int,
+    *,
+    world: int | None = None,
+    world_id: str | None = None,
+):
     """The link of party ``rank``: over sockets to ``addresses`` (``host:port`` per rank), or,
     with ``addresses=None``, in memory between threads of this process (``world`` parties,
     ``world_id`` naming this set of parties apart from any earlier one)."""
@@ -173,7 +183,9 @@ class _Channel:
         return _unpack(self.link.recv(src))
 
 
-def _deal(channel: _Channel, io, rank: int, owner: int, world: int, arrays: list[np.ndarray] | None) -> list:  # fmt: skip
+def _deal(
+    channel: _Channel, io, rank: int, owner: int, world: int, arrays: list[np.ndarray] | None
+) -> list:
     """The owner secret-shares ``arrays`` and sends each party its shares; returns this
     party's shares."""
     vis = _spu().libspu.Visibility.VIS_SECRET
@@ -192,7 +204,15 @@ def _compile(fn, args: list[np.ndarray], names: list[str]):
     from spu.utils import frontend
 
     vis = [spu.libspu.Visibility.VIS_SECRET] * len(args)
-    executable, _ = frontend.compile(frontend.Kind.JAX, fn, args, {}, names, vis, lambda outs: [f"out{i}" for i in range(len(outs))])  # fmt: skip
+    executable, _ = frontend.compile(
+        frontend.Kind.JAX,
+        fn,
+        args,
+        {},
+        names,
+        vis,
+        lambda outs: [f"out{i}" for i in range(len(outs))],
+    )
     return executable
 
 
@@ -222,7 +242,9 @@ def run_party(
         raise ConfigError("the server (rank 0) needs the exported model")
     if rank == CLIENT and images is None:
         raise ConfigError("the client (rank 1) needs the images")
-    config = runtime_config(protocol, ot=settings.ot, fraction_bits=settings.fraction_bits, profile=log is not None)  # fmt: skip
+    config = runtime_config(
+        protocol, ot=settings.ot, fraction_bits=settings.fraction_bits, profile=log is not None
+    )
     channel = _Channel(link)
     io = spu_api.Io(world, config)
     runtime = spu_api.Runtime(link, config)
@@ -230,7 +252,11 @@ def run_party(
     # 1. the client says how many images come and with which settings; the server publishes
     # the program. Parties started with different settings would wait on each other forever.
     if rank == CLIENT:
-        header = {"images": len(images), "shape": list(images.shape[1:]), "settings": asdict(settings)}  # fmt: skip
+        header = {
+            "images": len(images),
+            "shape": list(images.shape[1:]),
+            "settings": asdict(settings),
+        }
         for r in range(world):
             if r != CLIENT:
                 channel.send(r, [json.dumps(header).encode()])
@@ -239,15 +265,25 @@ def run_party(
         header = json.loads(channel.recv(CLIENT)[0])
         count = header["images"]
         if header["settings"] != asdict(settings):
-            raise ConfigError(f"party {rank} runs with {asdict(settings)} but the client with {header['settings']}: start every party with the same options")  # fmt: skip
+            raise ConfigError(
+                f"party {rank} runs with {asdict(settings)} but the client with "
+                f"{header['settings']}: start every party with the same options"
+            )
         if rank == SERVER and tuple(header["shape"]) != tuple(program.input_shape):
-            raise ConfigError(f"the client's images have shape {tuple(header['shape'])} but the model takes {tuple(program.input_shape)}")  # fmt: skip
+            raise ConfigError(
+                f"the client's images have shape {tuple(header['shape'])} but the model takes "
+                f"{tuple(program.input_shape)}"
+            )
     compile_s = 0.0
     if rank == SERVER:
         t0 = time.perf_counter()
         keys = sorted(program.params)
         batch_x = np.zeros((settings.batch, *program.input_shape), np.float32)
-        main = _compile(lambda x, *ps: program.fn(x, dict(zip(keys, ps))), [batch_x, *(program.params[k] for k in keys)], ["x", *keys])  # fmt: skip
+        main = _compile(
+            lambda x, *ps: program.fn(x, dict(zip(keys, ps))),
+            [batch_x, *(program.params[k] for k in keys)],
+            ["x", *keys],
+        )
         compile_s = time.perf_counter() - t0
         for r in range(1, world):
             channel.send(r, [main.SerializeToString()])
@@ -264,7 +300,9 @@ def run_party(
     # batches) on their first use at a given size, so a first run on a zero image takes it
     setup_s, setup_profile = 0.0, None
     if settings.warmup:
-        zeros = np.zeros((settings.batch, *images.shape[1:]), np.float32) if rank == CLIENT else None  # fmt: skip
+        zeros = (
+            np.zeros((settings.batch, *images.shape[1:]), np.float32) if rank == CLIENT else None
+        )
         (share,) = _deal(channel, io, rank, CLIENT, world, [zeros] if rank == CLIENT else None)
         runtime.set_var(main.input_names[0], share)
         t0 = time.perf_counter()
@@ -296,8 +334,14 @@ def run_party(
         else:
             channel.send(CLIENT, [_share_bytes(out)])
     return PartyResult(
-        rank=rank, role=ROLES[rank], images=count, run_seconds=run_seconds, setup_seconds=setup_s,
-        runs=profiles, setup=setup_profile, compile_seconds=compile_s,
+        rank=rank,
+        role=ROLES[rank],
+        images=count,
+        run_seconds=run_seconds,
+        setup_seconds=setup_s,
+        runs=profiles,
+        setup=setup_profile,
+        compile_seconds=compile_s,
         sharing_bytes_sent=channel.sent,
         logits=np.concatenate(outputs).astype(np.float64) if outputs else None,
-    )  # fmt: skip
+    )

@@ -118,7 +118,9 @@ class _Exporter:
 
     def _conv(self, name: str, conv: nn.Conv2d) -> Op:
         if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
-            raise UnsupportedLayerError(f"layer {name!r}: only numeric zero padding is exported to MPC")  # fmt: skip
+            raise UnsupportedLayerError(
+                f"layer {name!r}: only numeric zero padding is exported to MPC"
+            )
         w = self._param(f"{name}.weight", conv.weight)
         b = self._param(f"{name}.bias", conv.bias) if conv.bias is not None else None
         stride, dilation = _pair(conv.stride), _pair(conv.dilation)
@@ -126,7 +128,15 @@ class _Exporter:
         lax = _lax()
 
         def op(x, p):
-            y = lax.conv_general_dilated(x, p[w], stride, pad, rhs_dilation=dilation, dimension_numbers=("NCHW", "OIHW", "NCHW"), feature_group_count=conv.groups)  # fmt: skip
+            y = lax.conv_general_dilated(
+                x,
+                p[w],
+                stride,
+                pad,
+                rhs_dilation=dilation,
+                dimension_numbers=("NCHW", "OIHW", "NCHW"),
+                feature_group_count=conv.groups,
+            )
             return y if b is None else y + p[b].reshape(1, -1, 1, 1)
 
         return op
@@ -145,11 +155,17 @@ class _Exporter:
 
     def _avg_pool(self, name: str, pool: nn.AvgPool2d) -> Op:
         if pool.ceil_mode or pool.divisor_override is not None:
-            raise UnsupportedLayerError(f"layer {name!r}: average pooling with ceil_mode or a divisor override is not exported to MPC")  # fmt: skip
+            raise UnsupportedLayerError(
+                f"layer {name!r}: average pooling with ceil_mode or a divisor override is not "
+                "exported to MPC"
+            )
         (kh, kw), (sh, sw) = _pair(pool.kernel_size), _pair(pool.stride or pool.kernel_size)
         ph, pw = _pair(pool.padding)
         if (ph or pw) and not pool.count_include_pad:
-            raise UnsupportedLayerError(f"layer {name!r}: padded average pooling must count the padding (count_include_pad=True)")  # fmt: skip
+            raise UnsupportedLayerError(
+                f"layer {name!r}: padded average pooling must count the padding "
+                "(count_include_pad=True)"
+            )
         lax = _lax()
         if (kh, kw) == (sh, sw) and not (ph or pw):
             # tiles: a reshape and a sum (SPU's plain reduce), no sliding window
@@ -161,24 +177,42 @@ class _Exporter:
             return tiles
 
         def op(x, _p):
-            s = lax.reduce_window(x, 0.0, lax.add, (1, 1, kh, kw), (1, 1, sh, sw), ((0, 0), (0, 0), (ph, ph), (pw, pw)))  # fmt: skip
+            s = lax.reduce_window(
+                x,
+                0.0,
+                lax.add,
+                (1, 1, kh, kw),
+                (1, 1, sh, sw),
+                ((0, 0), (0, 0), (ph, ph), (pw, pw)),
+            )
             return s / (kh * kw)
 
         return op
 
     def _adaptive_avg_pool(self, name: str, pool: nn.AdaptiveAvgPool2d) -> Op:
         if _pair(pool.output_size) != (1, 1):
-            raise UnsupportedLayerError(f"layer {name!r}: only global average pooling (output 1x1) is exported to MPC")  # fmt: skip
+            raise UnsupportedLayerError(
+                f"layer {name!r}: only global average pooling (output 1x1) is exported to MPC"
+            )
         jnp = _jnp()
         return lambda x, _p: jnp.mean(x, axis=(2, 3), keepdims=True)
 
     def _max_pool(self, name: str, pool: nn.MaxPool2d) -> Op:
         if pool.ceil_mode or _pair(pool.dilation) != (1, 1):
-            raise UnsupportedLayerError(f"layer {name!r}: max pooling with ceil_mode or dilation is not exported to MPC")  # fmt: skip
+            raise UnsupportedLayerError(
+                f"layer {name!r}: max pooling with ceil_mode or dilation is not exported to MPC"
+            )
         (kh, kw), (sh, sw) = _pair(pool.kernel_size), _pair(pool.stride or pool.kernel_size)
         ph, pw = _pair(pool.padding)
         lax, jnp = _lax(), _jnp()
-        return lambda x, _p: lax.reduce_window(x, -jnp.inf, lax.max, (1, 1, kh, kw), (1, 1, sh, sw), ((0, 0), (0, 0), (ph, ph), (pw, pw)))  # fmt: skip
+        return lambda x, _p: lax.reduce_window(
+            x,
+            -jnp.inf,
+            lax.max,
+            (1, 1, kh, kw),
+            (1, 1, sh, sw),
+            ((0, 0), (0, 0), (ph, ph), (pw, pw)),
+        )
 
     def _site(self, name: str, site: ActivationSite) -> Op:
         return lower_site(self.lowering, name, site)
@@ -189,11 +223,14 @@ class _Exporter:
         if node.name in self.skip or isinstance(module, (nn.Identity, nn.Dropout)):
             return None  # identity
         builders: list[tuple[type | tuple[type, ...], Callable]] = [
-            (nn.Conv2d, self._conv), (nn.Linear, self._linear),
-            ((nn.BatchNorm1d, nn.BatchNorm2d), self._batch_norm), (nn.AvgPool2d, self._avg_pool),
-            (nn.AdaptiveAvgPool2d, self._adaptive_avg_pool), (nn.MaxPool2d, self._max_pool),
+            (nn.Conv2d, self._conv),
+            (nn.Linear, self._linear),
+            ((nn.BatchNorm1d, nn.BatchNorm2d), self._batch_norm),
+            (nn.AvgPool2d, self._avg_pool),
+            (nn.AdaptiveAvgPool2d, self._adaptive_avg_pool),
+            (nn.MaxPool2d, self._max_pool),
             ((ActivationSite, nn.ReLU), self._site),
-        ]  # fmt: skip
+        ]
         for types, build in builders:
             if isinstance(module, types):
                 if isinstance(module, nn.ReLU):  # a plain torch ReLU: a dense site
@@ -233,7 +270,10 @@ class _Exporter:
             elif node.op in ("call_function", "call_method"):
                 steps.append((node, _function_op(node)))
             elif node.op == "get_attr":
-                raise UnsupportedLayerError(f"graph node {node.name!r} reads a tensor attribute ({node.target}); only module weights are exported")  # fmt: skip
+                raise UnsupportedLayerError(
+                    f"graph node {node.name!r} reads a tensor attribute ({node.target}); only "
+                    "module weights are exported"
+                )
         output = next(n for n in self.graph.nodes if n.op == "output")
 
         def forward(x, params):
@@ -263,20 +303,35 @@ def _function_op(node: fx.Node) -> Op:
     """JAX for the torch functions and tensor methods models call in ``forward``."""
     jnp = _jnp()
     if node.target in (torch.relu, nn.functional.relu, "relu"):
-        raise UnsupportedLayerError(f"node {node.name!r} calls relu as a function; make it an activation site (pifair.relu.replace_activations) so that it is counted and can be reduced")  # fmt: skip
+        raise UnsupportedLayerError(
+            f"node {node.name!r} calls relu as a function; make it an activation site "
+            "(pifair.relu.replace_activations) so that it is counted and can be reduced"
+        )
     functions: dict[object, Op] = {
-        torch.flatten: _flatten, operator.add: operator.add, torch.add: operator.add,
-        operator.iadd: operator.add, operator.mul: operator.mul,
-    }  # fmt: skip
+        torch.flatten: _flatten,
+        operator.add: operator.add,
+        torch.add: operator.add,
+        operator.iadd: operator.add,
+        operator.mul: operator.mul,
+    }
     methods: dict[str, Op] = {
-        "flatten": _flatten, "view": lambda x, *s: x.reshape(*s), "reshape": lambda x, *s: x.reshape(*s),
-        "size": lambda x, d=None: x.shape if d is None else x.shape[d], "add": operator.add,
+        "flatten": _flatten,
+        "view": lambda x, *s: x.reshape(*s),
+        "reshape": lambda x, *s: x.reshape(*s),
+        "size": lambda x, d=None: x.shape if d is None else x.shape[d],
+        "add": operator.add,
         "mean": lambda x, dim=None, keepdim=False: jnp.mean(x, axis=dim, keepdims=keepdim),
-    }  # fmt: skip
+    }
     op = methods.get(node.target) if node.op == "call_method" else functions.get(node.target)
     if op is None:
-        what = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", node.target)  # fmt: skip
-        raise UnsupportedLayerError(f"operation {what!r} (node {node.name!r}) cannot be exported to MPC")  # fmt: skip
+        what = (
+            node.target
+            if isinstance(node.target, str)
+            else getattr(node.target, "__name__", node.target)
+        )
+        raise UnsupportedLayerError(
+            f"operation {what!r} (node {node.name!r}) cannot be exported to MPC"
+        )
     return op
 
 
@@ -311,7 +366,8 @@ def export_model(
         err = np.abs(got - want).max() / max(1.0, np.abs(want).max())
         if not np.isfinite(err) or err > atol:
             raise UnsupportedLayerError(
-                f"the exported JAX function differs from the torch model (relative error {err:.2e}); "
+                "the exported JAX function differs from the torch model (relative error "
+                f"{err:.2e}); "
                 "the model's forward does something the exporter does not model"
             )
     return exported

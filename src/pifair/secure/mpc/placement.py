@@ -35,7 +35,10 @@ class Placement:
     def describe(self) -> str:
         if self.mode == "hosts":
             return "one party per host: " + ", ".join(self.addresses)
-        return {"threads": "threads of one process (memory links)", "processes": "one process per party (loopback sockets)"}[self.mode]  # fmt: skip
+        return {
+            "threads": "threads of one process (memory links)",
+            "processes": "one process per party (loopback sockets)",
+        }[self.mode]
 
 
 def parse_parties(text: str, protocol: str) -> Placement:
@@ -47,9 +50,14 @@ def parse_parties(text: str, protocol: str) -> Placement:
     for a in addresses:
         host, _, port = a.rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ConfigError(f"party address {a!r} is not host:port; give --parties threads, processes or host:port,host:port")  # fmt: skip
+            raise ConfigError(
+                f"party address {a!r} is not host:port; give --parties threads, processes or "
+                "host:port,host:port"
+            )
     if len(addresses) != parties:
-        raise ConfigError(f"{protocol} has {parties} parties but --parties lists {len(addresses)} addresses")  # fmt: skip
+        raise ConfigError(
+            f"{protocol} has {parties} parties but --parties lists {len(addresses)} addresses"
+        )
     return Placement("hosts", addresses)
 
 
@@ -86,11 +94,13 @@ def run_in_threads(
         try:
             link = make_link(None, rank, world=world, world_id=world_id)
             results[rank] = run_party(
-                rank, link, settings,
+                rank,
+                link,
+                settings,
                 program=program if rank == SERVER else None,
                 images=images if rank == 1 else None,
                 log=log if rank == SERVER else None,
-            )  # fmt: skip
+            )
         except BaseException as err:  # noqa: BLE001 - re-raised in the caller's thread
             errors.append(err)
 

@@ -17,9 +17,30 @@ __all__ = ["OpCost", "RunProfile", "ProfileLog", "parse_profile", "category", "C
 #: how pifair groups SPU's ops: comparisons are what ReLU reduction removes
 CATEGORIES = ("linear", "comparison", "multiplication", "data movement")
 
-_COMPARISON = {"less", "greater", "less_equal", "greater_equal", "maximum", "minimum", "reduce_window", "sign", "equal", "not_equal"}  # fmt: skip
+_COMPARISON = {
+    "less",
+    "greater",
+    "less_equal",
+    "greater_equal",
+    "maximum",
+    "minimum",
+    "reduce_window",
+    "sign",
+    "equal",
+    "not_equal",
+}
 _MULTIPLICATION = {"multiply", "select"}  # the ReLU's multiplexer and polynomial products
-_LINEAR = {"dot", "dot_general", "convolution", "add", "subtract", "negate", "reduce", "divide", "pad"}  # fmt: skip
+_LINEAR = {
+    "dot",
+    "dot_general",
+    "convolution",
+    "add",
+    "subtract",
+    "negate",
+    "reduce",
+    "divide",
+    "pad",
+}
 
 _OP_LINE = re.compile(
     r"- (?P<name>[\w.:\- ]+?), executed (?P<count>\d+) times, duration (?P<seconds>[\d.e+-]+)s, "
@@ -80,11 +101,24 @@ class RunProfile:
         for k, v in other.ops.items():
             if k in ops:
                 o = ops[k]
-                for attr in ("count", "seconds", "sent", "received", "send_actions", "recv_actions"):  # fmt: skip
+                for attr in (
+                    "count",
+                    "seconds",
+                    "sent",
+                    "received",
+                    "send_actions",
+                    "recv_actions",
+                ):
                     setattr(o, attr, getattr(o, attr) + getattr(v, attr))
             else:
                 ops[k] = OpCost(**asdict(v))
-        return RunProfile(ops, self.sent + other.sent, self.received + other.received, self.send_actions + other.send_actions, self.recv_actions + other.recv_actions)  # fmt: skip
+        return RunProfile(
+            ops,
+            self.sent + other.sent,
+            self.received + other.received,
+            self.send_actions + other.send_actions,
+            self.recv_actions + other.recv_actions,
+        )
 
     def by_category(self) -> dict[str, dict[str, float]]:
         """Seconds, bytes (sent + received) and messages sent, per category."""
@@ -98,10 +132,14 @@ class RunProfile:
 
     def as_dict(self) -> dict:
         return {
-            "sent": self.sent, "received": self.received, "send_actions": self.send_actions,
-            "recv_actions": self.recv_actions, "seconds": self.seconds,
-            "by_category": self.by_category(), "ops": {k: asdict(v) for k, v in self.ops.items()},
-        }  # fmt: skip
+            "sent": self.sent,
+            "received": self.received,
+            "send_actions": self.send_actions,
+            "recv_actions": self.recv_actions,
+            "seconds": self.seconds,
+            "by_category": self.by_category(),
+            "ops": {k: asdict(v) for k, v in self.ops.items()},
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> RunProfile:
@@ -116,15 +154,25 @@ def parse_profile(text: str) -> RunProfile:
         raise RuntimeError("SPU wrote no profile; was enable_pphlo_profile set for this party?")
     block = text[start:]
     # the HLO block ends where the next level's block (HAL, MPC) or the link line starts
-    cut = min((i for i in (block.find("HAL profiling"), block.find("MPC profiling")) if i > 0), default=len(block))  # fmt: skip
+    cut = min(
+        (i for i in (block.find("HAL profiling"), block.find("MPC profiling")) if i > 0),
+        default=len(block),
+    )
     ops = {}
     for m in _OP_LINE.finditer(block[:cut]):
         d = m.groupdict()
-        ops[d["name"]] = OpCost(d["name"], int(d["count"]), float(d["seconds"]), *(int(d[k]) for k in ("sent", "received", "send_actions", "recv_actions")))  # fmt: skip
+        ops[d["name"]] = OpCost(
+            d["name"],
+            int(d["count"]),
+            float(d["seconds"]),
+            *(int(d[k]) for k in ("sent", "received", "send_actions", "recv_actions")),
+        )
     link = _LINK_LINE.search(block)
     if link is None:
         raise RuntimeError("SPU's profile has no link totals")
-    return RunProfile(ops, *(int(link[k]) for k in ("sent", "received", "send_actions", "recv_actions")))  # fmt: skip
+    return RunProfile(
+        ops, *(int(link[k]) for k in ("sent", "received", "send_actions", "recv_actions"))
+    )
 
 
 class ProfileLog:

@@ -31,17 +31,21 @@ PROTOCOLS: dict[str, Protocol] = {
     p.name: p
     for p in (
         Protocol(
-            "cheetah", "CHEETAH", 2,
+            "cheetah",
+            "CHEETAH",
+            2,
             "2PC, semi-honest, no dealer: HE for linear layers, OT for comparisons",
         ),
         Protocol(
-            "semi2k", "SEMI2K", 2,
+            "semi2k",
+            "SEMI2K",
+            2,
             "2PC with a TRUSTED FIRST PARTY: rank 0 (the server) deals the Beaver triples, so "
             "the run is not secure against rank 0 in the offline phase",
         ),
         Protocol("aby3", "ABY3", 3, "3PC, honest majority (replicated secret sharing)"),
     )
-}  # fmt: skip
+}
 
 
 def get_protocol(name: str) -> Protocol:
@@ -67,7 +71,9 @@ def runtime_config(
     if ot not in OT_KINDS:
         raise ConfigError(f"unknown OT kind {ot!r}; choose one of {sorted(OT_KINDS)}")
     if not 1 <= fraction_bits <= 40:
-        raise ConfigError(f"fraction_bits must be in [1, 40] for the 64-bit ring, got {fraction_bits}")  # fmt: skip
+        raise ConfigError(
+            f"fraction_bits must be in [1, 40] for the 64-bit ring, got {fraction_bits}"
+        )
     spec = {
         "protocol": protocol.spu_kind,
         "field": "FM64",
