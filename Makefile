@@ -1,6 +1,6 @@
 # Two commands do all the set-up on a fresh Debian machine:
 #   make demo   the end-to-end demo on Fashion-MNIST (CPU, minutes), ends with the HTML report
-#   make test   lint + the test suite
+#   make test   lint, type check (mypy on src/) + the test suite
 # Both create .venv when missing and install PyTorch, the project with its extras and the data.
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -30,6 +30,7 @@ demo: install data
 test: install data
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
 lint: install

@@ -11,8 +11,10 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from .dp import DPConfig
+from .dp.rules import MethodName
 from .reduce.finetune import FinetuneSettings
 from .reduce.snl import SearchSettings
 from .report import build_report
@@ -31,7 +33,9 @@ from .workflows.train import train
 __all__ = ["run_demo", "DEMO_TRAIN"]
 
 # The demo's dense model: LeNet-style CNN, about 7 s an epoch on 2 cores, >= 90 % in 4 epochs.
-DEMO_TRAIN = dict(data="fashion-mnist", model="lenet", epochs=4, batch_size=128, lr=0.05, seed=0)
+DEMO_TRAIN: dict[str, Any] = dict(
+    data="fashion-mnist", model="lenet", epochs=4, batch_size=128, lr=0.05, seed=0
+)
 # SNL at two budgets (about 5 % and 16 % of the CNN's 18,944 ReLUs), one shared search kept
 # short for the CPU: faster masks and lambda, top-k makes the count exact wherever it stops.
 DEMO_BUDGETS = ["1000", "3000"]
@@ -48,7 +52,7 @@ DEMO_FINETUNE = FinetuneSettings(epochs=2, batch_size=128)
 
 # DP stage: the fair-dp protocol (Fashion-MNIST, class 8 at 9 %, fair-dp CNN, epsilon 6) on a
 # 20,000-image slice for 3 epochs; momentum 0.9 stands in for the paper's 60 epochs of plain SGD.
-DEMO_DP = dict(
+DEMO_DP: dict[str, Any] = dict(
     data="fashion-mnist", keep="8:0.09", model="fairdp_cnn", epochs=3, momentum=0.9, delta=1e-6
 )
 DEMO_DP_LIMIT = 20_000
@@ -64,10 +68,11 @@ def _dp_stage(
     }
     baseline = out / "dp-nonprivate"
     paths = []
-    for method in ("nonprivate", "dpsgd", "global-adapt"):
+    methods: tuple[MethodName, ...] = ("nonprivate", "dpsgd", "global-adapt")
+    for method in methods:
         path = out / f"dp-{method}"
         # the demo shows misalignment: research diagnostics that epsilon does not cover
-        privacy = (
+        privacy: dict[str, Any] = (
             {}
             if method == "nonprivate"
             else {"epsilon": 6.0, "baseline": str(baseline), "diag_every": 25}
@@ -107,7 +112,9 @@ def _unless_finished(path: Path, key: str, run: Callable[[], object]) -> dict:
 
 # HE stage: the CryptoNets-style CNN (6 epochs), degree-2 element-wise polynomials (3 KD epochs),
 # then one CKKS batch of 4,096 test images (the server's time does not depend on the batch size).
-DEMO_HE_TRAIN = dict(data="fashion-mnist", model="he_cnn", epochs=6, batch_size=128, lr=0.05)
+DEMO_HE_TRAIN: dict[str, Any] = dict(
+    data="fashion-mnist", model="he_cnn", epochs=6, batch_size=128, lr=0.05
+)
 DEMO_HE_IMAGES = 4096
 
 
@@ -236,7 +243,7 @@ def run_demo(
     _stage("4. share ReLUs: one sign decision per patch, 1,000 decisions")
     shared = out / "share-1000"
     if not (shared / MODEL).exists():
-        job = ShareJob(
+        share_job = ShareJob(
             from_run=str(base),
             budget=DEMO_BUDGETS[0],
             scheme="patch",
@@ -244,7 +251,9 @@ def run_demo(
             seed=seed,
             finetune=DEMO_FINETUNE,
         )
-        run_share(job, out=shared, resume=(shared / "config.yaml").exists(), progress=progress)
+        run_share(
+            share_job, out=shared, resume=(shared / "config.yaml").exists(), progress=progress
+        )
     m = Run.open(shared).metrics
     print(
         f"sharing {m['relus']:,} decisions ({m['allocation']}): test "
@@ -257,8 +266,8 @@ def run_demo(
         shutil.rmtree(
             mitigated, ignore_errors=True
         )  # a killed mitigation restarts (its search is reused)
-        job = MitigateJob(str(sweep / f"snl-{DEMO_BUDGETS[0]}"), objective="constrained")
-        run_mitigate(job, out=mitigated, progress=progress)
+        mitigate_job = MitigateJob(str(sweep / f"snl-{DEMO_BUDGETS[0]}"), objective="constrained")
+        run_mitigate(mitigate_job, out=mitigated, progress=progress)
     m = Run.open(mitigated).metrics
     print(
         f"constrained fine-tuning: test {100 * m['test_accuracy']:.2f}%, worst group "

@@ -89,7 +89,7 @@ class Dataset:
         return x
 
     def with_splits(self, **splits: Split) -> Dataset:
-        return replace(self, **splits)
+        return replace(self, **splits)  # type: ignore[arg-type]  # only Split fields are given
 
     def summary(self) -> dict:
         """Sizes and per-group counts, for run configs and reports."""

@@ -9,6 +9,7 @@ drops, and the gap between the mean drops of minority and majority groups.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -69,7 +70,7 @@ def per_sample_grad_norms(
     model.eval()
     norms = []
     for grads in iter_per_sample_grads(model, x, y, chunk=chunk):
-        sq = sum(g.flatten(1).pow(2).sum(1) for g in grads.values())
+        sq = torch.stack([g.flatten(1).pow(2).sum(1) for g in grads.values()]).sum(0)
         norms.append(sq.sqrt())
     return torch.cat(norms)
 
@@ -92,8 +93,8 @@ class GroupAudit:
     dense_accuracy: float
     reduced_accuracy: float
     drop: float
-    dense_loss: float
-    reduced_loss: float
+    dense_loss: float | None
+    reduced_loss: float | None
     dense_margin: float
     reduced_margin: float
     dense_grad_norm: float | None
@@ -273,16 +274,16 @@ def audit_pair(
     )
 
 
-def mean_ci(values: list[float], confidence: float = 0.95) -> tuple[float, float]:
+def mean_ci(values: Sequence[float | None], confidence: float = 0.95) -> tuple[float, float]:
     """Mean and half-width of the t confidence interval (0 for a single value)."""
 
-    values = [v for v in values if v is not None and not math.isnan(v)]
-    if not values:
+    kept = [float(v) for v in values if v is not None and not math.isnan(v)]
+    if not kept:
         return float("nan"), float("nan")
-    mean = float(np.mean(values))
-    if len(values) < 2:
+    mean = float(np.mean(kept))
+    if len(kept) < 2:
         return mean, 0.0
-    half = float(stats.t.ppf(0.5 + confidence / 2, len(values) - 1) * stats.sem(values))
+    half = float(stats.t.ppf(0.5 + confidence / 2, len(kept) - 1) * stats.sem(kept))
     return mean, half
 
 

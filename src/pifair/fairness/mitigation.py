@@ -22,7 +22,7 @@ network's loss), so they are written here, each small and tested against its rul
 
 from __future__ import annotations
 
-from typing import Literal, Protocol, get_args
+from typing import Any, Literal, Protocol, get_args
 
 import torch
 from torch import nn
@@ -54,7 +54,7 @@ class ObjectiveParams(Protocol):
     kd_weight: float
     mu: float
     multiplier_init: float
-    dual_update: str
+    dual_update: DualUpdate
     dro_step: float
     logit_tau: float
 
@@ -271,7 +271,7 @@ def build_objective(name: str, teacher: nn.Module, data, params: ObjectiveParams
     base = DistillationLoss(
         teacher, temperature=params.temperature, weight=params.kd_weight, ce_offset=offset
     )
-    dual = dict(
+    dual: dict[str, Any] = dict(
         mu=params.mu, multiplier_init=params.multiplier_init, dual_update=params.dual_update
     )
     if name == "constrained":

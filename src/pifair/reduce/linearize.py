@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Literal
@@ -43,7 +43,7 @@ from .allocation import allocate_by_sensitivity, relu_sensitivity
 from .finetune import FinetuneSettings, finetune_model, recalibrate_batchnorm, selection_score
 from .harden import harden
 from .result import ReductionResult
-from .snl import SearchSettings, SNLSite, attach_snl_sites, snl_search
+from .snl import SearchSettings, SNLSite, attach_snl_sites, snl_search, snl_sites
 
 __all__ = [
     "FinetuneSettings",
@@ -145,7 +145,7 @@ def _relus_per_score(
     """ReLUs one score entry controls in each site: 1 pixel-wise, H x W channel-wise. From the
     site's feature shape, never from its current count (an SNL site counts only the entries
     still above the threshold)."""
-    return {n: math.prod(sites[n].feature_shape) // scores[n].numel() for n in scores}
+    return {n: math.prod(sites[n].shape) // scores[n].numel() for n in scores}
 
 
 def _masks_from_scores(
@@ -179,7 +179,7 @@ def _sensitivity(
 def _apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
     def swap(name: str, m: nn.Module):
         if name in masks:
-            return MaskedReLU(masks[name], feature_shape=m.feature_shape)
+            return MaskedReLU(masks[name], feature_shape=getattr(m, "feature_shape", None))
         return None
 
     return replace_activations(model, swap)
@@ -188,7 +188,7 @@ def _apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
 def linearize_many(
     model: nn.Module,
     data: Dataset,
-    budgets: list[int | str],
+    budgets: Sequence[int | str],
     *,
     granularity: Literal["pixel", "channel"] = "pixel",
     method: str = "snl",
@@ -272,11 +272,14 @@ def linearize_many(
             continue
         reduced = copy.deepcopy(work)
 
-        soft, hardening = None, []
+        soft: float | None = None
+        hardening: list[dict] = []
         if method == "snl":
             reduced.load_state_dict(snapshots[budget].state_dict)
-            sites = {n: s for n, s in iter_sites(reduced) if isinstance(s, SNLSite)}
-            scores = {n: s.alpha.detach().cpu() for n, s in sites.items()}
+            sites: dict[str, ActivationSite] = {
+                n: s for n, s in iter_sites(reduced) if isinstance(s, SNLSite)
+            }
+            scores = {n: s.alpha.detach().cpu() for n, s in snl_sites(reduced)}
             soft = evaluate(reduced, data, "val", device=device).accuracy
         else:
             record_feature_shapes(reduced, data.input_shape)
@@ -345,7 +348,7 @@ def linearize_many(
             and bool(history)
             and before_score > max(h.get("val_score", h["val_accuracy"]) for h in history)
         )
-        if kept_start:
+        if kept_start and start_state is not None:
             reduced.load_state_dict(start_state)  # validation prefers the model before fine-tuning
             for h in history:
                 h["selected"] = False

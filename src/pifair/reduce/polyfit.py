@@ -19,6 +19,7 @@ from ..data import Dataset, ResidentLoader
 from ..errors import ConfigError
 from ..relu.polynomial import GRANULARITIES, PolyAct, PolyGranularity
 from ..relu.sites import (
+    ActivationSite,
     DenseReLU,
     MaskedReLU,
     count_relus,
@@ -192,11 +193,12 @@ def polyfit(
     def make(name: str, site: nn.Module) -> nn.Module | None:
         if name not in ranges:
             return None
-        poly = PolyAct(degree, granularity, site.feature_shape)
+        assert isinstance(site, ActivationSite)  # the targets are ReLU sites
+        poly = PolyAct(degree, granularity, site.shape)
         lo, hi = ranges[name]
         coef = relu_fit(lo, hi, degree).reshape(poly.coefficients.shape)
         if isinstance(site, MaskedReLU):  # identity where SNL linearized the position
-            keep = site.mask.expand(site.feature_shape).bool()
+            keep = site.mask.expand(site.shape).bool()
             identity = torch.zeros_like(coef)
             identity[1] = 1.0
             coef = torch.where(keep, coef, identity)

@@ -34,7 +34,10 @@ from ..training.loop import CheckpointStore
 from .finetune import FinetuneSettings, finetune_model, recalibrate_batchnorm
 from .result import ReductionResult
 
-__all__ = ["ShareResult", "share", "allocate_groups"]
+__all__ = ["ShareResult", "ShareRule", "ShareScheme", "share", "allocate_groups"]
+
+ShareScheme = Literal["patch", "channel", "cluster"]
+ShareRule = Literal["mean", "representative", "learned"]
 
 
 @dataclass(kw_only=True)
@@ -87,8 +90,7 @@ def site_options(
     sites = {n: s for n, s in iter_sites(model) if isinstance(s, DenseReLU)}
     patterns = _site_patterns(model, sites, data, device) if scheme == "cluster" else {}
     return {
-        n: grouping_options(s.feature_shape, scheme, patterns=patterns.get(n))
-        for n, s in sites.items()
+        n: grouping_options(s.shape, scheme, patterns=patterns.get(n)) for n, s in sites.items()
     }
 
 
@@ -147,8 +149,8 @@ def share(
     train_data: Dataset,
     budget: int | str,
     *,
-    scheme: Literal["patch", "channel", "cluster"] = "patch",
-    rule: Literal["mean", "representative", "learned"] = "mean",
+    scheme: ShareScheme = "patch",
+    rule: ShareRule = "mean",
     finetune: FinetuneSettings | None = None,
     device: torch.device | str = "cpu",
     progress: bool = True,

@@ -14,7 +14,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -72,10 +72,10 @@ class SNLSite(ActivationSite):
     @property
     def cost_per_alpha(self) -> int:
         """ReLUs one entry of ``alpha`` controls (1 pixel-wise, H x W channel-wise)."""
-        return math.prod(self.feature_shape) // self.alpha.numel()
+        return math.prod(self.shape) // self.alpha.numel()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a = self.alpha
+        a: torch.Tensor = self.alpha
         if self.hard_mask is not None:  # straight-through: the value is binary, d/da is 1
             hard = self.hard_mask.to(a.device) + (a - a.detach())
             a = (
@@ -93,7 +93,7 @@ class SNLSite(ActivationSite):
     def spec(self) -> dict:
         return {
             "kind": self.kind,
-            "feature_shape": list(self.feature_shape),
+            "feature_shape": list(self.shape),
             "granularity": self.granularity,
         }
 
@@ -265,7 +265,7 @@ def attach_snl_sites(
 
     def swap(name: str, m: nn.Module) -> ActivationSite | None:
         if isinstance(m, DenseReLU):
-            return SNLSite(m.feature_shape, granularity, threshold=threshold)
+            return SNLSite(m.shape, granularity, threshold=threshold)
         return None
 
     replace_activations(model, swap)
@@ -289,11 +289,15 @@ def mask_optimizer(
     alphas = [s.alpha for s in sites]
     alpha_ids = {id(a) for a in alphas}
     weights = [p for p in model.parameters() if id(p) not in alpha_ids]
-    return torch.optim.Adam([{"params": weights}, {"params": alphas, "lr": mask_lr}], lr=lr)
+    groups: list[dict[str, Any]] = [{"params": weights}, {"params": alphas, "lr": mask_lr}]
+    return torch.optim.Adam(groups, lr=lr)
 
 
 def _l1(sites: list[SNLSite]) -> torch.Tensor:
-    return sum(s.alpha.abs().sum() * s.cost_per_alpha for s in sites)
+    total = torch.zeros(())  # 0 + x is x exactly: the same sum as Python's sum()
+    for s in sites:
+        total = total.to(s.alpha.device) + s.alpha.abs().sum() * s.cost_per_alpha
+    return total
 
 
 def snl_search(
@@ -321,8 +325,8 @@ def snl_search(
     teacher = teacher.to(device).eval()
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-        model.to(memory_format=torch.channels_last)
-        teacher.to(memory_format=torch.channels_last)
+        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        teacher.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     sites = [s for _, s in snl_sites(model)]
     if loss_fn is None:
         loss_fn = DistillationLoss(

@@ -77,7 +77,7 @@ class PolyAct(PolynomialSite):
             "kind": self.kind,
             "degree": self.degree,
             "granularity": self.granularity,
-            "feature_shape": list(self.feature_shape),
+            "feature_shape": list(self.feature_shape or ()),
         }
 
     @classmethod

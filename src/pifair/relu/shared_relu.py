@@ -61,6 +61,12 @@ class SharedReLU(SharedReLUSite):
     """
 
     kind = "shared_relu"
+    # buffers (read by the engines' lowerings): each element's group id, the group sizes, and
+    # the representative member of each group
+    groups: torch.Tensor
+    sizes: torch.Tensor
+    representatives: torch.Tensor
+    weight: nn.Parameter | None  # the learned rule's per-element weights
 
     def __init__(
         self,
@@ -108,7 +114,7 @@ class SharedReLU(SharedReLUSite):
         idx = self.groups.flatten()
         if self.rule == "representative":
             return flat[:, self.representatives]
-        if self.rule == "learned":
+        if self.weight is not None:  # the learned rule
             flat = flat * self.weight.flatten().to(flat.dtype)
         sums = torch.zeros(
             flat.shape[0], self.num_decisions, dtype=flat.dtype, device=flat.device
@@ -132,6 +138,7 @@ class SharedReLU(SharedReLUSite):
     def _patch_bits(self, x: torch.Tensor) -> torch.Tensor:
         """Bits of patch groups by pooling: the sign of a patch's average is that of its mean,
         whatever the divisor of the smaller edge patches."""
+        assert self.patch is not None  # forward takes this path for patch groupings only
         bh, bw = self.patch
         if (bh, bw) == (1, 1):
             return (x.detach() > 0).to(x.dtype)
@@ -144,7 +151,7 @@ class SharedReLU(SharedReLUSite):
         return {
             "kind": self.kind,
             "rule": self.rule,
-            "feature_shape": list(self.feature_shape),
+            "feature_shape": list(self.feature_shape or ()),
             "num_groups": self.num_decisions,
             "patch": list(self.patch) if self.patch else None,
         }

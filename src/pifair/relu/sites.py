@@ -59,6 +59,16 @@ class ActivationSite(nn.Module, ABC):
         super().__init__()
         self.feature_shape: FeatureShape | None = None
 
+    @property
+    def shape(self) -> FeatureShape:
+        """The per-sample feature shape; a clear error when the site has not seen an input."""
+        if self.feature_shape is None:
+            raise ConfigError(
+                f"{type(self).__name__} has not seen an input yet; run the model once (or "
+                "count_relus(model, input_shape)) first"
+            )
+        return self.feature_shape
+
     def _record_shape(self, x: torch.Tensor) -> None:
         if self.feature_shape is None:
             self.feature_shape = tuple(int(s) for s in x.shape[1:])
@@ -138,6 +148,7 @@ class MaskedReLU(ActivationSite):
     """
 
     kind = "masked_relu"
+    mask: torch.Tensor  # a buffer: 0/1, the per-sample feature shape or (C, 1, 1)
 
     def __init__(self, mask: torch.Tensor, *, feature_shape: Sequence[int] | None = None) -> None:
         super().__init__()

@@ -11,7 +11,8 @@ from .html import img, pct, register_section, table
 def _pm(mean: float | None, half: float | None, runs: int) -> str:
     if mean is None or mean != mean:  # None or NaN
         return "-"
-    return f"{100 * mean:.2f}" + (f" ± {100 * half:.2f}" if runs > 1 else "")
+    spread = f" ± {100 * half:.2f}" if runs > 1 and half is not None else ""
+    return f"{100 * mean:.2f}" + spread
 
 
 @register_section("audit")

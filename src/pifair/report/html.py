@@ -12,7 +12,7 @@ import html
 import os
 import platform
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -65,7 +65,7 @@ def img(path: Path, alt: str = "") -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
 
-def table(header: list[str], rows: list[list[object]]) -> str:
+def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
     body = "".join(
         "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows
@@ -153,7 +153,7 @@ def _data_name(run: Run) -> str:
 
 
 def build_report(
-    run_dirs: list[str | os.PathLike], out: str | os.PathLike, *, title: str = "pifair report"
+    run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, *, title: str = "pifair report"
 ) -> Path:
     """Write the report for ``run_dirs`` to ``out`` (atomically) and return its path."""
     runs = [Run.open(p) for p in run_dirs]

@@ -11,7 +11,7 @@ def linearize_section(run: Run) -> str:
     m = run.metrics
     if "relus" not in m:
         return "<p>Not finished: resume it with <code>pifair linearize --resume</code>.</p>"
-    rows = [
+    rows: list[list[object]] = [
         [
             "method",
             f"{m['method']} ({m['granularity']}-wise, binarized by "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 
 def _pyplot():
@@ -69,7 +70,7 @@ def group_accuracy(report: dict, path: str | os.PathLike, *, title: str = "") ->
 
 
 def search_trajectory(
-    history: list[dict], path: str | os.PathLike, *, budgets: list[int] = ()
+    history: list[dict], path: str | os.PathLike, *, budgets: Sequence[int] = ()
 ) -> None:
     """SNL search: ReLUs with a above the threshold, and lambda, per epoch."""
     plt = _pyplot()

@@ -40,14 +40,13 @@ class CheckpointStore(Protocol):
 
     log: logging.Logger
 
-    def load_checkpoint(self, map_location: Any = ...) -> dict | None: ...
+    def load_checkpoint(self, *, map_location: Any = ...) -> dict[str, Any] | None: ...
 
     def save_checkpoint(self, state: dict) -> None: ...
 
 
-LossFn = Callable[
-    [torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor
-]  # (logits, y, x) -> loss
+# (logits, labels, inputs, groups) -> loss
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -124,6 +123,8 @@ def _batches(loader, data: Dataset, device: torch.device):
 
 def _optimizer(model: nn.Module, s: LoopSettings, steps: int):
     params = [p for p in model.parameters() if p.requires_grad]
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
     if s.optimizer == "adam":
         opt = torch.optim.Adam(params, lr=s.lr, weight_decay=s.weight_decay)
     else:
@@ -173,7 +174,7 @@ def fit(
     model.to(device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-        model.to(memory_format=torch.channels_last)
+        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     train_loader = _make_loader(data, "train", settings, device, train=True)
     steps = len(train_loader)
     opt, sched = _optimizer(model, settings, steps)

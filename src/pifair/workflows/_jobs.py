@@ -44,7 +44,9 @@ class RunJob:
         unknown = sorted(set(d) - {f.name for f in fields(cls)} - {"from"})  # type: ignore[arg-type]
         if unknown:
             raise ConfigError(f"unknown {cls.__name__} settings {unknown}")
-        return cls(from_run=d.pop("from"), **nested, **checked_settings(cls, d))
+        from_run = d.pop("from")
+        settings = checked_settings(cls, d)
+        return cls(from_run=from_run, **nested, **settings)  # type: ignore[call-arg]
 
     @classmethod
     def normalized_config(cls, config: dict[str, Any]) -> dict[str, Any]:
@@ -62,6 +64,8 @@ class RunJob:
         """A new run folder for this job, or, with ``resume``, the killed one at ``out``
         (refused if its saved config differs)."""
         if resume:
+            if out is None:
+                raise ConfigError("resuming needs the run folder (--resume RUN)")
             config = self.as_config() | {"command": command}
             return Run.resume(
                 out, config, normalize=type(self).normalized_config, allow_finished=allow_finished

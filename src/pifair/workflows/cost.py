@@ -29,7 +29,10 @@ def calibration_sample(mpc_run: str | os.PathLike) -> tuple[ModelWork, dict]:
         raise ConfigError(
             f"{mpc_run} ran {m['protocol']}; the Cheetah model is calibrated on cheetah runs"
         )
-    model, shape, _ = _model_of(run.parent())
+    parent = run.parent()
+    if parent is None:
+        raise ConfigError(f"{mpc_run} names no parent model run ('from' in its config.yaml)")
+    model, shape, _ = _model_of(parent)
     return model_work(model, shape), m["per_image"]
 
 

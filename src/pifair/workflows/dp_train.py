@@ -80,6 +80,7 @@ def dp_train(
             else Run.create("dp-train", cfg.as_dict(), out=out)
         )
     private = PrivateTraining(cfg, model, data, rank, world) if cfg.private else None
+    assert cfg.lr is not None  # DPConfig fills the method's default
     optimizer = (
         private.optimizer
         if private
@@ -126,6 +127,7 @@ def dp_train(
             torch.distributed.barrier()
         if rank != 0:
             continue
+        assert run is not None  # rank 0 holds the run folder
         measured = record.pop("_measured")
         if measured:
             previous = (
@@ -161,7 +163,7 @@ def dp_train(
             record["samples_per_s"],
         )
     in_sync = ranks_agree(model) if world > 1 else True
-    if rank != 0:
+    if rank != 0 or run is None:
         return None
     _finish(cfg, run, model, data, history, private, world_size=world, ranks_in_sync=in_sync)
     return run

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -97,9 +98,9 @@ def run_he_infer(job: HEInferJob, *, out: str | os.PathLike | None = None) -> Ru
     run = Run.create("he-infer", job.as_config(), out=out)  # only once the job can run
     batch = min(job.batch, params.slots)
     n = min(job.images or job.batch, len(data.test))
-    logits_plain, y, _ = predict(model, data, "test")
+    logits, labels, _ = predict(model, data, "test")
     x = data.normalize(data.test.x[:n]).double().numpy()
-    logits_plain, y = logits_plain[:n].numpy(), y[:n].numpy()
+    logits_plain, y = logits[:n].numpy(), labels[:n].numpy()
     run.log.info(
         "program: depth %d, %s; CKKS N=%d, %d slots, log Q %d; %d images in batches of %d",
         program.depth,
@@ -118,7 +119,9 @@ def run_he_infer(job: HEInferJob, *, out: str | os.PathLike | None = None) -> Ru
     server = HEServer(server_keys, workers=workers)
     keygen_s = time.perf_counter() - t0
     seconds = {"encrypt": 0.0, "server": 0.0, "decrypt": 0.0}
-    outputs, stage_seconds, sizes = [], {}, {}
+    outputs: list = []
+    stage_seconds: dict[str, float] = {}
+    sizes: dict[str, int] = {}
     for start in range(0, n, batch):
         chunk = x[start : start + batch]
         t0 = time.perf_counter()
@@ -144,7 +147,7 @@ def run_he_infer(job: HEInferJob, *, out: str | os.PathLike | None = None) -> Ru
         )
     logits = np.concatenate(outputs)
     reference = program.run_plain(x)
-    metrics = {
+    metrics: dict[str, Any] = {
         "kind": "he-infer",
         "images": n,
         "batch": batch,
@@ -152,9 +155,9 @@ def run_he_infer(job: HEInferJob, *, out: str | os.PathLike | None = None) -> Ru
         "params": params.as_dict(),
         "program": program.summary(),
         "depth": program.depth,
-        "encrypted_accuracy": float((logits.argmax(1) == y).mean()),
-        "plaintext_accuracy": float((logits_plain.argmax(1) == y).mean()),
-        "argmax_agreement": float((logits.argmax(1) == logits_plain.argmax(1)).mean()),
+        "encrypted_accuracy": float(np.mean(logits.argmax(1) == y)),
+        "plaintext_accuracy": float(np.mean(logits_plain.argmax(1) == y)),
+        "argmax_agreement": float(np.mean(logits.argmax(1) == logits_plain.argmax(1))),
         "max_logit_error": float(np.abs(logits - logits_plain).max()),
         "max_error_vs_float64_program": float(np.abs(logits - reference).max()),
         "seconds": seconds | {"compile": compile_s, "keygen": keygen_s, "stages": stage_seconds},

@@ -22,6 +22,7 @@ from ..atomic import atomic_open, load_torch_file
 from ..models.io import save_model_like
 from ..reduce.finetune import FinetuneSettings
 from ..reduce.linearize import LinearizeResult, linearize_many
+from ..reduce.share import ShareRule, ShareScheme
 from ..reduce.snl import SearchSettings
 from ..relu import count_relus
 from ..relu.budget import parse_budget
@@ -76,7 +77,7 @@ def search_checkpoint_of(run_dir: Path) -> Path | None:
     return None
 
 
-SHARE_METHODS = {
+SHARE_METHODS: dict[str, tuple[ShareScheme, ShareRule]] = {
     "share-patch": ("patch", "mean"),
     "share-channel": ("channel", "mean"),
     "share-cluster": ("cluster", "representative"),

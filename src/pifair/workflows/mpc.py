@@ -14,7 +14,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -183,12 +183,18 @@ def summarize(results: list[PartyResult], world: int) -> dict:
     by_rank = {r.rank: r for r in results}
     server, client = by_rank.get(SERVER), by_rank.get(CLIENT)
     timed = client or server
+    if timed is None:
+        raise ValueError("summarize needs the client's or the server's result")
     n = timed.images
     parties = []
     for rank in range(world):
         r = by_rank.get(rank)
         total = r.total if r else None
-        row = {"rank": rank, "role": r.role if r else None, "measured": total is not None}
+        row: dict[str, Any] = {
+            "rank": rank,
+            "role": r.role if r else None,
+            "measured": total is not None,
+        }
         if total is not None:
             row |= {
                 "sent_per_image": total.sent / n,
@@ -207,13 +213,11 @@ def summarize(results: list[PartyResult], world: int) -> dict:
         if r is not None:
             row["sharing_bytes_sent"] = r.sharing_bytes_sent
         parties.append(row)
-    reference = (
-        server
-        if server and server.total is not None
-        else next((r for r in results if r.total is not None), None)
-    )
+    reference: PartyResult | None = server
+    if server is None or server.total is None:
+        reference = next((r for r in results if r.total is not None), None)
     runs = len(timed.run_seconds)
-    out = {
+    out: dict[str, Any] = {
         "seconds_per_image": sum(timed.run_seconds) / n,
         "seconds_per_run": sum(timed.run_seconds) / max(runs, 1),
         "parties": parties,
@@ -221,7 +225,7 @@ def summarize(results: list[PartyResult], world: int) -> dict:
         "profiled_rank": reference.rank if reference else None,
         "compile_seconds": server.compile_seconds if server else None,
     }
-    if reference is not None and reference.setup is not None:
+    if reference is not None and reference.setup is not None and reference.total is not None:
         s = reference.setup
         out["setup"] = {
             "seconds": timed.setup_seconds,
@@ -283,6 +287,8 @@ def run_mpc_infer(job: MPCInferJob, *, out: str | os.PathLike | None = None) -> 
         logits_plain = model(torch.from_numpy(images)).double().numpy()
     y = data.test.y[:n].numpy()
     logits = client.logits
+    if logits is None:
+        raise PartyFailedError("the client party returned no logits")
     metrics = {
         "kind": "mpc-infer",
         "protocol": protocol.name,

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 import torch
 
 from ..models.io import save_model_like
 from ..reduce.finetune import FinetuneSettings
-from ..reduce.share import share
+from ..reduce.share import ShareRule, ShareScheme, share
 from ..relu import count_relus
 from ..report import plots
 from ..runs import CHECKPOINT, MODEL, Run
@@ -27,8 +27,8 @@ class ShareJob(RunJob):
 
     from_run: str
     budget: str
-    scheme: Literal["patch", "channel", "cluster"] = "patch"
-    rule: Literal["mean", "representative", "learned"] = "mean"
+    scheme: ShareScheme = "patch"
+    rule: ShareRule = "mean"
     seed: int = 0
     device: str = "auto"
     finetune: FinetuneSettings = field(default_factory=FinetuneSettings)

@@ -164,5 +164,8 @@ def dataset_for_run(run: Run, **overrides) -> Dataset:
 def _root_config(run: Run) -> dict:
     """The training config at the root of a chain of runs (``--from`` links)."""
     while run.config.get("from") is not None and run.config.get("command") != "train":
-        run = Run.open(run.parent())
+        parent = run.parent()
+        if parent is None:
+            break
+        run = Run.open(parent)
     return run.config

@@ -169,7 +169,7 @@ def _stage_map(
 ) -> tuple[sparse.csr_matrix, np.ndarray]:
     """The affine map from stage k's input (the image, or site k-1's output) to its output (site
     k's input, or the logits), as (CSR weights, bias)."""
-    in_shape = tuple(input_shape) if k == 0 else sites[k - 1].feature_shape
+    in_shape = tuple(input_shape) if k == 0 else sites[k - 1].shape
     dim = int(np.prod(in_shape))
 
     def outputs(probe: torch.Tensor) -> torch.Tensor:

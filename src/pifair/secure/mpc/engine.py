@@ -190,6 +190,7 @@ def _deal(
     party's shares."""
     vis = _spu().libspu.Visibility.VIS_SECRET
     if rank == owner:
+        assert arrays is not None, "the owner deals its arrays"
         shares = [io.make_shares(a, vis, owner) for a in arrays]
         for r in range(world):
             if r != owner:
@@ -252,7 +253,8 @@ def run_party(
     # 1. the client says how many images come and with which settings; the server publishes
     # the program. Parties started with different settings would wait on each other forever.
     if rank == CLIENT:
-        header = {
+        assert images is not None  # checked above
+        header: dict = {
             "images": len(images),
             "shape": list(images.shape[1:]),
             "settings": asdict(settings),
@@ -269,13 +271,14 @@ def run_party(
                 f"party {rank} runs with {asdict(settings)} but the client with "
                 f"{header['settings']}: start every party with the same options"
             )
-        if rank == SERVER and tuple(header["shape"]) != tuple(program.input_shape):
+        if rank == SERVER and program and tuple(header["shape"]) != tuple(program.input_shape):
             raise ConfigError(
                 f"the client's images have shape {tuple(header['shape'])} but the model takes "
                 f"{tuple(program.input_shape)}"
             )
     compile_s = 0.0
     if rank == SERVER:
+        assert program is not None  # checked above
         t0 = time.perf_counter()
         keys = sorted(program.params)
         batch_x = np.zeros((settings.batch, *program.input_shape), np.float32)
@@ -292,7 +295,7 @@ def run_party(
         main.ParseFromString(channel.recv(SERVER)[0])
 
     # 2. the weights, shared once
-    weights = [program.params[k] for k in main.input_names[1:]] if rank == SERVER else None
+    weights = [program.params[k] for k in main.input_names[1:]] if program else None
     for name, share in zip(main.input_names[1:], _deal(channel, io, rank, SERVER, world, weights)):
         runtime.set_var(name, share)
 
@@ -301,9 +304,11 @@ def run_party(
     setup_s, setup_profile = 0.0, None
     if settings.warmup:
         zeros = (
-            np.zeros((settings.batch, *images.shape[1:]), np.float32) if rank == CLIENT else None
+            np.zeros((settings.batch, *images.shape[1:]), np.float32)
+            if rank == CLIENT and images is not None
+            else None
         )
-        (share,) = _deal(channel, io, rank, CLIENT, world, [zeros] if rank == CLIENT else None)
+        (share,) = _deal(channel, io, rank, CLIENT, world, [zeros] if zeros is not None else None)
         runtime.set_var(main.input_names[0], share)
         t0 = time.perf_counter()
         runtime.run(main)
@@ -314,11 +319,11 @@ def run_party(
     run_seconds, profiles, outputs = [], [], []
     for start in range(0, count, settings.batch):
         batch = None
-        if rank == CLIENT:
+        if rank == CLIENT and images is not None:
             batch = np.zeros((settings.batch, *images.shape[1:]), np.float32)
             chunk = images[start : start + settings.batch]
             batch[: len(chunk)] = chunk
-        (share,) = _deal(channel, io, rank, CLIENT, world, [batch] if rank == CLIENT else None)
+        (share,) = _deal(channel, io, rank, CLIENT, world, [batch] if batch is not None else None)
         runtime.set_var(main.input_names[0], share)
         t0 = time.perf_counter()
         runtime.run(main)

@@ -147,6 +147,10 @@ class _Exporter:
         return lambda x, p: x @ p[w] if b is None else x @ p[w] + p[b]
 
     def _batch_norm(self, name: str, bn: nn.BatchNorm1d | nn.BatchNorm2d) -> Op:
+        if bn.running_var is None or bn.running_mean is None:
+            raise UnsupportedLayerError(
+                f"layer {name!r}: batch norm without running statistics cannot be exported"
+            )
         scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
         shift = bn.bias - bn.running_mean * scale
         s, t = self._param(f"{name}.scale", scale), self._param(f"{name}.shift", shift)
@@ -322,13 +326,10 @@ def _function_op(node: fx.Node) -> Op:
         "add": operator.add,
         "mean": lambda x, dim=None, keepdim=False: jnp.mean(x, axis=dim, keepdims=keepdim),
     }
-    op = methods.get(node.target) if node.op == "call_method" else functions.get(node.target)
+    target = node.target
+    op = methods.get(target) if isinstance(target, str) else functions.get(target)
     if op is None:
-        what = (
-            node.target
-            if isinstance(node.target, str)
-            else getattr(node.target, "__name__", node.target)
-        )
+        what = target if isinstance(target, str) else getattr(target, "__name__", str(target))
         raise UnsupportedLayerError(
             f"operation {what!r} (node {node.name!r}) cannot be exported to MPC"
         )
