@@ -53,7 +53,8 @@ from pifair.runs import MODEL  # noqa: E402
 from pifair.training import TrainConfig  # noqa: E402
 from pifair.training.loop import evaluate  # noqa: E402
 from pifair.workflows.fairness import MitigateJob, run_mitigate  # noqa: E402
-from pifair.workflows.linearize import LinearizeJob, run_linearize  # noqa: E402
+from pifair.workflows.linearize import LinearizeJob  # noqa: E402
+from pifair.workflows.sweep import run_sweep  # noqa: E402
 from pifair.workflows.train import dataset_for_run, load_from_run, train  # noqa: E402
 
 KEEP = "0-4:0.9,5-9:0.1"
@@ -180,9 +181,7 @@ def _sweep(setting: dict, seed: int, dense_dir: Path, out: Path, arm: Arm) -> Pa
         finetune=finetune,
     )
     if not all((out / f"snl-{b}" / MODEL).exists() for b in setting["budgets"]):
-        run_linearize(
-            job, out=out, resume=(out / "config.yaml").exists(), progress=False, sweep=True
-        )
+        run_sweep(job, out=out, resume=(out / "config.yaml").exists(), progress=False)
     return out
 
 

@@ -34,7 +34,8 @@ from pifair.reduce import FinetuneSettings  # noqa: E402
 from pifair.reduce.snl import SearchSettings  # noqa: E402
 from pifair.runs import MODEL, Run  # noqa: E402
 from pifair.training import TrainConfig  # noqa: E402
-from pifair.workflows.linearize import SNL_PUBLISHED_CIFAR10, LinearizeJob, run_linearize  # noqa: E402
+from pifair.workflows.linearize import LinearizeJob  # noqa: E402
+from pifair.workflows.sweep import SNL_PUBLISHED_CIFAR10, run_sweep  # noqa: E402
 from pifair.workflows.train import train  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -275,9 +276,7 @@ def main() -> None:
             return
         t0 = time.perf_counter()
         job = LinearizeJob(from_run=str(dense_dir.resolve()), **fields)
-        run_linearize(
-            job, out=path, resume=(path / "config.yaml").exists(), progress=False, sweep=True
-        )
+        run_sweep(job, out=path, resume=(path / "config.yaml").exists(), progress=False)
         durations[stage] = time.perf_counter() - t0
         save(f"stages done up to {stage}")
     for plot in args.out.glob("*/pareto.png"):

@@ -24,7 +24,8 @@ from pifair.reduce import FinetuneSettings  # noqa: E402
 from pifair.reduce.snl import SearchSettings  # noqa: E402
 from pifair.runs import MODEL, Run  # noqa: E402
 from pifair.training import TrainConfig  # noqa: E402
-from pifair.workflows.linearize import LinearizeJob, run_linearize  # noqa: E402
+from pifair.workflows.linearize import LinearizeJob  # noqa: E402
+from pifair.workflows.sweep import run_sweep  # noqa: E402
 from pifair.workflows.train import train  # noqa: E402
 
 GPU = dict(
@@ -85,9 +86,7 @@ def main() -> None:
         search=setting["search"],
         finetune=setting["finetune"],
     )
-    run_linearize(
-        job, out=sweep, resume=(sweep / "config.yaml").exists(), progress=False, sweep=True
-    )
+    run_sweep(job, out=sweep, resume=(sweep / "config.yaml").exists(), progress=False)
     rows = Run.open(sweep).metrics["rows"]
     table = []
     for b in setting["budgets"]:

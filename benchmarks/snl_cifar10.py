@@ -30,7 +30,8 @@ from pifair.reduce import FinetuneSettings  # noqa: E402
 from pifair.reduce.snl import SearchSettings  # noqa: E402
 from pifair.runs import MODEL, Run  # noqa: E402
 from pifair.training import TrainConfig  # noqa: E402
-from pifair.workflows.linearize import SNL_PUBLISHED_CIFAR10, LinearizeJob, run_linearize  # noqa: E402
+from pifair.workflows.linearize import LinearizeJob, run_linearize  # noqa: E402
+from pifair.workflows.sweep import SNL_PUBLISHED_CIFAR10, run_sweep  # noqa: E402
 from pifair.workflows.train import train  # noqa: E402
 
 GPU = dict(
@@ -101,9 +102,7 @@ def main() -> None:
         search=setting["search"],
         finetune=setting["finetune"],
     )
-    run_linearize(
-        job, out=sweep_dir, resume=(sweep_dir / "config.yaml").exists(), progress=False, sweep=True
-    )
+    run_sweep(job, out=sweep_dir, resume=(sweep_dir / "config.yaml").exists(), progress=False)
 
     ref = None
     if not args.no_reference:

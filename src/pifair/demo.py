@@ -24,10 +24,11 @@ from .workflows.dp_train import dp_train
 from .workflows.evaluate import evaluate_run
 from .workflows.fairness import AuditJob, MitigateJob, run_audit, run_mitigate
 from .workflows.he import HEInferJob, run_he_infer
-from .workflows.linearize import LinearizeJob, run_linearize
+from .workflows.linearize import LinearizeJob
 from .workflows.mpc import MPCInferJob, run_mpc_infer
 from .workflows.polyfit import PolyfitJob, run_polyfit
 from .workflows.share import ShareJob, run_share
+from .workflows.sweep import run_sweep
 from .workflows.train import train
 
 __all__ = ["run_demo", "DEMO_TRAIN"]
@@ -231,9 +232,7 @@ def run_demo(
         search=DEMO_SEARCH,
         finetune=DEMO_FINETUNE,
     )
-    run_linearize(
-        job, out=sweep, resume=(sweep / "config.yaml").exists(), progress=progress, sweep=True
-    )
+    run_sweep(job, out=sweep, resume=(sweep / "config.yaml").exists(), progress=progress)
     for row in Run.open(sweep).metrics["rows"]:
         print(
             f"SNL {row['relus']:>6,} ReLUs: test {100 * row['test_accuracy']:.2f}% (drop "

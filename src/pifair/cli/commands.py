@@ -26,10 +26,11 @@ from ..workflows.dp_train import dp_train
 from ..workflows.evaluate import evaluate_run
 from ..workflows.fairness import AuditJob, MitigateJob, run_audit, run_mitigate
 from ..workflows.he import HEInferJob, run_he_infer
-from ..workflows.linearize import SHARE_METHODS, LinearizeJob, run_linearize
+from ..workflows.linearize import LinearizeJob, run_linearize
 from ..workflows.mpc import MPCInferJob, run_mpc_infer
 from ..workflows.polyfit import PolyfitJob, run_polyfit
 from ..workflows.share import ShareJob, run_share
+from ..workflows.sweep import SHARE_METHODS, run_sweep
 from ..workflows.train import load_from_run, train
 from . import summaries
 from .flags import (
@@ -159,12 +160,8 @@ def _run_linearize(ns: argparse.Namespace) -> None:
 
 def _run_sweep(ns: argparse.Namespace) -> None:
     job = _linearize_job(ns, sweep=ns.sweep)
-    run = run_linearize(
-        job,
-        out=run_folder(ns),
-        resume=ns.resume is not None,
-        progress=not ns.no_progress,
-        sweep=True,
+    run = run_sweep(
+        job, out=run_folder(ns), resume=ns.resume is not None, progress=not ns.no_progress
     )
     summaries.sweep(run)
 

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data import Dataset
-from ..errors import ConfigError
+from ..errors import BudgetError
 from ..relu.budget import parse_budget
 from ..relu.clustering import sign_patterns
 from ..relu.shared_relu import SharedReLU, grouping_options
@@ -135,7 +135,7 @@ def allocate_groups(
             if best_score is None or score < best_score:
                 best, best_score = n, score
         if best is None:
-            raise ConfigError(
+            raise BudgetError(
                 f"cannot reach {budget:,} decisions: the coarsest grouping keeps "
                 f"{decisions(choice):,}; try --scheme cluster"
             )

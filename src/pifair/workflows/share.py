@@ -8,15 +8,12 @@ from typing import ClassVar
 
 import torch
 
-from ..models.io import save_model_like
 from ..reduce.finetune import FinetuneSettings
 from ..reduce.share import ShareRule, ShareScheme, share
-from ..relu import count_relus
-from ..report import plots
-from ..runs import CHECKPOINT, MODEL, Run
-from ..training import evaluate, resolve_device
+from ..runs import CHECKPOINT, Run
+from ..training import evaluate
 from ._jobs import RunJob
-from .train import dataset_for_run, load_from_run
+from ._reduce import open_parent, write_reduced
 
 __all__ = ["ShareJob", "run_share"]
 
@@ -43,56 +40,34 @@ def run_share(
     resume: bool = False,
     progress: bool = True,
 ) -> Run:
-    device = resolve_device(job.device)
-    dense, record, parent = load_from_run(job.from_run)
-    data = dataset_for_run(parent)
+    """Run ``job``: ReLU sharing of the parent run's model into one run folder."""
+    parent = open_parent(job.from_run, job.device)
     run = job.open_run("share", out, resume=resume)
     torch.manual_seed(job.seed)
-    dense_test = evaluate(dense.to(device), data, "test")
     result = share(
-        dense,
-        data,
+        parent.model,
+        parent.data,
         job.budget,
         scheme=job.scheme,
         rule=job.rule,
         finetune=job.finetune,
-        device=device,
+        device=parent.device,
         progress=progress,
         checkpoints=run,
         resume=(run.path / CHECKPOINT).exists(),
     )
-    save_model_like(run.file(MODEL), result.model, record)
-    test = evaluate(result.model, data, "test")
-    run.update_metrics(
+    write_reduced(
+        run,
+        result,
+        parent,
         kind="share",
+        curves_title=f"fine-tuning with {result.relus:,} shared decisions",
+        groups_title=f"test accuracy per group, {result.relus:,} decisions",
         method=f"share-{job.scheme}-{job.rule}",
         scheme=job.scheme,
         rule=job.rule,
         budget=result.budget,
-        relus=result.relus,
-        dense_relus=count_relus(dense, data.input_shape).total,
         allocation=result.allocation,
-        test_accuracy=test.accuracy,
-        dense_test_accuracy=dense_test.accuracy,
-        drop=dense_test.accuracy - test.accuracy,
-        val_accuracy=evaluate(result.model, data, "val").accuracy,
-        test=test.as_dict(),
-        dense_test=dense_test.as_dict(),
-        history=result.history,
-        seconds=result.seconds | {"total": sum(result.seconds.values())},
-        data=data.summary(),
-        model=record["model"],
-        device=str(device),
-    )
-    if result.history:
-        plots.training_curves(
-            result.history,
-            run.file("curves.png"),
-            title=f"fine-tuning with {result.relus:,} shared decisions",
-        )
-    plots.group_accuracy(
-        test.as_dict(),
-        run.file("groups.png"),
-        title=f"test accuracy per group, {result.relus:,} decisions",
+        val_accuracy=evaluate(result.model, parent.data, "val").accuracy,
     )
     return run
