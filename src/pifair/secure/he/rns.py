@@ -110,6 +110,13 @@ def _digits(values: np.ndarray, count: int) -> list[np.ndarray]:
     return out
 
 
+def _unsigned_digits(values: np.ndarray, count: int) -> list[np.ndarray]:
+    """Base-2^20 digits (each in [0, 2^20)) of uint64 ``values``, as float64: one shift, one
+    mask and one conversion per digit."""
+    mask = np.uint64((1 << DIGIT_BITS) - 1)
+    return [((values >> np.uint64(DIGIT_BITS * k)) & mask).astype(np.float64) for k in range(count)]
+
+
 def _digit_count(max_abs: int) -> int:
     # n signed digits hold |v| < 2^(20 n - 1) less a little: two bits of margin
     return max(1, math.ceil((max_abs.bit_length() + 2) / DIGIT_BITS))
@@ -135,21 +142,19 @@ def mod_matmul(weights, coefficients: np.ndarray, q: int) -> np.ndarray:
     dense = None if csr is not None else np.asarray(weights, dtype=np.int64)
     w_values = np.asarray(csr.data if csr is not None else dense, dtype=np.int64)
     shape = csr.shape if csr is not None else dense.shape  # type: ignore[union-attr]
-    centered = coefficients.astype(np.int64)
-    centered[coefficients >= np.uint64((q + 1) // 2)] -= np.int64(q)  # |c| <= q / 2
     w_count = _digit_count(int(np.abs(w_values).max(initial=0)))
-    c_count = _digit_count(q // 2 + 1)
+    c_count = math.ceil(q.bit_length() / DIGIT_BITS)
     inner = shape[1]
-    # each digit product is below 2^38; a sum of min(w_count, c_count) products of `inner` terms
-    # must stay below 2^53 to be exact in float64
-    if min(w_count, c_count) * inner * (1 << (2 * DIGIT_BITS - 2)) >= 1 << 53:
+    # a signed weight digit times an unsigned coefficient digit is below 2^39; a sum of
+    # min(w_count, c_count) products of `inner` terms must stay below 2^53 (exact in float64)
+    if min(w_count, c_count) * inner * (1 << (2 * DIGIT_BITS - 1)) >= 1 << 53:
         raise ValueError(f"{inner} inputs are too many for exact float64 digit products")
     w_digits: list = _digits(w_values, w_count)
     if csr is not None:
         w_digits = [sparse.csr_matrix((d, csr.indices, csr.indptr), shape=shape) for d in w_digits]
-    c_digits = _digits(centered, c_count)
+    c_digits = _unsigned_digits(coefficients, c_count)
     # sums of digit products by their power of 2^20, exact in float64, then int64
-    sums = [np.zeros((shape[0], centered.shape[1])) for _ in range(w_count + c_count - 1)]
+    sums = [np.zeros((shape[0], coefficients.shape[1])) for _ in range(w_count + c_count - 1)]
     for a, wd in enumerate(w_digits):
         for b, cd in enumerate(c_digits):
             sums[a + b] += np.asarray(wd @ cd)
