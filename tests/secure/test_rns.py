@@ -114,3 +114,19 @@ def test_a_program_through_the_rns_layers_decrypts_like_seals(digits):
     assert np.abs(results["rns"] - expected).max() <= 1e-4 * scale
     assert np.abs(results["rns"] - results["seal"]).max() <= 1e-5 * scale
     assert (results["rns"].argmax(1) == expected.argmax(1)).all()
+
+
+def test_forked_readers_read_what_one_process_reads(tmp_path):
+    context, encoder, encryptor, _ = _ckks()
+    cts = []
+    for value in range(9):
+        pt, ct = seal.Plaintext(), seal.Ciphertext()
+        encoder.encode([float(value)] * 4, 2.0**40, pt)
+        encryptor.encrypt(pt, ct)
+        cts.append(ct)
+    client = HEClient(choose_parameters(1))
+    one = HEServer(client.server_keys(tmp_path / "keys"), workers=1)
+    two = HEServer(client.server_keys(tmp_path / "keys2"), workers=2)
+    np.testing.assert_array_equal(
+        one._read_coefficients(cts, str(tmp_path)), two._read_coefficients(cts, str(tmp_path))
+    )

@@ -19,6 +19,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from scipy import sparse
@@ -143,6 +144,18 @@ def _work(indices: list[int]) -> None:
         fn(o).save(os.path.join(folder, str(o)))
 
 
+_READ: tuple | None = None  # (ciphertexts, memory-map path, scratch folder) for forked readers
+
+
+def _read_slice(indices: np.ndarray) -> None:
+    cts, path, folder = _READ
+    out = np.load(path, mmap_mode="r+")
+    scratch = os.path.join(folder, f"ct-{os.getpid()}")
+    for i in indices:
+        out[i] = rns.read_coefficients(cts[i], scratch)
+    out.flush()
+
+
 @dataclass
 class HEServer:
     """Evaluates a program on ciphertexts with the public keys only.
@@ -158,7 +171,7 @@ class HEServer:
     # "rns": a linear stage as one exact modular matrix product per RNS limb over the raw
     # coefficients (pifair.secure.he.rns; bit for bit SEAL's multiply-accumulate); "seal": one
     # SEAL multiply_plain per weight
-    linear: str = "seal"
+    linear: Literal["seal", "rns"] = "seal"
 
     def __post_init__(self) -> None:
         s = _seal()
@@ -271,7 +284,7 @@ class HEServer:
         shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
         with tempfile.TemporaryDirectory(prefix="pifair-rns-", dir=shm) as folder:
             scratch = os.path.join(folder, "ct")
-            coefficients = np.stack([rns.read_coefficients(ct, scratch) for ct in cts])
+            coefficients = self._read_coefficients(cts, folder)
             size, limbs, n = coefficients.shape[1:]
             out = np.empty((w.shape[0], size, limbs, n), dtype=np.uint64)
             for limb, q in enumerate(moduli):
@@ -288,6 +301,27 @@ class HEServer:
                 self._add_constant(ct, float(stage.bias[o]))
                 outputs.append(ct)
         return outputs
+
+    def _read_coefficients(self, cts: list, folder: str) -> np.ndarray:
+        """Every ciphertext's coefficients, (count, size, limbs, N), read in ``workers`` forked
+        processes into one shared memory map (SEAL's serialization dominates the cost)."""
+        global _READ
+        shape = (len(cts), cts[0].size(), cts[0].coeff_modulus_size(), cts[0].poly_modulus_degree())
+        if self.workers <= 1 or len(cts) < 4 * self.workers:
+            scratch = os.path.join(folder, "ct")
+            return np.stack([rns.read_coefficients(ct, scratch) for ct in cts])
+        import multiprocessing as mp
+
+        path = os.path.join(folder, "coefficients.u64")
+        out = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint64, shape=shape)
+        del out  # the workers write it, each through its own map
+        _READ = (cts, path, folder)
+        try:
+            with mp.get_context("fork").Pool(self.workers) as pool:
+                pool.map(_read_slice, np.array_split(np.arange(len(cts)), self.workers))
+        finally:
+            _READ = None
+        return np.array(np.load(path, mmap_mode="r"))
 
     def _poly(self, stage: PolyStage, cts: list) -> list:
         return self._map(lambda j: self._poly_one(stage, cts[j], j), len(cts))
