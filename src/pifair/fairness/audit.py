@@ -70,7 +70,7 @@ def per_sample_grad_norms(
     model.eval()
     norms = []
     for grads in iter_per_sample_grads(model, x, y, chunk=chunk):
-        sq = torch.stack([g.flatten(1).pow(2).sum(1) for g in grads.values()]).sum(0)
+        sq = sum((g.flatten(1).pow(2).sum(1) for g in grads.values()), torch.zeros(()))
         norms.append(sq.sqrt())
     return torch.cat(norms)
 

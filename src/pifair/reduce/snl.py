@@ -294,10 +294,8 @@ def mask_optimizer(
 
 
 def _l1(sites: list[SNLSite]) -> torch.Tensor:
-    total = torch.zeros(())  # 0 + x is x exactly: the same sum as Python's sum()
-    for s in sites:
-        total = total.to(s.alpha.device) + s.alpha.abs().sum() * s.cost_per_alpha
-    return total
+    # a 0-dim start (0 + x is x exactly) keeps the sum a tensor when there is no site
+    return sum((s.alpha.abs().sum() * s.cost_per_alpha for s in sites), torch.zeros(()))
 
 
 def snl_search(

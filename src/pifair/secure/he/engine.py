@@ -14,6 +14,7 @@ server runs the program on ciphertexts only.
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import os
 import tempfile
 import time
@@ -135,7 +136,9 @@ class HEClient:
         return np.stack(cols, axis=1)
 
 
-_JOB: tuple | None = None  # (function of an output index, output folder) for forked workers
+# what forked workers read: (function of an output index, output folder) for _work,
+# (ciphertexts, memory-map path, scratch folder) for _read_slice
+_JOB: tuple | None = None
 
 
 def _work(indices: list[int]) -> None:
@@ -144,11 +147,8 @@ def _work(indices: list[int]) -> None:
         fn(o).save(os.path.join(folder, str(o)))
 
 
-_READ: tuple | None = None  # (ciphertexts, memory-map path, scratch folder) for forked readers
-
-
-def _read_slice(indices: np.ndarray) -> None:
-    cts, path, folder = _READ
+def _read_slice(indices: list[int]) -> None:
+    cts, path, folder = _JOB
     out = np.load(path, mmap_mode="r+")
     scratch = os.path.join(folder, f"ct-{os.getpid()}")
     for i in indices:
@@ -218,23 +218,30 @@ class HEServer:
         if value != 0.0:
             self.evaluator.add_plain_inplace(ct, self._plain(value, ct.parms_id(), ct.scale))
 
+    def _forked(self, count: int) -> bool:
+        """Whether ``count`` independent items are worth forked workers."""
+        return self.workers > 1 and count >= 4 * self.workers
+
+    def _in_workers(self, worker, job: tuple, count: int) -> None:
+        """``worker(indices)`` on ``workers`` forked processes, each a slice of ``range(count)``;
+        they find ``job`` in their copy of the module (copy-on-write, no pickling)."""
+        global _JOB
+        _JOB = job
+        try:
+            with mp.get_context("fork").Pool(self.workers) as pool:
+                pool.map(
+                    worker, [c.tolist() for c in np.array_split(np.arange(count), self.workers)]
+                )
+        finally:
+            _JOB = None
+
     def _map(self, fn, count: int) -> list:
         """``[fn(0), ..., fn(count - 1)]``, in ``workers`` forked processes when worth it."""
-        global _JOB
-        if self.workers <= 1 or count < 4 * self.workers:
+        if not self._forked(count):
             return [fn(o) for o in range(count)]
-        import multiprocessing as mp
-
         shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
         with tempfile.TemporaryDirectory(prefix="pifair-he-", dir=shm) as folder:
-            _JOB = (fn, folder)
-            try:
-                with mp.get_context("fork").Pool(self.workers) as pool:
-                    pool.map(
-                        _work, [c.tolist() for c in np.array_split(np.arange(count), self.workers)]
-                    )
-            finally:
-                _JOB = None
+            self._in_workers(_work, (fn, folder), count)
             out = []
             for o in range(count):
                 ct = _seal().Ciphertext()
@@ -305,22 +312,14 @@ class HEServer:
     def _read_coefficients(self, cts: list, folder: str) -> np.ndarray:
         """Every ciphertext's coefficients, (count, size, limbs, N), read in ``workers`` forked
         processes into one shared memory map (SEAL's serialization dominates the cost)."""
-        global _READ
         shape = (len(cts), cts[0].size(), cts[0].coeff_modulus_size(), cts[0].poly_modulus_degree())
-        if self.workers <= 1 or len(cts) < 4 * self.workers:
+        if not self._forked(len(cts)):
             scratch = os.path.join(folder, "ct")
             return np.stack([rns.read_coefficients(ct, scratch) for ct in cts])
-        import multiprocessing as mp
-
         path = os.path.join(folder, "coefficients.u64")
         out = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint64, shape=shape)
         del out  # the workers write it, each through its own map
-        _READ = (cts, path, folder)
-        try:
-            with mp.get_context("fork").Pool(self.workers) as pool:
-                pool.map(_read_slice, np.array_split(np.arange(len(cts)), self.workers))
-        finally:
-            _READ = None
+        self._in_workers(_read_slice, (cts, path, folder), len(cts))
         return np.array(np.load(path, mmap_mode="r"))
 
     def _poly(self, stage: PolyStage, cts: list) -> list:
