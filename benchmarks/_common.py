@@ -18,6 +18,31 @@ from pifair.atomic import atomic_write_json
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
+# ResNet18 (SNL's variant) on CIFAR-10 as the GPU settings train the dense model
+CIFAR10_RESNET18 = dict(
+    data="cifar10",
+    model="resnet18",
+    snl_variant=True,
+    epochs=40,
+    batch_size=512,
+    lr=0.2,
+    label_smoothing=0.1,
+    schedule="onecycle",
+)
+# its CPU-scale stand-in: width 16 (a quarter of the ReLUs) on 5,000 CIFAR-10 images
+CIFAR10_RESNET18_CPU = dict(
+    data="cifar10",
+    model="resnet18",
+    snl_variant=True,
+    width=16,
+    limit=5000,
+    epochs=15,
+    batch_size=128,
+    lr=0.1,
+    label_smoothing=0.1,
+    schedule="onecycle",
+)
+
 
 def machine_line() -> str:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"

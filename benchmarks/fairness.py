@@ -41,7 +41,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS_DIR, commit, machine_line, print_table, save_results  # noqa: E402
+from _common import CIFAR10_RESNET18, RESULTS_DIR, commit, machine_line, print_table, save_results  # noqa: E402
 from pifair.data import parse_keep  # noqa: E402
 from pifair.fairness import GroupReport  # noqa: E402
 from pifair.fairness.audit import mean_ci, minority_gap, minority_groups, paired_difference  # noqa: E402
@@ -142,16 +142,7 @@ SETTINGS = {
         arms=["logit-adjust", "anchored"],
     ),
     "cifar10-gpu": dict(
-        dense=dict(
-            data="cifar10",
-            model="resnet18",
-            snl_variant=True,
-            epochs=40,
-            batch_size=512,
-            lr=0.2,
-            label_smoothing=0.1,
-            schedule="onecycle",
-        ),
+        dense=dict(CIFAR10_RESNET18),
         budgets=["15k", "50k", "100k"],
         search=SearchSettings(max_epochs=30, batch_size=256, mask_lr=0.02, lambda_init=1e-4),
         finetune=FinetuneSettings(epochs=20, batch_size=256),

@@ -29,7 +29,15 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import commit, machine_line, print_table, save_results, seconds_for_budget  # noqa: E402
+from _common import (  # noqa: E402
+    CIFAR10_RESNET18,
+    CIFAR10_RESNET18_CPU,
+    commit,
+    machine_line,
+    print_table,
+    save_results,
+    seconds_for_budget,
+)
 from pifair.reduce import FinetuneSettings  # noqa: E402
 from pifair.reduce.snl import SearchSettings  # noqa: E402
 from pifair.runs import MODEL, Run  # noqa: E402
@@ -41,16 +49,7 @@ from pifair.workflows.train import train  # noqa: E402
 REPO = Path(__file__).resolve().parent.parent
 
 FULL = dict(
-    dense=dict(
-        data="cifar10",
-        model="resnet18",
-        snl_variant=True,
-        epochs=30,
-        batch_size=512,
-        lr=0.2,
-        label_smoothing=0.1,
-        schedule="onecycle",
-    ),
+    dense=CIFAR10_RESNET18 | {"epochs": 30},
     budgets=["15k", "25k", "50k", "100k"],
     naive=["50k"],
     channel=["50k"],
@@ -63,18 +62,7 @@ FULL = dict(
 # benchmarks/linearize_ablation.py --setting cifar10-cpu (the same settings, so --dense may
 # reuse it).
 CPU = dict(
-    dense=dict(
-        data="cifar10",
-        model="resnet18",
-        snl_variant=True,
-        width=16,
-        limit=5000,
-        epochs=15,
-        batch_size=128,
-        lr=0.1,
-        label_smoothing=0.1,
-        schedule="onecycle",
-    ),
+    dense=dict(CIFAR10_RESNET18_CPU),
     budgets=["3.75k", "6.25k", "12.5k", "25k"],
     naive=["12.5k"],
     channel=["12.5k"],

@@ -34,7 +34,7 @@ from pathlib import Path
 from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import commit, machine_line, print_table, save_results  # noqa: E402
+from _common import CIFAR10_RESNET18_CPU, commit, machine_line, print_table, save_results  # noqa: E402
 from pifair.reduce import FinetuneSettings  # noqa: E402
 from pifair.reduce.snl import SearchSettings  # noqa: E402
 from pifair.runs import MODEL, Run  # noqa: E402
@@ -93,18 +93,7 @@ def rows_for(harden: float) -> list[Row]:
 
 SETTINGS = {
     "cifar10-cpu": dict(
-        dense=dict(
-            data="cifar10",
-            model="resnet18",
-            snl_variant=True,
-            width=16,
-            limit=5000,
-            epochs=15,
-            batch_size=128,
-            lr=0.1,
-            label_smoothing=0.1,
-            schedule="onecycle",
-        ),
+        dense=dict(CIFAR10_RESNET18_CPU),
         budget="12.5k",
         harden=1.0,
         search=SearchSettings(

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import commit, machine_line, print_table, save_results  # noqa: E402
+from _common import CIFAR10_RESNET18, commit, machine_line, print_table, save_results  # noqa: E402
 from pifair.reduce import FinetuneSettings  # noqa: E402
 from pifair.reduce.snl import SearchSettings  # noqa: E402
 from pifair.runs import MODEL, Run  # noqa: E402
@@ -29,16 +29,7 @@ from pifair.workflows.sweep import run_sweep  # noqa: E402
 from pifair.workflows.train import train  # noqa: E402
 
 GPU = dict(
-    dense=dict(
-        data="cifar10",
-        model="resnet18",
-        snl_variant=True,
-        epochs=40,
-        batch_size=512,
-        lr=0.2,
-        label_smoothing=0.1,
-        schedule="onecycle",
-    ),
+    dense=dict(CIFAR10_RESNET18),
     budgets=["491520", "100k", "25k", "5k", "1k", "492"],
     search=SearchSettings(max_epochs=30, batch_size=256),
     finetune=FinetuneSettings(epochs=20, batch_size=256),

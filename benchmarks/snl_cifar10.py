@@ -25,7 +25,14 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import commit, machine_line, print_table, save_results, seconds_for_budget  # noqa: E402
+from _common import (  # noqa: E402
+    CIFAR10_RESNET18,
+    commit,
+    machine_line,
+    print_table,
+    save_results,
+    seconds_for_budget,
+)
 from pifair.reduce import FinetuneSettings  # noqa: E402
 from pifair.reduce.snl import SearchSettings  # noqa: E402
 from pifair.runs import MODEL, Run  # noqa: E402
@@ -35,16 +42,7 @@ from pifair.workflows.sweep import SNL_PUBLISHED_CIFAR10, run_sweep  # noqa: E40
 from pifair.workflows.train import train  # noqa: E402
 
 GPU = dict(
-    dense=dict(
-        data="cifar10",
-        model="resnet18",
-        snl_variant=True,
-        epochs=40,
-        batch_size=512,
-        lr=0.2,
-        label_smoothing=0.1,
-        schedule="onecycle",
-    ),
+    dense=dict(CIFAR10_RESNET18),
     budgets=["15k", "25k", "50k", "100k"],
     reference_budget="50k",
     reference_epochs=150,
