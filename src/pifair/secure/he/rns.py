@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import os
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,8 @@ from ...extras import require
 
 __all__ = [
     "DIGIT_BITS",
+    "GroupedWeights",
+    "grouped_mod_matmul",
     "mod_matmul",
     "read_coefficients",
     "scalar_weights",
@@ -165,3 +168,195 @@ def mod_matmul(weights, coefficients: np.ndarray, q: int) -> np.ndarray:
         term = np.mod(s.astype(np.int64), qq).astype(np.uint64)
         acc = (acc + term) % np.uint64(q)
     return acc
+
+
+# -- grouped products: a convolution as a batched product over output positions ------------------
+
+_CHUNK_BYTES = 2 << 20  # gathered inputs per column chunk
+
+
+@dataclass
+class _Bucket:
+    """Groups of ``m`` output rows that read the same ``k`` inputs, stacked: ``rows`` (G, m),
+    ``inputs`` (G, k), ``values`` (G, m, k) int64."""
+
+    rows: np.ndarray
+    inputs: np.ndarray
+    values: np.ndarray
+
+
+@dataclass
+class GroupedWeights:
+    """An integer matrix with its rows grouped by identical input sets, so that its product is a
+    few batched dense products (one per output position of a convolution; one for a dense
+    layer) instead of a sparse product. Built once per stage, used for every limb."""
+
+    shape: tuple[int, int]
+    buckets: list[_Bucket]
+    max_abs: int
+
+    @classmethod
+    def from_matrix(cls, weights, *, dense_fill: float = 0.25) -> GroupedWeights:
+        csr = sparse.csr_matrix(weights, copy=True)  # sorted here, never the caller's arrays
+        csr.sort_indices()
+        rows, cols = csr.shape
+        values = np.asarray(csr.data, dtype=np.int64)
+        max_abs = int(np.abs(values).max(initial=0))
+        if csr.nnz > dense_fill * rows * cols:  # one dense product over every input
+            dense = np.asarray(csr.toarray(), dtype=np.int64)
+            bucket = _Bucket(np.arange(rows)[None], np.arange(cols)[None], dense[None])
+            return cls((rows, cols), [bucket], max_abs)
+        groups: dict[tuple[int, ...], list[int]] = {}  # input set -> the rows reading it
+        for r in range(rows):
+            groups.setdefault(tuple(csr.indices[csr.indptr[r] : csr.indptr[r + 1]]), []).append(r)
+        by_size: dict[tuple[int, int], list[tuple[tuple[int, ...], list[int]]]] = {}
+        for key, readers in groups.items():
+            by_size.setdefault((len(readers), len(key)), []).append((key, readers))
+        buckets = []
+        for items in by_size.values():
+            rows_of = np.array([m for _, m in items])
+            inputs = np.array([k for k, _ in items], dtype=np.int64).reshape(len(items), -1)
+            vals = np.stack([csr[m].toarray()[:, list(k)] for k, m in items]).astype(np.int64)
+            buckets.append(_Bucket(rows_of, inputs, vals))
+        return cls((rows, cols), buckets, max_abs)
+
+    @property
+    def largest_inner(self) -> int:
+        return max((b.inputs.shape[1] for b in self.buckets), default=0)
+
+
+def _signed_digits(values: np.ndarray, bits: int, count: int) -> list[np.ndarray]:
+    """Signed base-2^bits digits of int64 ``values``, as float64, lowest first; every digit
+    but the last in [-2^(bits-1), 2^(bits-1)), the last takes the rest."""
+    out, rest = [], values.astype(np.int64)
+    base, half = np.int64(1 << bits), np.int64(1 << (bits - 1))
+    for _ in range(count - 1):
+        digit = ((rest + half) & (base - 1)) - half
+        out.append(digit.astype(np.float64))
+        rest = (rest - digit) >> bits
+    out.append(rest.astype(np.float64))
+    return out
+
+
+def _digit_plan(q: int, w_abs: int, inner: int) -> tuple[int, int, int, int]:
+    """(coefficient digit bits, coefficient digits, weight digit bits, weight digits) such
+    that a sum of ``inner`` products of a coefficient digit (residues below q, unsigned) and a
+    weight digit (weights up to ``w_abs``, signed) stays below 2^51: exact in float64, with
+    room to add one more such sum."""
+    budget = 51 - max(1, inner - 1).bit_length()  # bits for one product of two digits
+    qbits = q.bit_length()
+    c_count = 1 if qbits <= budget - 14 else 2
+    c_bits = -(-qbits // c_count)  # unsigned digits below 2^c_bits
+    # signed weight digits, |digit| <= 2^(w_bits - 1) (the last: + 1); at most 50 - qbits bits
+    # so that Horner's ``acc 2^w_bits`` (|acc| < 2q) stays below 2^51
+    w_bits = min(budget - c_bits + 1, 50 - qbits)
+    if w_bits < 8:
+        raise ValueError(f"{inner} inputs are too many for exact float64 digit products")
+    w_count = max(1, -(-(w_abs.bit_length() + 1) // w_bits))
+    return c_bits, c_count, w_bits, w_count
+
+
+def _reduce_inplace(values: np.ndarray, q: float, inverse: float, scratch: np.ndarray) -> None:
+    """Integer-valued float64 ``values`` (|v| < 2^52) to a residue in (-q, 2q), in place:
+    ``v - floor(v / q) q`` with the quotient rounded (exact integers throughout)."""
+    np.multiply(values, inverse, out=scratch)
+    np.floor(scratch, out=scratch)
+    scratch *= q
+    values -= scratch
+
+
+def _finish(values: np.ndarray, q: float, inverse: float, scratch: np.ndarray) -> np.ndarray:
+    """Integer-valued float64 ``values`` (|v| < 2^52) modulo ``q``, in [0, q), as uint64."""
+    _reduce_inplace(values, q, inverse, scratch)
+    values[values < 0] += q
+    values[values >= q] -= q
+    return values.astype(np.uint64)
+
+
+def _shifted(values: np.ndarray, bits: int, q: int, inverse: float) -> np.ndarray:
+    """``values * 2^bits`` reduced to (-q, 2q), for float64 ``values`` in (-q, 2q): in steps
+    that keep every product below 2^52."""
+    step = 50 - q.bit_length()
+    scratch = np.empty_like(values)
+    while bits > 0:
+        s = min(step, bits)
+        values = values * float(1 << s)
+        _reduce_inplace(values, float(q), inverse, scratch)
+        bits -= s
+    return values
+
+
+def _bucket_product(w_digits, w_bits: int, c_digits, c_bits: int, q: int, gather) -> np.ndarray:
+    """``sum_{a,b} (W_a @ C_b) 2^(a w_bits + b c_bits)`` reduced to (-q, 2q): Horner over the
+    weight digits (``w_bits <= 50 - qbits`` keeps ``acc 2^w_bits + product`` below 2^52), then
+    over the coefficient digits."""
+    qf, inverse = float(q), 1.0 / q
+    total = None
+    for cd in reversed(c_digits):
+        gathered = gather(cd)
+        acc = None
+        for wd in reversed(w_digits):
+            product = np.matmul(wd, gathered)
+            if acc is None:
+                acc = product
+            else:
+                acc *= float(1 << w_bits)
+                acc += product
+            _reduce_inplace(acc, qf, inverse, np.empty_like(acc))
+        assert acc is not None
+        if total is not None:
+            total = _shifted(total, c_bits, q, inverse)
+            total += acc
+            _reduce_inplace(total, qf, inverse, np.empty_like(total))
+        else:
+            total = acc
+    assert total is not None
+    return total
+
+
+def grouped_mod_matmul(weights: GroupedWeights, coefficients: np.ndarray, q: int) -> np.ndarray:
+    """``W @ coefficients mod q`` (uint64, ``(out, M)``) for integer ``W`` given as
+    :class:`GroupedWeights` and uint64 ``coefficients`` ``(in, M)`` below ``q < 2^40``: per
+    bucket one batched float64 product per digit pair, exact, recombined modulo ``q`` in
+    float64 (every intermediate an integer below 2^52)."""
+    if q >= 1 << 40:
+        raise ValueError("moduli up to 40 bits (the float64 recombination)")
+    rows, inner = weights.shape
+    if coefficients.shape[0] != inner:
+        raise ValueError(f"{coefficients.shape[0]} coefficient rows for {inner} inputs")
+    m = coefficients.shape[1]
+    plans = []
+    for bucket in weights.buckets:
+        w_mod = np.mod(bucket.values, np.int64(q))
+        w_mod = np.where(w_mod > q // 2, w_mod - np.int64(q), w_mod)
+        w_abs = int(np.abs(w_mod).max(initial=0))
+        c_bits, c_count, w_bits, w_count = _digit_plan(q, w_abs, bucket.inputs.shape[1])
+        groups, k = bucket.inputs.shape
+        dense = groups == 1 and k == inner and np.array_equal(bucket.inputs[0], np.arange(inner))
+        plan = (bucket, dense, c_bits, c_count, w_bits, _signed_digits(w_mod, w_bits, w_count))
+        plans.append(plan)
+    gathered_rows = max(b.inputs.size for b in weights.buckets)
+    chunk = max(1, min(m, _CHUNK_BYTES // (8 * gathered_rows)))
+    out = np.empty((rows, m), dtype=np.uint64)
+    qf, inverse = float(q), 1.0 / q
+    for start in range(0, m, chunk):
+        cols = slice(start, min(m, start + chunk))
+        block = coefficients[:, cols]
+        as_float = block.astype(np.float64)
+        for bucket, dense, c_bits, c_count, w_bits, w_digits in plans:
+            if c_count == 1:
+                c_digits = [as_float]
+            else:
+                mask = np.uint64((1 << c_bits) - 1)
+                c_digits = [
+                    (block & mask).astype(np.float64),
+                    (block >> np.uint64(c_bits)).astype(np.float64),
+                ]
+
+            def gather(cd, bucket=bucket, dense=dense):
+                return cd[None] if dense else cd[bucket.inputs]  # (G, k, cols)
+
+            total = _bucket_product(w_digits, w_bits, c_digits, c_bits, q, gather)
+            result = _finish(total, qf, inverse, np.empty_like(total))
+            out[bucket.rows.reshape(-1), cols] = result.reshape(-1, cols.stop - start)
+    return out

@@ -1,0 +1,423 @@
+"""The batched CKKS engine: linear layers as modular matrix products over raw RNS data.
+
+A batch of encrypted features lives in one array ``(limbs, features, 2, N)`` of uint64 (NTT
+form, limb-major so that a limb of every ciphertext is one contiguous matrix). A linear stage
+is, per limb, one exact modular product of the integer-encoded weights with that matrix
+(:func:`pifair.secure.he.rns.grouped_mod_matmul`: a dense layer one product, a convolution a
+batched product over output positions). SEAL does only what needs its NTTs: the rescale after
+each linear stage and the square, relinearization and rescale of each activation, one
+ciphertext per feature, on views of the shared arrays (:mod:`pifair.secure.he.seal_memory`),
+in forked workers that write into anonymous shared memory (nothing in /dev/shm, nothing left
+behind by a killed run). The program is the folded one (:mod:`pifair.secure.he.fold`): one
+level per activation.
+
+Exact scales: a linear stage encodes input j's weights at ``Delta q / s_j`` so that every
+product has scale ``Delta q`` and the rescale by q leaves exactly Delta; squares leave
+``Delta^2 / q``, which the next stage's weights absorb the same way.
+"""
+
+from __future__ import annotations
+
+import math
+import mmap
+import multiprocessing as mp
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import sparse
+
+from ...errors import ConfigError
+from ...extras import require
+from . import rns, seal_memory
+from .compile import LinearStage
+from .fold import FoldedProgram
+from .params import MAX_LOG_Q, CKKSParameters, HEDepthError
+
+__all__ = ["CipherBatch", "BatchedClient", "BatchedServer", "shared_array"]
+
+
+def _seal():
+    return require("tenseal.sealapi", extra="he", purpose="CKKS inference", package="tenseal")
+
+
+def shared_array(shape: tuple[int, ...], dtype=np.uint64) -> np.ndarray:
+    """A zeroed array in anonymous shared memory: forked workers write it, the parent reads
+    it; no file anywhere, released with the last reference."""
+    nbytes = max(1, int(np.prod(shape)) * np.dtype(dtype).itemsize)
+    buffer = mmap.mmap(-1, nbytes)
+    return np.frombuffer(buffer, dtype=dtype, count=int(np.prod(shape))).reshape(shape)
+
+
+@dataclass
+class CipherBatch:
+    """Encrypted features of a batch of images: one ciphertext per feature, image b in slot b."""
+
+    data: np.ndarray  # (limbs, features, 2, N) uint64, NTT form
+    scales: np.ndarray  # (features,) the CKKS scale of each ciphertext
+    images: int
+
+    @property
+    def limbs(self) -> int:
+        return self.data.shape[0]
+
+    @property
+    def features(self) -> int:
+        return self.data.shape[1]
+
+    def save(self, folder: str | os.PathLike) -> None:
+        """Write as ``ciphertexts.npy`` (raw uint64) and ``scales.npy`` plus the image count."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        np.save(folder / "ciphertexts.npy", self.data)
+        np.save(folder / "scales.npy", np.append(self.scales, float(self.images)))
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike, *, memory_map: bool = True) -> CipherBatch:
+        """Read a saved batch; with ``memory_map`` the ciphertexts stay on disk until read."""
+        folder = Path(folder)
+        data = np.load(folder / "ciphertexts.npy", mmap_mode="r" if memory_map else None)
+        tail = np.load(folder / "scales.npy")
+        return cls(data, tail[:-1], int(tail[-1]))
+
+
+class _Context:
+    """SEAL's context, its levels (by number of limbs) and a ciphertext template per level."""
+
+    def __init__(self, parms) -> None:
+        s = _seal()
+        self.parms = parms
+        self.context = s.SEALContext(parms, True, s.SEC_LEVEL_TYPE.TC128)
+        self.evaluator = s.Evaluator(self.context)
+        self.encoder = s.CKKSEncoder(self.context)
+        self.n = parms.poly_modulus_degree()
+        self.levels: dict[int, tuple[list[int], list[int]]] = {}  # limbs -> (parms_id, moduli)
+        data = self.context.first_context_data()
+        while data is not None:
+            moduli = [m.value() for m in data.parms().coeff_modulus()]
+            self.levels[len(moduli)] = (data.parms_id(), moduli)
+            data = data.next_context_data()
+        self._templates: dict[int, Any] = {}
+
+    @property
+    def top(self) -> int:
+        return max(self.levels)
+
+    def template(self, limbs: int, encrypt) -> Any:
+        """A ciphertext at ``limbs`` limbs to overwrite (an encryption of zero by
+        ``encrypt(plaintext, ciphertext)``, switched down), a new one each call."""
+        if limbs not in self._templates:
+            s = _seal()
+            pt, ct = s.Plaintext(), s.Ciphertext()
+            self.encoder.encode(0.0, self.levels[self.top][0], 1.0, pt)
+            encrypt(pt, ct)
+            self.evaluator.mod_switch_to_inplace(ct, self.levels[limbs][0])
+            self._templates[limbs] = ct
+        ct = _seal().Ciphertext()
+        self.evaluator.negate(self._templates[limbs], ct)  # a copy (sealapi has no copy)
+        return ct
+
+    def to_seal(self, batch_data: np.ndarray, feature: int, scale: float, encrypt):
+        """Feature ``feature`` of a batch array as a SEAL ciphertext (any size: 2, or 3 and 5
+        after squares that were not relinearized)."""
+        limbs, _, size, _ = batch_data.shape
+        ct = self.template(limbs, encrypt)
+        if size != 2:
+            ct.resize(self.context, self.levels[limbs][0], size)
+        seal_memory.write_coefficients(ct, np.moveaxis(batch_data[:, feature], 0, 1))
+        ct.scale = scale
+        return ct
+
+
+def _parms(params: CKKSParameters):
+    s = _seal()
+    parms = s.EncryptionParameters(s.SCHEME_TYPE.CKKS)
+    parms.set_poly_modulus_degree(params.poly_modulus_degree)
+    parms.set_coeff_modulus(
+        s.CoeffModulus.Create(params.poly_modulus_degree, list(params.coeff_bits))
+    )
+    return parms
+
+
+class BatchedClient:
+    """Holds the secret key: makes the keys, encrypts a batch into one array, decrypts."""
+
+    def __init__(self, params: CKKSParameters) -> None:
+        s = _seal()
+        self.params = params
+        self.ctx = _Context(_parms(params))
+        keygen = s.KeyGenerator(self.ctx.context)
+        self._secret = keygen.secret_key()
+        self._public = s.PublicKey()
+        keygen.create_public_key(self._public)
+        self._relin = s.RelinKeys()
+        keygen.create_relin_keys(self._relin)
+        # symmetric encryption with the secret key: half the time of public-key encryption and
+        # less noise (the error e only, not u e + e0 + e1 s)
+        self.encryptor = s.Encryptor(self.ctx.context, self._secret)
+        self.decryptor = s.Decryptor(self.ctx.context, self._secret)
+        self.scale = 2.0**params.scale_bits
+
+    def write_server_keys(self, folder: str | os.PathLike) -> list[str]:
+        """The parameter, public and relinearization key files: all the server gets."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.ctx.parms.save(str(folder / "parms.seal"))
+        self._public.save(str(folder / "public.seal"))
+        self._relin.save(str(folder / "relin.seal"))
+        return sorted(p.name for p in folder.iterdir())
+
+    def secret_key_bytes(self, scratch: str | os.PathLike) -> bytes:
+        """The secret key's serialization (to check that no file handed out equals it)."""
+        path = Path(scratch) / "secret.check"
+        try:
+            self._secret.save(str(path))
+            return path.read_bytes()
+        finally:
+            path.unlink(missing_ok=True)
+
+    def encrypt(self, x: np.ndarray, *, progress=None) -> CipherBatch:
+        """(B, features) with B <= N/2 -> one ciphertext per feature; the last slots of a
+        short batch hold zeros."""
+        s = _seal()
+        x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
+        slots = self.params.slots
+        if len(x) > slots:
+            raise ConfigError(f"batch {len(x)} exceeds the {slots} slots; split it")
+        limbs = self.ctx.top
+        data = np.empty((limbs, x.shape[1], 2, self.ctx.n), dtype=np.uint64)
+        pt, ct = s.Plaintext(), s.Ciphertext()
+        for j, column in enumerate(x.T):
+            self.ctx.encoder.encode(column.tolist(), self.scale, pt)
+            self.encryptor.encrypt_symmetric(pt, ct)
+            data[:, j] = np.moveaxis(seal_memory.coefficients(ct), 1, 0)
+            if progress is not None:
+                progress(1)
+        return CipherBatch(data, np.full(x.shape[1], self.scale), len(x))
+
+    def decrypt(self, batch: CipherBatch) -> np.ndarray:
+        s = _seal()
+        cols = []
+        pt = s.Plaintext()
+        for j in range(batch.features):
+            ct = self.ctx.to_seal(
+                batch.data, j, float(batch.scales[j]), self.encryptor.encrypt_symmetric
+            )
+            self.decryptor.decrypt(ct, pt)
+            cols.append(np.asarray(self.ctx.encoder.decode_double(pt))[: batch.images])
+        return np.stack(cols, axis=1)
+
+
+@dataclass
+class StageTiming:
+    stage: str
+    seconds: float
+    operations: int
+
+
+# what forked workers find in their copy of the module (no pickling of SEAL objects)
+_JOB: tuple | None = None
+
+
+def _run_job(indices: list[int]) -> None:
+    fn = _JOB[0]  # type: ignore[index]
+    for i in indices:
+        fn(i)
+
+
+def _in_workers(fn, count: int, workers: int) -> None:
+    """``fn(i)`` for ``i < count``, in ``workers`` forked processes (or here when one)."""
+    global _JOB
+    if workers <= 1 or count < 2 * workers:
+        for i in range(count):
+            fn(i)
+        return
+    _JOB = (fn,)
+    try:
+        with mp.get_context("fork").Pool(workers) as pool:
+            pool.map(_run_job, [c.tolist() for c in np.array_split(np.arange(count), workers)])
+    finally:
+        _JOB = None
+
+
+def _mul_mod(a: np.ndarray, b: np.ndarray, q: int) -> np.ndarray:
+    """``a b mod q`` for uint64 residues below ``q < 2^40`` (exact: no product above 2^61)."""
+    qq = np.uint64(q)
+    if q < 1 << 32:
+        return (a * b) % qq
+    lo, hi = b & np.uint64((1 << 20) - 1), b >> np.uint64(20)
+    high = ((a * hi) % qq) << np.uint64(20)
+    return (high % qq + a * lo) % qq
+
+
+def _square_limb(c: np.ndarray, q: int) -> np.ndarray:
+    """The tensor square of size-2 ciphertexts ``c`` (features, 2, N) of one limb, NTT form:
+    ``c0^2, 2 c0 c1, c1^2`` (size 3, decrypted with ``1, s, s^2``; relinearized later)."""
+    features, size, n = c.shape
+    out = np.zeros((features, 2 * size - 1, n), dtype=np.uint64)
+    qq = np.uint64(q)
+    for i in range(size):
+        for j in range(i, size):
+            term = _mul_mod(c[:, i], c[:, j], q)
+            if i != j:
+                term = (term << np.uint64(1)) % qq
+            out[:, i + j] = (out[:, i + j] + term) % qq
+    return out
+
+
+def _limit_blas(fn):
+    """``fn`` with BLAS on one thread (in forked workers: one process per core already)."""
+    from threadpoolctl import threadpool_limits
+
+    def limited(i: int) -> None:
+        with threadpool_limits(1):
+            fn(i)
+
+    return limited
+
+
+@dataclass
+class BatchedServer:
+    """Runs a folded program on a :class:`CipherBatch` with the public files only
+    (``parms.seal``, ``public.seal`` and ``relin.seal`` in ``keys``; the public key only makes
+    the zero ciphertexts that SEAL's operations overwrite). A square leaves size-3 ciphertexts
+    (no key switch); the next linear stage runs on them as they are and its outputs are
+    relinearized: one key switch per output of that stage instead of one per squared input."""
+
+    keys: Path
+    scale_bits: int
+    workers: int = 1
+    timings: list[StageTiming] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        s = _seal()
+        self.keys = Path(self.keys)
+        parms = s.EncryptionParameters(s.SCHEME_TYPE.CKKS)
+        parms.load(str(self.keys / "parms.seal"))
+        self.ctx = _Context(parms)
+        public = s.PublicKey()
+        public.load(self.ctx.context, str(self.keys / "public.seal"))
+        self.encryptor = s.Encryptor(self.ctx.context, public)
+        self.relin = s.RelinKeys()
+        self.relin.load(self.ctx.context, str(self.keys / "relin.seal"))
+        self.scale = 2.0**self.scale_bits
+
+    def _parallel(self, fn, count: int) -> None:
+        _in_workers(_limit_blas(fn) if self.workers > 1 else fn, count, self.workers)
+
+    def _linear(self, stage: LinearStage, batch: CipherBatch, drops: int) -> np.ndarray:
+        """The stage's products per limb, before the rescale: (limbs, out, size, N), every
+        output at scale Delta times the ``drops`` last primes."""
+        limbs, features, size, n = batch.data.shape
+        if stage.weights.shape[1] != features:
+            raise ConfigError(f"a stage of {stage.weights.shape[1]} inputs got {features}")
+        _, moduli = self.ctx.levels[limbs]
+        target = self.scale * math.prod(float(q) for q in moduli[limbs - drops :])
+        w = stage.weights.tocsr()
+        integer = rns.scalar_weights(w.data, (target / batch.scales)[w.indices])
+        grouped = rns.GroupedWeights.from_matrix(
+            sparse.csr_matrix((integer, w.indices, w.indptr), shape=w.shape)
+        )
+        out = shared_array((limbs, w.shape[0], size, n))
+
+        def limb(i: int) -> None:
+            flat = np.ascontiguousarray(batch.data[i]).reshape(features, size * n)
+            out[i] = rns.grouped_mod_matmul(grouped, flat, moduli[i]).reshape(-1, size, n)
+
+        self._parallel(limb, limbs)
+        return out
+
+    def _rescale(self, products: np.ndarray, bias: np.ndarray, drops: int) -> np.ndarray:
+        """Per output (SEAL, for its NTTs): relinearize a size-3 output of a stage after a
+        square (one key switch per output of the linear stage, not per squared input: there
+        are fewer), rescale ``drops`` times to scale exactly Delta, then add the bias (a
+        constant is the same integer in every NTT coefficient of c0). Rescaling before the
+        relinearization would cost precision: its rounding error is multiplied by s^2."""
+        ev, ctx = self.ctx.evaluator, self.ctx
+        limbs, outputs, size, n = products.shape
+        scale = self.scale * math.prod(float(q) for q in ctx.levels[limbs][1][limbs - drops :])
+        moduli = np.array(ctx.levels[limbs - drops][1], dtype=np.uint64)
+        out = shared_array((limbs - drops, outputs, 2, n))
+        for level in (limbs, limbs - drops):  # made before forking, shared by the workers
+            ctx.template(level, self.encryptor.encrypt)
+
+        def one(o: int) -> None:
+            ct = ctx.to_seal(products, o, scale, self.encryptor.encrypt)
+            if size == 3:
+                ev.relinearize_inplace(ct, self.relin)
+            for _ in range(drops):
+                ev.rescale_to_next_inplace(ct)
+            view = seal_memory.coefficients(ct)
+            b = int(round(float(bias[o]) * self.scale))
+            constant = np.array([b % int(q) for q in moduli], dtype=np.uint64)
+            view[0] = (view[0] + constant[:, None]) % moduli[:, None]
+            out[:, o] = np.moveaxis(view, 1, 0)
+
+        self._parallel(one, outputs)
+        return out
+
+    def _square(self, batch: CipherBatch, kept: np.ndarray) -> CipherBatch:
+        """Every feature squared (size 3, not relinearized), then the ``kept`` features as
+        they are (zero-padded to size 3)."""
+        limbs, features, _, n = batch.data.shape
+        _, moduli = self.ctx.levels[limbs]
+        out = shared_array((limbs, features + len(kept), 3, n))
+
+        def limb(i: int) -> None:
+            out[i, :features] = _square_limb(batch.data[i], moduli[i])
+            out[i, features:, :2] = batch.data[i, kept]
+
+        self._parallel(limb, limbs)
+        scales = np.concatenate([batch.scales**2, batch.scales[kept]])
+        return CipherBatch(out, scales, batch.images)
+
+    def run(self, program: FoldedProgram, batch: CipherBatch) -> CipherBatch:
+        """The program on ``batch``; :attr:`timings` has one entry per step, named once."""
+        self.timings = []
+        images = batch.images
+        drops = 1
+        for stage in program.stages:
+            t0 = time.perf_counter()
+            if isinstance(stage, LinearStage):
+                rows, cols = stage.weights.shape
+                products = self._linear(stage, batch, drops)
+                t1 = time.perf_counter()
+                self._time(f"linear {cols}->{rows}", t1 - t0, stage.terms)
+                data = self._rescale(products, stage.bias, drops)
+                self._time(f"rescale x{rows}", time.perf_counter() - t1, rows * drops)
+                batch = CipherBatch(data, np.full(rows, self.scale), images)
+                drops = 1
+            else:
+                batch = self._square(batch, stage.kept)
+                self._time(f"square x{stage.features}", time.perf_counter() - t0, stage.features)
+                drops = 2  # the square's scale Delta^2 leaves with two primes after the next stage
+        return batch
+
+    def _time(self, what: str, seconds: float, operations: int) -> None:
+        self.timings.append(StageTiming(f"{len(self.timings) + 1}. {what}", seconds, operations))
+
+
+def folded_parameters(
+    depth: int,
+    *,
+    max_scale_bits: int = 40,
+    min_scale_bits: int = 25,
+    head_bits: int = 10,
+    min_degree: int = 8192,
+) -> CKKSParameters:
+    """The smallest N whose 128-bit limit holds ``depth`` levels at a scale of at least
+    ``min_scale_bits`` bits, with the largest scale that fits (at most ``max_scale_bits``)."""
+    for n in sorted(MAX_LOG_Q):
+        if n < min_degree:
+            continue
+        for k in range(max_scale_bits, min_scale_bits - 1, -1):
+            first = min(60, k + head_bits)
+            bits = (first,) + (k,) * depth + (first,)
+            if sum(bits) <= MAX_LOG_Q[n]:
+                return CKKSParameters(n, bits, k, depth)
+    raise HEDepthError(
+        f"depth {depth} does not fit 128-bit CKKS parameters at {min_scale_bits}-bit scale"
+    )
