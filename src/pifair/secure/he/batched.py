@@ -35,6 +35,7 @@ from ...extras import require
 from . import rns, seal_memory
 from .compile import LinearStage
 from .fold import FoldedProgram
+from .kernels import kernels
 from .params import MAX_LOG_Q, CKKSParameters, HEDepthError
 
 __all__ = ["CipherBatch", "BatchedClient", "BatchedServer", "shared_array"]
@@ -231,7 +232,7 @@ def _run_job(indices: list[int]) -> None:
 def _in_workers(fn, count: int, workers: int) -> None:
     """``fn(i)`` for ``i < count``, in ``workers`` forked processes (or here when one)."""
     global _JOB
-    if workers <= 1 or count < 2 * workers:
+    if workers <= 1 or count < workers:
         for i in range(count):
             fn(i)
         return
@@ -241,42 +242,6 @@ def _in_workers(fn, count: int, workers: int) -> None:
             pool.map(_run_job, [c.tolist() for c in np.array_split(np.arange(count), workers)])
     finally:
         _JOB = None
-
-
-def _mul_mod(a: np.ndarray, b: np.ndarray, q: int) -> np.ndarray:
-    """``a b mod q`` for uint64 residues below ``q < 2^40`` (exact: no product above 2^61)."""
-    qq = np.uint64(q)
-    if q < 1 << 32:
-        return (a * b) % qq
-    lo, hi = b & np.uint64((1 << 20) - 1), b >> np.uint64(20)
-    high = ((a * hi) % qq) << np.uint64(20)
-    return (high % qq + a * lo) % qq
-
-
-def _square_limb(c: np.ndarray, q: int) -> np.ndarray:
-    """The tensor square of size-2 ciphertexts ``c`` (features, 2, N) of one limb, NTT form:
-    ``c0^2, 2 c0 c1, c1^2`` (size 3, decrypted with ``1, s, s^2``; relinearized later)."""
-    features, size, n = c.shape
-    out = np.zeros((features, 2 * size - 1, n), dtype=np.uint64)
-    qq = np.uint64(q)
-    for i in range(size):
-        for j in range(i, size):
-            term = _mul_mod(c[:, i], c[:, j], q)
-            if i != j:
-                term = (term << np.uint64(1)) % qq
-            out[:, i + j] = (out[:, i + j] + term) % qq
-    return out
-
-
-def _limit_blas(fn):
-    """``fn`` with BLAS on one thread (in forked workers: one process per core already)."""
-    from threadpoolctl import threadpool_limits
-
-    def limited(i: int) -> None:
-        with threadpool_limits(1):
-            fn(i)
-
-    return limited
 
 
 @dataclass
@@ -306,7 +271,9 @@ class BatchedServer:
         self.scale = 2.0**self.scale_bits
 
     def _parallel(self, fn, count: int) -> None:
-        _in_workers(_limit_blas(fn) if self.workers > 1 else fn, count, self.workers)
+        """SEAL steps (which hold the GIL) in forked workers. Only SEAL and single-threaded
+        kernels run there: numba's thread pool and OpenBLAS's are started in this process."""
+        _in_workers(fn, count, self.workers)
 
     def _linear(self, stage: LinearStage, batch: CipherBatch, drops: int) -> np.ndarray:
         """The stage's products per limb, before the rescale: (limbs, out, size, N), every
@@ -321,13 +288,10 @@ class BatchedServer:
         grouped = rns.GroupedWeights.from_matrix(
             sparse.csr_matrix((integer, w.indices, w.indptr), shape=w.shape)
         )
-        out = shared_array((limbs, w.shape[0], size, n))
-
-        def limb(i: int) -> None:
-            flat = np.ascontiguousarray(batch.data[i]).reshape(features, size * n)
+        out = np.empty((limbs, w.shape[0], size, n), dtype=np.uint64)
+        for i in range(limbs):  # threads: BLAS's and the kernels' (numba)
+            flat = batch.data[i].reshape(features, size * n)
             out[i] = rns.grouped_mod_matmul(grouped, flat, moduli[i]).reshape(-1, size, n)
-
-        self._parallel(limb, limbs)
         return out
 
     def _rescale(self, products: np.ndarray, bias: np.ndarray, drops: int) -> np.ndarray:
@@ -352,8 +316,7 @@ class BatchedServer:
                 ev.rescale_to_next_inplace(ct)
             view = seal_memory.coefficients(ct)
             b = int(round(float(bias[o]) * self.scale))
-            constant = np.array([b % int(q) for q in moduli], dtype=np.uint64)
-            view[0] = (view[0] + constant[:, None]) % moduli[:, None]
+            kernels().add_constant(view[0], np.array([b % int(q) for q in moduli]), moduli)
             out[:, o] = np.moveaxis(view, 1, 0)
 
         self._parallel(one, outputs)
@@ -364,13 +327,10 @@ class BatchedServer:
         they are (zero-padded to size 3)."""
         limbs, features, _, n = batch.data.shape
         _, moduli = self.ctx.levels[limbs]
-        out = shared_array((limbs, features + len(kept), 3, n))
-
-        def limb(i: int) -> None:
-            out[i, :features] = _square_limb(batch.data[i], moduli[i])
-            out[i, features:, :2] = batch.data[i, kept]
-
-        self._parallel(limb, limbs)
+        out = np.zeros((limbs, features + len(kept), 3, n), dtype=np.uint64)
+        for i in range(limbs):  # the kernel's threads (numba)
+            kernels().tensor_square(batch.data[i], moduli[i], out[i, :features])
+            out[i, features:, :2] = batch.data[i][kept]
         scales = np.concatenate([batch.scales**2, batch.scales[kept]])
         return CipherBatch(out, scales, batch.images)
 

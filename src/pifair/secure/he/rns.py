@@ -26,6 +26,7 @@ import numpy as np
 from scipy import sparse
 
 from ...extras import require
+from .kernels import kernels
 
 __all__ = [
     "DIGIT_BITS",
@@ -172,7 +173,7 @@ def mod_matmul(weights, coefficients: np.ndarray, q: int) -> np.ndarray:
 
 # -- grouped products: a convolution as a batched product over output positions ------------------
 
-_CHUNK_BYTES = 2 << 20  # gathered inputs per column chunk
+_CHUNK_BYTES = 4 << 20  # gathered inputs per column chunk
 
 
 @dataclass
@@ -238,125 +239,97 @@ def _signed_digits(values: np.ndarray, bits: int, count: int) -> list[np.ndarray
     return out
 
 
-def _digit_plan(q: int, w_abs: int, inner: int) -> tuple[int, int, int, int]:
-    """(coefficient digit bits, coefficient digits, weight digit bits, weight digits) such
-    that a sum of ``inner`` products of a coefficient digit (residues below q, unsigned) and a
-    weight digit (weights up to ``w_abs``, signed) stays below 2^51: exact in float64, with
-    room to add one more such sum."""
+def _digit_plan(q: int, w_abs: int, inner: int) -> tuple[int, int, int]:
+    """(coefficient digit bits, coefficient digits, weight digit bits) with the fewest digit
+    products, such that a sum of ``inner`` products of a coefficient digit (unsigned) and a
+    weight digit (signed) stays below 2^51 and a Horner step ``acc 2^w_bits + sum`` (acc < q)
+    below 2^52: exact in float64. Coefficient digit b > 0 is weighed by ``W 2^(b c_bits) mod
+    q`` (up to q/2), digit 0 by ``W`` itself (up to ``w_abs``)."""
     budget = 51 - max(1, inner - 1).bit_length()  # bits for one product of two digits
     qbits = q.bit_length()
-    c_count = 1 if qbits <= budget - 14 else 2
-    c_bits = -(-qbits // c_count)  # unsigned digits below 2^c_bits
-    # signed weight digits, |digit| <= 2^(w_bits - 1) (the last: + 1); at most 50 - qbits bits
-    # so that Horner's ``acc 2^w_bits`` (|acc| < 2q) stays below 2^51
-    w_bits = min(budget - c_bits + 1, 50 - qbits)
-    if w_bits < 8:
+    best: tuple[int, int, int, int] | None = None
+    for c_count in (1, 2, 3):
+        c_bits = -(-qbits // c_count)
+        w_bits = min(budget - c_bits + 1, 51 - qbits)
+        if w_bits < 4:
+            continue
+        products = _digits_needed(w_abs, w_bits) + (c_count - 1) * _digits_needed(q // 2, w_bits)
+        if best is None or products < best[3]:
+            best = (c_bits, c_count, w_bits, products)
+    if best is None:
         raise ValueError(f"{inner} inputs are too many for exact float64 digit products")
-    w_count = max(1, -(-(w_abs.bit_length() + 1) // w_bits))
-    return c_bits, c_count, w_bits, w_count
+    return best[:3]
 
 
-def _reduce_inplace(values: np.ndarray, q: float, inverse: float, scratch: np.ndarray) -> None:
-    """Integer-valued float64 ``values`` (|v| < 2^52) to a residue in (-q, 2q), in place:
-    ``v - floor(v / q) q`` with the quotient rounded (exact integers throughout)."""
-    np.multiply(values, inverse, out=scratch)
-    np.floor(scratch, out=scratch)
-    scratch *= q
-    values -= scratch
+def _digits_needed(max_abs: int, bits: int) -> int:
+    return max(1, -(-(max_abs.bit_length() + 1) // bits))
 
 
-def _finish(values: np.ndarray, q: float, inverse: float, scratch: np.ndarray) -> np.ndarray:
-    """Integer-valued float64 ``values`` (|v| < 2^52) modulo ``q``, in [0, q), as uint64."""
-    _reduce_inplace(values, q, inverse, scratch)
-    values[values < 0] += q
-    values[values >= q] -= q
-    return values.astype(np.uint64)
+def _weight_digits(values: np.ndarray, q: int, c_bits: int, c_count: int, w_bits: int):
+    """Per coefficient digit b: the signed base-2^w_bits digits (float64, highest last) of
+    ``W 2^(b c_bits) mod q``, centered."""
+    out = []
+    for b in range(c_count):
+        w = (values.astype(object) * (1 << (b * c_bits))) % q if b else values % q
+        w = np.asarray(w, dtype=np.int64)
+        w = np.where(w > q // 2, w - np.int64(q), w)
+        out.append(_signed_digits(w, w_bits, _digits_needed(int(np.abs(w).max(initial=0)), w_bits)))
+    return out
 
 
-def _shifted(values: np.ndarray, bits: int, q: int, inverse: float) -> np.ndarray:
-    """``values * 2^bits`` reduced to (-q, 2q), for float64 ``values`` in (-q, 2q): in steps
-    that keep every product below 2^52."""
-    step = 50 - q.bit_length()
-    scratch = np.empty_like(values)
-    while bits > 0:
-        s = min(step, bits)
-        values = values * float(1 << s)
-        _reduce_inplace(values, float(q), inverse, scratch)
-        bits -= s
-    return values
-
-
-def _bucket_product(w_digits, w_bits: int, c_digits, c_bits: int, q: int, gather) -> np.ndarray:
-    """``sum_{a,b} (W_a @ C_b) 2^(a w_bits + b c_bits)`` reduced to (-q, 2q): Horner over the
-    weight digits (``w_bits <= 50 - qbits`` keeps ``acc 2^w_bits + product`` below 2^52), then
-    over the coefficient digits."""
-    qf, inverse = float(q), 1.0 / q
-    total = None
-    for cd in reversed(c_digits):
-        gathered = gather(cd)
-        acc = None
-        for wd in reversed(w_digits):
-            product = np.matmul(wd, gathered)
-            if acc is None:
-                acc = product
-            else:
-                acc *= float(1 << w_bits)
-                acc += product
-            _reduce_inplace(acc, qf, inverse, np.empty_like(acc))
-        assert acc is not None
-        if total is not None:
-            total = _shifted(total, c_bits, q, inverse)
-            total += acc
-            _reduce_inplace(total, qf, inverse, np.empty_like(total))
-        else:
-            total = acc
-    assert total is not None
-    return total
+def _coefficient_digit(block, bits: int, b: int, count: int, cache: dict) -> np.ndarray:
+    """Digit ``b`` (base 2^bits) of uint64 ``block`` as contiguous float64, made once."""
+    if (bits, b) not in cache:
+        part = block if count == 1 else (block >> np.uint64(b * bits)) & np.uint64((1 << bits) - 1)
+        cache[bits, b] = np.ascontiguousarray(part, dtype=np.float64)
+    return cache[bits, b]
 
 
 def grouped_mod_matmul(weights: GroupedWeights, coefficients: np.ndarray, q: int) -> np.ndarray:
     """``W @ coefficients mod q`` (uint64, ``(out, M)``) for integer ``W`` given as
-    :class:`GroupedWeights` and uint64 ``coefficients`` ``(in, M)`` below ``q < 2^40``: per
-    bucket one batched float64 product per digit pair, exact, recombined modulo ``q`` in
-    float64 (every intermediate an integer below 2^52)."""
-    if q >= 1 << 40:
-        raise ValueError("moduli up to 40 bits (the float64 recombination)")
+    :class:`GroupedWeights` and uint64 ``coefficients`` ``(in, M)`` below ``q < 2^48``: per
+    bucket one batched float64 product per digit pair (exact: every sum below 2^51),
+    recombined modulo ``q`` by fused Horner steps (:mod:`pifair.secure.he.kernels`)."""
+    if q >= 1 << 48:
+        raise ValueError("moduli up to 48 bits (the float64 recombination)")
     rows, inner = weights.shape
     if coefficients.shape[0] != inner:
         raise ValueError(f"{coefficients.shape[0]} coefficient rows for {inner} inputs")
+    k = kernels()
     m = coefficients.shape[1]
     plans = []
     for bucket in weights.buckets:
-        w_mod = np.mod(bucket.values, np.int64(q))
-        w_mod = np.where(w_mod > q // 2, w_mod - np.int64(q), w_mod)
-        w_abs = int(np.abs(w_mod).max(initial=0))
-        c_bits, c_count, w_bits, w_count = _digit_plan(q, w_abs, bucket.inputs.shape[1])
-        groups, k = bucket.inputs.shape
-        dense = groups == 1 and k == inner and np.array_equal(bucket.inputs[0], np.arange(inner))
-        plan = (bucket, dense, c_bits, c_count, w_bits, _signed_digits(w_mod, w_bits, w_count))
-        plans.append(plan)
-    gathered_rows = max(b.inputs.size for b in weights.buckets)
-    chunk = max(1, min(m, _CHUNK_BYTES // (8 * gathered_rows)))
+        c_bits, c_count, w_bits = _digit_plan(q, weights.max_abs, bucket.inputs.shape[1])
+        groups, width = bucket.inputs.shape
+        dense = (
+            groups == 1 and width == inner and np.array_equal(bucket.inputs[0], np.arange(inner))
+        )
+        digits = _weight_digits(bucket.values, q, c_bits, c_count, w_bits)
+        plans.append((bucket, dense, c_bits, w_bits, digits))
+    all_dense = all(plan[1] for plan in plans)
+    # dense products in large column blocks (BLAS); grouped ones in cache-sized blocks
+    chunk_bytes = 64 << 20 if all_dense else _CHUNK_BYTES
+    chunk = max(1, min(m, chunk_bytes // (8 * inner)))
     out = np.empty((rows, m), dtype=np.uint64)
-    qf, inverse = float(q), 1.0 / q
     for start in range(0, m, chunk):
         cols = slice(start, min(m, start + chunk))
         block = coefficients[:, cols]
-        as_float = block.astype(np.float64)
-        for bucket, dense, c_bits, c_count, w_bits, w_digits in plans:
-            if c_count == 1:
-                c_digits = [as_float]
-            else:
-                mask = np.uint64((1 << c_bits) - 1)
-                c_digits = [
-                    (block & mask).astype(np.float64),
-                    (block >> np.uint64(c_bits)).astype(np.float64),
-                ]
-
-            def gather(cd, bucket=bucket, dense=dense):
-                return cd[None] if dense else cd[bucket.inputs]  # (G, k, cols)
-
-            total = _bucket_product(w_digits, w_bits, c_digits, c_bits, q, gather)
-            result = _finish(total, qf, inverse, np.empty_like(total))
-            out[bucket.rows.reshape(-1), cols] = result.reshape(-1, cols.stop - start)
+        width = cols.stop - start
+        digit_cache: dict[tuple[int, int], np.ndarray] = {}  # (bits, digit) -> float64 block
+        for bucket, dense, c_bits, w_bits, digits in plans:
+            total = None
+            for b, w_digits in enumerate(digits):
+                cd = _coefficient_digit(block, c_bits, b, len(digits), digit_cache)
+                acc = np.zeros((bucket.rows.shape[0], bucket.rows.shape[1], width))
+                gathered = cd[None] if dense else cd[bucket.inputs]  # (G, k, cols)
+                for wd in reversed(w_digits):
+                    k.horner_step(acc, np.matmul(wd, gathered), float(1 << w_bits), float(q))
+                if total is None:
+                    total = acc
+                else:
+                    k.horner_step(total, acc, 1.0, float(q))
+            assert total is not None
+            residues = np.empty(total.shape, dtype=np.uint64)
+            k.to_residues(total, float(q), residues)
+            out[bucket.rows.reshape(-1), cols] = residues.reshape(-1, width)
     return out
