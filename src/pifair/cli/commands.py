@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from ..errors import ConfigError
 from ..models import create_model, get_model_spec, list_models
 from ..relu import count_relus
 from ..report import build_report
+from ..secure.he.exchange import serve
 from ..training import TrainConfig
 from ..workflows.cost import estimate_cost
 from ..workflows.dp_train import dp_train
@@ -267,6 +269,19 @@ def _run_he_infer(ns: argparse.Namespace) -> None:
     summaries.he_infer(run_he_infer(_flat_job(HEInferJob, ns, HE_FLAGS), out=ns.out))
 
 
+def _add_he_serve(p: argparse.ArgumentParser) -> None:
+    p.add_argument("exchange", type=Path, help="the exchange folder pifair he-infer wrote")
+    p.add_argument(
+        "--workers", type=int, default=0, help="processes for SEAL's steps (0: one per core)"
+    )
+
+
+def _run_he_serve(ns: argparse.Namespace) -> None:
+    if ns.workers < 0:
+        raise ConfigError(f"--workers must be >= 0 (0: one per core), got {ns.workers}")
+    serve(ns.exchange, workers=ns.workers or os.cpu_count() or 1)
+
+
 def _add_mpc_infer(p: argparse.ArgumentParser) -> None:
     add_flags(p, MPCInferJob, MPC_FLAGS)
     p.add_argument("--out", type=Path, help="run folder (default runs/mpc-infer-TIMESTAMP)")
@@ -470,6 +485,15 @@ COMMANDS = [
         "encrypted inference under CKKS (TenSEAL/SEAL), one image per slot: accuracy and time",
         _add_he_infer,
         _run_he_infer,
+    ),
+    Command(
+        "he-serve",
+        "the CKKS server's side: run the program on the ciphertexts of an exchange folder",
+        _add_he_serve,
+        _run_he_serve,
+        "Reads only the parameter, public and relinearization key files, the program and the "
+        "ciphertexts that pifair he-infer (--role client) wrote into EXCHANGE, and writes the "
+        "encrypted results there. Refuses a key folder that holds anything else.",
     ),
     Command(
         "mpc-infer",

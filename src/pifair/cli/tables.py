@@ -210,10 +210,29 @@ def audit_flags() -> list[Flag]:
 
 HE_FLAGS = [
     Flag("--from", ("from",), "run folder of a polynomial model (pifair polyfit)"),
-    Flag("--batch", ("batch",), "images per ciphertext (at most N/2)"),
+    Flag(
+        "--engine",
+        ("engine",),
+        "batched: linear layers as modular matrix products over the raw ciphertexts, the "
+        "server its own process; seal: one SEAL call per weight (the first engine)",
+    ),
+    Flag("--batch", ("batch",), "images per ciphertext (0: every slot, N/2)"),
     Flag("--images", ("images",), "test images to run", default_text="one batch"),
-    Flag("--scale-bits", ("scale_bits",), "CKKS scale: 2^bits"),
+    Flag("--scale-bits", ("scale_bits",), "CKKS scale: 2^bits (0: the engine's choice)"),
     Flag("--workers", ("workers",), "server processes (0: one per core)"),
+    Flag(
+        "--role",
+        ("role",),
+        "both: client, server (spawned) and decryption here; client: encrypt into --exchange "
+        "and stop (run pifair he-serve there, then this command again with the same --out)",
+    ),
+    Flag(
+        "--exchange",
+        ("exchange",),
+        "folder of the files between client and server",
+        default_text="RUN/exchange",
+    ),
+    Flag("--keep-ciphertexts", ("keep_ciphertexts",), "keep the ciphertext files"),
     Flag(
         "--compare-images",
         ("compare_images",),

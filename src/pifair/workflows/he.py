@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import shutil
+import subprocess
+import sys
+import tempfile
 import time
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 
+from ..atomic import atomic_write_json
 from ..errors import ConfigError
 from ..runs import Run
-from ..secure.he.compile import compile_model
+from ..secure.he.batched import BatchedClient, CipherBatch, folded_parameters
+from ..secure.he.compile import HEProgram, compile_model
 from ..secure.he.engine import HEClient, HEServer
+from ..secure.he.exchange import SERVER_KEY_FILES, batch_folders, sha256, write_program
+from ..secure.he.fold import FoldedProgram, fold_program
 from ..secure.he.image_layout import ImageLayout
 from ..secure.he.params import choose_parameters
 from ..training import predict
@@ -27,11 +38,19 @@ class HEInferJob(RunJob):
     """What ``pifair he-infer`` runs; its dict is the run's config.yaml."""
 
     from_run: str
-    batch: int = 4096  # images per ciphertext (one per slot); more than the slots are split
+    # batched: linear stages as modular matrix products over raw RNS data, folded polynomials,
+    # the server a separate process; seal: one SEAL call per weight (the first engine)
+    engine: Literal["batched", "seal"] = "batched"
+    batch: int = 0  # images per ciphertext (one per slot; 0: every slot, N/2); more are split
     images: int | None = None  # test images to run (default: one batch)
-    scale_bits: int = 40
+    scale_bits: int = 0  # CKKS scale 2^bits (0: the engine's choice)
     workers: int = 0  # processes computing a stage's outputs (0: one per CPU core)
     compare_images: int = 0  # also run N images one per ciphertext (rotations): the comparison
+    # both: client, then the server spawned as its own process, then decryption; client: the
+    # client's half only (run it again after pifair he-serve has answered in --exchange)
+    role: Literal["both", "client"] = "both"
+    exchange: str | None = None  # the folder between client and server (default: RUN/exchange)
+    keep_ciphertexts: bool = False  # keep the exchange's ciphertext files after decryption
 
 
 def _bytes(ct, folder) -> int:
@@ -42,15 +61,18 @@ def _bytes(ct, folder) -> int:
     return size
 
 
-def _image_layout(program, client, server, x: np.ndarray, reference: np.ndarray, run: Run) -> dict:
+def _image_layout(
+    program, client, server, x: np.ndarray, reference: np.ndarray, run: Run | None
+) -> dict:
     """The same program on one image per ciphertext: latency per image, agreement."""
     layout = ImageLayout(program, client, server)
-    run.log.info(
-        "image layout: %d features per ciphertext, %d rotation keys, setup %.1f s",
-        layout.m,
-        layout.galois.size(),
-        layout.setup_seconds,
-    )
+    if run is not None:
+        run.log.info(
+            "image layout: %d features per ciphertext, %d rotation keys, setup %.1f s",
+            layout.m,
+            layout.galois.size(),
+            layout.setup_seconds,
+        )
     outs, seconds = [], 0.0
     for row in x:
         ct = layout.encrypt(row)
@@ -73,16 +95,35 @@ def _image_layout(program, client, server, x: np.ndarray, reference: np.ndarray,
 
 def _validate(job: HEInferJob) -> None:
     """Refuse bad settings before any model is loaded or any folder written."""
-    if job.batch < 1:
-        raise ConfigError(f"--batch must be >= 1 (images per ciphertext), got {job.batch}")
+    if job.batch < 0:
+        raise ConfigError(f"--batch must be >= 1 (images per ciphertext; 0: N/2), got {job.batch}")
     if job.images is not None and job.images < 1:
         raise ConfigError(f"--images must be >= 1 (or unset: one batch), got {job.images}")
     if job.compare_images < 0:
         raise ConfigError(f"--compare-images must be >= 0, got {job.compare_images}")
     if job.workers < 0:
         raise ConfigError(f"--workers must be >= 0 (0: one per core), got {job.workers}")
-    if not 20 <= job.scale_bits <= 60:
-        raise ConfigError(f"--scale-bits must be in [20, 60], got {job.scale_bits}")
+    if job.scale_bits != 0 and not 20 <= job.scale_bits <= 60:
+        raise ConfigError(
+            f"--scale-bits must be in [20, 60] (or 0: the engine's choice), got {job.scale_bits}"
+        )
+    if job.role == "client" and job.engine != "batched":
+        raise ConfigError(
+            "--role client needs --engine batched (the SEAL engine runs in one process)"
+        )
+    if job.compare_images and job.engine == "batched" and job.role == "client":
+        raise ConfigError("--compare-images runs both roles here; drop it with --role client")
+
+
+@dataclass
+class _Inputs:
+    """What both engines share: the program, the images, the plaintext references."""
+
+    program: HEProgram
+    compile_seconds: float
+    x: np.ndarray
+    labels: np.ndarray
+    logits_plain: np.ndarray
 
 
 def run_he_infer(job: HEInferJob, *, out: str | os.PathLike | None = None) -> Run:
@@ -94,23 +135,207 @@ def run_he_infer(job: HEInferJob, *, out: str | os.PathLike | None = None) -> Ru
     program = compile_model(model, data.input_shape)  # refuses layers CKKS cannot run
     program.check_encryptable()
     compile_s = time.perf_counter() - t0
-    params = choose_parameters(program.depth, scale_bits=job.scale_bits)
+    if job.engine == "batched":
+        folded = fold_program(program)
+        params = folded_parameters(folded.depth, scale_bits=job.scale_bits or None)
+    else:
+        params = choose_parameters(program.depth, scale_bits=job.scale_bits or 40)
     run = Run.create("he-infer", job.as_config(), out=out)  # only once the job can run
-    batch = min(job.batch, params.slots)
-    n = min(job.images or job.batch, len(data.test))
+    batch = min(job.batch or params.slots, params.slots)
+    n = min(job.images or batch, len(data.test))
     logits, labels, _ = predict(model, data, "test")
-    x = data.normalize(data.test.x[:n]).double().numpy()
-    logits_plain, y = logits[:n].numpy(), labels[:n].numpy()
+    inputs = _Inputs(
+        program,
+        compile_s,
+        data.normalize(data.test.x[:n]).double().numpy(),
+        labels[:n].numpy(),
+        logits[:n].numpy(),
+    )
     run.log.info(
         "program: depth %d, %s; CKKS N=%d, %d slots, log Q %d; %d images in batches of %d",
-        program.depth,
-        program.summary(),
+        program.depth if job.engine == "seal" else folded.depth,
+        program.summary() if job.engine == "seal" else folded.summary(),
         params.poly_modulus_degree,
         params.slots,
         params.log_q,
         n,
         batch,
     )
+    if job.engine == "seal":
+        return _run_seal(job, run, inputs, params, batch)
+    return _run_batched(job, run, inputs, folded, params, batch)
+
+
+def _accuracy_metrics(inputs: _Inputs, logits: np.ndarray, reference: np.ndarray) -> dict:
+    y, plain = inputs.labels, inputs.logits_plain
+    return {
+        "encrypted_accuracy": float(np.mean(logits.argmax(1) == y)),
+        "plaintext_accuracy": float(np.mean(plain.argmax(1) == y)),
+        "argmax_agreement": float(np.mean(logits.argmax(1) == plain.argmax(1))),
+        "max_logit_error": float(np.abs(logits - plain).max()),
+        "max_error_vs_float64_program": float(np.abs(logits - reference).max()),
+    }
+
+
+def _log_result(run: Run, metrics: dict) -> None:
+    run.update_metrics(**metrics)
+    run.log.info(
+        "%d images: encrypted accuracy %.4f (plaintext %.4f), agreement %.4f, max logit error "
+        "%.2e, %.2f ms/image",
+        metrics["images"],
+        metrics["encrypted_accuracy"],
+        metrics["plaintext_accuracy"],
+        metrics["argmax_agreement"],
+        metrics["max_logit_error"],
+        metrics["amortized_ms_per_image"],
+    )
+
+
+def _run_batched(
+    job: HEInferJob, run: Run, inputs: _Inputs, folded: FoldedProgram, params, batch: int
+) -> Run:
+    """Client here, server as its own spawned process (or on another host), files between."""
+    exchange = Path(job.exchange) if job.exchange else run.file("exchange")
+    secret = run.file("client") / "secret.seal"
+    x = inputs.x
+    answered = (exchange / "server.json").is_file() and secret.is_file()
+    seconds = {"encrypt": 0.0, "decrypt": 0.0, "keygen": 0.0}
+    if not answered:
+        t0 = time.perf_counter()
+        client = BatchedClient(params)
+        client.write_server_keys(exchange / "keys")
+        client.save_secret_key(secret)
+        seconds["keygen"] = time.perf_counter() - t0
+        write_program(folded, exchange / "program.npz")
+        atomic_write_json(
+            exchange / "request.json", {"scale_bits": params.scale_bits, "images": len(x)}
+        )
+        t0 = time.perf_counter()
+        for i, start in enumerate(range(0, len(x), batch)):
+            client.encrypt(x[start : start + batch]).save(exchange / f"batch-{i:04d}")
+        seconds["encrypt"] = time.perf_counter() - t0
+        run.log.info(
+            "client: %d images encrypted into %s (%.1f s)", len(x), exchange, seconds["encrypt"]
+        )
+        atomic_write_json(run.file("client") / "client.json", seconds)
+        if job.role == "client":
+            run.log.info("waiting for the server: pifair he-serve %s", exchange)
+            print(
+                f"client: {len(x)} images encrypted into {exchange}; run pifair he-serve "
+                f"{exchange} on the server, then this command again with --out {run.path}"
+            )
+            return run
+        workers = job.workers or os.cpu_count() or 1
+        command = [
+            sys.executable,
+            "-m",
+            "pifair",
+            "he-serve",
+            str(exchange),
+            "--workers",
+            str(workers),
+        ]
+        run.log.info("server: %s", " ".join(command))
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"the CKKS server process failed:\n{done.stderr[-4000:]}")
+    else:
+        seconds = json.loads((run.file("client") / "client.json").read_text())
+        client = BatchedClient.with_secret_key(params, secret)
+    server = json.loads((exchange / "server.json").read_text())
+    t0 = time.perf_counter()
+    outputs = [client.decrypt(CipherBatch.load(f / "result")) for f in batch_folders(exchange)]
+    seconds["decrypt"] = time.perf_counter() - t0
+    logits = np.concatenate(outputs)
+    if len(logits) != len(x):
+        raise RuntimeError(f"the server answered {len(logits)} images of {len(x)}")
+    key_check = _key_check(client, exchange, server, run)
+    first = CipherBatch.load(batch_folders(exchange)[0])
+    result = CipherBatch.load(batch_folders(exchange)[0] / "result")
+    stages: dict[str, float] = {}
+    for per_batch in server["stages"]:
+        for name, sec in per_batch.items():
+            stages[name] = stages.get(name, 0.0) + sec
+    n = len(x)
+    metrics: dict[str, Any] = {
+        "kind": "he-infer",
+        "engine": "batched",
+        "images": n,
+        "batch": batch,
+        "batches": server["batches"],
+        "params": params.as_dict(),
+        "program": folded.summary(),
+        "depth": folded.depth,
+        **_accuracy_metrics(inputs, logits, folded.run_plain(x)),
+        "seconds": seconds
+        | {
+            "server": server["seconds"],
+            "server_setup": server["setup_seconds"],
+            "compile": inputs.compile_seconds,
+            "stages": stages,
+        },
+        "amortized_ms_per_image": 1000 * server["seconds"] / n,
+        "client_ms_per_image": {
+            "encrypt": 1000 * seconds["encrypt"] / n,
+            "decrypt": 1000 * seconds["decrypt"] / n,
+        },
+        "amortized_ms_per_image_end_to_end": 1000
+        * (server["seconds"] + seconds["encrypt"] + seconds["decrypt"])
+        / n,
+        "input_ciphertext_bytes": int(first.data[:, 0].nbytes),
+        "input_ciphertexts": first.features,
+        "output_ciphertext_bytes": int(result.data[:, 0].nbytes),
+        "workers": server["workers"],
+        "server_process": {"pid": server["pid"], "client_pid": os.getpid()},
+        "server_key_check": key_check,
+    }
+    del first, result
+    if not job.keep_ciphertexts:
+        for folder in batch_folders(exchange):
+            shutil.rmtree(folder)
+    if job.compare_images > 0:
+        metrics |= _compare_layouts(job, inputs)
+    _log_result(run, _with_layout_comparison(metrics))
+    return run
+
+
+def _key_check(client: BatchedClient, exchange: Path, server: dict, run: Run) -> dict:
+    """What the server loaded, checked against this client's secret key: the key folder must
+    hold exactly the public files, and no file the server loaded may be the secret key."""
+    secret_hash = hashlib.sha256(client.secret_key_bytes(run.path)).hexdigest()
+    files = sorted(p.name for p in (exchange / "keys").iterdir())
+    loaded = server.get("key_files_loaded", {})
+    leaked = secret_hash in loaded.values() or any(
+        sha256(exchange / "keys" / f) == secret_hash for f in files
+    )
+    only_public = files == sorted(SERVER_KEY_FILES) and sorted(loaded) == sorted(SERVER_KEY_FILES)
+    return {
+        "files": files,
+        "files_loaded_by_server": sorted(loaded),
+        "only_public_files": only_public,
+        "secret_key_in_folder": leaked,
+        "server_separate_process": server.get("pid") != os.getpid(),
+        "server_holds_no_secret_key": only_public and not leaked,
+    }
+
+
+def _compare_layouts(job: HEInferJob, inputs: _Inputs) -> dict:
+    """One image per ciphertext (rotations, the SEAL engine's keys) on the first images."""
+    params = choose_parameters(inputs.program.depth, scale_bits=40)
+    client = HEClient(params)
+    with tempfile.TemporaryDirectory(prefix="pifair-he-") as folder:
+        server = HEServer(client.server_keys(folder), workers=1)
+        k = job.compare_images
+        layout = _image_layout(
+            inputs.program, client, server, inputs.x[:k], inputs.logits_plain[:k], None
+        )
+    return {"image_layout": layout}
+
+
+def _run_seal(job: HEInferJob, run: Run, inputs: _Inputs, params, batch: int) -> Run:
+    """The first engine: one SEAL call per weight, the server an object in this process."""
+    program, x = inputs.program, inputs.x
+    n = len(x)
     t0 = time.perf_counter()
     client = HEClient(params)
     workers = job.workers or os.cpu_count() or 1
@@ -135,8 +360,9 @@ def run_he_infer(job: HEInferJob, *, out: str | os.PathLike | None = None) -> Ru
         t0 = time.perf_counter()
         result = server.run(program, cts)
         seconds["server"] += time.perf_counter() - t0
-        for t in server.timings:
-            stage_seconds[t.stage] = stage_seconds.get(t.stage, 0.0) + t.seconds
+        for i, t in enumerate(server.timings):
+            name = f"{i + 1}. {t.stage}"
+            stage_seconds[name] = stage_seconds.get(name, 0.0) + t.seconds
         if "output_ciphertext_bytes" not in sizes:
             sizes["output_ciphertext_bytes"] = _bytes(result[0], run.path)
         t0 = time.perf_counter()
@@ -146,22 +372,23 @@ def run_he_infer(job: HEInferJob, *, out: str | os.PathLike | None = None) -> Ru
             "batch %d-%d done: server %.1f s", start, start + len(chunk), seconds["server"]
         )
     logits = np.concatenate(outputs)
-    reference = program.run_plain(x)
     metrics: dict[str, Any] = {
         "kind": "he-infer",
+        "engine": "seal",
         "images": n,
         "batch": batch,
         "batches": -(-n // batch),
         "params": params.as_dict(),
         "program": program.summary(),
         "depth": program.depth,
-        "encrypted_accuracy": float(np.mean(logits.argmax(1) == y)),
-        "plaintext_accuracy": float(np.mean(logits_plain.argmax(1) == y)),
-        "argmax_agreement": float(np.mean(logits.argmax(1) == logits_plain.argmax(1))),
-        "max_logit_error": float(np.abs(logits - logits_plain).max()),
-        "max_error_vs_float64_program": float(np.abs(logits - reference).max()),
-        "seconds": seconds | {"compile": compile_s, "keygen": keygen_s, "stages": stage_seconds},
+        **_accuracy_metrics(inputs, logits, program.run_plain(x)),
+        "seconds": seconds
+        | {"compile": inputs.compile_seconds, "keygen": keygen_s, "stages": stage_seconds},
         "amortized_ms_per_image": 1000 * seconds["server"] / n,
+        "client_ms_per_image": {
+            "encrypt": 1000 * seconds["encrypt"] / n,
+            "decrypt": 1000 * seconds["decrypt"] / n,
+        },
         "amortized_ms_per_image_end_to_end": 1000 * sum(seconds.values()) / n,
         **sizes,
         "workers": workers,
@@ -173,23 +400,19 @@ def run_he_infer(job: HEInferJob, *, out: str | os.PathLike | None = None) -> Ru
             client,
             server,
             x[: job.compare_images],
-            logits_plain[: job.compare_images],
+            inputs.logits_plain[: job.compare_images],
             run,
         )
+    _log_result(run, _with_layout_comparison(metrics))
+    return run
+
+
+def _with_layout_comparison(metrics: dict) -> dict:
+    if "image_layout" in metrics:
         per_image = metrics["image_layout"]["seconds_per_image"]
         metrics["batch_vs_image_layout"] = {
             "amortized_ms_per_image": metrics["amortized_ms_per_image"],
             "image_layout_ms_per_image": 1000 * per_image,
             "time_reduction": 1 - metrics["amortized_ms_per_image"] / (1000 * per_image),
         }
-    run.update_metrics(**metrics)
-    run.log.info(
-        "encrypted accuracy %.4f (plaintext %.4f), agreement %.4f, max logit error %.2e, %.2f "
-        "ms/image",
-        metrics["encrypted_accuracy"],
-        metrics["plaintext_accuracy"],
-        metrics["argmax_agreement"],
-        metrics["max_logit_error"],
-        metrics["amortized_ms_per_image"],
-    )
-    return run
+    return metrics

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 from scipy import sparse
 
+from ...atomic import atomic_open
 from ...errors import ConfigError
 from ...extras import require
 from . import rns, seal_memory
@@ -72,9 +73,10 @@ class CipherBatch:
     def save(self, folder: str | os.PathLike) -> None:
         """Write as ``ciphertexts.npy`` (raw uint64) and ``scales.npy`` plus the image count."""
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        np.save(folder / "ciphertexts.npy", self.data)
-        np.save(folder / "scales.npy", np.append(self.scales, float(self.images)))
+        with atomic_open(folder / "ciphertexts.npy") as f:
+            np.save(f, self.data)
+        with atomic_open(folder / "scales.npy") as f:
+            np.save(f, np.append(self.scales, float(self.images)))
 
     @classmethod
     def load(cls, folder: str | os.PathLike, *, memory_map: bool = True) -> CipherBatch:
@@ -170,6 +172,28 @@ class BatchedClient:
         self._public.save(str(folder / "public.seal"))
         self._relin.save(str(folder / "relin.seal"))
         return sorted(p.name for p in folder.iterdir())
+
+    def save_secret_key(self, path: str | os.PathLike) -> None:
+        """Keep the secret key on the client's side (owner-only permissions), for the
+        decryption after a server on another host has answered."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._secret.save(str(path))
+        os.chmod(path, 0o600)
+
+    @classmethod
+    def with_secret_key(cls, params: CKKSParameters, path: str | os.PathLike) -> BatchedClient:
+        """The client of ``params`` holding the secret key saved at ``path`` (decrypts only)."""
+        s = _seal()
+        client = cls.__new__(cls)
+        client.params = params
+        client.ctx = _Context(_parms(params))
+        client._secret = s.SecretKey()
+        client._secret.load(client.ctx.context, str(path))
+        client.encryptor = s.Encryptor(client.ctx.context, client._secret)
+        client.decryptor = s.Decryptor(client.ctx.context, client._secret)
+        client.scale = 2.0**params.scale_bits
+        return client
 
     def secret_key_bytes(self, scratch: str | os.PathLike) -> bytes:
         """The secret key's serialization (to check that no file handed out equals it)."""
@@ -363,21 +387,28 @@ class BatchedServer:
 def folded_parameters(
     depth: int,
     *,
+    scale_bits: int | None = None,
     max_scale_bits: int = 40,
     min_scale_bits: int = 25,
     head_bits: int = 10,
     min_degree: int = 8192,
 ) -> CKKSParameters:
     """The smallest N whose 128-bit limit holds ``depth`` levels at a scale of at least
-    ``min_scale_bits`` bits, with the largest scale that fits (at most ``max_scale_bits``)."""
+    ``min_scale_bits`` bits, with the largest scale that fits (at most ``max_scale_bits``);
+    ``scale_bits`` fixes the scale instead. The first prime holds the result (scale plus
+    ``head_bits``), the last is the key-switching prime."""
+    scales = [scale_bits] if scale_bits else list(range(max_scale_bits, min_scale_bits - 1, -1))
     for n in sorted(MAX_LOG_Q):
         if n < min_degree:
             continue
-        for k in range(max_scale_bits, min_scale_bits - 1, -1):
+        for k in scales:
             first = min(60, k + head_bits)
             bits = (first,) + (k,) * depth + (first,)
             if sum(bits) <= MAX_LOG_Q[n]:
                 return CKKSParameters(n, bits, k, depth)
+    largest = max(MAX_LOG_Q)
     raise HEDepthError(
-        f"depth {depth} does not fit 128-bit CKKS parameters at {min_scale_bits}-bit scale"
+        f"the folded program needs depth {depth}: at a {scales[-1]}-bit scale that is "
+        f"{scales[-1] * (depth + 2) + 2 * head_bits} bits of modulus, more than 128-bit security "
+        f"allows even at N = {largest} ({MAX_LOG_Q[largest]} bits). Use fewer layers."
     )

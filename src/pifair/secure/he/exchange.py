@@ -1,0 +1,137 @@
+"""The files between the CKKS client and server, and the server's side of them.
+
+The client writes an exchange folder::
+
+    keys/parms.seal keys/public.seal keys/relin.seal   (no secret key: checked on both sides)
+    program.npz                                         (the folded program: public)
+    request.json                                        (scale, batches)
+    batch-0000/ciphertexts.npy batch-0000/scales.npy    (one per ciphertext batch)
+
+The server (:func:`serve`, run as ``pifair he-infer --role server --exchange DIR`` in its own
+process, on this host or another) reads only those files, refuses a folder that holds anything
+else among the keys, and writes ``batch-XXXX/result/`` and ``server.json`` (its timings and the
+SHA-256 of every key file it loaded, so the client can check that none is its secret key).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+from scipy import sparse
+
+from ...atomic import atomic_open, atomic_write_json
+from ...errors import ConfigError
+from .batched import BatchedServer, CipherBatch
+from .compile import LinearStage
+from .fold import FoldedProgram, SquareStage
+
+__all__ = [
+    "SERVER_KEY_FILES",
+    "read_program",
+    "write_program",
+    "batch_folders",
+    "serve",
+    "sha256",
+]
+
+SERVER_KEY_FILES = ("parms.seal", "public.seal", "relin.seal")
+
+
+def sha256(path: str | os.PathLike) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def write_program(program: FoldedProgram, path: str | os.PathLike) -> None:
+    """The folded program as one ``.npz`` (weights in CSR parts, biases, squares' kept)."""
+    arrays: dict[str, np.ndarray] = {"input_shape": np.array(program.input_shape)}
+    kinds = []
+    for i, s in enumerate(program.stages):
+        if isinstance(s, LinearStage):
+            kinds.append("linear")
+            w = s.weights.tocsr()
+            arrays |= {
+                f"{i}_data": w.data,
+                f"{i}_indices": w.indices,
+                f"{i}_indptr": w.indptr,
+                f"{i}_shape": np.array(w.shape),
+                f"{i}_bias": s.bias,
+            }
+        else:
+            kinds.append("square")
+            arrays |= {f"{i}_features": np.array(s.features), f"{i}_kept": s.kept}
+    arrays["kinds"] = np.array(kinds)
+    with atomic_open(path) as f:
+        np.savez(f, **arrays)
+
+
+def read_program(path: str | os.PathLike) -> FoldedProgram:
+    with np.load(path) as z:
+        program = FoldedProgram(tuple(int(v) for v in z["input_shape"]))
+        for i, kind in enumerate(z["kinds"]):
+            if kind == "linear":
+                w = sparse.csr_matrix(
+                    (z[f"{i}_data"], z[f"{i}_indices"], z[f"{i}_indptr"]),
+                    shape=tuple(z[f"{i}_shape"]),
+                )
+                program.stages.append(LinearStage(w, z[f"{i}_bias"]))
+            else:
+                program.stages.append(SquareStage(int(z[f"{i}_features"]), z[f"{i}_kept"]))
+    return program
+
+
+def batch_folders(exchange: str | os.PathLike) -> list[Path]:
+    return sorted(Path(exchange).glob("batch-[0-9][0-9][0-9][0-9]"))
+
+
+def _check_exchange(exchange: Path) -> None:
+    """Refuse a folder the server should not run on, saying what is wrong."""
+    if not (exchange / "request.json").is_file():
+        raise ConfigError(
+            f"{exchange} is not an exchange folder (no request.json): run "
+            "pifair he-infer --role client first"
+        )
+    keys = sorted(p.name for p in (exchange / "keys").iterdir())
+    if keys != sorted(SERVER_KEY_FILES):
+        raise ConfigError(
+            f"the server's key folder {exchange / 'keys'} holds {keys}; it must hold exactly "
+            f"{', '.join(SERVER_KEY_FILES)} (never a secret key)"
+        )
+
+
+def serve(exchange: str | os.PathLike, *, workers: int = 1, log=print) -> dict:
+    """Run the program on every batch of ``exchange`` with the public files only; write each
+    batch's result and ``server.json``; return what it wrote there."""
+    exchange = Path(exchange)
+    _check_exchange(exchange)
+    request = json.loads((exchange / "request.json").read_text())
+    t0 = time.perf_counter()
+    server = BatchedServer(exchange / "keys", request["scale_bits"], workers=workers)
+    program = read_program(exchange / "program.npz")
+    setup = time.perf_counter() - t0
+    stages: list[dict] = []
+    seconds = 0.0
+    for folder in batch_folders(exchange):
+        batch = CipherBatch.load(folder, memory_map=False)
+        t0 = time.perf_counter()
+        result = server.run(program, batch)
+        elapsed = time.perf_counter() - t0
+        seconds += elapsed
+        result.save(folder / "result")
+        stages.append({t.stage: t.seconds for t in server.timings})
+        log(f"server: {folder.name}, {batch.images} images, {elapsed:.1f} s")
+    report = {
+        "seconds": seconds,
+        "setup_seconds": setup,
+        "batches": len(stages),
+        "stages": stages,
+        "workers": workers,
+        "pid": os.getpid(),
+        "key_files_loaded": {name: sha256(exchange / "keys" / name) for name in SERVER_KEY_FILES},
+    }
+    atomic_write_json(exchange / "server.json", report)
+    return report
