@@ -79,3 +79,31 @@ def test_polyfit_then_encrypted_inference_matches_plaintext(tmp_path, capsys):
         and "(polyfit)" in page
     )
     assert "Against one image per ciphertext" in page
+
+
+def test_client_and_server_as_two_roles_with_files_between(tmp_path, capsys):
+    dense = train(
+        TrainConfig(data="digits", model="he_cnn", epochs=1, lr=0.05, batch_size=64),
+        out=tmp_path / "dense",
+        progress=False,
+    )
+    poly = tmp_path / "poly"
+    polyfit = ["polyfit", "--from", str(dense.path), "--finetune-epochs", "1", "--out", str(poly)]
+    assert main([*polyfit, "--no-progress"]) == 0
+    exchange, client_run = tmp_path / "exchange", tmp_path / "client"
+    client = ["he-infer", "--from", str(poly), "--images", "30", "--role", "client"]
+    client += ["--exchange", str(exchange), "--out", str(client_run)]
+    assert main(client) == 0
+    assert "run pifair he-serve" in capsys.readouterr().out
+    assert not (client_run / "metrics.json").exists()
+    assert sorted(p.name for p in (exchange / "keys").iterdir()) == [
+        "parms.seal",
+        "public.seal",
+        "relin.seal",
+    ]
+    assert main(["he-serve", str(exchange), "--workers", "1"]) == 0  # the server's host
+    assert main(client) == 0  # the client again: decrypts
+    m = Run.open(client_run).metrics
+    assert m["images"] == 30 and m["argmax_agreement"] == 1.0
+    assert m["server_key_check"]["server_holds_no_secret_key"] is True
+    assert not list(exchange.glob("batch-*"))  # ciphertexts removed once decrypted

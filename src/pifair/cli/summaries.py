@@ -134,13 +134,17 @@ def audit(run: Run) -> None:
 
 def he_infer(run: Run) -> None:
     m = run.metrics
+    if "encrypted_accuracy" not in m:
+        return  # the client's half (--role client): it said what to run next
     p = m["params"]
     print(
         f"{m['images']} images under CKKS (N={p['poly_modulus_degree']}, log Q {p['log_q']}, "
         f"depth {m['depth']}): encrypted accuracy {pct(m['encrypted_accuracy'])} "
         f"(plaintext {pct(m['plaintext_accuracy'])}), agreement {pct(m['argmax_agreement'])}, "
         f"max logit error {m['max_logit_error']:.1e}, "
-        f"{m['amortized_ms_per_image']:.2f} ms per image amortized  run: {run.path}"
+        f"{m['amortized_ms_per_image']:.2f} ms per image amortized (server; client: encrypt "
+        f"{m['client_ms_per_image']['encrypt']:.2f}, decrypt "
+        f"{m['client_ms_per_image']['decrypt']:.3f} ms per image)  run: {run.path}"
     )
     if "batch_vs_image_layout" in m:
         c = m["batch_vs_image_layout"]

@@ -14,9 +14,14 @@ def he_section(run: Run) -> str:
     p, s = m["params"], m["seconds"]
     check = m.get("server_key_check", {})
     if check.get("server_holds_no_secret_key"):
+        where = (
+            "a separate process that loaded only "
+            if check.get("server_separate_process")
+            else "its key folder held only "
+        )
         keys = (
-            "The server held no secret key (checked: its key folder held only "
-            f"{', '.join(check['files'])})."
+            f"The server held no secret key (checked: {where}"
+            f"{', '.join(check['files'])}, none of them the client's secret key)."
         )
     elif check:
         keys = (
@@ -28,7 +33,8 @@ def he_section(run: Run) -> str:
     stages = [[name, f"{sec:.1f}"] for name, sec in s["stages"].items()]
     return "".join(
         [
-            f"<p>{m['images']:,} test images of <code>{run.config.get('from')}</code> under CKKS, "
+            f"<p>{m['images']:,} test images of <code>{run.config.get('from')}</code> under CKKS "
+            f"({m.get('engine', 'seal')} engine), "
             "one image per slot "
             f"({m['batches']} ciphertext batch(es) of {m['batch']:,}): N = "
             f"{p['poly_modulus_degree']:,}, "

@@ -1,0 +1,266 @@
+"""The batched CKKS engine: grouped modular products exact (Python integers) and bit for bit
+SEAL's multiply-accumulate, zero-copy ciphertext memory, folding (same function, one level per
+activation), a full batch of N/2 images through it, and the server apart from the secret key."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from scipy import sparse
+
+pytest.importorskip("tenseal")
+pytest.importorskip("numba")
+
+import tenseal.sealapi as seal  # noqa: E402
+from tests.secure.test_he import _poly_cnn  # noqa: E402
+
+from pifair.errors import ConfigError  # noqa: E402
+from pifair.secure.he import rns, seal_memory  # noqa: E402
+from pifair.secure.he.batched import (  # noqa: E402
+    BatchedClient,
+    BatchedServer,
+    CipherBatch,
+    folded_parameters,
+)
+from pifair.secure.he.compile import (  # noqa: E402
+    HEProgram,
+    LinearStage,
+    PolyStage,
+    compile_model,
+)
+from pifair.secure.he.exchange import read_program, serve, write_program  # noqa: E402
+from pifair.secure.he.fold import SquareStage, fold_program  # noqa: E402
+
+pytestmark = pytest.mark.he
+
+# a 28-bit and a 38-bit prime of the batched engine's shapes, and 31- and 40-bit ones
+PRIMES = [268369921, 274877382657, 2**31 - 1, 1099511480321]
+
+
+def _ckks(bits=(38, 28, 28, 38), n: int = 8192):
+    """SEAL at the batched engine's kind of parameters: small primes, N = 8192."""
+    parms = seal.EncryptionParameters(seal.SCHEME_TYPE.CKKS)
+    parms.set_poly_modulus_degree(n)
+    parms.set_coeff_modulus(seal.CoeffModulus.Create(n, list(bits)))
+    context = seal.SEALContext(parms, True, seal.SEC_LEVEL_TYPE.TC128)
+    keygen = seal.KeyGenerator(context)
+    public = seal.PublicKey()
+    keygen.create_public_key(public)
+    encoder = seal.CKKSEncoder(context)
+    return context, encoder, seal.Encryptor(context, public), seal.Evaluator(context)
+
+
+def _conv_weights(rng) -> np.ndarray:
+    conv = torch.nn.Conv2d(2, 3, 3, stride=2, padding=1)
+    with torch.no_grad():
+        eye = torch.eye(2 * 9 * 9).view(-1, 2, 9, 9)
+        w = (conv(eye) - conv.bias.view(1, 3, 1, 1)).reshape(len(eye), -1).T.numpy()
+    integer = np.round(w * 2**26).astype(np.int64)
+    integer[integer == 0] = 0
+    return integer
+
+
+@pytest.mark.parametrize("q", PRIMES)
+@pytest.mark.parametrize("shape", ["dense", "conv"])
+def test_grouped_mod_matmul_is_exact(q, shape):
+    rng = np.random.default_rng(q % 997)
+    if shape == "dense":
+        w = rng.integers(-(2**30), 2**30, size=(7, 300))
+        w[2, :40] = 0
+    else:
+        w = _conv_weights(rng)
+    grouped = rns.GroupedWeights.from_matrix(sparse.csr_matrix(w))
+    if shape == "dense":
+        assert len(grouped.buckets) == 1  # one dense product
+    x = rng.integers(0, q, size=(w.shape[1], 19), dtype=np.uint64)
+    x[0, :3] = [0, q - 1, q // 2]
+    got = rns.grouped_mod_matmul(grouped, x, q)
+    want = [[sum(int(a) * int(b) for a, b in zip(row, col)) % q for col in x.T] for row in w]
+    assert got.dtype == np.uint64 and got.tolist() == want
+
+
+def test_a_convolution_groups_its_rows_by_output_position():
+    w = _conv_weights(np.random.default_rng(0))
+    grouped = rns.GroupedWeights.from_matrix(sparse.csr_matrix(w))
+    positions = sum(b.inputs.shape[0] for b in grouped.buckets)
+    assert positions == 5 * 5  # one group of 3 channels per output position
+    assert all(b.rows.shape[1] == 3 for b in grouped.buckets)
+
+
+def test_grouped_product_equals_seals_multiply_accumulate_bit_for_bit():
+    context, encoder, encryptor, evaluator = _ckks()
+    rng = np.random.default_rng(1)
+    cts = []
+    for column in rng.normal(size=(6, 40)):
+        pt, ct = seal.Plaintext(), seal.Ciphertext()
+        encoder.encode(column.tolist(), 2.0**28, pt)
+        encryptor.encrypt(pt, ct)
+        cts.append(ct)
+    weights = rng.normal(size=(3, 6))
+    weights[0, 2] = 0.0
+    moduli = [m.value() for m in context.first_context_data().parms().coeff_modulus()]
+    assert [q.bit_length() for q in moduli] == [38, 28, 28]
+    scale = 2.0**28 * moduli[-1] / cts[0].scale
+    expected = []
+    for o in range(3):  # SEAL: one multiply_plain per weight, then additions
+        acc = None
+        for j, ct in enumerate(cts):
+            if weights[o, j] == 0.0:
+                continue
+            pt, term = seal.Plaintext(), seal.Ciphertext()
+            encoder.encode(float(weights[o, j]), ct.parms_id(), scale, pt)
+            evaluator.multiply_plain(ct, pt, term)
+            if acc is None:
+                acc = term
+            else:
+                evaluator.add_inplace(acc, term)
+        expected.append(seal_memory.coefficients(acc).copy())
+    coefficients = np.stack([seal_memory.coefficients(ct) for ct in cts])
+    grouped = rns.GroupedWeights.from_matrix(
+        sparse.csr_matrix(rns.scalar_weights(weights, np.full((1, 6), scale)))
+    )
+    for limb, q in enumerate(moduli):
+        flat = coefficients[:, :, limb, :].reshape(len(cts), -1)
+        got = rns.grouped_mod_matmul(grouped, flat, q).reshape(3, 2, -1)
+        for o in range(3):
+            np.testing.assert_array_equal(got[o], expected[o][:, limb, :])
+
+
+def test_seal_memory_views_are_the_ciphertexts_own_coefficients(tmp_path):
+    context, encoder, encryptor, evaluator = _ckks()
+    pt, ct = seal.Plaintext(), seal.Ciphertext()
+    encoder.encode([1.0, -2.0], 2.0**28, pt)
+    encryptor.encrypt(pt, ct)
+    view = seal_memory.coefficients(ct)
+    np.testing.assert_array_equal(view, rns.read_coefficients(ct, tmp_path / "ct"))
+    other = seal.Ciphertext()
+    evaluator.negate(ct, other)
+    assert not np.array_equal(seal_memory.coefficients(other), view)
+    seal_memory.write_coefficients(other, view)  # written back: the same ciphertext again
+    np.testing.assert_array_equal(seal_memory.coefficients(other), view)
+    with pytest.raises(ValueError, match="shape"):
+        seal_memory.write_coefficients(other, view[:1])
+
+
+@pytest.mark.parametrize("granularity", ["layer", "element"])
+def test_folding_keeps_the_function_and_saves_a_level_per_activation(granularity):
+    program = compile_model(_poly_cnn(granularity), (1, 8, 8))
+    folded = fold_program(program)
+    activations = sum(isinstance(s, SquareStage) for s in folded.stages)
+    assert activations == 2 and folded.depth == program.depth - activations
+    x = np.random.default_rng(0).normal(size=(16, 64))
+    np.testing.assert_allclose(folded.run_plain(x), program.run_plain(x), rtol=1e-9, atol=1e-9)
+
+
+def test_a_large_shift_keeps_x_instead_of_completing_the_square():
+    w = sparse.csr_matrix(np.eye(2))
+    program = HEProgram(
+        (2,),
+        [
+            LinearStage(w, np.zeros(2)),
+            PolyStage(np.array([[0.1, 0.1], [0.5, 0.5], [0.25, 1e-4]])),  # h = 1, h = 2500
+            LinearStage(w, np.zeros(2)),
+        ],
+    )
+    folded = fold_program(program)
+    square = folded.stages[1]
+    assert isinstance(square, SquareStage) and square.kept.tolist() == [1]
+    x = np.array([[0.3, -0.7], [1.0, 2.0]])
+    np.testing.assert_allclose(folded.run_plain(x), program.run_plain(x), rtol=1e-12)
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    """A client and a server of the folded poly CNN (N = 8192, 4,096 slots)."""
+    model = _poly_cnn("element")
+    folded = fold_program(compile_model(model, (1, 8, 8)))
+    params = folded_parameters(folded.depth)
+    client = BatchedClient(params)
+    keys = tmp_path_factory.mktemp("keys")
+    client.write_server_keys(keys)
+    return model, folded, params, client, BatchedServer(keys, params.scale_bits, workers=2)
+
+
+def test_a_full_batch_of_n_over_2_images_round_trips(engine):
+    model, folded, params, client, server = engine
+    assert params.poly_modulus_degree == 8192 and params.slots == 4096
+    x = np.random.default_rng(0).normal(size=(params.slots, 64))
+    out = server.run(folded, client.encrypt(x))
+    logits = client.decrypt(out)
+    with torch.no_grad():
+        expected = model.double()(torch.from_numpy(x).view(-1, 1, 8, 8)).numpy()
+    assert logits.shape == (4096, 10) and out.images == 4096
+    assert np.abs(logits - expected).max() <= 1e-3 * max(1.0, np.abs(expected).max())
+    assert (logits.argmax(1) == expected.argmax(1)).mean() >= 0.999
+    names = [t.stage for t in server.timings]
+    assert len(names) == len(set(names)) == 8  # every step named once: 3 linear, 3 rescale, 2 sq
+
+
+def test_a_short_batch_pads_its_slots_and_decrypts_its_images_only(engine):
+    model, folded, params, client, server = engine
+    x = np.random.default_rng(1).normal(size=(5, 64))
+    logits = client.decrypt(server.run(folded, client.encrypt(x)))
+    np.testing.assert_allclose(logits, folded.run_plain(x), atol=1e-3)
+    with pytest.raises(ConfigError, match="slots"):
+        client.encrypt(np.zeros((params.slots + 1, 64)))
+
+
+def _exchange(engine, folder, images: int = 64):
+    model, folded, params, client, server = engine
+    client.write_server_keys(folder / "keys")
+    write_program(folded, folder / "program.npz")
+    (folder / "request.json").write_text(json.dumps({"scale_bits": params.scale_bits}))
+    client.encrypt(np.random.default_rng(2).normal(size=(images, 64))).save(folder / "batch-0000")
+    return folder
+
+
+def test_the_program_file_round_trips(engine, tmp_path):
+    folded = engine[1]
+    write_program(folded, tmp_path / "p.npz")
+    again = read_program(tmp_path / "p.npz")
+    x = np.random.default_rng(3).normal(size=(4, 64))
+    np.testing.assert_array_equal(again.run_plain(x), folded.run_plain(x))
+
+
+def test_the_server_refuses_a_secret_key_among_its_keys(engine, tmp_path):
+    exchange = _exchange(engine, tmp_path)
+    client = engine[3]
+    client.save_secret_key(exchange / "keys" / "secret.seal")
+    with pytest.raises(ConfigError, match="never a secret key"):
+        serve(exchange)
+    (exchange / "keys" / "secret.seal").unlink()
+    shutil.copy(exchange / "keys" / "public.seal", exchange / "keys" / "extra.seal")
+    with pytest.raises(ConfigError, match="exactly"):
+        serve(exchange)
+
+
+def test_the_spawned_server_loads_only_public_files_and_leaves_nothing_in_dev_shm(engine, tmp_path):
+    exchange = _exchange(engine, tmp_path)
+    shm_before = set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+    command = [sys.executable, "-m", "pifair", "he-serve", str(exchange), "--workers", "2"]
+    killed = subprocess.Popen(command)  # killed mid-run: nothing may stay behind
+    time.sleep(3)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    shm_after = set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+    assert shm_after <= shm_before
+    done = subprocess.run(command, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    report = json.loads((exchange / "server.json").read_text())
+    assert sorted(report["key_files_loaded"]) == ["parms.seal", "public.seal", "relin.seal"]
+    assert report["pid"] != os.getpid()
+    client = engine[3]
+    secret = hashlib.sha256(client.secret_key_bytes(tmp_path)).hexdigest()
+    assert secret not in report["key_files_loaded"].values()
+    result = CipherBatch.load(exchange / "batch-0000" / "result")
+    assert result.images == 64 and client.decrypt(result).shape == (64, 10)
