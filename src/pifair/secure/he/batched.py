@@ -347,15 +347,22 @@ class BatchedServer:
         return out
 
     def _square(self, batch: CipherBatch, kept: np.ndarray) -> CipherBatch:
-        """Every feature squared (size 3, not relinearized), then the ``kept`` features as
-        they are (zero-padded to size 3)."""
+        """Every feature squared (size 3, not relinearized), then the ``kept`` features times
+        the integer Delta (zero-padded to size 3): at scale Delta^2 like the squares, so the
+        next stage's weights of both are encoded at the same (small) scale."""
         limbs, features, _, n = batch.data.shape
         _, moduli = self.ctx.levels[limbs]
         out = np.zeros((limbs, features + len(kept), 3, n), dtype=np.uint64)
-        for i in range(limbs):  # the kernel's threads (numba)
-            kernels().tensor_square(batch.data[i], moduli[i], out[i, :features])
-            out[i, features:, :2] = batch.data[i][kept]
-        scales = np.concatenate([batch.scales**2, batch.scales[kept]])
+        factor = int(self.scale)
+        k = kernels()
+        for i in range(limbs):  # the kernels' threads (numba)
+            k.tensor_square(batch.data[i], moduli[i], out[i, :features])
+            lifted = np.empty((len(kept), 2, n), dtype=np.uint64)
+            k.scale_by(
+                np.ascontiguousarray(batch.data[i][kept]), factor % moduli[i], moduli[i], lifted
+            )
+            out[i, features:, :2] = lifted
+        scales = np.concatenate([batch.scales**2, batch.scales[kept] * factor])
         return CipherBatch(out, scales, batch.images)
 
     def run(self, program: FoldedProgram, batch: CipherBatch) -> CipherBatch:
@@ -388,7 +395,7 @@ def folded_parameters(
     depth: int,
     *,
     scale_bits: int | None = None,
-    max_scale_bits: int = 40,
+    max_scale_bits: int = 36,
     min_scale_bits: int = 25,
     head_bits: int = 10,
     min_degree: int = 8192,
@@ -396,13 +403,14 @@ def folded_parameters(
     """The smallest N whose 128-bit limit holds ``depth`` levels at a scale of at least
     ``min_scale_bits`` bits, with the largest scale that fits (at most ``max_scale_bits``);
     ``scale_bits`` fixes the scale instead. The first prime holds the result (scale plus
-    ``head_bits``), the last is the key-switching prime."""
+    ``head_bits``, at most 47 bits: the exact float64 products of the linear stages take
+    primes below 2^48), the last is the key-switching prime."""
     scales = [scale_bits] if scale_bits else list(range(max_scale_bits, min_scale_bits - 1, -1))
     for n in sorted(MAX_LOG_Q):
         if n < min_degree:
             continue
         for k in scales:
-            first = min(60, k + head_bits)
+            first = min(47, k + head_bits)
             bits = (first,) + (k,) * depth + (first,)
             if sum(bits) <= MAX_LOG_Q[n]:
                 return CKKSParameters(n, bits, k, depth)

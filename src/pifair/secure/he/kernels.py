@@ -80,6 +80,15 @@ def _tensor_square(c, q, out):
             out[f, 2, j] = _mul_mod(b, b, qq, inverse)
 
 
+def _scale_by(c, factor, q, out):
+    """``out <- c factor mod q`` (uint64 residues, any shape, one limb)."""
+    inverse = 1.0 / q
+    qq, f = np.uint64(q), np.uint64(factor)
+    flat, flat_out = c.reshape(-1), out.reshape(-1)
+    for i in _prange(flat.size):
+        flat_out[i] = _mul_mod(flat[i], f, qq, inverse)
+
+
 def _add_constant(c, constants, moduli):
     """``c[l, j] <- c[l, j] + constants[l] mod moduli[l]`` (a CKKS constant in NTT form is
     the same residue in every coefficient)."""
@@ -104,5 +113,6 @@ def kernels() -> SimpleNamespace:
         horner_step=parallel(_horner_step),
         to_residues=parallel(_to_residues),
         tensor_square=parallel(_tensor_square),
+        scale_by=parallel(_scale_by),
         add_constant=numba.njit(cache=True, nogil=True)(_add_constant),
     )
