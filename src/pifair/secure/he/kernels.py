@@ -23,7 +23,7 @@ import numpy as np
 
 from ...extras import require
 
-__all__ = ["kernels"]
+__all__ = ["kernels", "warm_up"]
 
 _prange = range  # numba.prange once compiled
 
@@ -98,6 +98,21 @@ def _add_constant(c, constants, moduli):
         for j in range(n):
             v = c[limb, j] + k
             c[limb, j] = v - q if v >= q else v
+
+
+def warm_up() -> None:
+    """Compile (or load from numba's cache) every kernel now, on tiny inputs, so that no
+    compilation falls inside a timed step."""
+    k, q = kernels(), 268369921
+    acc, residues = np.zeros(4), np.zeros(4, dtype=np.uint64)
+    k.horner_step(acc, np.ones(4), 2.0, float(q))
+    k.to_residues(acc, float(q), residues)
+    square = np.zeros((1, 3, 2), dtype=np.uint64)
+    k.tensor_square(np.ones((1, 2, 2), dtype=np.uint64), q, square)
+    k.scale_by(residues, 3, q, residues.copy())
+    k.add_constant(
+        np.ones((1, 2), dtype=np.uint64), np.ones(1, dtype=np.int64), np.array([q], dtype=np.uint64)
+    )
 
 
 @functools.cache
