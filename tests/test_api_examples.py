@@ -11,7 +11,7 @@ import pytest
 import pifair
 
 DOCUMENTED = [getattr(pifair, n) for n in pifair.__all__ if inspect.isfunction(getattr(pifair, n))]
-DOCUMENTED += [pifair.he.compile, pifair.mpc.export]
+DOCUMENTED += [pifair.he.compile, pifair.he.fold, pifair.mpc.export]
 
 
 def test_the_public_api_names_every_capability():

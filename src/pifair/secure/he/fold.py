@@ -89,7 +89,20 @@ def _diagonal(values: np.ndarray) -> sparse.csr_matrix:
 
 
 def fold_program(program: HEProgram, *, max_shift: float = MAX_SHIFT) -> FoldedProgram:
-    """The program with every polynomial folded into its neighbouring linear stages."""
+    """The program with every polynomial folded into its neighbouring linear stages.
+
+    Examples
+    --------
+    >>> import pifair
+    >>> data = pifair.load_dataset("digits", seed=0)
+    >>> relu_model = pifair.create_model("mlp", num_classes=10, input_shape=data.input_shape)
+    >>> poly = pifair.polyfit(relu_model, data, progress=False,
+    ...                       finetune=pifair.FinetuneSettings(epochs=0)).model
+    >>> program = pifair.he.compile(poly, data.input_shape)
+    >>> folded = pifair.he.fold(program)
+    >>> [s["stage"] for s in folded.summary()], program.depth, folded.depth
+    (['linear', 'square', 'linear', 'square', 'linear'], 7, 5)
+    """
     stages: list[LinearStage | SquareStage] = []
     pending: LinearStage | None = None  # the linear map waiting for the next stage
     scale_after: sparse.csr_matrix | None = None  # what the next linear stage applies first
