@@ -284,7 +284,8 @@ def test_main_lets_real_bugs_show_their_traceback(monkeypatch):
 def test_he_infer_settings_are_refused_before_loading_anything(tmp_path, capsys):
     for flag, value, named in (
         ("--images", "-3", "--images must be >= 1"),
-        ("--batch", "0", "--batch must be >= 1"),
+        ("--batch", "-1", "--batch must be >= 1"),
+        ("--workers", "-2", "--workers must be >= 0"),
     ):
         assert (
             main(
