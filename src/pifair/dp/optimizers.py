@@ -22,6 +22,7 @@ import warnings
 import torch
 
 from ..extras import require
+from . import conv_norms
 from .rules import ClippingRule, StepScale
 
 __all__ = [
@@ -114,6 +115,7 @@ def _optimizer_classes() -> dict[tuple[bool, bool], type]:
     classes are Opacus'.
     """
     opt = require("opacus.optimizers", extra="dp", purpose="DP-SGD")
+    conv_norms.install()  # Conv2d on the ghost path: mixed ghost norms, no per-sample gradients
 
     def make(name: str, base: type, hooks: bool, doc: str) -> type:
         def __init__(
