@@ -57,6 +57,23 @@ def test_every_release_is_accounted(tmp_path):
     assert (run.path / "dp_curves.png").exists()
 
 
+def test_bounded_adaptive_clipping_trains_and_accounts_its_count(tmp_path):
+    run = dp_train(
+        _cfg(method="bounded-adapt", diag_every=0, clip_lower=0.2, clip_upper=3.0),
+        out=tmp_path / "ba",
+        progress=False,
+    )
+    m = run.metrics
+    q, steps = m["sample_rate"], m["steps"]
+    assert sorted(map(tuple, m["releases"])) == [(1.0, q, steps), (10.0, q, steps)]
+    acc = RDPAccountant()
+    for _ in range(steps):
+        acc.step(noise_multiplier=1.0, sample_rate=q)
+        acc.step(noise_multiplier=10.0, sample_rate=q)
+    assert m["epsilon"] == pytest.approx(acc.get_epsilon(1e-4), rel=1e-9)
+    assert m["test_accuracy"] > 0.3  # it learns (digits, 2 epochs)
+
+
 def test_target_epsilon_is_met_with_the_count_releases(tmp_path):
     run = dp_train(
         _cfg(method="dpsgd-f", noise_multiplier=None, epsilon=4.0, count_noise=3.0),

@@ -43,7 +43,9 @@ def _batch(n: int = 24):
 
 def _rule(method: str):
     # small bounds so that every method's clipping is active on this batch
-    return make_rule(method, clip=0.3, z=1.0, count_noise=1.0, tau=0.7, num_groups=2)
+    return make_rule(
+        method, clip=0.3, z=1.0, count_noise=1.0, tau=0.7, num_groups=2, clip_lower=0.1
+    )
 
 
 def _hooks_grads(method, model, x, y, g, sigma=0.0, seed=0):
@@ -91,7 +93,7 @@ def test_hooks_path_with_flat_clipping_is_opacus_dpsgd():
         assert torch.allclose(a, b, atol=1e-6)
 
 
-@pytest.mark.parametrize("method", ["dpsgd", "global", "global-adapt", "dpsgd-f"])
+@pytest.mark.parametrize("method", ["dpsgd", "global", "global-adapt", "dpsgd-f", "bounded-adapt"])
 def test_ghost_path_agrees_with_the_hooks_path(method):
     model, (x, y, g) = _cnn(), _batch()
     reference, ref_opt = _hooks_grads(method, model, x, y, g)

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from pifair.dp.rules import (
+    BoundedAdaptiveClipping,
     FlatClipping,
     GlobalAdaptClipping,
     GlobalClipping,
@@ -80,7 +81,7 @@ def test_dpsgd_f_needs_groups():
         )
 
 
-@pytest.mark.parametrize("method", ["dpsgd", "global", "global-adapt", "dpsgd-f"])
+@pytest.mark.parametrize("method", ["dpsgd", "global", "global-adapt", "dpsgd-f", "bounded-adapt"])
 def test_every_scaled_gradient_is_within_the_sensitivity(method):
     gen = torch.Generator().manual_seed(1)
     rule = make_rule(method, clip=1.0, z=5.0, count_noise=2.0, tau=0.7, num_groups=3)
@@ -98,3 +99,41 @@ def test_bad_rule_settings_are_refused():
         GlobalClipping(1.0, -1.0)
     with pytest.raises(UnknownNameError, match="unknown DP method 'adam'"):
         make_rule("adam", clip=1.0)
+
+
+def test_bounded_adaptive_clipping_follows_the_quantile_within_its_bounds():
+    rule = BoundedAdaptiveClipping(
+        2.0, lower=1.0, upper=4.0, quantile=0.5, eta=0.2, count_noise=3.0
+    )
+    norms = torch.tensor([0.5, 1.5, 3.0, 8.0])
+    gen = torch.Generator().manual_seed(7)
+    noise = float(torch.normal(0.0, 3.0, (1,), generator=torch.Generator().manual_seed(7)))
+    step = rule.scale(norms, None, expected_batch_size=4, generator=gen)
+    assert step.factors.tolist() == pytest.approx([1.0, 1.0, 2.0 / 3.0, 0.25], rel=1e-5)
+    assert step.sensitivity == 2.0 and step.releases == [3.0] == rule.releases_per_step()
+    fraction = (2 + noise) / 4  # two norms at or below C = 2
+    expected = min(4.0, max(1.0, 2.0 * math.exp(-0.2 * (fraction - 0.5))))
+    assert rule.clip == pytest.approx(expected)
+    assert rule.state() == {"clip": pytest.approx(expected)}
+
+
+@pytest.mark.parametrize("norm, bound", [(0.01, 1.0), (1000.0, 4.0)])
+def test_bounded_adaptive_clipping_stops_at_its_bounds(norm, bound):
+    """All gradients tiny: unbounded adaptive clipping would shrink C towards them (Zhao et
+    al.'s failure); all huge: it would grow without end. The bounds stop both."""
+    rule = BoundedAdaptiveClipping(
+        2.0, lower=1.0, upper=4.0, quantile=0.5, eta=1.0, count_noise=0.1
+    )
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        rule.scale(torch.full((64,), norm), None, expected_batch_size=64, generator=gen)
+    assert rule.clip == pytest.approx(bound)
+
+
+def test_bounded_adaptive_settings_are_refused():
+    with pytest.raises(PrivacyParameterError, match="must lie in"):
+        make_rule("bounded-adapt", clip=10.0, clip_lower=0.5, clip_upper=5.0)
+    with pytest.raises(PrivacyParameterError, match="quantile"):
+        make_rule("bounded-adapt", clip=1.0, quantile=1.5)
+    with pytest.raises(PrivacyParameterError, match="lower clip bound"):
+        make_rule("bounded-adapt", clip=1.0, clip_lower=0.0)

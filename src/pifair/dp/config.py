@@ -20,6 +20,8 @@ METHOD_DEFAULTS: dict[str, dict[str, float]] = {
     "global": {"lr": 0.01, "clip": 20.0, "z": 100.0},
     "global-adapt": {"lr": 0.1, "clip": 1.0, "z": 50.0, "tau": 0.7, "count_noise": 10.0},
     "dpsgd-f": {"lr": 0.01, "clip": 1.0, "count_noise": 8.0},
+    # not in fair-dp: Global-Adapt's lr and count noise; Andrew et al.'s quantile 0.5 and eta 0.2
+    "bounded-adapt": {"lr": 0.1, "clip": 1.0, "count_noise": 10.0},
 }
 
 
@@ -40,7 +42,11 @@ class DPConfig(DataConfig):
     z: float | None = None  # Z (Global) or Z0 (Global-Adapt)
     tau: float | None = None  # Global-Adapt: count gradients above tau * Z_t
     eta_z: float = 0.1
-    count_noise: float | None = None  # s_b (Global-Adapt) or sigma_1 (DPSGD-F)
+    count_noise: float | None = None  # s_b (Global-Adapt, bounded-adapt) or sigma_1 (DPSGD-F)
+    clip_lower: float = 0.5  # bounded-adapt: the clip bound never goes below this
+    clip_upper: float = 5.0  # bounded-adapt: nor above this
+    quantile: float = 0.5  # bounded-adapt: the fraction of unclipped gradients C aims at
+    eta_c: float = 0.2  # bounded-adapt: the clip bound's geometric learning rate
     epsilon: float | None = None
     delta: float = 1e-6
     noise_multiplier: float | None = None
@@ -86,14 +92,7 @@ class DPConfig(DataConfig):
             raise ConfigError(f"grad_path must be ghost or hooks, got {self.grad_path!r}")
         if self.private:
             # builds the rule once so that bad thresholds fail here, before any run folder
-            make_rule(
-                self.method,
-                clip=self.clip,
-                z=self.z,
-                count_noise=self.count_noise,
-                eta_z=self.eta_z,
-                tau=self.tau,
-            )
+            make_rule(self.method, **self.rule_settings())
             if self.epsilon is not None and self.noise_multiplier is not None:
                 raise PrivacyParameterError(
                     "give --epsilon (the noise is derived) or --noise-multiplier (epsilon is "
@@ -110,6 +109,20 @@ class DPConfig(DataConfig):
                 raise PrivacyParameterError(
                     f"noise multiplier must be > 0, got {self.noise_multiplier}"
                 )
+
+    def rule_settings(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`make_rule` this config sets (all but the groups)."""
+        return dict(
+            clip=self.clip,
+            z=self.z,
+            count_noise=self.count_noise,
+            eta_z=self.eta_z,
+            tau=self.tau,
+            clip_lower=self.clip_lower,
+            clip_upper=self.clip_upper,
+            quantile=self.quantile,
+            eta_c=self.eta_c,
+        )
 
     @property
     def private(self) -> bool:

@@ -94,15 +94,7 @@ class PrivateTraining:
         self.cfg, self.rank, self.world = cfg, rank, world
         self.sample_rate = sample_rate_for(cfg, n)
         self.steps_per_epoch = max(1, int(1 / self.sample_rate))
-        self.rule = make_rule(
-            cfg.method,
-            clip=cfg.clip,
-            z=cfg.z,
-            count_noise=cfg.count_noise,
-            eta_z=cfg.eta_z,
-            tau=cfg.tau,
-            num_groups=len(data.group_names),
-        )
+        self.rule = make_rule(cfg.method, **cfg.rule_settings(), num_groups=len(data.group_names))
         check_privacy_target(cfg.epsilon, cfg.delta, n)
         self.noise_multiplier = cfg.noise_multiplier or noise_for_target(
             cfg.epsilon,

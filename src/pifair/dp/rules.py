@@ -28,6 +28,7 @@ __all__ = [
     "GlobalClipping",
     "GlobalAdaptClipping",
     "GroupAdaptiveClipping",
+    "BoundedAdaptiveClipping",
     "METHODS",
     "make_rule",
 ]
@@ -196,7 +197,63 @@ class GroupAdaptiveClipping(ClippingRule):
         self.bounds = torch.tensor(state["bounds"], dtype=torch.float32)
 
 
-MethodName = Literal["nonprivate", "dpsgd", "global", "global-adapt", "dpsgd-f"]
+class BoundedAdaptiveClipping(ClippingRule):
+    """Bounded adaptive clipping (Zhao et al. 2025, arXiv 2506.01396): flat clipping at a bound
+    C_t that follows Andrew et al.'s (2021) quantile rule but stays within [lower, upper].
+
+    After the batch, b = #{|g_i| <= C_t} / B, b~ = b + N(0, s_b^2) / B and
+    C_{t+1} = clamp(C_t exp(-eta (b~ - gamma)), lower, upper): C moves towards the gamma-quantile
+    of the norms, and the lower bound keeps it from shrinking to the well-fitting majority's
+    tiny gradients (which would mute the minority's). B is the expected batch size and the count
+    one release of multiplier s_b (sensitivity 1), as Global-Adapt's.
+    """
+
+    name = "bounded-adapt"
+
+    def __init__(
+        self,
+        clip: float,
+        *,
+        lower: float,
+        upper: float,
+        quantile: float,
+        eta: float,
+        count_noise: float,
+    ) -> None:
+        self.lower = _positive("lower clip bound", lower)
+        self.upper = _positive("upper clip bound", upper)
+        if not self.lower <= clip <= self.upper:
+            raise PrivacyParameterError(
+                f"the initial clip bound {clip} must lie in [lower, upper] = [{lower}, {upper}]"
+            )
+        if not 0 < quantile < 1:
+            raise PrivacyParameterError(f"target quantile must be in (0, 1), got {quantile}")
+        self.clip = _positive("clip bound C0", clip)
+        self.quantile = float(quantile)
+        self.eta = _positive("clip learning rate eta", eta)
+        self.count_noise = _positive("count noise s_b", count_noise)
+
+    def scale(self, norms, groups, *, expected_batch_size, generator=None) -> StepScale:
+        clip = self.clip
+        factors = (clip / (norms + _EPS)).clamp(max=1.0)
+        unclipped = float(self.reduce_counts((norms <= clip).sum().float()))
+        noise = float(torch.normal(0.0, self.count_noise, (1,), generator=generator))
+        noisy_fraction = (unclipped + noise) / expected_batch_size
+        updated = clip * math.exp(-self.eta * (noisy_fraction - self.quantile))
+        self.clip = min(self.upper, max(self.lower, updated))
+        return StepScale(factors, clip, [self.count_noise])
+
+    def releases_per_step(self) -> list[float]:
+        return [self.count_noise]
+
+    def state(self) -> dict[str, Any]:
+        return {"clip": self.clip}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.clip = float(state["clip"])
+
+
+MethodName = Literal["nonprivate", "dpsgd", "global", "global-adapt", "dpsgd-f", "bounded-adapt"]
 METHODS: tuple[str, ...] = get_args(MethodName)
 
 
@@ -209,6 +266,10 @@ def make_rule(
     eta_z: float = 0.1,
     tau: float = 1.0,
     num_groups: int = 1,
+    clip_lower: float = 0.5,
+    clip_upper: float = 5.0,
+    quantile: float = 0.5,
+    eta_c: float = 0.2,
 ) -> ClippingRule:
     """The rule of ``method`` (one of :data:`METHODS` but ``nonprivate``)."""
     if method == "dpsgd":
@@ -219,4 +280,13 @@ def make_rule(
         return GlobalAdaptClipping(clip, z, count_noise=count_noise, eta_z=eta_z, tau=tau)
     if method == "dpsgd-f":
         return GroupAdaptiveClipping(clip, num_groups, count_noise=count_noise)
+    if method == "bounded-adapt":
+        return BoundedAdaptiveClipping(
+            clip,
+            lower=clip_lower,
+            upper=clip_upper,
+            quantile=quantile,
+            eta=eta_c,
+            count_noise=count_noise,
+        )
     raise UnknownNameError("DP method", method, [m for m in METHODS if m != "nonprivate"])
