@@ -39,7 +39,8 @@ def test_demo_end_to_end(tmp_path):
     page = report.read_text()
     assert "pifair demo" in page and "lenet" in page
     assert (tmp_path / "demo" / "train" / "eval-test.json").exists()
-    assert "(dp-train)" in page and "Privacy-cost gap" in page  # the DP stage and its section
+    assert "(dp-train)" in page and "max-min spread over all groups" in page  # DP section
+    assert "minority-majority gap (size-weighted; minority: Bag)" in page
     assert "(he-infer)" in page and "(polyfit)" in page  # the HE stage and its sections
     assert "Private inference under MPC" in page and "(mpc-infer)" in page  # the MPC stage
     # a second run keeps the finished stages

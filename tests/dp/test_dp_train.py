@@ -14,6 +14,7 @@ from opacus.accountants import RDPAccountant  # noqa: E402
 
 from pifair import DPConfig, dp_train  # noqa: E402
 from pifair.cli import main  # noqa: E402
+from pifair.dp.diagnostics import privacy_cost_summary  # noqa: E402
 from pifair.errors import PrivacyParameterError, UnsupportedLayerError  # noqa: E402
 from pifair.models.io import load_model  # noqa: E402
 
@@ -95,9 +96,40 @@ def test_privacy_cost_against_a_nonprivate_baseline(tmp_path):
     m, b = run.metrics, base.metrics
     for name, cost in m["privacy_cost"].items():
         assert cost == pytest.approx(b["test_groups"][name] - m["test_groups"][name])
-    assert m["privacy_cost_gap"] == pytest.approx(
+    assert m["privacy_cost_max_min_spread"] == pytest.approx(
         max(m["privacy_cost"].values()) - min(m["privacy_cost"].values())
     )
+    losses = {g["name"]: g["loss"] for g in m["test"]["groups"]}
+    base_losses = {g["name"]: g["loss"] for g in b["test"]["groups"]}
+    for name, cost in m["privacy_cost_loss"].items():
+        assert cost == pytest.approx(losses[name] - base_losses[name])
+    assert "privacy_cost_gap" not in m  # the ambiguous name is gone
+
+
+def test_privacy_cost_gaps_by_hand():
+    def run(accuracies, losses, counts):
+        return {
+            "groups": [
+                {"name": n, "accuracy": a, "loss": lo, "count": c}
+                for n, a, lo, c in zip("abc", accuracies, losses, counts, strict=True)
+            ]
+        }
+
+    nonprivate = run([0.9, 0.8, 0.7], [0.3, 0.5, 0.8], [100, 300, 100])
+    private = run([0.8, 0.75, 0.4], [0.5, 0.6, 1.6], [100, 300, 100])
+    out = privacy_cost_summary(nonprivate, private, {"c"})
+    assert out["privacy_cost"] == pytest.approx({"a": 0.1, "b": 0.05, "c": 0.3})
+    # minority c costs 0.3; the majority a, b cost (0.1 * 100 + 0.05 * 300) / 400 = 0.0625
+    assert out["privacy_cost_minority_majority_gap"] == pytest.approx(0.3 - 0.0625)
+    assert out["privacy_cost_minority_majority_gap_unweighted"] == pytest.approx(0.3 - 0.075)
+    assert out["privacy_cost_max_min_spread"] == pytest.approx(0.25)
+    assert out["privacy_cost_loss"] == pytest.approx({"a": 0.2, "b": 0.1, "c": 0.8})
+    assert out["privacy_cost_loss_minority_majority_gap"] == pytest.approx(0.8 - 0.125)
+    assert out["minority_groups"] == ["c"]
+    assert (
+        privacy_cost_summary(nonprivate, private, set())["privacy_cost_minority_majority_gap"]
+        is None
+    )  # no minority: no gap, not a made-up one
 
 
 def test_a_killed_run_resumes_to_the_same_model(tmp_path, monkeypatch):

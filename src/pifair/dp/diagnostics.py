@@ -16,9 +16,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..fairness.audit import minority_gap
 from ..training.per_sample import iter_per_sample_grads
 
-__all__ = ["per_sample_grads", "GroupAlignment", "group_alignment", "privacy_cost"]
+__all__ = [
+    "per_sample_grads",
+    "GroupAlignment",
+    "group_alignment",
+    "privacy_cost",
+    "privacy_cost_summary",
+]
 
 
 def per_sample_grads(
@@ -67,3 +74,38 @@ def group_alignment(
 def privacy_cost(nonprivate: dict[str, float], private: dict[str, float]) -> dict[str, float]:
     """pi_g = acc_nonprivate,g - acc_private,g for every group both dicts hold."""
     return {g: nonprivate[g] - private[g] for g in private if g in nonprivate}
+
+
+def privacy_cost_summary(nonprivate: dict, private: dict, minority: set[str]) -> dict:
+    """Each group's privacy cost and the gaps, each named for what it is.
+
+    ``nonprivate`` and ``private`` are two runs' test metrics (``GroupMetrics.as_dict()``).
+    Costs: on accuracy, ``acc_nonprivate,g - acc_private,g`` (points lost); on loss,
+    ``loss_private,g - loss_nonprivate,g`` (it does not saturate when a group is near 0 %
+    already). Gaps: the **minority-majority gap** (the minority groups' mean cost minus the
+    majority's, weighted by test size, and unweighted) and the **max-min spread** over all
+    groups (which any one hard group can drive).
+    """
+    base = {g["name"]: g for g in nonprivate["groups"]}
+    groups = [g for g in private["groups"] if g["name"] in base]
+    names = [g["name"] for g in groups]
+    counts = [int(g["count"]) for g in groups]
+    flags = [name in minority for name in names]
+    accuracy = {g["name"]: base[g["name"]]["accuracy"] - g["accuracy"] for g in groups}
+    out: dict = {
+        "privacy_cost": accuracy,
+        "privacy_cost_max_min_spread": max(accuracy.values()) - min(accuracy.values()),
+        "minority_groups": [n for n, f in zip(names, flags, strict=True) if f],
+    }
+    costs = {"": accuracy}
+    if all(g.get("loss") is not None and base[g["name"]].get("loss") is not None for g in groups):
+        loss = {g["name"]: g["loss"] - base[g["name"]]["loss"] for g in groups}
+        costs["_loss"] = loss
+        out["privacy_cost_loss"] = loss
+        out["privacy_cost_loss_max_min_spread"] = max(loss.values()) - min(loss.values())
+    for suffix, cost in costs.items():
+        values = [cost[n] for n in names]
+        key = f"privacy_cost{suffix}_minority_majority_gap"
+        out[key] = minority_gap(values, counts, flags, weighted=True)
+        out[key + "_unweighted"] = minority_gap(values, counts, flags, weighted=False)
+    return out

@@ -62,13 +62,7 @@ def dp_section(run: Run) -> str:
         if diagnosed and "epsilon" in m
         else ""
     )
-    gap = (
-        " Privacy-cost gap (largest minus smallest group cost): "
-        f"<b>{100 * m['privacy_cost_gap']:.2f} points</b> "
-        f"against <code>{m['baseline']}</code>."
-        if "privacy_cost_gap" in m
-        else ""
-    )
+    gap = _cost_gaps(m)
     return "".join(
         [
             f"<p><b>{c['method']}</b> on "
@@ -90,3 +84,30 @@ def dp_section(run: Run) -> str:
             ),
         ]
     )
+
+
+def _cost_gaps(m: dict) -> str:
+    """The privacy-cost gaps, each named for what it is."""
+    if "privacy_cost_max_min_spread" not in m:
+        if "privacy_cost_gap" in m:  # runs written before the gaps were named apart
+            return (
+                " Privacy cost, max-min spread over the groups: "
+                f"<b>{100 * m['privacy_cost_gap']:.2f} points</b> against "
+                f"<code>{m['baseline']}</code>."
+            )
+        return ""
+    parts = []
+    gap = m.get("privacy_cost_minority_majority_gap")
+    if gap is not None:
+        minority = ", ".join(m.get("minority_groups", []))
+        parts.append(
+            f"minority-majority gap (size-weighted; minority: {minority}) <b>{100 * gap:.2f} "
+            "points</b>"
+        )
+    loss_gap = m.get("privacy_cost_loss_minority_majority_gap")
+    if loss_gap is not None:
+        parts.append(f"on test loss {loss_gap:+.3f}")
+    parts.append(
+        f"max-min spread over all groups {100 * m['privacy_cost_max_min_spread']:.2f} points"
+    )
+    return f" Privacy cost against <code>{m['baseline']}</code>: {'; '.join(parts)}."

@@ -11,7 +11,7 @@ from torch import nn
 
 from ..data import Dataset, load_dataset
 from ..dp.config import DPConfig
-from ..dp.diagnostics import privacy_cost
+from ..dp.diagnostics import privacy_cost_summary
 from ..dp.private import (
     PrivateTraining,
     check_dp_compatible,
@@ -20,6 +20,7 @@ from ..dp.private import (
     train_epoch,
 )
 from ..errors import ConfigError
+from ..fairness.audit import minority_groups
 from ..models import create_model
 from ..models.io import save_model
 from ..report import plots
@@ -215,12 +216,10 @@ def _finish(
         }
     if cfg.baseline:
         base = Run.open(cfg.baseline).metrics
-        cost = privacy_cost(base["test_groups"], metrics["test_groups"])
-        metrics |= {
-            "baseline": cfg.baseline,
-            "privacy_cost": cost,
-            "privacy_cost_gap": max(cost.values()) - min(cost.values()),
-        }
+        minority = {data.group_names[g] for g in minority_groups(data)}
+        metrics |= {"baseline": cfg.baseline} | privacy_cost_summary(
+            base["test"], metrics["test"], minority
+        )
     run.update_metrics(**metrics)
     plots.dp_curves(history, run.file("dp_curves.png"), title=f"{cfg.method} on {cfg.data}")
     plots.group_accuracy(
