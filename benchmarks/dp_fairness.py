@@ -37,7 +37,7 @@ from pifair.data import load_dataset  # noqa: E402
 from pifair.fairness.audit import mean_ci  # noqa: E402
 from pifair.runs import MODEL, Run  # noqa: E402
 
-METHODS = ["dpsgd", "global", "global-adapt", "dpsgd-f"]
+METHODS = ["dpsgd", "global", "global-adapt", "dpsgd-f", "bounded-adapt"]
 PROTOCOLS = {
     "fashion-mnist": dict(
         config=dict(
