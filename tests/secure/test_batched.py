@@ -22,6 +22,7 @@ pytest.importorskip("tenseal")
 pytest.importorskip("numba")
 
 import tenseal.sealapi as seal  # noqa: E402
+from tests.secure import test_rns  # noqa: E402
 from tests.secure.test_he import _poly_cnn  # noqa: E402
 
 from pifair.errors import ConfigError  # noqa: E402
@@ -47,17 +48,9 @@ pytestmark = pytest.mark.he
 PRIMES = [268369921, 274877382657, 2**31 - 1, 1099511480321]
 
 
-def _ckks(bits=(38, 28, 28, 38), n: int = 8192):
+def _ckks():
     """SEAL at the batched engine's kind of parameters: small primes, N = 8192."""
-    parms = seal.EncryptionParameters(seal.SCHEME_TYPE.CKKS)
-    parms.set_poly_modulus_degree(n)
-    parms.set_coeff_modulus(seal.CoeffModulus.Create(n, list(bits)))
-    context = seal.SEALContext(parms, True, seal.SEC_LEVEL_TYPE.TC128)
-    keygen = seal.KeyGenerator(context)
-    public = seal.PublicKey()
-    keygen.create_public_key(public)
-    encoder = seal.CKKSEncoder(context)
-    return context, encoder, seal.Encryptor(context, public), seal.Evaluator(context)
+    return test_rns._ckks((38, 28, 28, 38))
 
 
 def _conv_weights(rng) -> np.ndarray:
@@ -98,36 +91,12 @@ def test_a_convolution_groups_its_rows_by_output_position():
 
 
 def test_grouped_product_equals_seals_multiply_accumulate_bit_for_bit():
-    context, encoder, encryptor, evaluator = _ckks()
-    rng = np.random.default_rng(1)
-    cts = []
-    for column in rng.normal(size=(6, 40)):
-        pt, ct = seal.Plaintext(), seal.Ciphertext()
-        encoder.encode(column.tolist(), 2.0**28, pt)
-        encryptor.encrypt(pt, ct)
-        cts.append(ct)
-    weights = rng.normal(size=(3, 6))
-    weights[0, 2] = 0.0
-    moduli = [m.value() for m in context.first_context_data().parms().coeff_modulus()]
+    _, moduli, cts, weights, scales, outputs = test_rns.seal_products((38, 28, 28, 38), 28, 1)
     assert [q.bit_length() for q in moduli] == [38, 28, 28]
-    scale = 2.0**28 * moduli[-1] / cts[0].scale
-    expected = []
-    for o in range(3):  # SEAL: one multiply_plain per weight, then additions
-        acc = None
-        for j, ct in enumerate(cts):
-            if weights[o, j] == 0.0:
-                continue
-            pt, term = seal.Plaintext(), seal.Ciphertext()
-            encoder.encode(float(weights[o, j]), ct.parms_id(), scale, pt)
-            evaluator.multiply_plain(ct, pt, term)
-            if acc is None:
-                acc = term
-            else:
-                evaluator.add_inplace(acc, term)
-        expected.append(seal_memory.coefficients(acc).copy())
+    expected = [seal_memory.coefficients(acc).copy() for acc in outputs]
     coefficients = np.stack([seal_memory.coefficients(ct) for ct in cts])
     grouped = rns.GroupedWeights.from_matrix(
-        sparse.csr_matrix(rns.scalar_weights(weights, np.full((1, 6), scale)))
+        sparse.csr_matrix(rns.scalar_weights(weights, scales[None, :]))
     )
     for limb, q in enumerate(moduli):
         flat = coefficients[:, :, limb, :].reshape(len(cts), -1)

@@ -43,10 +43,10 @@ def test_scalar_weights_round_half_away_from_zero_like_seal():
     assert got.tolist() == [1, -1, 2, -3, 0]
 
 
-def _ckks(n: int = 8192):
+def _ckks(bits=(60, 40, 40, 60), n: int = 8192):
     parms = seal.EncryptionParameters(seal.SCHEME_TYPE.CKKS)
     parms.set_poly_modulus_degree(n)
-    parms.set_coeff_modulus(seal.CoeffModulus.Create(n, [60, 40, 40, 60]))
+    parms.set_coeff_modulus(seal.CoeffModulus.Create(n, list(bits)))
     context = seal.SEALContext(parms, True, seal.SEC_LEVEL_TYPE.TC128)
     keygen = seal.KeyGenerator(context)
     public = seal.PublicKey()
@@ -55,21 +55,23 @@ def _ckks(n: int = 8192):
     return context, encoder, seal.Encryptor(context, public), seal.Evaluator(context)
 
 
-def test_matrix_product_equals_seals_multiply_accumulate_bit_for_bit(tmp_path):
-    context, encoder, encryptor, evaluator = _ckks()
-    rng = np.random.default_rng(0)
+def seal_products(bits, scale_bits: int, seed: int):
+    """Six encrypted columns, 3 x 6 weights (one zero) and SEAL's own multiply_plain + add of
+    each output, every plaintext at Delta q / s as the engines encode it: the reference of the
+    matrix-product layers. Returns (evaluator, moduli, inputs, weights, scales, outputs)."""
+    context, encoder, encryptor, evaluator = _ckks(bits)
+    rng = np.random.default_rng(seed)
     cts = []
     for column in rng.normal(size=(6, 40)):
         pt, ct = seal.Plaintext(), seal.Ciphertext()
-        encoder.encode(column.tolist(), 2.0**40, pt)
+        encoder.encode(column.tolist(), 2.0**scale_bits, pt)
         encryptor.encrypt(pt, ct)
         cts.append(ct)
     weights = rng.normal(size=(3, 6))
     weights[0, 2] = 0.0
     moduli = [m.value() for m in context.first_context_data().parms().coeff_modulus()]
-    scales = np.array([2.0**40 * moduli[-1] / ct.scale for ct in cts])
-    scratch = tmp_path / "ct"
-    expected = []
+    scales = np.array([2.0**scale_bits * moduli[-1] / ct.scale for ct in cts])
+    outputs = []
     for o in range(3):  # SEAL: one multiply_plain per weight, then additions
         acc = None
         for j, ct in enumerate(cts):
@@ -83,7 +85,14 @@ def test_matrix_product_equals_seals_multiply_accumulate_bit_for_bit(tmp_path):
             else:
                 term.scale = acc.scale
                 evaluator.add_inplace(acc, term)
-        expected.append(rns.read_coefficients(acc, scratch))
+        outputs.append(acc)
+    return evaluator, moduli, cts, weights, scales, outputs
+
+
+def test_matrix_product_equals_seals_multiply_accumulate_bit_for_bit(tmp_path):
+    evaluator, moduli, cts, weights, scales, outputs = seal_products((60, 40, 40, 60), 40, 0)
+    scratch = tmp_path / "ct"
+    expected = [rns.read_coefficients(acc, scratch) for acc in outputs]
     coefficients = np.stack([rns.read_coefficients(ct, scratch) for ct in cts])
     integer = sparse.csr_matrix(rns.scalar_weights(weights, scales[None, :]))
     for limb, q in enumerate(moduli):

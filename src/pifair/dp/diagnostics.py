@@ -91,7 +91,9 @@ def privacy_cost_summary(nonprivate: dict, private: dict, minority: set[str]) ->
     names = [g["name"] for g in groups]
     counts = [int(g["count"]) for g in groups]
     flags = [name in minority for name in names]
-    accuracy = {g["name"]: base[g["name"]]["accuracy"] - g["accuracy"] for g in groups}
+    accuracy = privacy_cost(
+        {n: g["accuracy"] for n, g in base.items()}, {g["name"]: g["accuracy"] for g in groups}
+    )
     out: dict = {
         "privacy_cost": accuracy,
         "privacy_cost_max_min_spread": max(accuracy.values()) - min(accuracy.values()),

@@ -18,9 +18,9 @@ product has scale ``Delta q`` and the rescale by q leaves exactly Delta; squares
 
 from __future__ import annotations
 
+import functools
 import math
 import mmap
-import multiprocessing as mp
 import os
 import time
 from dataclasses import dataclass, field
@@ -32,18 +32,14 @@ from scipy import sparse
 
 from ...atomic import atomic_open
 from ...errors import ConfigError
-from ...extras import require
 from . import rns, seal_memory
 from .compile import LinearStage
+from .engine import _parms, _seal, in_forked_workers
 from .fold import FoldedProgram
 from .kernels import kernels, warm_up
 from .params import MAX_LOG_Q, CKKSParameters, HEDepthError
 
 __all__ = ["CipherBatch", "BatchedClient", "BatchedServer", "shared_array"]
-
-
-def _seal():
-    return require("tenseal.sealapi", extra="he", purpose="CKKS inference", package="tenseal")
 
 
 def shared_array(shape: tuple[int, ...], dtype=np.uint64) -> np.ndarray:
@@ -133,16 +129,6 @@ class _Context:
         seal_memory.write_coefficients(ct, np.moveaxis(batch_data[:, feature], 0, 1))
         ct.scale = scale
         return ct
-
-
-def _parms(params: CKKSParameters):
-    s = _seal()
-    parms = s.EncryptionParameters(s.SCHEME_TYPE.CKKS)
-    parms.set_poly_modulus_degree(params.poly_modulus_degree)
-    parms.set_coeff_modulus(
-        s.CoeffModulus.Create(params.poly_modulus_degree, list(params.coeff_bits))
-    )
-    return parms
 
 
 class BatchedClient:
@@ -243,29 +229,18 @@ class StageTiming:
     operations: int
 
 
-# what forked workers find in their copy of the module (no pickling of SEAL objects)
-_JOB: tuple | None = None
-
-
-def _run_job(indices: list[int]) -> None:
-    fn = _JOB[0]  # type: ignore[index]
+def _each(fn, indices: list[int]) -> None:
     for i in indices:
         fn(i)
 
 
 def _in_workers(fn, count: int, workers: int) -> None:
     """``fn(i)`` for ``i < count``, in ``workers`` forked processes (or here when one)."""
-    global _JOB
     if workers <= 1 or count < workers:
         for i in range(count):
             fn(i)
         return
-    _JOB = (fn,)
-    try:
-        with mp.get_context("fork").Pool(workers) as pool:
-            pool.map(_run_job, [c.tolist() for c in np.array_split(np.arange(count), workers)])
-    finally:
-        _JOB = None
+    in_forked_workers(functools.partial(_each, fn), count, workers)
 
 
 @dataclass

@@ -14,10 +14,12 @@ server runs the program on ciphertexts only.
 
 from __future__ import annotations
 
+import functools
 import multiprocessing as mp
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -38,13 +40,20 @@ def _seal():
     return require("tenseal.sealapi", extra="he", purpose="CKKS inference", package="tenseal")
 
 
-def _context(params: CKKSParameters):
+def _parms(params: CKKSParameters):
+    """SEAL's encryption parameters of ``params`` (both engines build them here)."""
     s = _seal()
     parms = s.EncryptionParameters(s.SCHEME_TYPE.CKKS)
     parms.set_poly_modulus_degree(params.poly_modulus_degree)
     parms.set_coeff_modulus(
         s.CoeffModulus.Create(params.poly_modulus_degree, list(params.coeff_bits))
     )
+    return parms
+
+
+def _context(params: CKKSParameters):
+    s = _seal()
+    parms = _parms(params)
     return parms, s.SEALContext(parms, True, s.SEC_LEVEL_TYPE.TC128)
 
 
@@ -136,19 +145,34 @@ class HEClient:
         return np.stack(cols, axis=1)
 
 
-# what forked workers read: (function of an output index, output folder) for _work,
-# (ciphertexts, memory-map path, scratch folder) for _read_slice
-_JOB: tuple | None = None
+# what forked workers run: a function of a slice of indices, found in their copy of the module
+_JOB: Callable[[list[int]], None] | None = None
 
 
-def _work(indices: list[int]) -> None:
-    fn, folder = _JOB
+def _run_job(indices: list[int]) -> None:
+    assert _JOB is not None
+    _JOB(indices)
+
+
+def in_forked_workers(job: Callable[[list[int]], None], count: int, workers: int) -> None:
+    """``job(indices)`` on ``workers`` forked processes, each a slice of ``range(count)``; the
+    children find ``job`` in their copy of this module (copy-on-write, no pickling: SEAL's
+    objects cannot be pickled). Both engines' SEAL steps run through here."""
+    global _JOB
+    _JOB = job
+    try:
+        with mp.get_context("fork").Pool(workers) as pool:
+            pool.map(_run_job, [c.tolist() for c in np.array_split(np.arange(count), workers)])
+    finally:
+        _JOB = None
+
+
+def _save_outputs(fn, folder: str, indices: list[int]) -> None:
     for o in indices:
         fn(o).save(os.path.join(folder, str(o)))
 
 
-def _read_slice(indices: list[int]) -> None:
-    cts, path, folder = _JOB
+def _read_slice(cts: list, path: str, folder: str, indices: list[int]) -> None:
     out = np.load(path, mmap_mode="r+")
     scratch = os.path.join(folder, f"ct-{os.getpid()}")
     for i in indices:
@@ -222,26 +246,13 @@ class HEServer:
         """Whether ``count`` independent items are worth forked workers."""
         return self.workers > 1 and count >= 4 * self.workers
 
-    def _in_workers(self, worker, job: tuple, count: int) -> None:
-        """``worker(indices)`` on ``workers`` forked processes, each a slice of ``range(count)``;
-        they find ``job`` in their copy of the module (copy-on-write, no pickling)."""
-        global _JOB
-        _JOB = job
-        try:
-            with mp.get_context("fork").Pool(self.workers) as pool:
-                pool.map(
-                    worker, [c.tolist() for c in np.array_split(np.arange(count), self.workers)]
-                )
-        finally:
-            _JOB = None
-
     def _map(self, fn, count: int) -> list:
         """``[fn(0), ..., fn(count - 1)]``, in ``workers`` forked processes when worth it."""
         if not self._forked(count):
             return [fn(o) for o in range(count)]
         shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
         with tempfile.TemporaryDirectory(prefix="pifair-he-", dir=shm) as folder:
-            self._in_workers(_work, (fn, folder), count)
+            in_forked_workers(functools.partial(_save_outputs, fn, folder), count, self.workers)
             out = []
             for o in range(count):
                 ct = _seal().Ciphertext()
@@ -319,7 +330,8 @@ class HEServer:
         path = os.path.join(folder, "coefficients.u64")
         out = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint64, shape=shape)
         del out  # the workers write it, each through its own map
-        self._in_workers(_read_slice, (cts, path, folder), len(cts))
+        job = functools.partial(_read_slice, cts, path, folder)
+        in_forked_workers(job, len(cts), self.workers)
         return np.array(np.load(path, mmap_mode="r"))
 
     def _poly(self, stage: PolyStage, cts: list) -> list:

@@ -101,16 +101,16 @@ def scalar_weights(weights: np.ndarray, scales: np.ndarray) -> np.ndarray:
     return (np.sign(x) * np.floor(np.abs(x) + 0.5)).astype(np.int64)
 
 
-def _digits(values: np.ndarray, count: int) -> list[np.ndarray]:
-    """Signed base-2^20 digits (each in [-2^19, 2^19)) of int64 ``values``, as float64."""
+def _signed_digits(values: np.ndarray, bits: int, count: int) -> list[np.ndarray]:
+    """Signed base-2^bits digits of int64 ``values``, as float64, lowest first; every digit
+    but the last in [-2^(bits-1), 2^(bits-1)), the last takes the rest."""
     out, rest = [], values.astype(np.int64)
-    base, half = 1 << DIGIT_BITS, 1 << (DIGIT_BITS - 1)
-    for _ in range(count):
+    base, half = np.int64(1 << bits), np.int64(1 << (bits - 1))
+    for _ in range(count - 1):
         digit = ((rest + half) & (base - 1)) - half
         out.append(digit.astype(np.float64))
-        rest = (rest - digit) >> DIGIT_BITS
-    if np.any(rest != 0):
-        raise ValueError("values need more digits than given")
+        rest = (rest - digit) >> bits
+    out.append(rest.astype(np.float64))
     return out
 
 
@@ -153,7 +153,7 @@ def mod_matmul(weights, coefficients: np.ndarray, q: int) -> np.ndarray:
     # min(w_count, c_count) products of `inner` terms must stay below 2^53 (exact in float64)
     if min(w_count, c_count) * inner * (1 << (2 * DIGIT_BITS - 1)) >= 1 << 53:
         raise ValueError(f"{inner} inputs are too many for exact float64 digit products")
-    w_digits: list = _digits(w_values, w_count)
+    w_digits: list = _signed_digits(w_values, DIGIT_BITS, w_count)
     if csr is not None:
         w_digits = [sparse.csr_matrix((d, csr.indices, csr.indptr), shape=shape) for d in w_digits]
     c_digits = _unsigned_digits(coefficients, c_count)
@@ -224,19 +224,6 @@ class GroupedWeights:
     @property
     def largest_inner(self) -> int:
         return max((b.inputs.shape[1] for b in self.buckets), default=0)
-
-
-def _signed_digits(values: np.ndarray, bits: int, count: int) -> list[np.ndarray]:
-    """Signed base-2^bits digits of int64 ``values``, as float64, lowest first; every digit
-    but the last in [-2^(bits-1), 2^(bits-1)), the last takes the rest."""
-    out, rest = [], values.astype(np.int64)
-    base, half = np.int64(1 << bits), np.int64(1 << (bits - 1))
-    for _ in range(count - 1):
-        digit = ((rest + half) & (base - 1)) - half
-        out.append(digit.astype(np.float64))
-        rest = (rest - digit) >> bits
-    out.append(rest.astype(np.float64))
-    return out
 
 
 def _digit_plan(q: int, w_abs: int, inner: int) -> tuple[int, int, int]:
