@@ -22,12 +22,10 @@ of the mean training count; majority weighted by test size), as ``metrics.json``
 Per method: means with 95 % t intervals over seeds; the gap's ratio to DPSGD's on the same seeds
 with a paired bootstrap 95 % interval, and the paired difference with its t interval.
 
-Throughput (``--speed``): one epoch per method on each gradient path against Opacus' default
-pipeline in the same process (``PrivacyEngine.make_private``, hooks, a DataLoader over a
-TensorDataset of the same tensors, flat clipping). Ratios, not seconds.
+Throughput and memory per method and gradient path: ``benchmarks/dp_speed.py``.
 
     python benchmarks/dp_fairness.py [--seeds 0,1,2,3,4] [--other-seeds 0,1,2] [--jobs 2]
-        [--data fashion-mnist,adult] [--epochs E] [--momentum M] [--speed] [--out runs/bench-dp]
+        [--data fashion-mnist,adult] [--epochs E] [--momentum M] [--out runs/bench-dp]
 """
 
 from __future__ import annotations
@@ -48,7 +46,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import commit, machine_line, print_table, save_results  # noqa: E402
 from pifair import DPConfig, dp_train  # noqa: E402
-from pifair.data import load_dataset  # noqa: E402
 from pifair.fairness.audit import mean_ci, paired_difference  # noqa: E402
 from pifair.runs import MODEL, Run  # noqa: E402
 
@@ -323,61 +320,6 @@ TABLES: dict[
 ] = {}  # every printed table, for the results file
 
 
-def _opacus_default_epoch(name: str, seed: int) -> float:
-    """Samples/s of one epoch of Opacus' own pipeline: make_private, hooks, flat clipping."""
-    from opacus import PrivacyEngine
-
-    from pifair.models import create_model
-
-    cfg = _config(name, "dpsgd", seed, 1)
-    data = load_dataset(**cfg.data_config.load_kwargs(seed))
-    x, y = data.normalize(data.train.x), data.train.y
-    loader = torch.utils.data.DataLoader(
-        torch.utils.data.TensorDataset(x, y), batch_size=cfg.batch_size
-    )
-    model = create_model(
-        cfg.model, num_classes=data.num_classes, input_shape=data.input_shape, **cfg.model_options()
-    )
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr)
-    model, opt, loader = PrivacyEngine().make_private(
-        module=model,
-        optimizer=opt,
-        data_loader=loader,
-        noise_multiplier=1.0,
-        max_grad_norm=cfg.clip,
-    )
-    seen, t0 = 0, time.perf_counter()
-    for xb, yb in loader:
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(model(xb), yb).backward()
-        opt.step()
-        seen += len(xb)
-    return seen / (time.perf_counter() - t0)
-
-
-def speed(name: str, root: Path) -> list[list[object]]:
-    baseline = _opacus_default_epoch(name, 0)
-    rows = [["Opacus default (hooks, DataLoader)", "dpsgd", f"{baseline:.0f}", "1.00"]]
-    for path in ("hooks", "ghost"):
-        for method in METHODS:
-            out = root / "speed" / name / f"{path}-{method}"
-            shutil.rmtree(out, ignore_errors=True)
-            m = dp_train(
-                _config(name, method, 0, 1, grad_path=path, diag_every=0), out=out, progress=False
-            ).metrics
-            rows.append(
-                [
-                    f"pifair {path}",
-                    method,
-                    f"{m['samples_per_s']:.0f}",
-                    f"{m['samples_per_s'] / baseline:.2f}",
-                ]
-            )
-    TABLES[f"{name} throughput"] = (["pipeline", "method", "samples/s", "vs Opacus default"], rows)
-    print_table(*TABLES[f"{name} throughput"])
-    return rows
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -392,8 +334,6 @@ def main() -> None:
         "--momentum", type=float, help="SGD momentum of every method (default: the protocol's)"
     )
     parser.add_argument("--jobs", type=int, default=1, help="runs side by side")
-    parser.add_argument("--speed", action="store_true", help="also measure throughput")
-    parser.add_argument("--no-fairness", action="store_true", help="throughput only")
     parser.add_argument("--out", type=Path, default=Path("runs/bench-dp"))
     ns = parser.parse_args()
     print(f"machine: {machine_line()}\ncommit: {commit()}")
@@ -403,33 +343,22 @@ def main() -> None:
     for name in ns.data.split(","):
         if name not in PROTOCOLS:
             parser.error(f"unknown data {name!r}; choose from {', '.join(PROTOCOLS)}")
-        if not ns.no_fairness:
-            epochs = ns.epochs or PROTOCOLS[name]["epochs"]
-            momentum = PROTOCOLS[name]["momentum"] if ns.momentum is None else ns.momentum
-            print(f"\n## {name}: {epochs} epochs, momentum {momentum}, seeds {seeds}/{other_seeds}")
-            t0 = time.perf_counter()
-            rows = fairness(
-                name, seeds, other_seeds, epochs, ns.out, momentum=momentum, jobs=ns.jobs
-            )
-            results[name] = {
-                "epochs": epochs,
-                "momentum": momentum,
-                "jobs": ns.jobs,
-                "wall_s": time.perf_counter() - t0,
-                "runs": rows,
-                "summary": summarize(name, rows),
-            }
-        if ns.speed:
-            print(f"\n## {name}: throughput, one epoch each")
-            results[f"{name}-speed"] = speed(name, ns.out)
+        epochs = ns.epochs or PROTOCOLS[name]["epochs"]
+        momentum = PROTOCOLS[name]["momentum"] if ns.momentum is None else ns.momentum
+        print(f"\n## {name}: {epochs} epochs, momentum {momentum}, seeds {seeds}/{other_seeds}")
+        t0 = time.perf_counter()
+        rows = fairness(name, seeds, other_seeds, epochs, ns.out, momentum=momentum, jobs=ns.jobs)
+        results[name] = {
+            "epochs": epochs,
+            "momentum": momentum,
+            "jobs": ns.jobs,
+            "wall_s": time.perf_counter() - t0,
+            "runs": rows,
+            "summary": summarize(name, rows),
+        }
     ns.out.mkdir(parents=True, exist_ok=True)
     (ns.out / "results.json").write_text(json.dumps(results, indent=2, default=str))
-    name = (
-        "dp_"
-        + "_".join(ns.data.split(","))
-        + ("_speed" if ns.speed else "")
-        + ("" if not ns.no_fairness else "_only")
-    )
+    name = "dp_" + "_".join(ns.data.split(","))
     save_results(
         name,
         tables=TABLES,

@@ -14,7 +14,7 @@ pytest.importorskip("opacus")
 
 from opacus.grad_sample import GradSampleModuleFastGradientClipping  # noqa: E402
 
-from pifair.dp.conv_norms import conv2d_norm_sample, ghost_is_cheaper  # noqa: E402
+from pifair.dp.conv_norms import conv2d_norm_sample, ghost_is_cheaper, unfold  # noqa: E402
 from pifair.dp.optimizers import FairDPOptimizerFast, ghost_backward  # noqa: E402
 from pifair.dp.rules import make_rule  # noqa: E402
 
@@ -52,6 +52,15 @@ def test_conv_norms_equal_the_per_sample_gradients_norms(shape, ghost):
     assert set(got) == set(dict(layer.named_parameters()).values())
     for name, param in layer.named_parameters():
         torch.testing.assert_close(got[param], want[name], rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: ",".join(f"{k}={v}" for k, v in s.items()))
+def test_strided_unfold_is_torch_unfold(shape):
+    layer = nn.Conv2d(**shape)
+    x = torch.randn(3, shape["in_channels"], 9, 7)
+    k, s, p, d = layer.kernel_size, layer.stride, layer.padding, layer.dilation
+    expected = F.unfold(x, k, dilation=d, padding=p, stride=s)
+    assert torch.equal(unfold(x, k, stride=s, padding=p, dilation=d), expected)
 
 
 def test_the_rule_picks_the_cheaper_way():

@@ -33,9 +33,39 @@ def _cnn() -> nn.Module:
     )
 
 
-def _batch(n: int = 24):
+def _maxpool_groupnorm_cnn() -> nn.Module:
+    """The layers the fair-dp CNN and DP ResNets use: max pooling, group norm, tanh."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.GroupNorm(2, 4),
+        nn.Tanh(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(4, 6, 3, stride=2, bias=False),
+        nn.Tanh(),
+        nn.Flatten(),
+        nn.Linear(6, 3),
+    )
+
+
+def _resnet18_gn() -> nn.Module:
+    from pifair.models import create_model
+
+    torch.manual_seed(0)
+    return create_model("resnet18_gn", num_classes=3, input_shape=(1, 16, 16), width=2)
+
+
+# each model and the side of its square input (ResNet18 halves it three times)
+MODELS = {
+    "cnn": (_cnn, 8),
+    "maxpool-groupnorm": (_maxpool_groupnorm_cnn, 8),
+    "resnet18_gn": (_resnet18_gn, 16),
+}
+
+
+def _batch(n: int = 24, side: int = 8):
     gen = torch.Generator().manual_seed(1)
-    x = torch.randn(n, 1, 8, 8, generator=gen) * 3
+    x = torch.randn(n, 1, side, side, generator=gen) * 3
     y = torch.randint(0, 3, (n,), generator=gen)
     groups = torch.randint(0, 2, (n,), generator=gen)
     return x, y, groups
@@ -93,9 +123,11 @@ def test_hooks_path_with_flat_clipping_is_opacus_dpsgd():
         assert torch.allclose(a, b, atol=1e-6)
 
 
+@pytest.mark.parametrize("model_name", list(MODELS))
 @pytest.mark.parametrize("method", ["dpsgd", "global", "global-adapt", "dpsgd-f", "bounded-adapt"])
-def test_ghost_path_agrees_with_the_hooks_path(method):
-    model, (x, y, g) = _cnn(), _batch()
+def test_ghost_path_agrees_with_the_hooks_path(method, model_name):
+    make, side = MODELS[model_name]
+    model, (x, y, g) = make(), _batch(side=side)
     reference, ref_opt = _hooks_grads(method, model, x, y, g)
     gsm = GradSampleModuleFastGradientClipping(
         copy.deepcopy(model), max_grad_norm=0.3, use_ghost_clipping=True

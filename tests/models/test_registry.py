@@ -9,6 +9,7 @@ from pifair.relu import ActivationSite, MaskedReLU, count_relus, replace_activat
 
 SHAPES = {
     "resnet18": (3, 32, 32),
+    "resnet18_gn": (3, 32, 32),
     "wrn22_8": (3, 32, 32),
     "lenet": (1, 28, 28),
     "fairdp_cnn": (1, 28, 28),
@@ -26,6 +27,17 @@ def test_every_model_runs_and_every_nonlinearity_is_a_site(name):
     plain = [m for m in model.modules() if isinstance(m, nn.ReLU | nn.Tanh | nn.GELU | nn.SiLU)]
     assert plain == []
     assert any(isinstance(m, ActivationSite) for m in model.modules())
+
+
+def test_resnet18_gn_has_group_norm_only_and_is_dp_trainable():
+    """Same ReLUs as ResNet18 at width 16, no batch norm left (Opacus' validator agrees)."""
+    validators = pytest.importorskip("opacus.validators")
+    model = create_model("resnet18_gn", num_classes=10, input_shape=(3, 32, 32))
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    assert sum(isinstance(m, nn.GroupNorm) for m in model.modules()) == 20  # 17 + 3 shortcuts
+    assert validators.ModuleValidator.validate(model, strict=False) == []
+    dense = create_model("resnet18", num_classes=10, input_shape=(3, 32, 32), width=16)
+    assert count_relus(model, (3, 32, 32)).total == count_relus(dense, (3, 32, 32)).total == 139_264
 
 
 def test_unknown_model_lists_the_registry():
