@@ -54,6 +54,9 @@ class DPConfig(DataConfig):
         "ghost"  # ghost (fast) or hooks (Opacus' per-sample gradients)
     )
     secure_noise: bool = False  # noise seeded from the OS and Opacus' secure_mode; not reproducible
+    # fp32, or bf16: the forward pass under bfloat16 autocast (per-sample norms, clipping, noise
+    # and the update stay in float32); meant for CUDA, runs but is slower on most CPUs
+    precision: Literal["fp32", "bf16"] = "fp32"
     # steps between misalignment measurements (0: never, the default). They read the private
     # training data without noise, so they are NOT covered by epsilon: research use only.
     diag_every: int = 0
@@ -90,6 +93,8 @@ class DPConfig(DataConfig):
             raise PrivacyParameterError(f"clip bound must be > 0, got {self.clip}")
         if self.grad_path not in ("ghost", "hooks"):
             raise ConfigError(f"grad_path must be ghost or hooks, got {self.grad_path!r}")
+        if self.precision not in ("fp32", "bf16"):
+            raise ConfigError(f"precision must be fp32 or bf16, got {self.precision!r}")
         if self.private:
             # builds the rule once so that bad thresholds fail here, before any run folder
             make_rule(self.method, **self.rule_settings())

@@ -21,7 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..data import Dataset
-from ..errors import UnsupportedLayerError
+from ..errors import ConfigError, UnsupportedLayerError
 from ..extras import require
 from .accounting import PrivacyLedger, check_privacy_target, noise_for_target
 from .config import DPConfig
@@ -36,6 +36,7 @@ __all__ = [
     "nonprivate_batches",
     "ranks_agree",
     "sample_rate_for",
+    "autocast",
     "train_epoch",
 ]
 
@@ -224,6 +225,17 @@ def ranks_agree(model: nn.Module) -> bool:
     return bool((high - low).abs().max() <= 1e-6)
 
 
+def autocast(precision: str, device: torch.device) -> torch.autocast:
+    """The forward pass's precision: ``bf16`` is bfloat16 autocast, refused on a CUDA device
+    without bfloat16 (Opacus' per-sample gradients and norms accept bf16 activations)."""
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError(
+            f"--precision bf16: {torch.cuda.get_device_name(device)} has no bfloat16; use "
+            "--precision fp32"
+        )
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
 def train_epoch(cfg, model, data, train, optimizer, private, epoch, device, progress) -> dict:
     model.train()
     n = len(train)
@@ -255,7 +267,9 @@ def train_epoch(cfg, model, data, train, optimizer, private, epoch, device, prog
         diag_seconds += time.perf_counter() - t_diag
         if private:
             optimizer.set_groups(g)
-        loss = F.cross_entropy(model(x), y, reduction="none")
+        with autocast(cfg.precision, device):
+            logits = model(x)
+        loss = F.cross_entropy(logits.float(), y, reduction="none")
         if private:
             private.backward(loss)
         else:
