@@ -44,9 +44,10 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import commit, machine_line, print_table, save_results  # noqa: E402
+from _common import RESULTS_DIR, commit, machine_line, print_table, save_results  # noqa: E402
 from pifair import DPConfig, dp_train  # noqa: E402
 from pifair.fairness.audit import mean_ci, paired_difference  # noqa: E402
+from pifair.report import plots  # noqa: E402
 from pifair.runs import MODEL, Run  # noqa: E402
 
 # five seeds at least for these (the protocol), three for the others
@@ -297,6 +298,23 @@ def summarize(name: str, rows: list[dict]) -> list[dict]:
         ],
     )
     print_table(*TABLES[name])
+    plots.privacy_cost_gaps(
+        [
+            dict(
+                method=s["method"],
+                accuracy=100 * s["accuracy"][0],
+                accuracy_ci=100 * s["accuracy"][1],
+                gap=100 * s["gap"][0],
+                gap_ci=100 * s["gap"][1],
+                gap_loss=s["gap_loss"][0],
+                gap_loss_ci=s["gap_loss"][1],
+            )
+            for s in out
+            if "gap" in s
+        ],
+        RESULTS_DIR / f"dp_{name}.png",
+        title=f"{name}: accuracy vs the privacy cost's minority-majority gap (95 % CI over seeds)",
+    )
     ga, ba = by("global-adapt"), by("bounded-adapt")
     common = sorted(set(ga) & set(ba))
     if len(common) >= 2:

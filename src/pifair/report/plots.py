@@ -24,6 +24,8 @@ __all__ = [
     "drops_by_budget",
     "margin_distributions",
     "dp_curves",
+    "accuracy_gap_pareto",
+    "privacy_cost_gaps",
 ]
 
 
@@ -277,4 +279,38 @@ def accuracy_gap_pareto(points: list[dict], path: str | os.PathLike, *, title: s
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110, bbox_inches="tight", bbox_extra_artists=[first, second])
+    plt.close(fig)
+
+
+def privacy_cost_gaps(points: list[dict], path: str | os.PathLike, *, title: str = "") -> None:
+    """Each DP method's accuracy against the minority-majority gap of its privacy cost, on
+    accuracy (left, points) and on test loss (right), 95 % intervals on both axes (``points``:
+    method, accuracy, accuracy_ci, gap, gap_ci, gap_loss, gap_loss_ci). Up and towards 0 is
+    better."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharey=True)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, key, label in (
+        (axes[0], "gap", "minority-majority gap of the accuracy cost (points)"),
+        (axes[1], "gap_loss", "minority-majority gap of the test-loss cost"),
+    ):
+        for i, p in enumerate(points):
+            ax.errorbar(
+                p[key],
+                p["accuracy"],
+                xerr=p[f"{key}_ci"],
+                yerr=p["accuracy_ci"],
+                fmt="os^Dv<>"[i % 7],
+                color=colours[i % len(colours)],
+                capsize=3,
+                label=p["method"],
+            )
+        ax.axvline(0, color="grey", lw=0.8)
+        ax.set(xlabel=label)
+        ax.grid(alpha=0.3)
+    axes[0].set(ylabel="test accuracy (%)")
+    axes[1].legend(fontsize=8, loc="best")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
     plt.close(fig)
