@@ -188,8 +188,9 @@ def _row(name: str, method: str, seed: int, m: dict) -> dict:
         epsilon=m.get("epsilon"),
         sps=m["samples_per_s"],
     )
+    a, b = PROTOCOLS[name]["pair"]
+    row |= dict(pair_a=m["test_groups"][a], pair_b=m["test_groups"][b])
     if "privacy_cost" in m:
-        a, b = PROTOCOLS[name]["pair"]
         row |= dict(
             gap=m["privacy_cost_minority_majority_gap"],
             gap_loss=m["privacy_cost_loss_minority_majority_gap"],
@@ -248,7 +249,7 @@ def summarize(name: str, rows: list[dict]) -> list[dict]:
         sel = list(by(method).values())
         if not sel:
             continue
-        keys = ["accuracy", "minority", "majority", "worst"]
+        keys = ["accuracy", "minority", "majority", "worst", "pair_a", "pair_b"]
         if method != "nonprivate":
             keys += ["gap", "gap_loss", "spread", "pair_gap"]
         s: dict = dict(method=method, runs=len(sel), seeds=sorted(by(method)))
@@ -257,7 +258,7 @@ def summarize(name: str, rows: list[dict]) -> list[dict]:
         s["epsilon"] = sum(eps) / len(eps) if eps else None
         common = sorted(set(by(method)) & set(dpsgd))
         if method not in ("nonprivate", "dpsgd") and len(common) >= 2:
-            for k in ("gap", "gap_loss"):
+            for k in ("gap", "gap_loss", "pair_gap"):
                 mine = [by(method)[i][k] for i in common]
                 base = [dpsgd[i][k] for i in common]
                 s[f"{k}_ratio_to_dpsgd"] = _bootstrap_ratio(mine, base)
@@ -315,6 +316,30 @@ def summarize(name: str, rows: list[dict]) -> list[dict]:
         RESULTS_DIR / f"dp_{name}.png",
         title=f"{name}: accuracy vs the privacy cost's minority-majority gap (95 % CI over seeds)",
     )
+    a, b = PROTOCOLS[name]["pair"]
+    title = f"{name}: the paper's two groups, {a} and {b}"
+    TABLES[title] = (
+        [
+            "method",
+            "runs",
+            f"{a} %",
+            f"{b} %",
+            f"gap, accuracy ({a} - {b})",
+            "ratio to DPSGD [95 %]",
+        ],
+        [
+            [
+                s["method"],
+                s["runs"],
+                _pct(s["pair_a"]),
+                _pct(s["pair_b"]),
+                _pct(s["pair_gap"]) if "pair_gap" in s else "-",
+                ratio(s, "pair_gap"),
+            ]
+            for s in out
+        ],
+    )
+    print_table(*TABLES[title])
     ga, ba = by("global-adapt"), by("bounded-adapt")
     common = sorted(set(ga) & set(ba))
     if len(common) >= 2:
