@@ -19,6 +19,22 @@ def test_list_and_relus(capsys):
     assert "491,520" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("command", ["train", "dp-train"])
+def test_every_training_flag_says_what_it_does(command, capsys):
+    """Each field of TrainConfig / DPConfig has its help text (a new field needs one)."""
+    from dataclasses import fields
+
+    from pifair.cli.tables import DP_TRAIN_HELP, TRAIN_HELP
+    from pifair.dp import DPConfig
+
+    cls, help = (TrainConfig, TRAIN_HELP) if command == "train" else (DPConfig, DP_TRAIN_HELP)
+    assert {f.name for f in fields(cls)} == set(help)
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = "".join(capsys.readouterr().out.split())  # wrapping moves line breaks, not words
+    assert all("".join(h.split()) in text for h in help.values())
+
+
 def test_report_is_self_contained(tmp_path):
     run = train(
         TrainConfig(data="digits", model="mlp", epochs=1, device="cpu"),

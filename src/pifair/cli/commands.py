@@ -45,12 +45,14 @@ from .flags import (
     run_folder,
 )
 from .tables import (
+    DP_TRAIN_HELP,
     FINETUNE_FLAGS,
     HE_FLAGS,
     MITIGATE_FLAGS,
     MPC_FLAGS,
     POLYFIT_FLAGS,
     SHARE_FLAGS,
+    TRAIN_HELP,
     audit_flags,
     linearize_flags,
 )
@@ -84,18 +86,20 @@ def _run_flags(p: argparse.ArgumentParser, what: str, *, config: bool = True) ->
 
 
 def _add_train(p: argparse.ArgumentParser) -> None:
-    add_flags(p, TrainConfig, dataclass_flags(TrainConfig))
+    add_flags(p, TrainConfig, dataclass_flags(TrainConfig, help=TRAIN_HELP))
     _run_flags(p, "train")
 
 
 def _run_train(ns: argparse.Namespace) -> None:
-    base = config_from_flags(ns, dataclass_flags(TrainConfig), resume_or_config(ns))
+    base = config_from_flags(
+        ns, dataclass_flags(TrainConfig, help=TRAIN_HELP), resume_or_config(ns)
+    )
     cfg = TrainConfig.from_dict(base)
     summaries.train(train(cfg, out=ns.out, resume=ns.resume, progress=not ns.no_progress))
 
 
 def _add_dp_train(p: argparse.ArgumentParser) -> None:
-    add_flags(p, DPConfig, dataclass_flags(DPConfig))
+    add_flags(p, DPConfig, dataclass_flags(DPConfig, help=DP_TRAIN_HELP))
     _run_flags(p, "dp-train")
 
 
@@ -103,7 +107,9 @@ def _run_dp_train(ns: argparse.Namespace) -> None:
     base = resume_or_config(ns)
     if "epsilon" in ns or "noise_multiplier" in ns:  # one replaces the other
         base = {k: v for k, v in base.items() if k not in ("epsilon", "noise_multiplier")}
-    cfg = DPConfig.from_dict(config_from_flags(ns, dataclass_flags(DPConfig), base))
+    cfg = DPConfig.from_dict(
+        config_from_flags(ns, dataclass_flags(DPConfig, help=DP_TRAIN_HELP), base)
+    )
     run = dp_train(cfg, out=ns.out, resume=ns.resume, progress=not ns.no_progress)
     if run is not None:  # None on a torchrun rank other than 0
         summaries.dp_train(run)

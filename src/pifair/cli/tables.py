@@ -6,9 +6,14 @@ from the job dataclasses.
 
 from __future__ import annotations
 
+from ..data import list_datasets
+from ..models import list_models
 from .flags import Flag
 
 __all__ = [
+    "DATA_HELP",
+    "DP_TRAIN_HELP",
+    "TRAIN_HELP",
     "FINETUNE_FLAGS",
     "HE_FLAGS",
     "MITIGATE_FLAGS",
@@ -19,6 +24,65 @@ __all__ = [
     "linearize_flags",
     "objective_flags",
 ]
+
+
+# the data fields every training command shares (pifair.training.config.DataConfig)
+DATA_HELP = {
+    "data": "data set: " + ", ".join(list_datasets()),
+    "data_dir": "the data set's folder; unset: where its package or the project puts it",
+    "val_fraction": "fraction of the training set held out for validation",
+    "keep": "subsample classes of the training set, e.g. 8:0.09 or 0-4:0.9,5-9:0.1",
+    "keep_test": "subsample the test set the same way",
+    "group_by": "the groups of fairness metrics: class, or sex / race for adult",
+    "limit": "evenly spaced samples of each set (quick looks)",
+    "download": "allow downloading a data set that is not on disk",
+}
+TRAIN_HELP = DATA_HELP | {
+    "model": "model: " + ", ".join(list_models()),
+    "snl_variant": "resnet18 without the stem ReLU, as in SNL's code",
+    "width": "channels of the first stage, for models that take it (resnet18)",
+    "act": "activation of the model, for models that take one (relu, tanh, ...)",
+    "epochs": "training epochs",
+    "batch_size": "batch size",
+    "lr": "peak learning rate",
+    "momentum": "SGD momentum",
+    "weight_decay": "SGD weight decay",
+    "schedule": "learning-rate schedule",
+    "label_smoothing": "label smoothing of the cross-entropy",
+    "seed": "seed of the split, the initialisation and the batches",
+    "device": "auto (CUDA when present), cpu or cuda[:N]",
+    "loader": "resident: the data stays on the device; dataloader: torch DataLoader",
+}
+DP_TRAIN_HELP = DATA_HELP | {
+    "method": "nonprivate, dpsgd, global, global-adapt, dpsgd-f or bounded-adapt",
+    "model": "model without batch norm: fairdp_cnn, mlp, resnet18_gn, lenet, he_cnn",
+    "act": "activation of the model (fairdp_cnn: tanh; mlp: relu, or tanh as in fair-dp)",
+    "epochs": "training epochs (the noise is derived for this many)",
+    "batch_size": "expected (Poisson) batch size",
+    "lr": "SGD learning rate (unset: the method's fair-dp default)",
+    "momentum": "SGD momentum",
+    "clip": "clip bound C (DPSGD-F: C0; bounded-adapt: the starting bound); unset: the method's",
+    "z": "Z of DPSGD-Global, Z0 of Global-Adapt",
+    "tau": "Global-Adapt counts the gradients above tau * Z_t",
+    "eta_z": "Global-Adapt's learning rate of Z_t",
+    "count_noise": "noise of the released counts: s_b (Global-Adapt, bounded-adapt), sigma_1 "
+    "(DPSGD-F)",
+    "clip_lower": "bounded-adapt: the clip bound never goes below this",
+    "clip_upper": "bounded-adapt: nor above this",
+    "quantile": "bounded-adapt: the fraction of unclipped gradients the bound aims at",
+    "eta_c": "bounded-adapt: the clip bound's geometric learning rate",
+    "epsilon": "target epsilon: the noise multiplier is derived from it",
+    "delta": "delta, below 1/N",
+    "noise_multiplier": "noise multiplier instead of --epsilon (epsilon is reported)",
+    "grad_path": "ghost: norms first, a second backward; hooks: Opacus' per-sample gradients "
+    "(the faster for small CNNs on CPU)",
+    "secure_noise": "noise seeded from the OS with Opacus' secure_mode (not reproducible)",
+    "precision": "bf16: the forward pass under bfloat16 autocast (for CUDA)",
+    "diag_every": "steps between misalignment measurements (0: never); NOT covered by epsilon",
+    "baseline": "a non-private run folder: the privacy cost per group",
+    "seed": "seed of the batches, the noise and the initialisation",
+    "device": "auto (CUDA when present), cpu or cuda[:N]",
+}
 
 
 def _comma_list(text: str) -> list[str]:
