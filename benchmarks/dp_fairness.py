@@ -129,11 +129,19 @@ def _config(name: str, method: str, seed: int, epochs: int, **extra) -> DPConfig
     )
 
 
+def _settings(cfg: DPConfig) -> dict:
+    """The settings that make the run: the non-private step takes no gradient path."""
+    d = cfg.as_dict()
+    if not cfg.private:
+        d.pop("grad_path")
+    return d
+
+
 def _train(cfg: DPConfig, out: Path) -> Run:
     """The run at ``out`` if it finished with this very config (resume), else a fresh one."""
     if (out / MODEL).exists():
         run = Run.open(out)
-        if DPConfig.from_dict(run.config).as_dict() == cfg.as_dict():
+        if _settings(DPConfig.from_dict(run.config)) == _settings(cfg):
             return run
     shutil.rmtree(out, ignore_errors=True)
     return dp_train(cfg, out=out, progress=False)

@@ -56,6 +56,7 @@ def test_every_release_is_accounted(tmp_path):
         -1 <= r["cosine"] <= 1 for r in measured
     )
     assert (run.path / "dp_curves.png").exists()
+    assert m["grad_path"] == "ghost"  # auto on an MLP: exact ghost norms, no per-sample gradients
 
 
 def test_bounded_adaptive_clipping_trains_and_accounts_its_count(tmp_path):

@@ -219,3 +219,18 @@ def test_bf16_forward_gives_the_fp32_step_to_bfloat16_precision_on_both_paths():
         # every position of bfloat16 products; the non-private gradient shows the same)
         assert (h - ref).norm() <= 0.2 * ref.norm()
         assert (gh - h).norm() <= 0.03 * h.norm()  # both paths agree on the bf16 step
+
+
+def test_auto_path_takes_hooks_for_small_conv_nets_and_ghost_otherwise():
+    from pifair.dp.private import resolve_grad_path
+    from pifair.models import create_model
+
+    def model(name: str, shape: tuple[int, ...], **kw) -> nn.Module:
+        return create_model(name, num_classes=10, input_shape=shape, **kw)
+
+    cnn = model("fairdp_cnn", (1, 28, 28))  # 8.7 MiB of per-sample gradients at 256
+    assert resolve_grad_path("auto", cnn, 256) == "hooks"
+    assert resolve_grad_path("auto", model("mlp", (108,), act_layer="tanh"), 256) == "ghost"
+    assert resolve_grad_path("auto", model("resnet18_gn", (3, 32, 32), width=8), 256) == "hooks"
+    assert resolve_grad_path("auto", model("resnet18_gn", (3, 32, 32)), 256) == "ghost"  # 685 MiB
+    assert resolve_grad_path("ghost", cnn, 256) == "ghost"  # a path given is kept

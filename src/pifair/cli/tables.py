@@ -74,8 +74,8 @@ DP_TRAIN_HELP = DATA_HELP | {
     "epsilon": "target epsilon: the noise multiplier is derived from it",
     "delta": "delta, below 1/N",
     "noise_multiplier": "noise multiplier instead of --epsilon (epsilon is reported)",
-    "grad_path": "ghost: norms first, a second backward; hooks: Opacus' per-sample gradients "
-    "(the faster for small CNNs on CPU)",
+    "grad_path": "auto: hooks for small conv nets, ghost otherwise; ghost: norms first, then a "
+    "second backward; hooks: Opacus' per-sample gradients. Same step on all",
     "secure_noise": "noise seeded from the OS with Opacus' secure_mode (not reproducible)",
     "precision": "bf16: the forward pass under bfloat16 autocast (for CUDA)",
     "diag_every": "steps between misalignment measurements (0: never); NOT covered by epsilon",

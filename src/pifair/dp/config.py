@@ -50,9 +50,9 @@ class DPConfig(DataConfig):
     epsilon: float | None = None
     delta: float = 1e-6
     noise_multiplier: float | None = None
-    grad_path: Literal["ghost", "hooks"] = (
-        "ghost"  # ghost (fast) or hooks (Opacus' per-sample gradients)
-    )
+    # auto (the faster for the model, see resolve_grad_path), ghost (norms, second backward) or
+    # hooks (Opacus' per-sample gradients); all give the same step
+    grad_path: Literal["auto", "ghost", "hooks"] = "auto"
     secure_noise: bool = False  # noise seeded from the OS and Opacus' secure_mode; not reproducible
     # fp32, or bf16: the forward pass under bfloat16 autocast (per-sample norms, clipping, noise
     # and the update stay in float32); meant for CUDA, runs but is slower on most CPUs
@@ -91,8 +91,8 @@ class DPConfig(DataConfig):
             raise ConfigError(f"diag_every must be >= 0 (0: no diagnostics), got {self.diag_every}")
         if not self.clip > 0:
             raise PrivacyParameterError(f"clip bound must be > 0, got {self.clip}")
-        if self.grad_path not in ("ghost", "hooks"):
-            raise ConfigError(f"grad_path must be ghost or hooks, got {self.grad_path!r}")
+        if self.grad_path not in ("auto", "ghost", "hooks"):
+            raise ConfigError(f"grad_path must be auto, ghost or hooks, got {self.grad_path!r}")
         if self.precision not in ("fp32", "bf16"):
             raise ConfigError(f"precision must be fp32 or bf16, got {self.precision!r}")
         if self.private:

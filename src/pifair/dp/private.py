@@ -37,6 +37,7 @@ __all__ = [
     "ranks_agree",
     "sample_rate_for",
     "autocast",
+    "resolve_grad_path",
     "train_epoch",
 ]
 
@@ -80,6 +81,24 @@ def distributed_rank() -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
+# Per-sample gradients of a batch above this many bytes: the ghost path (measured with
+# benchmarks/dp_speed.py on the 2-core CPU: the fair-dp CNN, 27 MB, and ResNet18-GN at width 8,
+# 180 MB, are faster on hooks; the Adult MLP, no convolution, on ghost).
+HOOKS_MAX_BYTES = 256 * 2**20
+
+
+def resolve_grad_path(path: str, model: nn.Module, batch_size: int) -> str:
+    """``auto``: hooks when the model has convolutions and a batch's per-sample gradients fit in
+    :data:`HOOKS_MAX_BYTES` (small conv nets: materialising them costs less than the ghost
+    path's second backward pass), ghost otherwise (linear layers have exact ghost norms; large
+    models' per-sample gradients do not fit). ``ghost`` and ``hooks`` are kept as given."""
+    if path != "auto":
+        return path
+    has_conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
+    params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return "hooks" if has_conv and batch_size * params * 4 <= HOOKS_MAX_BYTES else "ghost"
+
+
 def _generator(seed: int, epoch: int, stream: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch * 1_009 + stream)
 
@@ -104,7 +123,8 @@ class PrivateTraining:
             steps=self.steps_per_epoch * cfg.epochs,
             extra_releases=self.rule.releases_per_step(),
         )
-        fast = cfg.grad_path == "ghost"
+        self.grad_path = resolve_grad_path(cfg.grad_path, model, cfg.batch_size)
+        fast = self.grad_path == "ghost"
         if fast:
             self.module = gsm.GradSampleModuleFastGradientClipping(
                 model, max_grad_norm=cfg.clip, use_ghost_clipping=True

@@ -69,7 +69,8 @@ def dp_section(run: Run) -> str:
             f"{c['data']}{' (keep ' + c['keep'] + ')' if c.get('keep') else ''}, "
             f"{c['model']}, {c['epochs']} epochs, expected batch {c['batch_size']}, lr "
             f"{c['lr']:g}, "
-            f"{c['grad_path']} path, {m['samples_per_s']:.0f} samples/s. {privacy}{gap}</p>",
+            f"{m.get('grad_path', c['grad_path'])} path, {m['samples_per_s']:.0f} samples/s. "
+            f"{privacy}{gap}</p>",
             table(header, rows),
             warning,
             "<p class='meta'>Misalignment: per group, the mean over measured steps of the cosine "

@@ -213,6 +213,7 @@ def _finish(
             "steps": private.steps_per_epoch * cfg.epochs,
             "releases": private.ledger.state(),
             "rule_state": private.rule.state(),
+            "grad_path": private.grad_path,
         }
     if cfg.baseline:
         base = Run.open(cfg.baseline).metrics
