@@ -368,9 +368,20 @@ def summarize(name: str, rows: list[dict]) -> list[dict]:
             ],
         )
         print_table(*TABLES[f"{name}: bounded-adapt minus Global-Adapt, same seeds"])
+    ga_summary = next((s for s in out if s["method"] == "global-adapt"), {})
+    for k, label in (("gap", "accuracy"), ("gap_loss", "test loss")):
+        r = ga_summary.get(f"{k}_ratio_to_dpsgd")
+        if r is not None:
+            met = r[0] <= 0.25 and r[2] < 1
+            SUMMARY.append(
+                f"{name}: Global-Adapt's minority-majority gap on {label} is {r[0]:.2f}x DPSGD's "
+                f"[{r[1]:.2f}, {r[2]:.2f}] over {ga_summary['runs']} seeds: goal <= 0.25 with the "
+                f"interval below 1 {'met' if met else 'not met'}"
+            )
     return out
 
 
+SUMMARY: list[str] = []  # the verdicts, for the results file
 TABLES: dict[
     str, tuple[list[str], list[list[object]]]
 ] = {}  # every printed table, for the results file
@@ -418,7 +429,7 @@ def main() -> None:
     save_results(
         name,
         tables=TABLES,
-        summary=[],
+        summary=SUMMARY,
         data=json.loads(json.dumps(results, default=str)),
         setting={k: str(v) for k, v in vars(ns).items()},
     )
