@@ -371,7 +371,13 @@ def summarize(name: str, rows: list[dict]) -> list[dict]:
     ga_summary = next((s for s in out if s["method"] == "global-adapt"), {})
     for k, label in (("gap", "accuracy"), ("gap_loss", "test loss")):
         r = ga_summary.get(f"{k}_ratio_to_dpsgd")
-        if r is not None:
+        dpsgd_gap = next(s[k][0] for s in out if s["method"] == "dpsgd")
+        if r is not None and dpsgd_gap <= 0:
+            SUMMARY.append(
+                f"{name}: DPSGD's minority-majority gap on {label} is not positive (the majority "
+                f"pays more): a ratio to it says nothing"
+            )
+        elif r is not None:
             met = r[0] <= 0.25 and r[2] < 1
             SUMMARY.append(
                 f"{name}: Global-Adapt's minority-majority gap on {label} is {r[0]:.2f}x DPSGD's "
