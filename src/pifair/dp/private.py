@@ -82,8 +82,8 @@ def distributed_rank() -> tuple[int, int]:
 
 
 # Per-sample gradients of a batch above this many bytes: the ghost path (measured with
-# benchmarks/dp_speed.py on the 2-core CPU: the fair-dp CNN, 27 MB, and ResNet18-GN at width 8,
-# 180 MB, are faster on hooks; the Adult MLP, no convolution, on ghost).
+# benchmarks/dp_speed.py on the 2-core CPU at batch 256: the fair-dp CNN, 8.7 MiB, and
+# ResNet18-GN at width 8, 172 MiB, are faster on hooks; the Adult MLP, no convolution, on ghost).
 HOOKS_MAX_BYTES = 256 * 2**20
 
 
