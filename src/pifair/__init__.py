@@ -33,7 +33,7 @@ from .reduce.polyfit import polyfit
 from .reduce.result import ReductionResult
 from .reduce.share import share
 from .reduce.snl import SearchSettings
-from .relu import count_relus, parse_budget, replace_activations
+from .relu import convert_activations, count_relus, parse_budget, replace_activations
 from .relu.polynomial import PolyAct
 from .secure.cost import model_cost as cost
 from .training import TrainConfig, evaluate
@@ -59,6 +59,7 @@ __all__ = [
     "UnknownNameError",
     "UnsupportedLayerError",
     "audit",
+    "convert_activations",
     "cost",
     "count_relus",
     "create_model",

@@ -62,7 +62,7 @@ def conv_only(digits):
         torch.nn.Flatten(),
         torch.nn.Linear(8 * 16, 10),
     )
-    replace_activations(model)
+    model = replace_activations(model)
     fit(
         model,
         digits,

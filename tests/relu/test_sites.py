@@ -71,7 +71,7 @@ def test_masked_relu_rejects_non_binary_mask():
 
 def test_replace_activations_turns_torch_modules_into_sites_and_counts_them():
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3), nn.Tanh())
-    replace_activations(model)
+    model = replace_activations(model)
     kinds = [type(m) for _, m in iter_sites(model)]
     assert kinds == [DenseReLU, DenseTanh]
     assert count_relus(model, (4,)).total == 8

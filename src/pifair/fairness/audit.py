@@ -19,7 +19,7 @@ from scipy import stats
 from torch import nn
 
 from ..data import Dataset
-from ..relu.sites import count_relus
+from ..relu.counting import count_relus
 from ..training.group_metrics import GroupReport, group_report
 from ..training.loop import predict
 from ..training.per_sample import iter_per_sample_grads

@@ -1,7 +1,15 @@
 """Model zoo with a registry (DESIGN.md section 2): every nonlinearity is an activation site."""
 
 from . import resnet, small, wrn  # noqa: F401  (registers the families)
-from ._registry import ModelSpec, create_model, get_model_spec, list_models, register_model
+from ._registry import (
+    ModelSpec,
+    build_architecture,
+    create_model,
+    finish_model,
+    get_model_spec,
+    list_models,
+    register_model,
+)
 from .resnet import ResNet
 from .small import MLP, FairDPCNN, LeNet
 from .wrn import WideResNet
@@ -12,6 +20,8 @@ __all__ = [
     "LeNet",
     "ModelSpec",
     "ResNet",
+    "build_architecture",
+    "finish_model",
     "WideResNet",
     "create_model",
     "get_model_spec",

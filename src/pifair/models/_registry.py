@@ -9,8 +9,17 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, UnknownNameError
+from ..relu.convert import convert_activations
+from .external import build_external, parse_external
 
-__all__ = ["ModelSpec", "register_model", "create_model", "list_models"]
+__all__ = [
+    "ModelSpec",
+    "register_model",
+    "create_model",
+    "build_architecture",
+    "finish_model",
+    "list_models",
+]
 
 
 @dataclass(frozen=True)
@@ -54,11 +63,43 @@ def get_model_spec(name: str) -> ModelSpec:
     return _MODELS[name]
 
 
+def build_architecture(
+    name: str, *, num_classes: int, input_shape: tuple[int, ...], **options
+) -> nn.Module:
+    """Model ``name`` as its builder makes it, before :func:`finish_model` (where a user's
+    weights for an external model are loaded: they name the builder's modules)."""
+    external = parse_external(name)
+    if external is not None:
+        if options:
+            raise ConfigError(f"model {name!r} takes no pifair options, got {sorted(options)}")
+        return build_external(external, num_classes=num_classes, input_shape=tuple(input_shape))
+    spec = get_model_spec(name)
+    try:
+        return spec.factory(num_classes=num_classes, input_shape=tuple(input_shape), **options)
+    except TypeError as err:
+        raise ConfigError(
+            f"model {name!r} does not take these options {sorted(options)}: {err}"
+        ) from err
+
+
+def finish_model(
+    model: nn.Module, name: str, *, num_classes: int, input_shape: tuple[int, ...]
+) -> nn.Module:
+    """``model`` checked on the input shape and class count, every ReLU call a site of its own
+    (an external model is converted by graph, :func:`pifair.relu.convert_activations`)."""
+    _check_shapes(model, name, tuple(input_shape), num_classes)
+    if parse_external(name) is not None:
+        model = convert_activations(model, tuple(input_shape))
+    return model
+
+
 def create_model(
     name: str, *, num_classes: int, input_shape: tuple[int, ...], **options
 ) -> nn.Module:
     """Build model ``name`` for inputs of per-sample ``input_shape`` and ``num_classes`` outputs.
 
+    ``name`` is a registered model (``pifair list``), ``torchvision:NAME`` or ``timm:NAME`` (any
+    classification builder of the library, no pretrained weights) or ``path/to/file.py:Class``.
     ``options`` are the family's keyword arguments (e.g. ``snl_variant=True`` for resnet18,
     ``act_layer=DenseTanh``).
 
@@ -70,25 +111,20 @@ def create_model(
     >>> pifair.count_relus(model, (3, 32, 32)).total
     491520
     """
-    spec = get_model_spec(name)
-    try:
-        model = spec.factory(num_classes=num_classes, input_shape=tuple(input_shape), **options)
-    except TypeError as err:
-        raise ConfigError(
-            f"model {name!r} does not take these options {sorted(options)}: {err}"
-        ) from err
-    _check_input_shape(model, name, tuple(input_shape))
-    return model
+    model = build_architecture(name, num_classes=num_classes, input_shape=input_shape, **options)
+    return finish_model(model, name, num_classes=num_classes, input_shape=input_shape)
 
 
-def _check_input_shape(model: nn.Module, name: str, input_shape: tuple[int, ...]) -> None:
+def _check_shapes(
+    model: nn.Module, name: str, input_shape: tuple[int, ...], num_classes: int
+) -> None:
     """One forward pass of a zero sample, so that a model too deep for small inputs (or built
-    for another shape) is refused by name here, not as a shape error mid-training."""
+    for another shape or class count) is refused by name here, not mid-training."""
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            model(torch.zeros(1, *input_shape))
+            out = model(torch.zeros(1, *input_shape))
     except RuntimeError as err:
         raise ConfigError(
             f"model {name!r} cannot take inputs of shape {input_shape}: "
@@ -97,3 +133,10 @@ def _check_input_shape(model: nn.Module, name: str, input_shape: tuple[int, ...]
         ) from None
     finally:
         model.train(was_training)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (1, num_classes):
+        got = tuple(out.shape[1:]) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ConfigError(
+            f"model {name!r} outputs {got} per sample where the data set has {num_classes} "
+            f"classes; build it with num_classes={num_classes} (a user class takes a "
+            "num_classes argument, or its last layer must have that many outputs)"
+        )

@@ -15,7 +15,7 @@ from torch import nn
 
 from ..atomic import atomic_torch_save, load_torch_file
 from ..errors import CorruptFileError
-from ..relu.sites import ActivationSite, iter_sites, replace_activations, site_from_spec
+from ..relu.sites import ActivationSite, iter_sites, site_from_spec, swap_sites
 from ._registry import create_model
 
 __all__ = ["save_model", "save_model_like", "load_model", "model_record", "model_from_record"]
@@ -59,7 +59,7 @@ def model_from_record(record: dict[str, Any]) -> nn.Module:
     def rebuild(name: str, module: nn.Module) -> ActivationSite | None:
         return site_from_spec(sites[name]) if name in sites else None
 
-    replace_activations(model, rebuild)
+    swap_sites(model, rebuild)
     model.load_state_dict(record["state_dict"])
     return model
 

@@ -28,15 +28,15 @@ from ..data import Dataset, ResidentLoader
 from ..errors import BudgetError, ConfigError
 from ..fairness.mitigation import build_objective
 from ..relu.budget import parse_budget
+from ..relu.convert import as_site_model
+from ..relu.counting import count_relus, record_feature_shapes
 from ..relu.selection import select_channels, select_pixels, select_pixels_per_site
 from ..relu.sites import (
     ActivationSite,
     DenseReLU,
     MaskedReLU,
-    count_relus,
     iter_sites,
-    record_feature_shapes,
-    replace_activations,
+    swap_sites,
 )
 from ..training.loop import CheckpointStore, evaluate
 from .allocation import allocate_by_sensitivity, relu_sensitivity
@@ -182,7 +182,7 @@ def _apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
             return MaskedReLU(masks[name], feature_shape=getattr(m, "feature_shape", None))
         return None
 
-    return replace_activations(model, swap)
+    return swap_sites(model, swap)
 
 
 def linearize_many(
@@ -214,7 +214,7 @@ def linearize_many(
     search, finetune = search or SearchSettings(), finetune or FinetuneSettings()
     if reference:
         search, finetune = reference_settings(search, finetune)
-    dense = copy.deepcopy(model).to(device).eval()
+    dense = as_site_model(model, data.input_shape).to(device).eval()
     dense_count = count_relus(dense, data.input_shape)
     total = dense_count.total
     if any(s.kind in ("masked_relu", "snl_alpha", "shared_relu") for _, s in iter_sites(dense)):

@@ -15,7 +15,7 @@ from torch import nn
 
 from ..data import Dataset
 from ..fairness.mitigation import ObjectiveName
-from ..relu.sites import count_relus
+from ..relu.counting import count_relus
 from .finetune import FinetuneSettings, finetune_model, recalibrate_batchnorm, selection_score
 from .result import ReductionResult
 

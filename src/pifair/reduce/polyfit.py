@@ -17,15 +17,15 @@ from torch import nn
 
 from ..data import Dataset, ResidentLoader
 from ..errors import ConfigError
+from ..relu.convert import as_site_model
+from ..relu.counting import count_relus, record_feature_shapes
 from ..relu.polynomial import GRANULARITIES, PolyAct, PolyGranularity
 from ..relu.sites import (
     ActivationSite,
     DenseReLU,
     MaskedReLU,
-    count_relus,
     iter_sites,
-    record_feature_shapes,
-    replace_activations,
+    swap_sites,
 )
 from ..training.loop import CheckpointStore, evaluate
 from .finetune import FinetuneSettings, finetune_model, recalibrate_batchnorm
@@ -175,7 +175,7 @@ def polyfit(
         )
     device = torch.device(device)
     finetune = finetune or FinetuneSettings()
-    teacher = copy.deepcopy(model).to(device).eval()
+    teacher = as_site_model(model, train_data.input_shape).to(device).eval()
     student = copy.deepcopy(teacher)
     record_feature_shapes(student, train_data.input_shape)
     targets = [n for n, s in iter_sites(student) if isinstance(s, DenseReLU | MaskedReLU)]
@@ -205,7 +205,7 @@ def polyfit(
         poly.coefficients.data.copy_(coef)
         return poly
 
-    replace_activations(student, make)
+    swap_sites(student, make)
     student.to(device)
     recalibrate_batchnorm(student, train_data, device=device)
     before = evaluate(student, train_data, "val").accuracy if len(train_data.val) else None

@@ -22,13 +22,13 @@ from ..data import Dataset
 from ..errors import BudgetError
 from ..relu.budget import parse_budget
 from ..relu.clustering import sign_patterns
+from ..relu.convert import as_site_model
+from ..relu.counting import count_relus, record_feature_shapes
 from ..relu.shared_relu import SharedReLU, grouping_options
 from ..relu.sites import (
     DenseReLU,
-    count_relus,
     iter_sites,
-    record_feature_shapes,
-    replace_activations,
+    swap_sites,
 )
 from ..training.loop import CheckpointStore
 from .finetune import FinetuneSettings, finetune_model, recalibrate_batchnorm
@@ -116,9 +116,7 @@ def allocate_groups(
     work = copy.deepcopy(model).to(device)
 
     def apply(names: dict[str, int]) -> None:
-        replace_activations(
-            work, lambda n, m: _site(options[n][names[n]], rule) if n in names else None
-        )
+        swap_sites(work, lambda n, m: _site(options[n][names[n]], rule) if n in names else None)
 
     def decisions(names: dict[str, int]) -> int:
         return sum(int(options[n][names[n]][1].max()) + 1 for n in names)
@@ -196,16 +194,14 @@ def share(
     """
     device = torch.device(device)
     finetune = finetune or FinetuneSettings()
-    dense = copy.deepcopy(model).to(device).eval()
+    dense = as_site_model(model, train_data.input_shape).to(device).eval()
     total = count_relus(dense, train_data.input_shape).total
     k = parse_budget(budget, total)
     t0 = time.perf_counter()
     options = site_options(dense, train_data, scheme, device=device)
     choice = allocate_groups(dense, train_data, k, options=options, rule=rule, device=device)
     shared = copy.deepcopy(dense)
-    replace_activations(
-        shared, lambda n, m: _site(options[n][choice[n]], rule) if n in choice else None
-    )
+    swap_sites(shared, lambda n, m: _site(options[n][choice[n]], rule) if n in choice else None)
     allocate_s = time.perf_counter() - t0
     recalibrate_batchnorm(shared, train_data, device=device)
     t1 = time.perf_counter()

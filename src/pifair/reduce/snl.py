@@ -23,13 +23,13 @@ from tqdm.auto import tqdm
 from ..data import Dataset, ResidentLoader
 from ..errors import ConfigError
 from ..fairness.mitigation import OBJECTIVES, ObjectiveName
+from ..relu.counting import record_feature_shapes
 from ..relu.sites import (
     ActivationSite,
     DenseReLU,
     iter_sites,
-    record_feature_shapes,
     register_site,
-    replace_activations,
+    swap_sites,
 )
 from ..training.distill import DistillationLoss
 from ..training.loop import autocast_for
@@ -268,7 +268,7 @@ def attach_snl_sites(
             return SNLSite(m.shape, granularity, threshold=threshold)
         return None
 
-    replace_activations(model, swap)
+    swap_sites(model, swap)
     if not any(isinstance(s, SNLSite) for _, s in iter_sites(model)):
         raise ConfigError("the model has no dense ReLU site to linearize")
     return model

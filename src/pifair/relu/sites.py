@@ -9,8 +9,8 @@ polynomials) only swaps sites, and each site knows what it costs under cryptogra
 * :class:`PolynomialSite` -- no comparison, multiplicative depth instead (interface, HE);
 * :class:`DenseTanh` -- a smooth nonlinearity (the fair-dp CNN); no comparison, not HE-ready.
 
-Counting is exact: :func:`count_relus` records each site's per-sample feature shape with one
-forward pass and asks each site for its comparisons.
+Counting is in :mod:`pifair.relu.counting`; plain PyTorch models become models of sites in
+:mod:`pifair.relu.convert`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -32,14 +31,10 @@ __all__ = [
     "MaskedReLU",
     "SharedReLUSite",
     "PolynomialSite",
-    "SiteCount",
-    "ReluCount",
     "iter_sites",
     "register_site",
     "site_from_spec",
-    "replace_activations",
-    "record_feature_shapes",
-    "count_relus",
+    "swap_sites",
 ]
 
 FeatureShape = tuple[int, ...]
@@ -220,150 +215,27 @@ class PolynomialSite(ActivationSite):
         return math.ceil(math.log2(self.degree)) if self.degree > 1 else 0
 
 
-# Plain torch activations that replace_activations turns into sites.
-_TORCH_TO_SITE: dict[type[nn.Module], Callable[[], ActivationSite]] = {
-    nn.ReLU: DenseReLU,
-    nn.Tanh: DenseTanh,
-}
-
-
 def iter_sites(model: nn.Module) -> list[tuple[str, ActivationSite]]:
     """All activation sites of ``model`` with their qualified names, in module order."""
     return [(n, m) for n, m in model.named_modules() if isinstance(m, ActivationSite)]
 
 
-def replace_activations(
-    model: nn.Module,
-    factory: Callable[[str, nn.Module], nn.Module | None] | None = None,
+def swap_sites(
+    model: nn.Module, factory: Callable[[str, ActivationSite], nn.Module | None]
 ) -> nn.Module:
-    """Swap activation modules of ``model`` in place and return it.
+    """Swap the activation sites of ``model`` in place and return it.
 
-    ``factory(name, module)`` gets each site (and each plain ``nn.ReLU``/``nn.Tanh``) with its
-    qualified name and returns the replacement, or ``None`` to keep it. Without a factory,
-    plain torch activations become the matching dense sites, so any PyTorch model can be read
-    by pifair's counters and engines.
-
-    Examples
-    --------
-    >>> import torch, pifair
-    >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
-    >>> pifair.count_relus(pifair.replace_activations(model), (4,)).total
-    8
+    ``factory(name, site)`` gets each site with its qualified name and returns the replacement,
+    or ``None`` to keep it. A model with plain torch activations is converted first
+    (:func:`pifair.relu.convert.replace_activations` does both).
     """
-
-    def default(name: str, module: nn.Module) -> nn.Module | None:
-        maker = _TORCH_TO_SITE.get(type(module))
-        return maker() if maker is not None else None
-
-    factory = factory or default
-    targets = [
-        (name, m)
-        for name, m in model.named_modules()
-        if name and (isinstance(m, ActivationSite) or type(m) in _TORCH_TO_SITE)
-    ]
-    for name, module in targets:
+    for name, module in iter_sites(model):
         new = factory(name, module)
         if new is None or new is module:
             continue
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        if isinstance(new, ActivationSite) and isinstance(module, ActivationSite):
+        if isinstance(new, ActivationSite):
             new.feature_shape = new.feature_shape or module.feature_shape
         setattr(parent, child, new)
     return model
-
-
-def record_feature_shapes(model: nn.Module, input_shape: Sequence[int]) -> None:
-    """Run one zero sample through ``model`` (eval mode, no grad) so each site learns its shape."""
-    param = next(iter(model.parameters()), None)
-    device = param.device if param is not None else torch.device("cpu")
-    for _, site in iter_sites(model):
-        site.feature_shape = None
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(torch.zeros(1, *input_shape, device=device))
-    finally:
-        model.train(was_training)
-
-
-@dataclass(frozen=True)
-class SiteCount:
-    """One row of :class:`ReluCount`: a site, its feature shape, its comparisons."""
-
-    name: str
-    kind: str
-    feature_shape: FeatureShape
-    elements: int
-    relus: int
-
-
-@dataclass(frozen=True)
-class ReluCount:
-    """Comparisons per sample of a model, in total and per site."""
-
-    total: int
-    sites: list[SiteCount] = field(default_factory=list)
-
-    @property
-    def elements(self) -> int:
-        """Elements that pass through an activation site (the dense count)."""
-        return sum(s.elements for s in self.sites)
-
-    def table(self) -> str:
-        """The per-layer table as aligned text."""
-        rows = [("site", "kind", "shape", "elements", "relus")]
-        rows += [
-            (s.name, s.kind, "x".join(map(str, s.feature_shape)), f"{s.elements:,}", f"{s.relus:,}")
-            for s in self.sites
-        ]
-        rows.append(("total", "", "", f"{self.elements:,}", f"{self.total:,}"))
-        widths = [max(len(r[i]) for r in rows) for i in range(5)]
-        lines = [
-            "  ".join(
-                c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))
-            )
-            for r in rows
-        ]
-        lines.insert(1, "-" * len(lines[0]))
-        return "\n".join(lines)
-
-    def as_dict(self) -> dict:
-        return {
-            "total": self.total,
-            "elements": self.elements,
-            "sites": [s.__dict__ | {"feature_shape": list(s.feature_shape)} for s in self.sites],
-        }
-
-    def __str__(self) -> str:
-        return self.table()
-
-
-def count_relus(model: nn.Module, input_shape: Sequence[int] | None = None) -> ReluCount:
-    """Exact number of comparisons per sample of ``model``, with a per-site table.
-
-    ``input_shape`` is the per-sample input shape, e.g. ``(3, 32, 32)``; with it, one forward
-    pass records each site's feature shape. Without it, every site must already know its shape
-    (it has seen an input, or was built with one).
-
-    Examples
-    --------
-    >>> import pifair
-    >>> model = pifair.create_model("lenet", num_classes=10, input_shape=(1, 28, 28))
-    >>> count = pifair.count_relus(model, (1, 28, 28))
-    >>> count.total, [s.relus for s in count.sites]
-    (18944, [12544, 6272, 128])
-    """
-    if input_shape is not None:
-        record_feature_shapes(model, input_shape)
-    rows = []
-    for name, site in iter_sites(model):
-        if site.feature_shape is None:
-            raise ConfigError(
-                f"site {name!r} has not seen an input yet; pass input_shape=(C, H, W) to "
-                "count_relus"
-            )
-        shape = site.feature_shape
-        rows.append(SiteCount(name, site.kind, shape, math.prod(shape), site.relu_count(shape)))
-    return ReluCount(total=sum(r.relus for r in rows), sites=rows)

@@ -21,7 +21,7 @@ import torch
 
 from ..atomic import atomic_write_json
 from ..errors import ConfigError, PartyFailedError
-from ..relu.sites import count_relus
+from ..relu.counting import count_relus
 from ..runs import Run
 from ..secure.mpc.engine import (
     CLIENT,
