@@ -10,6 +10,9 @@ STAMP  := $(VENV)/.pifair-installed
 # torch==2.13.0 here (not in pyproject) so pip takes the CPU wheel on disk; pyproject asks for
 # torch>=2.4 so that GPU users keep their own build.
 TORCH_PIN ?= torch==2.13.0
+# torchvision's release for torch 2.13 (the `vision` extra: torchvision:NAME and timm:NAME models);
+# PyPI's wheel is built for CUDA torch, pifair.models.external imports it beside the CPU wheel.
+TORCHVISION_PIN ?= torchvision==0.28.0
 
 .PHONY: install data demo test lint format clean
 
@@ -17,8 +20,8 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet "$(TORCH_PIN)" "numpy<2"
-	$(BIN)/python -m pip install --quiet -e ".[dev,dp,he,mpc]"
+	$(BIN)/python -m pip install --quiet "$(TORCH_PIN)" "$(TORCHVISION_PIN)" "numpy<2"
+	$(BIN)/python -m pip install --quiet -e ".[dev,dp,he,mpc,vision]"
 	@touch $@
 
 data:

@@ -28,6 +28,7 @@ from ..workflows.dp_train import dp_train
 from ..workflows.evaluate import evaluate_run
 from ..workflows.fairness import AuditJob, MitigateJob, run_audit, run_mitigate
 from ..workflows.he import HEInferJob, run_he_infer
+from ..workflows.import_model import ImportJob, run_import
 from ..workflows.linearize import LinearizeJob, run_linearize
 from ..workflows.mpc import MPCInferJob, run_mpc_infer
 from ..workflows.polyfit import PolyfitJob, run_polyfit
@@ -48,6 +49,7 @@ from .tables import (
     DP_TRAIN_HELP,
     FINETUNE_FLAGS,
     HE_FLAGS,
+    IMPORT_HELP,
     MITIGATE_FLAGS,
     MPC_FLAGS,
     POLYFIT_FLAGS,
@@ -113,6 +115,17 @@ def _run_dp_train(ns: argparse.Namespace) -> None:
     run = dp_train(cfg, out=ns.out, resume=ns.resume, progress=not ns.no_progress)
     if run is not None:  # None on a torchrun rank other than 0
         summaries.dp_train(run)
+
+
+def _add_import(p: argparse.ArgumentParser) -> None:
+    add_flags(p, ImportJob, dataclass_flags(ImportJob, help=IMPORT_HELP))
+    p.add_argument("--out", type=Path, help="run folder (default runs/import-TIMESTAMP)")
+
+
+def _run_import(ns: argparse.Namespace) -> None:
+    config = config_from_flags(ns, dataclass_flags(ImportJob, help=IMPORT_HELP), {})
+    job = ImportJob(**checked_settings(ImportJob, config))
+    summaries.imported(run_import(job, out=ns.out))
 
 
 # -- reductions: linearize, sweep, share, polyfit, mitigate --------------------------------------
@@ -432,6 +445,8 @@ def _run_list(ns: argparse.Namespace) -> None:
     print("models:")
     for name in list_models():
         print(f"  {name:<12} {get_model_spec(name).description}")
+    print("  torchvision:NAME, timm:NAME  any classification builder of torchvision or timm")
+    print("  FILE.py:ClassName            your own nn.Module (pifair import loads its weights)")
 
 
 COMMANDS = [
@@ -449,6 +464,15 @@ COMMANDS = [
         "the whole pipeline on Fashion-MNIST on CPU, ending with the report",
         _add_demo,
         _run_demo,
+    ),
+    Command(
+        "import",
+        "a run folder from your own model and weights (torchvision, timm or your file)",
+        _add_import,
+        _run_import,
+        "Build --arch for --data, load --weights into it (every mismatched key named), convert "
+        "its ReLUs to sites and evaluate it per group: a run folder that linearize, share, "
+        "polyfit, audit, mitigate, cost and mpc-infer start from.",
     ),
     Command("relus", "count a model's ReLUs per layer", _add_relus, _run_relus),
     Command(

@@ -29,6 +29,14 @@ def train(run: Run) -> None:
     print(f"test accuracy {pct(m['test_accuracy'])}  ({m['relus']:,} ReLUs)  run: {run.path}")
 
 
+def imported(run: Run) -> None:
+    m = run.metrics
+    print(
+        f"{m['model']}: test accuracy {pct(m['test_accuracy'])}  ({m['relus']:,} ReLUs)  "
+        f"run: {run.path}"
+    )
+
+
 def dp_train(run: Run) -> None:
     m = run.metrics
     if "unaccounted_diagnostics" in m:

@@ -13,6 +13,7 @@ from .flags import Flag
 __all__ = [
     "DATA_HELP",
     "DP_TRAIN_HELP",
+    "IMPORT_HELP",
     "TRAIN_HELP",
     "FINETUNE_FLAGS",
     "HE_FLAGS",
@@ -38,7 +39,9 @@ DATA_HELP = {
     "download": "allow downloading a data set that is not on disk",
 }
 TRAIN_HELP = DATA_HELP | {
-    "model": "model: " + ", ".join(list_models()),
+    "model": "model: "
+    + ", ".join(list_models())
+    + ", or torchvision:NAME, timm:NAME, FILE.py:ClassName (your own architecture)",
     "snl_variant": "resnet18 without the stem ReLU, as in SNL's code",
     "width": "channels of the first stage, for models that take it (resnet18)",
     "act": "activation of the model, for models that take one (relu, tanh, ...)",
@@ -52,6 +55,13 @@ TRAIN_HELP = DATA_HELP | {
     "seed": "seed of the split, the initialisation and the batches",
     "device": "auto (CUDA when present), cpu or cuda[:N]",
     "loader": "resident: the data stays on the device; dataloader: torch DataLoader",
+}
+IMPORT_HELP = DATA_HELP | {
+    "arch": "the architecture: torchvision:NAME, timm:NAME or FILE.py:ClassName (built with the "
+    "data set's classes and input channels)",
+    "weights": "the weights: a state dict or a whole module saved with torch.save (a pickled "
+    "module is unpickled, which runs its code: give only your own files)",
+    "seed": "seed of the data split (the same as the run that trained the weights, if pifair's)",
 }
 DP_TRAIN_HELP = DATA_HELP | {
     "method": "nonprivate, dpsgd, global, global-adapt, dpsgd-f or bounded-adapt",

@@ -14,7 +14,7 @@ import torch
 
 from ..atomic import atomic_open
 from ..errors import CorruptFileError, DataNotFoundError
-from ..extras import require
+from ..extras import require_torchvision
 from .paths import find_file, search_roots
 
 __all__ = ["read_idx", "load_fashion_mnist_arrays", "load_cifar10_arrays", "load_digits_arrays"]
@@ -91,9 +91,7 @@ def load_fashion_mnist_arrays(
     """
     folder = _fashion_dir(data_dir)
     if folder is None and download:
-        datasets = require(
-            "torchvision.datasets", extra="vision", purpose="downloading Fashion-MNIST"
-        )
+        datasets = require_torchvision("downloading Fashion-MNIST", "torchvision.datasets")
         root = Path(data_dir or "data")
         for train in (True, False):
             datasets.FashionMNIST(str(root), train=train, download=True)
@@ -200,7 +198,7 @@ def load_cifar10_arrays(
         [c for c in candidates if c.suffix == ".npz" or c.name == "cifar-10-batches-py"]
     )
     if bundle is None and download:
-        datasets = require("torchvision.datasets", extra="vision", purpose="downloading CIFAR-10")
+        datasets = require_torchvision("downloading CIFAR-10", "torchvision.datasets")
         root = Path(data_dir or "data")
         datasets.CIFAR10(str(root), train=True, download=True)
         bundle = root / "cifar-10-batches-py"

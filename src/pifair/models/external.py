@@ -24,7 +24,7 @@ from pathlib import Path
 from torch import nn
 
 from ..errors import ConfigError, UnknownNameError
-from ..extras import require
+from ..extras import require, require_torchvision
 
 __all__ = ["ExternalName", "parse_external", "build_external", "import_torchvision"]
 
@@ -60,25 +60,8 @@ def parse_external(spec: str) -> ExternalName | None:
 
 
 def import_torchvision() -> types.ModuleType:
-    """torchvision, importable beside the CPU wheel of torch.
-
-    PyPI's torchvision is built against torch's CUDA wheel: beside the CPU wheel its compiled
-    operators (nms, roi_align) do not load, and ``import torchvision`` then fails in
-    ``_meta_registrations`` ("operator torchvision::nms does not exist", pytorch/vision#9085).
-    Those registrations only describe the missing operators to the compiler; the model
-    builders need none of them. So on that one failure the import is retried without them.
-    """
-    try:
-        return require("torchvision", extra="vision", purpose="torchvision models")
-    except RuntimeError as err:
-        if "torchvision::" not in str(err):
-            raise
-    for key in [k for k in sys.modules if k == "torchvision" or k.startswith("torchvision.")]:
-        del sys.modules[key]
-    sys.modules["torchvision._meta_registrations"] = types.ModuleType(
-        "torchvision._meta_registrations"
-    )
-    return require("torchvision", extra="vision", purpose="torchvision models")
+    """torchvision, importable beside torch's CPU wheel (see ``extras.require_torchvision``)."""
+    return require_torchvision("torchvision models")
 
 
 def _import_timm() -> types.ModuleType:

@@ -60,6 +60,7 @@ class _ActivationTracer(fx.Tracer):
     def __init__(self) -> None:
         super().__init__()
         self.module_path: list[str] = [""]
+        self.failed_in: str | None = None  # the innermost module whose forward raised
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         return isinstance(m, ActivationSite) or super().is_leaf_module(m, qualname)
@@ -68,6 +69,10 @@ class _ActivationTracer(fx.Tracer):
         self.module_path.append(self.path_of_module(m))
         try:
             return super().call_module(m, forward, args, kwargs)
+        except Exception:
+            if self.failed_in is None:
+                self.failed_in = self.module_path[-1]
+            raise
         finally:
             self.module_path.pop()
 
@@ -84,7 +89,7 @@ def trace(model: nn.Module) -> fx.Graph:
     try:
         graph = tracer.trace(model)
     except Exception as err:  # torch.fx raises TraceError, TypeError, AttributeError, ...
-        where = tracer.module_path[-1] if len(tracer.module_path) > 1 else ""
+        where = tracer.failed_in or ""
         module = model.get_submodule(where) if where else model
         last = [n.name for n in tracer.graph.nodes] if hasattr(tracer, "graph") else []
         first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]

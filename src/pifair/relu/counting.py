@@ -18,7 +18,7 @@ from torch import nn
 
 from ..errors import ConfigError, UnsupportedLayerError
 from .calls import CallRecord, NonlinearCall, record_calls
-from .convert import convert_activations
+from .convert import convert_activations, trace
 from .sites import FeatureShape, iter_sites
 
 __all__ = ["SiteCount", "ReluCount", "count_relus", "record_feature_shapes"]
@@ -117,7 +117,9 @@ def count_relus(model: nn.Module, input_shape: Sequence[int] | None = None) -> R
 
     ``input_shape`` is the per-sample input shape, e.g. ``(3, 32, 32)``; with it, one forward
     pass records each site's feature shape and every other non-linear call, and a model with
-    plain torch ReLUs is counted on a converted copy. Without it, every site must already know
+    plain torch ReLUs is counted on a converted copy. A model torch.fx cannot trace is refused
+    (:class:`~pifair.relu.convert.UntraceableModelError`): Python control flow on tensor values
+    could apply ReLUs that one forward pass does not show. Without it, every site must already know
     its shape (it has seen an input, or was built with one).
 
     Examples
@@ -131,6 +133,7 @@ def count_relus(model: nn.Module, input_shape: Sequence[int] | None = None) -> R
     note = ""
     untouched: list[NonlinearCall] = []
     if input_shape is not None:
+        trace(model)  # control flow on tensor values could hide ReLUs from one forward pass
         calls = record_calls(model, input_shape)
         if not calls.exact:
             note = f"counted on a converted copy ({calls.problem()} in the model as given)"

@@ -222,8 +222,11 @@ class _Exporter:
         return lower_site(self.lowering, name, site)
 
     def _module_op(self, node: fx.Node) -> Op | None:
-        name = node.target
+        name = str(node.target)
         module = self.folded.get(node.name) or self.modules[name]
+        return self._layer_op(node, name, module)
+
+    def _layer_op(self, node: fx.Node, name: str, module: nn.Module) -> Op | None:
         if node.name in self.skip or isinstance(module, (nn.Identity, nn.Dropout)):
             return None  # identity
         builders: list[tuple[type | tuple[type, ...], Callable]] = [
@@ -268,9 +271,15 @@ class _Exporter:
     def build(self) -> ExportedModel:
         self._record_shapes()
         steps: list[tuple[fx.Node, Op | None]] = []
+        layer_nodes: set[str] = set()  # nodes whose op takes (x, params)
         for node in self.graph.nodes:
+            layer = _functional_layer(node)
             if node.op == "call_module":
                 steps.append((node, self._module_op(node)))
+                layer_nodes.add(node.name)
+            elif layer is not None:
+                steps.append((node, self._layer_op(node, node.name, layer)))
+                layer_nodes.add(node.name)
             elif node.op in ("call_function", "call_method"):
                 steps.append((node, _function_op(node)))
             elif node.op == "get_attr":
@@ -288,7 +297,7 @@ class _Exporter:
             for node, op in steps:
                 args = fx.node.map_arg(node.args, lambda n: env[n.name])
                 kwargs = fx.node.map_arg(node.kwargs, lambda n: env[n.name])
-                if node.op == "call_module":
+                if node.name in layer_nodes:
                     env[node.name] = args[0] if op is None else op(args[0], params)
                 else:
                     env[node.name] = op(*args, **kwargs)
@@ -301,6 +310,25 @@ def _flatten(x, start_dim: int = 0, end_dim: int = -1):
     shape = x.shape
     end = end_dim % len(shape)
     return x.reshape(*shape[:start_dim], math.prod(shape[start_dim : end + 1]), *shape[end + 1 :])
+
+
+def _functional_layer(node: fx.Node) -> nn.Module | None:
+    """The torch layer a functional pooling call computes (``F.avg_pool2d(x, 2)`` is
+    ``nn.AvgPool2d(2)``), so it is exported by the same builder; None for other nodes. Its
+    arguments are constants of the graph (a user's forward passes numbers, not tensors)."""
+    layers: dict[object, type[nn.Module]] = {
+        nn.functional.avg_pool2d: nn.AvgPool2d,
+        nn.functional.max_pool2d: nn.MaxPool2d,
+        nn.functional.adaptive_avg_pool2d: nn.AdaptiveAvgPool2d,
+    }
+    if node.op != "call_function" or node.target not in layers:
+        return None
+    if any(isinstance(a, fx.Node) for a in (*node.args[1:], *node.kwargs.values())):
+        raise UnsupportedLayerError(
+            f"node {node.name!r}: pooling whose settings are computed from tensors cannot be "
+            "exported to MPC"
+        )
+    return layers[node.target](*node.args[1:], **node.kwargs)
 
 
 def _function_op(node: fx.Node) -> Op:
