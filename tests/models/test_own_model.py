@@ -4,6 +4,9 @@ TorchFunctionMode that adds up the elements entering every relu call of the unco
 
 from __future__ import annotations
 
+import importlib
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -341,3 +344,55 @@ def test_import_then_linearize_audit_cost_mpc_on_a_torchvision_model(tmp_path, c
     mpc = Run.open(tmp_path / "mpc").metrics
     assert mpc["relus"] == mpc["comparisons"] == 400 and mpc["argmax_agreement"] == 1.0
     assert "400 ReLUs" in capsys.readouterr().out
+
+
+USER_FILE = """
+import torch
+import torch.nn.functional as F
+
+
+class Net(torch.nn.Module):
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 4, 3, stride=2, padding=1)
+        self.fc1 = torch.nn.Linear(4 * 16, 16)
+        self.fc2 = torch.nn.Linear(16, num_classes)
+
+    def forward(self, x):
+        x = F.relu(self.conv(x)).flatten(1)
+        return self.fc2(torch.relu(self.fc1(x)))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.he
+def test_user_file_model_through_import_share_linearize_mitigate_polyfit_he(tmp_path, monkeypatch):
+    pytest.importorskip("tenseal")
+    (tmp_path / "usernet.py").write_text(USER_FILE)
+    with monkeypatch.context() as m:  # the user's training script: import, train, save
+        m.syspath_prepend(str(tmp_path))
+        usernet = importlib.import_module("usernet")
+        torch.manual_seed(0)
+        torch.save(usernet.Net(), tmp_path / "whole.pt")  # a whole pickled module
+    del sys.modules["usernet"]  # pifair finds the class from the file's folder
+    run = {k: str(tmp_path / k) for k in ("imported", "shared", "lin", "fair", "poly", "he")}
+    arch = f"{tmp_path / 'usernet.py'}:Net"
+    weights = str(tmp_path / "whole.pt")
+    quick = ["--finetune-epochs", "1", "--no-progress"]
+    imp = ["import", "--arch", arch, "--weights", weights, "--data", "digits"]
+    assert main([*imp, "--out", run["imported"]]) == 0
+    assert Run.open(run["imported"]).metrics["relus"] == 4 * 16 + 16
+    assert (
+        main(["share", "--from", run["imported"], "--budget", "20", *quick, "--out", run["shared"]])
+        == 0
+    )
+    assert Run.open(run["shared"]).metrics["relus"] <= 20
+    lin = ["linearize", "--from", run["imported"], "--budget", "40", "--search-epochs", "1"]
+    assert main([*lin, "--harden-epochs", "0", *quick, "--out", run["lin"]]) == 0
+    fair = ["mitigate", "--from", run["lin"], "--objective", "logit-adjust", "--epochs", "1"]
+    assert main([*fair, "--no-progress", "--out", run["fair"]]) == 0
+    poly = ["polyfit", "--from", run["imported"], "--granularity", "layer", *quick]
+    assert main([*poly, "--out", run["poly"]]) == 0
+    he = ["he-infer", "--from", run["poly"], "--images", "16", "--workers", "1"]
+    assert main([*he, "--out", run["he"]]) == 0
+    assert Run.open(run["he"]).metrics["argmax_agreement"] == 1.0

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +33,15 @@ def file_sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+def read_state_dict(
+    path: str | os.PathLike, *, code_dir: str | os.PathLike | None = None
+) -> dict[str, torch.Tensor]:
     """The tensors of a weights file, whatever way plain PyTorch wrote them.
 
     A state dict loads with ``weights_only=True``; a whole pickled module needs full unpickling
     (``weights_only=False``), which runs the file's code: pifair does that only for a file the
-    user named as their own weights.
+    user named as their own weights. Its classes are imported by the module name they had when
+    saved (``mynet.Net``); ``code_dir`` (the folder of the user's model file) is searched too.
     """
     file = Path(path)
     if not file.is_file():
@@ -45,12 +49,22 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     try:
         obj: Any = torch.load(file, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
+        extra = [str(code_dir)] if code_dir is not None else []
+        sys.path[:0] = extra
         try:
             obj = torch.load(file, map_location="cpu", weights_only=False)
+        except ModuleNotFoundError as err:
+            raise ConfigError(
+                f"{file} is a pickled module whose class lives in module {err.name!r}, which "
+                "cannot be imported here; save its weights instead: "
+                "torch.save(model.state_dict(), FILE)"
+            ) from None
         except Exception as err:
             raise CorruptFileError(
                 f"cannot read {file} as PyTorch weights: {type(err).__name__}: {err}"
             ) from None
+        finally:
+            del sys.path[: len(extra)]
     except Exception as err:
         raise CorruptFileError(
             f"cannot read {file} as PyTorch weights: {type(err).__name__}: {err}"

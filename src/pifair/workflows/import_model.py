@@ -72,7 +72,9 @@ def run_import(job: ImportJob, *, out: str | os.PathLike | None = None) -> Run:
     torch.manual_seed(job.seed)
     data_config = DataConfig(**{k: getattr(job, k) for k in ImportJob.data_fields()})
     data = load_dataset(**data_config.load_kwargs(job.seed))
-    state = read_state_dict(job.weights)
+    external = parse_external(job.arch)
+    code_dir = Path(external.path).parent if external and external.path else None
+    state = read_state_dict(job.weights, code_dir=code_dir)
     model = build_architecture(job.arch, num_classes=data.num_classes, input_shape=data.input_shape)
     load_user_weights(model, state, source=job.weights)
     model = finish_model(

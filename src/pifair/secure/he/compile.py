@@ -21,6 +21,7 @@ from scipy import sparse
 from torch import nn
 
 from ...errors import UnsupportedLayerError
+from ...relu.calls import record_calls
 from ...relu.sites import ActivationSite, iter_sites
 from .lowerings import lower_site
 
@@ -159,6 +160,24 @@ def check_he_ready(model: nn.Module) -> None:
             )
 
 
+def _check_calls(model: nn.Module, input_shape: tuple[int, ...]) -> None:
+    """Refuse what a forward pass computes outside modules (``F.relu``, ``F.max_pool2d`` in a
+    user's forward), which :func:`check_he_ready` cannot see in the module list."""
+    calls = record_calls(model, input_shape)
+    if calls.plain_relus:
+        where = calls.plain_relus[0].module or "<forward>"
+        raise UnsupportedLayerError(
+            f"{len(calls.plain_relus)} ReLU call(s) outside an activation site (first in {where}): "
+            "CKKS cannot compare, so replace the ReLUs by polynomials first: pifair polyfit"
+        )
+    if calls.others:
+        first = calls.others[0]
+        raise UnsupportedLayerError(
+            f"{first.op} in {first.module or '<forward>'} cannot run under CKKS: HE-ready models "
+            "use conv, average pooling, linear, batch norm and polynomial sites only"
+        )
+
+
 class _Stop(Exception):
     def __init__(self, value: torch.Tensor) -> None:
         self.value = value
@@ -233,6 +252,7 @@ def compile_model(
     """
     check_he_ready(model)
     m = copy.deepcopy(model).double().eval()
+    _check_calls(m, tuple(input_shape))
     order: list[ActivationSite] = []  # the sites in the order the forward pass meets them
     handles = [
         site.register_forward_pre_hook(lambda mod, i: order.append(mod))
