@@ -1,8 +1,9 @@
 """Users' own models, counted exactly (#26): pifair's ReLU count of torchvision, timm and a
 hand-written module against an independent count, and linearization budgets that hold.
 
-The independent count runs the *unconverted* model once under a TorchFunctionMode that adds up
-the elements entering every relu call (F.relu, torch.relu, Tensor.relu/relu_, nn.ReLU). pifair's
+The independent count (the tests' ``ReluCalls``) runs the *unconverted* model once under a
+TorchFunctionMode that adds up the elements entering every relu call (F.relu, torch.relu,
+Tensor.relu/relu_, nn.ReLU). pifair's
 count converts a copy by graph (torch.fx) and reads its sites. Both at ImageNet size (3x224x224)
 and CIFAR size (3x32x32). The conversion's time is given as a ratio to one forward pass of the
 same model in the same process (a baseline, not seconds).
@@ -23,11 +24,12 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from torch import nn
-from torch.overrides import TorchFunctionMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT / "tests" / "models")]
+# the tests' independent reference and user module: the benchmark measures what they check
+from test_own_model import ReluCalls, UserNet, positions_applying_relu  # noqa: E402
+
 import pifair  # noqa: E402
 from _common import print_table, save_results  # noqa: E402
 from pifair.extras import require  # noqa: E402
@@ -37,37 +39,6 @@ from pifair.relu import convert_activations, count_relus, iter_sites  # noqa: E4
 TORCHVISION = ["resnet18", "resnet50", "vgg11_bn", "densenet121", "squeezenet1_0", "mobilenet_v2"]
 
 
-class ReluCalls(TorchFunctionMode):
-    def __init__(self) -> None:
-        super().__init__()
-        self.elements = 0
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        if getattr(func, "__name__", "") in ("relu", "relu_"):
-            self.elements += args[0][0].numel()
-        return func(*args, **(kwargs or {}))
-
-
-class UserNet(nn.Module):
-    """F.relu, an in-place nn.ReLU applied twice (after a residual add), x.relu()."""
-
-    def __init__(self, num_classes: int = 10, in_channels: int = 3) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, 8, 3, padding=1)
-        self.bn1 = nn.BatchNorm2d(8)
-        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
-        self.act = nn.ReLU(inplace=True)
-        self.fc = nn.LazyLinear(16)
-        self.out = nn.Linear(16, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu(self.bn1(self.conv1(x)))
-        y = self.act(self.conv2(x))
-        x = self.act(x + y)
-        x = F.avg_pool2d(x, 2).flatten(1)
-        return self.out(self.fc(x).relu())
-
-
 def _models(shape: tuple[int, ...]):
     tv = import_torchvision()
     for name in TORCHVISION:
@@ -75,8 +46,7 @@ def _models(shape: tuple[int, ...]):
     import_torchvision()  # timm imports torchvision
     timm = require("timm", extra="vision", purpose="the timm row")
     yield "timm:resnet18", timm.create_model("resnet18", pretrained=False, num_classes=10)
-    user = UserNet(in_channels=shape[0])
-    user(torch.zeros(1, *shape))  # materialise the lazy layer
+    user = UserNet(in_channels=shape[0], image_size=shape[1])
     yield "user module (F.relu, reused in-place ReLU, x.relu())", user
 
 
@@ -122,21 +92,6 @@ def count_rows(shape: tuple[int, ...]) -> tuple[list[list[object]], list[dict]]:
     return rows, data
 
 
-def _applied(model: nn.Module, shape: tuple[int, ...]) -> int:
-    applied = 0
-
-    def probe(site, inputs, output):
-        nonlocal applied
-        applied += int((type(site).forward(site, -torch.ones_like(inputs[0]))[0] == 0).sum())
-
-    handles = [s.register_forward_hook(probe) for _, s in iter_sites(model)]
-    with torch.no_grad():
-        model.eval()(torch.zeros(1, *shape))
-    for h in handles:
-        h.remove()
-    return applied
-
-
 def budget_rows() -> tuple[list[list[object]], list[dict]]:
     data_set = pifair.load_dataset("digits", seed=0, limit=160)
     shape = data_set.input_shape
@@ -145,12 +100,10 @@ def budget_rows() -> tuple[list[list[object]], list[dict]]:
         for granularity, budget in (("pixel", 300), ("channel", 256)):
             torch.manual_seed(0)
             model = (
-                UserNet(in_channels=1)
+                UserNet()
                 if arch == "user module"
                 else pifair.create_model(arch, num_classes=10, input_shape=shape)
             )
-            if arch == "user module":
-                model(torch.zeros(1, *shape))
             result = pifair.linearize(
                 model,
                 data_set,
@@ -161,7 +114,7 @@ def budget_rows() -> tuple[list[list[object]], list[dict]]:
                 finetune=pifair.FinetuneSettings(epochs=0),
             )
             counted = count_relus(result.model, shape).total
-            applied = _applied(result.model, shape)
+            applied = positions_applying_relu(result.model, shape)
             comparisons = pifair.mpc.export(result.model, shape).comparisons
             ok = result.relus == counted == applied == comparisons == budget
             rows.append(

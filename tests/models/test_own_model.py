@@ -56,13 +56,13 @@ def reference_count(model: nn.Module, shape: tuple[int, ...]) -> tuple[int, int]
 class UserNet(nn.Module):
     """F.relu, an in-place nn.ReLU applied twice (the second after a residual add), x.relu()."""
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 1) -> None:
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, image_size: int = 8) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, 8, 3, padding=1)
         self.bn1 = nn.BatchNorm2d(8)
         self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
         self.act = nn.ReLU(inplace=True)
-        self.fc = nn.Linear(8 * 4 * 4, 16)
+        self.fc = nn.Linear(8 * (image_size // 2) ** 2, 16)
         self.out = nn.Linear(16, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -162,7 +162,7 @@ def test_a_reduced_site_applied_twice_is_refused():
         convert_activations(model)
 
 
-def _positions_applying_relu(model: nn.Module, shape: tuple[int, ...]) -> int:
+def positions_applying_relu(model: nn.Module, shape: tuple[int, ...]) -> int:
     """Independent of the masks' bookkeeping: feed -1 into every site and count the outputs
     that come out 0 (max(x, 0) applied) rather than -1 (identity)."""
     applied = 0
@@ -200,7 +200,7 @@ def test_linearized_budget_holds_in_the_model_and_the_mpc_program(arch, granular
     )
     assert result.relus == budget
     assert count_relus(result.model, (1, 8, 8)).total == budget
-    assert _positions_applying_relu(result.model, (1, 8, 8)) == budget
+    assert positions_applying_relu(result.model, (1, 8, 8)) == budget
     assert pifair.mpc.export(result.model, (1, 8, 8)).comparisons == budget
 
 
