@@ -24,6 +24,7 @@ from ..report import build_report
 from ..secure.he.exchange import serve
 from ..training import TrainConfig
 from ..workflows.cost import estimate_cost
+from ..workflows.dp_sweep import DPSweepJob, run_dp_sweep
 from ..workflows.dp_train import dp_train
 from ..workflows.evaluate import evaluate_run
 from ..workflows.fairness import AuditJob, MitigateJob, run_audit, run_mitigate
@@ -145,6 +146,46 @@ def _add_sweep(p: argparse.ArgumentParser) -> None:
         q = sweeps.add_parser(what, help=text)
         add_flags(q, LinearizeJob, linearize_flags(sweep=what))
         _run_flags(q, "linearize")
+    q = sweeps.add_parser(
+        "dp-train",
+        help="a DP method over a grid of learning rates and clip bounds, picked on validation",
+    )
+    add_flags(q, DPConfig, _dp_sweep_flags())
+    q.add_argument("--lr", type=_floats, default=[0.01, 0.03, 0.1, 0.3, 1.0], help="learning rates")
+    q.add_argument(
+        "--clip",
+        type=_floats,
+        default=[],
+        help="clip bounds: C, or Z for global and global-adapt (default: the method's)",
+    )
+    q.add_argument("--out", type=Path, help="sweep folder (default runs/sweep-dp-train-TIMESTAMP)")
+    q.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected numbers like 0.01,0.1,1, got {text!r}"
+        ) from None
+
+
+def _dp_sweep_flags() -> list[Flag]:
+    """dp-train's flags but the two the grid sets (--lr, --clip)."""
+    return [
+        f
+        for f in dataclass_flags(DPConfig, help=DP_TRAIN_HELP)
+        if f.name not in ("--lr", "--clip", "--z")
+    ]
+
+
+def _run_dp_sweep(ns: argparse.Namespace) -> None:
+    config = config_from_flags(ns, _dp_sweep_flags(), {})
+    config.setdefault("val_fraction", 0.1)  # the sweep selects on it
+    base = DPConfig.from_dict(config)
+    job = DPSweepJob(base=base, lrs=ns.lr, bounds=ns.clip)
+    summaries.dp_sweep(run_dp_sweep(job, out=ns.out, progress=not ns.no_progress))
 
 
 def _linearize_job(ns: argparse.Namespace, sweep: str | None) -> LinearizeJob:
@@ -180,6 +221,9 @@ def _run_linearize(ns: argparse.Namespace) -> None:
 
 
 def _run_sweep(ns: argparse.Namespace) -> None:
+    if ns.sweep == "dp-train":
+        _run_dp_sweep(ns)
+        return
     job = _linearize_job(ns, sweep=ns.sweep)
     run = run_sweep(
         job, out=run_folder(ns), resume=ns.resume is not None, progress=not ns.no_progress

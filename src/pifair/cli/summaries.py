@@ -29,6 +29,25 @@ def train(run: Run) -> None:
     print(f"test accuracy {pct(m['test_accuracy'])}  ({m['relus']:,} ReLUs)  run: {run.path}")
 
 
+def dp_sweep(run: Run) -> None:
+    m = run.metrics
+    rows = [
+        [
+            r["point"],
+            pct(r["val_accuracy"]),
+            pct(r["val_worst_group_accuracy"]),
+            "-" if r["val_minority_majority_gap"] is None else pct(r["val_minority_majority_gap"]),
+        ]
+        for r in m["rows"]
+    ]
+    print(table([["point", "val accuracy", "val worst group", "val gap"], *rows]))
+    for by, s in m["selected"].items():
+        print(
+            f"selected by validation {by}: {s['point']} -> test accuracy {pct(s['test_accuracy'])}"
+        )
+    print(f"note: {m['not_accounted']}  run: {run.path}")
+
+
 def imported(run: Run) -> None:
     m = run.metrics
     print(

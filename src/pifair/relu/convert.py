@@ -209,7 +209,7 @@ def _convert_graph(
                         "Convert the dense model (pifair.convert_activations) before reducing it"
                     )
                 name = _free_name(target, taken)
-        kind, inplace = found if found is not None else (modules[str(node.target)].kind, False)
+        kind, inplace = found if found is not None else (str(modules[str(node.target)].kind), False)
         if node.op != "call_module":  # a function or method call: named after its module
             parent = node.meta.get("pifair_module", "")
             name = _free_name(f"{parent}.{kind}" if parent else kind, taken)

@@ -26,6 +26,7 @@ __all__ = [
     "dp_curves",
     "accuracy_gap_pareto",
     "privacy_cost_gaps",
+    "dp_grid",
 ]
 
 
@@ -311,6 +312,34 @@ def privacy_cost_gaps(points: list[dict], path: str | os.PathLike, *, title: str
     axes[0].set(ylabel="test accuracy (%)")
     axes[1].legend(fontsize=8, loc="best")
     fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def dp_grid(rows: list[dict], path: str | os.PathLike, *, title: str = "") -> None:
+    """A DP sweep on its validation split: accuracy, worst group's accuracy and the
+    minority-majority gap against the learning rate, one line per clip bound."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+    panels = (
+        ("val_accuracy", "validation accuracy (%)"),
+        ("val_worst_group_accuracy", "worst group, validation (%)"),
+        ("val_minority_majority_gap", "majority - minority (points)"),
+    )
+    for bound in dict.fromkeys(r["bound"] for r in rows):
+        sel = sorted((r for r in rows if r["bound"] == bound), key=lambda r: r["lr"])
+        label = "no clip" if bound is None else f"bound {bound:g}"
+        for ax, (key, _) in zip(axes, panels):
+            pts = [(r["lr"], 100 * r[key]) for r in sel if r[key] is not None]
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=label)
+    for ax, (_, ylabel) in zip(axes, panels):
+        ax.set(xscale="log", xlabel="learning rate", ylabel=ylabel)
+        ax.grid(alpha=0.3, which="both")
+        if ax.lines:
+            ax.legend(fontsize=8)
+    fig.suptitle(title or "validation over the grid")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -170,6 +170,20 @@ def dp_train(
     return run
 
 
+def _accuracy_gap(report: dict, minority: set[str]) -> float | None:
+    """Majority minus minority accuracy (each weighted by its size), or None without both."""
+    groups = report["groups"]
+
+    def weighted(names: set[str]) -> float | None:
+        sel = [g for g in groups if g["name"] in names and g["count"]]
+        total = sum(g["count"] for g in sel)
+        return sum(g["accuracy"] * g["count"] for g in sel) / total if total else None
+
+    small = weighted(minority)
+    large = weighted({g["name"] for g in groups} - minority)
+    return None if small is None or large is None else large - small
+
+
 def _check_baseline(path: str) -> None:
     base = Run.open(path)
     if base.config.get("command") != "dp-train" or "test_groups" not in base.metrics:
@@ -215,9 +229,18 @@ def _finish(
             "rule_state": private.rule.state(),
             "grad_path": private.grad_path,
         }
+    minority = {data.group_names[g] for g in minority_groups(data)}
+    if len(data.val):  # a held-out split of the training set: what tuning selects on
+        val = evaluate(model, data, "val")
+        metrics |= {
+            "val": val.as_dict(),
+            "val_accuracy": val.accuracy,
+            "val_worst_group_accuracy": val.worst_group_accuracy,
+            "val_minority_majority_gap": _accuracy_gap(val.as_dict(), minority),
+            "minority_groups": sorted(minority),
+        }
     if cfg.baseline:
         base = Run.open(cfg.baseline).metrics
-        minority = {data.group_names[g] for g in minority_groups(data)}
         metrics |= {"baseline": cfg.baseline} | privacy_cost_summary(
             base["test"], metrics["test"], minority
         )
