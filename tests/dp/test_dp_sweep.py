@@ -110,6 +110,9 @@ def test_sweep_runs_the_grid_and_selects_the_best_validation_point(tmp_path, cap
     assert before == after
     assert Run.open(out).metrics["selected"]["accuracy"]["point"] == best["point"]
     assert math.isfinite(m["selected"]["accuracy"]["test_accuracy"])
+    assert main(["report", str(out), "--out", str(tmp_path / "r.html")]) == 0
+    page = (tmp_path / "r.html").read_text()
+    assert "Not covered by epsilon" in page and best["point"] in page
 
 
 def test_sweep_refuses_other_settings_in_the_same_folder(tmp_path):

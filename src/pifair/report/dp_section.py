@@ -112,3 +112,32 @@ def _cost_gaps(m: dict) -> str:
         f"max-min spread over all groups {100 * m['privacy_cost_max_min_spread']:.2f} points"
     )
     return f" Privacy cost against <code>{m['baseline']}</code>: {'; '.join(parts)}."
+
+
+@register_section("sweep-dp-train")
+def dp_sweep_section(run: Run) -> str:
+    """A DP sweep: validation over the grid, the selected points and what tuning costs."""
+    m = run.metrics
+    if "rows" not in m:
+        return "<p>DP sweep not finished (run the same command again to continue it).</p>"
+    rows = [
+        [
+            r["point"],
+            pct(r["val_accuracy"]),
+            pct(r["val_worst_group_accuracy"]),
+            pct(r["val_minority_majority_gap"]),
+        ]
+        for r in m["rows"]
+    ]
+    chosen = "".join(
+        f"<li>by validation {by}: <b>{s['point']}</b>, test accuracy {pct(s['test_accuracy'])}, "
+        f"worst group {pct(s['test_worst_group_accuracy'])}</li>"
+        for by, s in m["selected"].items()
+    )
+    return (
+        f"<p>{m['method']}: {m['points']} settings, {m['epochs']} epochs each, expected batch "
+        f"{m['batch_size']}; selected on the validation split, test read afterwards.</p>"
+        + table(["setting", "val accuracy", "val worst group", "val majority - minority"], rows)
+        + f"<ul>{chosen}</ul><p class='meta'><b>Not covered by epsilon:</b> {m['not_accounted']}"
+        "</p>" + img(run.file("grid.png"), "validation over the grid")
+    )
