@@ -7,7 +7,10 @@ epsilon 6 (the noise multiplier is derived for the epochs run, every count relea
 Adult with groups by sex, MLP 2 x 256 tanh, noise multiplier 1 (the fair-dp Adult script);
 ``cifar10-cpu``: a CPU-scale slice (10,000 training images, class 8 (ship) kept at 10 %, the
 fair-dp CNN on colour images), not the paper's CIFAR-10 model.
-Method settings are the fair-dp scripts' (``pifair.dp.config.METHOD_DEFAULTS``).
+Method settings are the fair-dp scripts' (``pifair.dp.config.METHOD_DEFAULTS``): DPSGD trains at
+a 10x smaller learning rate than Global-Adapt, so the gap ratios here compare learning rates as
+much as clipping rules (issue #27). ``dp_tuned.py`` compares every method at its own tuned
+setting and all at one learning rate.
 
 Where the CPU protocol deviates: the paper runs 60 epochs of plain SGD. On 2 cores 26 runs of that
 take about 7 hours, so Fashion-MNIST runs 12 epochs with momentum 0.8: the same lr * steps /

@@ -7,6 +7,7 @@ A command is a :class:`Command`: ``add`` declares its flags, ``run`` builds the 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 from collections.abc import Callable
@@ -174,7 +175,9 @@ def _floats(text: str) -> list[float]:
 def _dp_sweep_flags() -> list[Flag]:
     """dp-train's flags but the two the grid sets (--lr, --clip)."""
     return [
-        f
+        dataclasses.replace(f, default_text="0.1: the sweep selects on it")
+        if f.name == "--val-fraction"
+        else f
         for f in dataclass_flags(DPConfig, help=DP_TRAIN_HELP)
         if f.name not in ("--lr", "--clip", "--z")
     ]
