@@ -20,8 +20,9 @@ with momentum 0.8, epsilon 6, delta 1e-6; Adult by sex, MLP 2 x 256 tanh, noise 
 4. **Worst-group selection**: each method at the setting chosen by its worst group's
    validation accuracy, 5 seeds.
 
-Runs are resumable (a run folder is kept when it finished with the same settings) and go
-``--jobs`` at a time, one thread each.
+Runs are resumable and go ``--jobs`` at a time, one thread each: each finished run's metrics
+are written at once to ``benchmarks/results/dp_tuned_DATA_runs.json`` (commit it: a later
+session skips those runs), an interrupted run resumes from its run folder's last epoch.
 
     python benchmarks/dp_tuned.py [--data fashion-mnist,adult] [--jobs 2]
         [--phases tune,tuned,same,worst] [--seeds 0,1,2,3,4] [--out runs/bench-dp-tuned]
@@ -37,16 +38,17 @@ import os
 import shutil
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import print_table, save_results  # noqa: E402
+from _common import RESULTS_DIR, print_table, save_results  # noqa: E402
 from dp_fairness import PROTOCOLS, _config, _row, _settings  # noqa: E402
 from pifair import DPConfig, dp_train  # noqa: E402
+from pifair.atomic import atomic_write_json  # noqa: E402
 from pifair.fairness.audit import mean_ci, paired_difference  # noqa: E402
 from pifair.runs import MODEL, Run  # noqa: E402
 from pifair.workflows.dp_sweep import bound_field, select_point, validation_view  # noqa: E402
@@ -104,19 +106,47 @@ def _task(task: tuple) -> dict:
     return m
 
 
-class Runner:
-    """Runs configs ``jobs`` at a time; a config that ran before (same settings) is reused."""
+def _key(cfg: DPConfig) -> str:
+    """The run's settings as a digest that holds on any machine (the baseline by its folder's
+    name, which is itself a digest of the non-private model's settings)."""
+    settings = _settings(cfg)
+    if settings.get("baseline"):
+        settings["baseline"] = Path(settings["baseline"]).name
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
-    def __init__(self, root: Path, name: str, jobs: int) -> None:
+
+def _slim(metrics: dict) -> dict:
+    """What the tables read from a run's metrics.json (no per-epoch history)."""
+    return {k: v for k, v in metrics.items() if k not in ("history", "releases")}
+
+
+class Runner:
+    """Runs configs ``jobs`` at a time. Every finished run's metrics go into a progress file
+    under ``benchmarks/results/`` as soon as it finishes, so a run is never trained twice, even
+    on another machine or after the run folders are gone (commit that file to keep it)."""
+
+    def __init__(self, root: Path, name: str, jobs: int, progress_file: Path) -> None:
         self.root, self.name, self.jobs = root, name, jobs
         self.threads = max(1, (os.cpu_count() or 1) // jobs)
         self.pool = ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"))
+        self.progress_file = progress_file
+        self.done: dict[str, dict] = (
+            json.loads(progress_file.read_text()) if progress_file.exists() else {}
+        )
 
     def run(self, configs: list[DPConfig]) -> list[dict]:
-        tasks = [
-            (c.as_dict(), str(_folder(self.root, self.name, c)), self.threads) for c in configs
-        ]
-        return list(self.pool.map(_task, tasks))
+        keys = [_key(c) for c in configs]
+        todo = {k: c for k, c in zip(keys, configs) if k not in self.done}
+        futures = {
+            self.pool.submit(
+                _task, (c.as_dict(), str(_folder(self.root, self.name, c)), self.threads)
+            ): k
+            for k, c in todo.items()
+        }
+        for future in as_completed(futures):
+            self.done[futures[future]] = _slim(future.result())
+            atomic_write_json(self.progress_file, self.done)
+        return [self.done[k] for k in keys]
 
 
 def tune(runner: Runner, name: str) -> dict:
@@ -291,7 +321,8 @@ def main() -> None:
         ]
         data: dict = {}
         t0 = time.perf_counter()
-        runner = Runner(ns.out, name, ns.jobs)
+        progress_file = (ns.out if OVERRIDES else RESULTS_DIR) / f"dp_tuned_{name}_runs.json"
+        runner = Runner(ns.out, name, ns.jobs, progress_file)
         tuned = tune(runner, name)
         grid_rows = [
             _grid_row(method, key, v, tuned)
