@@ -220,7 +220,7 @@ def comparison_table(rows: dict[str, list[dict]], label: dict[str, str]) -> tupl
     header = [
         "method", "setting", "seeds", "accuracy %", "minority %", "worst class %",
         "gap, accuracy (pts)", "gap, test loss", "accuracy - DPSGD", "gap - DPSGD [95 %]",
-        "worst - DPSGD",
+        "worst - DPSGD", "minority - DPSGD", "gap on loss - DPSGD",
     ]  # fmt: skip
     dp = {r["seed"]: r for r in rows.get("dpsgd", [])}
     table, data = [], {}
@@ -242,13 +242,16 @@ def comparison_table(rows: dict[str, list[dict]], label: dict[str, str]) -> tupl
         common = [r["seed"] for r in rs if r["seed"] in dp]
         if method not in ("nonprivate", "dpsgd") and len(common) >= 2:
             mine = {r["seed"]: r for r in rs}
-            for k in ("accuracy", "gap", "worst"):
+            for k in ("accuracy", "gap", "worst", "minority", "gap_loss"):
                 entry[f"{k}_minus_dpsgd"] = paired_difference(
                     [dp[i][k] for i in common], [mine[i][k] for i in common]
                 )
             line += [_diff(entry[f"{k}_minus_dpsgd"]) for k in ("accuracy", "gap", "worst")]
+            line += [_diff(entry["minority_minus_dpsgd"])]
+            loss = entry["gap_loss_minus_dpsgd"]
+            line += [f"{loss[0]:+.3f} [{loss[1]:+.3f}, {loss[2]:+.3f}]"]
         else:
-            line += ["-", "-", "-"]
+            line += ["-"] * 5
         table.append(line)
         data[method] = entry
     return header, table, data
@@ -305,6 +308,9 @@ def main() -> None:
     )
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("runs/bench-dp-tuned"))
+    parser.add_argument(
+        "--results-dir", type=Path, help="where the results file goes (default benchmarks/results)"
+    )
     parser.add_argument("--epochs", type=int, help="not the protocol's: a quick look only")
     parser.add_argument("--limit", type=int, help="samples per split: a quick look only")
     ns = parser.parse_args()
@@ -379,7 +385,8 @@ def main() -> None:
             tables=tables,
             summary=summary,
             data=json.loads(json.dumps(data, default=str)),
-            results_dir=ns.out if OVERRIDES else None,  # a quick look never replaces results
+            # a quick look never replaces results
+            results_dir=ns.out if OVERRIDES else ns.results_dir,
             setting=OVERRIDES
             | {
                 "seeds": seeds,
