@@ -219,8 +219,8 @@ def comparison_table(rows: dict[str, list[dict]], label: dict[str, str]) -> tupl
     """Per method: means ± 95 % t half-widths over seeds, and minus DPSGD (paired by seed)."""
     header = [
         "method", "setting", "seeds", "accuracy %", "minority %", "worst class %",
-        "gap, accuracy (pts)", "gap, test loss", "accuracy - DPSGD", "gap - DPSGD [95 %]",
-        "worst - DPSGD", "minority - DPSGD", "gap on loss - DPSGD",
+        "gap, accuracy (pts)", "gap, test loss", "accuracy - DPSGD", "|gap| - DPSGD's [95 %]",
+        "worst - DPSGD", "minority - DPSGD", "|gap on loss| - DPSGD's",
     ]  # fmt: skip
     dp = {r["seed"]: r for r in rows.get("dpsgd", [])}
     table, data = [], {}
@@ -246,9 +246,14 @@ def comparison_table(rows: dict[str, list[dict]], label: dict[str, str]) -> tupl
                 entry[f"{k}_minus_dpsgd"] = paired_difference(
                     [dp[i][k] for i in common], [mine[i][k] for i in common]
                 )
-            line += [_diff(entry[f"{k}_minus_dpsgd"]) for k in ("accuracy", "gap", "worst")]
-            line += [_diff(entry["minority_minus_dpsgd"])]
-            loss = entry["gap_loss_minus_dpsgd"]
+            # the distance from equal costs: a gap that changes sign is not a wider one
+            for k in ("gap", "gap_loss"):
+                entry[f"abs_{k}_minus_dpsgd"] = paired_difference(
+                    [abs(dp[i][k]) for i in common], [abs(mine[i][k]) for i in common]
+                )
+            line += [_diff(entry[k]) for k in ("accuracy_minus_dpsgd", "abs_gap_minus_dpsgd")]
+            line += [_diff(entry[k]) for k in ("worst_minus_dpsgd", "minority_minus_dpsgd")]
+            loss = entry["abs_gap_loss_minus_dpsgd"]
             line += [f"{loss[0]:+.3f} [{loss[1]:+.3f}, {loss[2]:+.3f}]"]
         else:
             line += ["-"] * 5
@@ -257,23 +262,29 @@ def comparison_table(rows: dict[str, list[dict]], label: dict[str, str]) -> tupl
     return header, table, data
 
 
+def _word(d: tuple[float, float, float]) -> str:
+    if d[2] < 0:
+        return "narrows"
+    if d[1] > 0:
+        return "widens"
+    return "does not change (interval includes 0)"
+
+
 def verdicts(name: str, data: dict, how: str = "each tuned by validation accuracy") -> list[str]:
+    """Per method against DPSGD on the same seeds: the minority-majority gap of the privacy
+    cost, as a distance from equal costs (|gap|), on accuracy and on test loss."""
     out = []
     for method, e in data.items():
-        d = e.get("gap_minus_dpsgd")
-        if d is None:
+        d, loss = e.get("abs_gap_minus_dpsgd"), e.get("abs_gap_loss_minus_dpsgd")
+        if d is None or loss is None:
             continue
-        if d[2] < 0:
-            word = "narrows the gap"
-        elif d[1] > 0:
-            word = "widens the gap"
-        else:
-            word = "does not change the gap (interval includes 0)"
         acc = e["accuracy_minus_dpsgd"]
         out.append(
-            f"{name}: {method} vs DPSGD, {how}: {word}: {100 * d[0]:+.2f} points "
-            f"[{100 * d[1]:+.2f}, {100 * d[2]:+.2f}], accuracy {100 * acc[0]:+.2f} "
-            f"[{100 * acc[1]:+.2f}, {100 * acc[2]:+.2f}] ({len(e['seeds'])} seeds)"
+            f"{name}: {method} vs DPSGD, {how}: {_word(d)} the gap on accuracy, "
+            f"|gap| {100 * d[0]:+.2f} points [{100 * d[1]:+.2f}, {100 * d[2]:+.2f}]; "
+            f"{_word(loss)} it on test loss, {loss[0]:+.3f} [{loss[1]:+.3f}, {loss[2]:+.3f}]; "
+            f"accuracy {100 * acc[0]:+.2f} [{100 * acc[1]:+.2f}, {100 * acc[2]:+.2f}] "
+            f"({len(e['seeds'])} seeds)"
         )
     return out
 
