@@ -99,6 +99,9 @@ def test_sweep_runs_the_grid_and_selects_the_best_validation_point(tmp_path, cap
         (1.0, 2.0),
     }
     assert all(c["val_fraction"] == 0.1 for c in configs)
+    for r in m["rows"]:  # validation numbers of a private run are named as not DP
+        flag = Run.open(out / r["point"]).metrics["unaccounted_validation"]
+        assert flag["covered_by_epsilon"] is False and "val_accuracy" in flag["keys"]
     eps = [Run.open(out / r["point"]).metrics["epsilon"] for r in m["rows"]]
     assert max(eps) <= 3.0 and max(eps) - min(eps) < 1e-9  # the same privacy level everywhere
     assert (out / "grid.png").exists() and (out / "grid.csv").exists()

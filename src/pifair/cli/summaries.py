@@ -58,8 +58,9 @@ def imported(run: Run) -> None:
 
 def dp_train(run: Run) -> None:
     m = run.metrics
-    if "unaccounted_diagnostics" in m:
-        print(f"warning: {m['unaccounted_diagnostics']['note']}", file=sys.stderr)
+    for key in ("unaccounted_diagnostics", "unaccounted_validation"):
+        if key in m:
+            print(f"warning: {m[key]['note']}", file=sys.stderr)
     privacy = (
         f"epsilon {m['epsilon']:.2f} at delta {m['delta']:g} "
         f"(noise multiplier {m['noise_multiplier']:.3f})"

@@ -170,6 +170,12 @@ def dp_train(
     return run
 
 
+VALIDATION_NOTE = (
+    "validation metrics are exact statistics of the validation split, which is held out of the "
+    "private training data: epsilon does not cover them; use them to tune, do not release them"
+)
+
+
 def _accuracy_gap(report: dict, minority: set[str]) -> float | None:
     """Majority minus minority accuracy (each weighted by its size), or None without both."""
     groups = report["groups"]
@@ -239,6 +245,13 @@ def _finish(
             "val_minority_majority_gap": _accuracy_gap(val.as_dict(), minority),
             "minority_groups": sorted(minority),
         }
+        if private:  # the validation split is private training data held out: not DP
+            metrics["unaccounted_validation"] = {
+                "covered_by_epsilon": False,
+                "keys": ["val", "val_accuracy", "val_worst_group_accuracy"]
+                + ["val_minority_majority_gap"],
+                "note": VALIDATION_NOTE,
+            }
     if cfg.baseline:
         base = Run.open(cfg.baseline).metrics
         metrics |= {"baseline": cfg.baseline} | privacy_cost_summary(
