@@ -382,6 +382,8 @@ def test_user_file_model_through_import_share_linearize_mitigate_polyfit_he(tmp_
     imp = ["import", "--arch", arch, "--weights", weights, "--data", "digits"]
     assert main([*imp, "--out", run["imported"]]) == 0
     assert Run.open(run["imported"]).metrics["relus"] == 4 * 16 + 16
+    assert main(["report", run["imported"], "--out", str(tmp_path / "r.html")]) == 0
+    assert "every call a site of its own" in (tmp_path / "r.html").read_text()
     assert (
         main(["share", "--from", run["imported"], "--budget", "20", *quick, "--out", run["shared"]])
         == 0

@@ -5,6 +5,7 @@ from . import (  # noqa: F401
     dp_section,
     fairness_section,
     he_section,
+    import_section,
     linearize_section,
     mpc_section,
     plots,
