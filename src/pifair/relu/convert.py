@@ -170,12 +170,17 @@ def convert_activations(model: nn.Module, input_shape: Sequence[int] | None = No
     ['relu', 'relu_2', 'relu_3']
     """
     source = copy.deepcopy(model)
+    # traced in eval mode: Python branches on self.training (auxiliary heads, as GoogLeNet's)
+    # take their inference path; layers such as batch norm and dropout stay leaves and keep
+    # switching with train() / eval()
+    source.eval()
     graph = trace(source)
     modules = dict(source.named_modules())
     if not _needs_graph(graph, modules):
         converted: nn.Module = source
     else:
         converted = _convert_graph(source, graph, modules)
+    converted.train(model.training)
     if input_shape is not None:
         _check_conversion(model, converted, tuple(input_shape))
     return converted
