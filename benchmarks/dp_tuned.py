@@ -35,7 +35,6 @@ import argparse
 import hashlib
 import json
 import os
-import shutil
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -47,11 +46,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS_DIR, print_table, save_results  # noqa: E402
 from dp_fairness import PROTOCOLS, _config, _row, _settings  # noqa: E402
-from pifair import DPConfig, dp_train  # noqa: E402
+from pifair import DPConfig  # noqa: E402
 from pifair.atomic import atomic_write_json  # noqa: E402
 from pifair.fairness.audit import mean_ci, paired_difference  # noqa: E402
-from pifair.runs import MODEL, Run  # noqa: E402
-from pifair.workflows.dp_sweep import bound_field, select_point, validation_view  # noqa: E402
+from pifair.workflows.dp_sweep import (  # noqa: E402
+    bound_field,
+    select_point,
+    train_point,
+    validation_view,
+)
 
 PRIVATE = ["dpsgd", "global", "global-adapt", "dpsgd-f", "bounded-adapt"]
 GRID_LR = [0.01, 0.03, 0.1, 0.3, 1.0]
@@ -78,28 +81,11 @@ def _folder(root: Path, name: str, cfg: DPConfig) -> Path:
     return root / name / f"{cfg.method}-s{cfg.seed}-{digest}"
 
 
-def _train(cfg: DPConfig, out: Path) -> Run:
-    """The run at ``out``: kept when it finished with these settings, resumed when it was
-    interrupted with them, else trained afresh."""
-    if (out / "config.yaml").exists():
-        run = Run.open(out)
-        if _settings(DPConfig.from_dict(run.config)) == _settings(cfg):
-            if (out / MODEL).exists() and "test_accuracy" in run.metrics:
-                return run
-            resumed = dp_train(cfg, resume=out, progress=False)
-            assert resumed is not None
-            return resumed
-        shutil.rmtree(out)
-    fresh = dp_train(cfg, out=out, progress=False)
-    assert fresh is not None
-    return fresh
-
-
 def _task(task: tuple) -> dict:
     cfg_dict, out, threads = task
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
-    run = _train(DPConfig.from_dict(cfg_dict), Path(out))
+    run = train_point(DPConfig.from_dict(cfg_dict), Path(out))
     m = run.metrics
     val = 100 * m.get("val_accuracy", float("nan"))
     print(f"  {out}: val {val:.2f} %, {time.perf_counter() - t0:.0f} s", flush=True)

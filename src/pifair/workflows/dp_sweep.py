@@ -37,6 +37,7 @@ __all__ = [
     "point_name",
     "run_dp_sweep",
     "select_point",
+    "train_point",
     "validation_view",
 ]
 
@@ -122,15 +123,18 @@ class DPSweepJob:
         return {"base": self.base.as_dict(), "lrs": self.lrs, "bounds": self.bounds}
 
 
-def _train_point(cfg: DPConfig, path: Path, progress: bool) -> Run:
-    """The point's run: kept when it finished with these settings, resumed when interrupted
-    with them, refused (by name) when the folder holds other settings."""
-    if (path / MODEL).exists() and DPConfig.from_dict(Run.open(path).config) == cfg:
-        return Run.open(path)
+def train_point(cfg: DPConfig, path: Path, progress: bool = False) -> Run:
+    """The ``dp-train`` run of ``cfg`` at ``path``: kept when it finished with these settings,
+    resumed when it was interrupted with them, trained afresh when the folder is new; a folder
+    holding other settings is refused (``Run.resume``). Grid points and benchmarks share it."""
+    if (path / MODEL).exists():
+        run = Run.open(path)
+        if run.finished and DPConfig.from_dict(run.config) == cfg:
+            return run
     resume = path if (path / "config.yaml").exists() else None
-    run = dp_train(cfg, out=None if resume else path, resume=resume, progress=progress)
-    assert run is not None  # a sweep runs in one process
-    return run
+    trained = dp_train(cfg, out=None if resume else path, resume=resume, progress=progress)
+    assert trained is not None  # one process
+    return trained
 
 
 def run_dp_sweep(
@@ -147,7 +151,7 @@ def run_dp_sweep(
     )
     views: dict[str, dict[str, Any]] = {}
     for name, cfg in configs.items():
-        run = _train_point(cfg, root.path / name, progress)
+        run = train_point(cfg, root.path / name, progress)
         views[name] = validation_view(run.metrics)
     rows = [
         {
@@ -165,19 +169,17 @@ def run_dp_sweep(
     criteria: tuple[SelectBy, ...] = ("accuracy", "worst-group")
     selected = {by: select_point(views, by) for by in criteria}
     # only now, for the report: the test numbers of the selected points
-    chosen = {
-        by: {
+    chosen = {}
+    for by, name in selected.items():
+        test = Run.open(root.path / name).metrics
+        chosen[by] = {
             "point": name,
             "lr": configs[name].lr,
             "bound_field": bound_field(job.base.method),
             "bound": getattr(configs[name], bound_field(job.base.method)),
-            "test_accuracy": Run.open(root.path / name).metrics.get("test_accuracy"),
-            "test_worst_group_accuracy": Run.open(root.path / name)
-            .metrics.get("test", {})
-            .get("worst_group_accuracy"),
+            "test_accuracy": test.get("test_accuracy"),
+            "test_worst_group_accuracy": test.get("test", {}).get("worst_group_accuracy"),
         }
-        for by, name in selected.items()
-    }
     root.update_metrics(
         kind="sweep-dp-train",
         method=job.base.method,

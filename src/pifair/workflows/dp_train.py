@@ -20,7 +20,7 @@ from ..dp.private import (
     train_epoch,
 )
 from ..errors import ConfigError
-from ..fairness.audit import minority_groups
+from ..fairness.audit import minority_gap, minority_groups
 from ..models import create_model
 from ..models.io import save_model
 from ..report import plots
@@ -177,17 +177,14 @@ VALIDATION_NOTE = (
 
 
 def _accuracy_gap(report: dict, minority: set[str]) -> float | None:
-    """Majority minus minority accuracy (each weighted by its size), or None without both."""
-    groups = report["groups"]
-
-    def weighted(names: set[str]) -> float | None:
-        sel = [g for g in groups if g["name"] in names and g["count"]]
-        total = sum(g["count"] for g in sel)
-        return sum(g["accuracy"] * g["count"] for g in sel) / total if total else None
-
-    small = weighted(minority)
-    large = weighted({g["name"] for g in groups} - minority)
-    return None if small is None or large is None else large - small
+    """Majority minus minority accuracy, each side weighted by size (the minority's error minus
+    the majority's, :func:`~pifair.fairness.audit.minority_gap`); None without both sides."""
+    groups = [g for g in report["groups"] if g["count"]]
+    return minority_gap(
+        [1.0 - g["accuracy"] for g in groups],
+        [g["count"] for g in groups],
+        [g["name"] in minority for g in groups],
+    )
 
 
 def _check_baseline(path: str) -> None:

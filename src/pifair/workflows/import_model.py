@@ -46,14 +46,15 @@ class ImportJob(DataConfig):
             raise ConfigError(
                 "give the architecture: --arch torchvision:NAME | timm:NAME | FILE.py:ClassName"
             )
-        if parse_external(self.arch) is None:
+        external = parse_external(self.arch)
+        if external is None:
             raise ConfigError(
                 f"--arch {self.arch!r} is not torchvision:NAME, timm:NAME or FILE.py:ClassName "
                 "(pifair's own models are trained with pifair train)"
             )
         if not self.weights:
             raise ConfigError("give the weights file: --weights FILE (a state dict or a module)")
-        self.arch = str(parse_external(self.arch))  # a file path made absolute
+        self.arch = str(external)  # a file path made absolute
         self.weights = str(Path(self.weights).expanduser().resolve())
 
     def as_config(self) -> dict[str, Any]:
