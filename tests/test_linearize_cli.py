@@ -9,6 +9,7 @@ import yaml
 from pifair.cli import main
 from pifair.models import create_model
 from pifair.reduce import FinetuneSettings, linearize_many
+from pifair.reduce.linearize import LinearizeHooks
 from pifair.reduce.snl import SearchSettings
 from pifair.training import TrainConfig
 from pifair.workflows.train import train
@@ -113,7 +114,7 @@ def test_interrupted_search_resumes_from_its_state(digits):
             search=search,
             finetune=FinetuneSettings(epochs=0),
             progress=False,
-            on_search_epoch=crash_after_first,
+            hooks=LinearizeHooks(on_search_epoch=crash_after_first),
         )
     assert saved[0]["epoch"] == 1
     epochs = []
@@ -124,8 +125,9 @@ def test_interrupted_search_resumes_from_its_state(digits):
         search=search,
         finetune=FinetuneSettings(epochs=0),
         progress=False,
-        search_state=saved[0],
-        on_search_epoch=lambda s: epochs.append(s["epoch"]),
+        hooks=LinearizeHooks(
+            search_state=saved[0], on_search_epoch=lambda s: epochs.append(s["epoch"])
+        ),
     )
     assert epochs and epochs[0] == 2  # continued, not restarted
     assert [h["epoch"] for h in result[10].search["history"]][:2] == [1, 2]

@@ -1,4 +1,5 @@
-"""Fine-tuning a reduced model from its dense parent: shared by every reduction.
+"""The one fine-tuning step after a reduction: linearize, share, polyfit and mitigate call
+:func:`finetune_reduced`, so every :class:`FinetuneSettings` field acts the same way in each.
 
 After a reduction swaps activation sites (SNL masks, shared ReLUs, polynomials), the network is
 fine-tuned with CE + KD from the dense model (or a fairness-aware objective of
@@ -8,6 +9,7 @@ replacing activations shifts every distribution; stale statistics send accuracy 
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -28,7 +30,13 @@ from ..fairness.mitigation import (
 from ..fairness.selection import gap_penalised_accuracy
 from ..training.loop import CheckpointStore, LoopSettings, evaluate, fit
 
-__all__ = ["FinetuneSettings", "finetune_model", "recalibrate_batchnorm", "selection_score"]
+__all__ = [
+    "FinetuneOutcome",
+    "FinetuneSettings",
+    "finetune_reduced",
+    "recalibrate_batchnorm",
+    "selection_score",
+]
 
 
 @dataclass
@@ -137,9 +145,20 @@ def selection_score(
     )
 
 
-def finetune_model(
+@dataclass
+class FinetuneOutcome:
+    """What the fine-tuning step did: its per-epoch ``history``, the validation accuracy of the
+    reduced model before it (after batch-norm recalibration; None without a validation split),
+    and whether validation kept that start model over every fine-tuned epoch."""
+
+    history: list[dict]
+    val_accuracy_before_finetune: float | None
+    kept_before_finetune: bool
+
+
+def finetune_reduced(
     model: nn.Module,
-    teacher: nn.Module,
+    dense: nn.Module,
     data: Dataset,
     settings: FinetuneSettings,
     *,
@@ -147,10 +166,45 @@ def finetune_model(
     progress: bool,
     checkpoints: CheckpointStore | None = None,
     resume: bool = False,
-    select_score: Callable | None = None,
+) -> FinetuneOutcome:
+    """Fine-tune the reduced ``model`` in place against ``dense``, its parent, reading every
+    field of ``settings``: batch-norm recalibration first (``recalibrate_bn``), the objective,
+    the kept epoch (``select_best`` by ``select_by``), and the model before fine-tuning as a
+    candidate (``start_candidate``). ``checkpoints`` (a run folder, say) makes every epoch
+    resumable."""
+    if settings.recalibrate_bn:
+        recalibrate_batchnorm(model, data, device=device)
+    score = selection_score(dense, data, settings, device=device) if len(data.val) else None
+    before = evaluate(model, data, "val", device=device) if len(data.val) else None
+    start_state = (
+        copy.deepcopy(model.state_dict())
+        if settings.select_best and settings.start_candidate and before is not None
+        else None
+    )
+    history = _fit(model, dense, data, settings, device, progress, checkpoints, resume, score)
+    kept = False
+    if start_state is not None and before is not None and history:
+        before_score = score(before) if score else before.accuracy
+        if before_score > max(h.get("val_score", h["val_accuracy"]) for h in history):
+            model.load_state_dict(start_state)  # validation prefers the model before fine-tuning
+            for h in history:
+                h["selected"] = False
+            kept = True
+    return FinetuneOutcome(history, before.accuracy if before else None, kept)
+
+
+def _fit(
+    model: nn.Module,
+    teacher: nn.Module,
+    data: Dataset,
+    settings: FinetuneSettings,
+    device: torch.device,
+    progress: bool,
+    checkpoints: CheckpointStore | None,
+    resume: bool,
+    select_score: Callable | None,
 ) -> list[dict]:
-    """Fine-tune ``model`` in place against ``teacher`` (its dense parent); returns the
-    per-epoch history. ``checkpoints`` (a run folder, say) makes every epoch resumable."""
+    """The training loop of :func:`finetune_reduced`: its per-epoch history."""
     if settings.epochs == 0:
         return []
     loop = LoopSettings(

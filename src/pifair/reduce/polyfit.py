@@ -27,8 +27,8 @@ from ..relu.sites import (
     iter_sites,
     swap_sites,
 )
-from ..training.loop import CheckpointStore, evaluate
-from .finetune import FinetuneSettings, finetune_model, recalibrate_batchnorm
+from ..training.loop import CheckpointStore
+from .finetune import FinetuneSettings, finetune_reduced
 from .result import ReductionResult
 
 __all__ = ["relu_fit", "calibrate_ranges", "PolyfitResult", "polyfit"]
@@ -117,7 +117,6 @@ class PolyfitResult(ReductionResult):
     granularity: str
     sites: int
     coefficients: int
-    val_accuracy_before_finetune: float | None = None
 
 
 def polyfit(
@@ -207,11 +206,9 @@ def polyfit(
 
     swap_sites(student, make)
     student.to(device)
-    recalibrate_batchnorm(student, train_data, device=device)
-    before = evaluate(student, train_data, "val").accuracy if len(train_data.val) else None
     fit_s = time.perf_counter() - t0
     t1 = time.perf_counter()
-    history = finetune_model(
+    outcome = finetune_reduced(
         student,
         teacher,
         train_data,
@@ -229,7 +226,8 @@ def polyfit(
         granularity=granularity,
         sites=len(polys),
         coefficients=sum(p.coefficients.numel() for p in polys),
-        val_accuracy_before_finetune=before,
-        history=history,
-        seconds={"fit": fit_s, "finetune": time.perf_counter() - t1},
+        history=outcome.history,
+        val_accuracy_before_finetune=outcome.val_accuracy_before_finetune,
+        kept_before_finetune=outcome.kept_before_finetune,
+        seconds={"reduce": fit_s, "finetune": time.perf_counter() - t1},
     )

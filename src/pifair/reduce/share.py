@@ -31,7 +31,7 @@ from ..relu.sites import (
     swap_sites,
 )
 from ..training.loop import CheckpointStore
-from .finetune import FinetuneSettings, finetune_model, recalibrate_batchnorm
+from .finetune import FinetuneSettings, finetune_reduced
 from .result import ReductionResult
 
 __all__ = ["ShareResult", "ShareRule", "ShareScheme", "share", "allocate_groups"]
@@ -203,9 +203,8 @@ def share(
     shared = copy.deepcopy(dense)
     swap_sites(shared, lambda n, m: _site(options[n][choice[n]], rule) if n in choice else None)
     allocate_s = time.perf_counter() - t0
-    recalibrate_batchnorm(shared, train_data, device=device)
     t1 = time.perf_counter()
-    history = finetune_model(
+    outcome = finetune_reduced(
         shared,
         dense,
         train_data,
@@ -223,6 +222,8 @@ def share(
         scheme=scheme,
         rule=rule,
         allocation={n: options[n][choice[n]][0] for n in choice},
-        history=history,
-        seconds={"allocate": allocate_s, "finetune": time.perf_counter() - t1},
+        history=outcome.history,
+        val_accuracy_before_finetune=outcome.val_accuracy_before_finetune,
+        kept_before_finetune=outcome.kept_before_finetune,
+        seconds={"reduce": allocate_s, "finetune": time.perf_counter() - t1},
     )

@@ -18,7 +18,7 @@ import torch
 from ..atomic import atomic_open, load_torch_file
 from ..errors import ConfigError
 from ..reduce.finetune import FinetuneSettings
-from ..reduce.linearize import LinearizeResult, linearize_many
+from ..reduce.linearize import LinearizeHooks, LinearizeResult, linearize_many
 from ..reduce.snl import SearchSettings
 from ..relu.budget import parse_budget
 from ..report import plots
@@ -85,7 +85,7 @@ def _write_result(run: Run, result: LinearizeResult, parent: Parent, job: Linear
         groups_title=f"test accuracy per group, {result.relus:,} ReLUs",
         method=result.method,
         granularity=result.granularity,
-        binarize=result.binarize,
+        binarize=str(result.binarize),
         budget=result.budget,
         val_accuracy=evaluate(result.model, parent.data, "val").accuracy,
         val_accuracy_before_finetune=result.val_accuracy_before_finetune,
@@ -175,9 +175,11 @@ def linearize_into(
         reference=job.reference,
         device=parent.device,
         progress=progress,
-        search_state=state,
-        on_search_epoch=partial(_save_search, search_file, root.log),
-        finetune_checkpoints=partial(_finetune_run, by_count),
+        hooks=LinearizeHooks(
+            search_state=state,
+            on_search_epoch=partial(_save_search, search_file, root.log),
+            finetune_checkpoints=partial(_finetune_run, by_count),
+        ),
     )
     for budget, result in results.items():
         _write_result(by_count[budget], result, parent, job)
