@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -22,10 +21,11 @@ from ..runs import Run
 from ..secure.he.batched import BatchedClient, CipherBatch, folded_parameters
 from ..secure.he.compile import HEProgram, compile_model
 from ..secure.he.engine import HEClient, HEServer
-from ..secure.he.exchange import SERVER_KEY_FILES, batch_folders, sha256, write_program
+from ..secure.he.exchange import batch_folders, write_program
 from ..secure.he.fold import FoldedProgram, fold_program
 from ..secure.he.image_layout import ImageLayout
 from ..secure.he.params import choose_parameters
+from ..secure.he.seal import key_folder_check
 from ..training import predict
 from ._jobs import RunJob
 from .train import dataset_for_run, load_from_run
@@ -204,7 +204,7 @@ def _run_batched(
         t0 = time.perf_counter()
         client = BatchedClient(params)
         client.write_server_keys(exchange / "keys")
-        client.save_secret_key(secret)
+        client.keys.save_secret_key(secret)
         seconds["keygen"] = time.perf_counter() - t0
         write_program(folded, exchange / "program.npz")
         atomic_write_json(
@@ -249,7 +249,7 @@ def _run_batched(
     logits = np.concatenate(outputs)
     if len(logits) != len(x):
         raise RuntimeError(f"the server answered {len(logits)} images of {len(x)}")
-    key_check = _key_check(client, exchange, server, run)
+    key_check = _key_check(client, exchange, server)
     first = CipherBatch.load(batch_folders(exchange)[0])
     result = CipherBatch.load(batch_folders(exchange)[0] / "result")
     stages: dict[str, float] = {}
@@ -299,24 +299,15 @@ def _run_batched(
     return run
 
 
-def _key_check(client: BatchedClient, exchange: Path, server: dict, run: Run) -> dict:
+def _key_check(client: BatchedClient, exchange: Path, server: dict) -> dict:
     """What the server loaded, checked against this client's secret key: the key folder must
     hold exactly the public files, and no file the server loaded may be the secret key."""
-    secret_hash = hashlib.sha256(client.secret_key_bytes(run.path)).hexdigest()
-    files = sorted(p.name for p in (exchange / "keys").iterdir())
-    loaded = server.get("key_files_loaded", {})
-    leaked = secret_hash in loaded.values() or any(
-        sha256(exchange / "keys" / f) == secret_hash for f in files
+    check = key_folder_check(
+        exchange / "keys",
+        client.keys.secret_key_bytes(),
+        loaded=server.get("key_files_loaded", {}),
     )
-    only_public = files == sorted(SERVER_KEY_FILES) and sorted(loaded) == sorted(SERVER_KEY_FILES)
-    return {
-        "files": files,
-        "files_loaded_by_server": sorted(loaded),
-        "only_public_files": only_public,
-        "secret_key_in_folder": leaked,
-        "server_separate_process": server.get("pid") != os.getpid(),
-        "server_holds_no_secret_key": only_public and not leaked,
-    }
+    return check | {"server_separate_process": server.get("pid") != os.getpid()}
 
 
 def _compare_layouts(job: HEInferJob, inputs: _Inputs) -> dict:
