@@ -367,8 +367,24 @@ def test_wrong_types_in_nested_job_settings_are_named():
 
     with pytest.raises(ConfigError, match="setting 'epochs' must be an integer"):
         ShareJob.from_config({"from": "x", "budget": "5", "finetune": {"epochs": "many"}})
-    with pytest.raises(ConfigError, match="unknown finetune settings"):
+    with pytest.raises(ConfigError, match=r"unknown FinetuneSettings settings \['epoch'\]"):
         ShareJob.from_config({"from": "x", "budget": "5", "finetune": {"epoch": 3}})
+
+
+@pytest.mark.parametrize("kind", ["dp", "train", "share"])
+def test_every_config_refuses_an_unknown_key_by_name(kind):
+    """A misspelt key must not be dropped silently (DPConfig used to drop it)."""
+    from pifair.dp import DPConfig
+    from pifair.workflows.share import ShareJob
+
+    build = {
+        "dp": lambda d: DPConfig.from_dict(d | {"method": "dpsgd", "epsilon": 6.0}),
+        "train": TrainConfig.from_dict,
+        "share": lambda d: ShareJob.from_config(d | {"from": "x", "budget": "5"}),
+    }[kind]
+    with pytest.raises(ConfigError, match=r"unknown \w+ settings \['epsilom'\]"):
+        build({"epsilom": 3.0})
+    build({"command": "ignored: the run folder's bookkeeping"})  # the saved config's own key
 
 
 def test_corrupt_metrics_file_is_named(tmp_path):

@@ -13,7 +13,7 @@ from typing import Any
 
 from .errors import ConfigError
 
-__all__ = ["checked_settings"]
+__all__ = ["checked_settings", "settings_from_dict"]
 
 _NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
 
@@ -27,6 +27,21 @@ def checked_settings(cls: type, values: dict[str, Any]) -> dict[str, Any]:
         if f.name in values:
             out[f.name] = _checked(f.name, hints[f.name], values[f.name])
     return out
+
+
+def settings_from_dict(
+    cls: type, values: dict[str, Any], *, ignore: tuple[str, ...] = ("command",)
+) -> Any:
+    """Settings dataclass ``cls`` built from a config mapping, the one way every job and
+    config is read: an unknown key is refused by name (a typo must not be silently dropped),
+    every field's type checked. Keys in ``ignore`` are bookkeeping of the run folder."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known - set(ignore))
+    if unknown:
+        raise ConfigError(
+            f"unknown {cls.__name__} settings {unknown}; known: {', '.join(sorted(known))}"
+        )
+    return cls(**checked_settings(cls, {k: v for k, v in values.items() if k in known}))
 
 
 def _checked(name: str, tp: Any, value: Any) -> Any:

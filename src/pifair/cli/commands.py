@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config_types import checked_settings
+from ..config_types import settings_from_dict
 from ..data import list_datasets
 from ..demo import run_demo
 from ..dp import DPConfig
@@ -126,7 +126,7 @@ def _add_import(p: argparse.ArgumentParser) -> None:
 
 def _run_import(ns: argparse.Namespace) -> None:
     config = config_from_flags(ns, dataclass_flags(ImportJob, help=IMPORT_HELP), {})
-    job = ImportJob(**checked_settings(ImportJob, config))
+    job = settings_from_dict(ImportJob, config)
     summaries.imported(run_import(job, out=ns.out))
 
 
@@ -284,7 +284,7 @@ def _flat_job(job_type: type, ns: argparse.Namespace, flags: list[Flag]):
     config = config_from_flags(ns, flags, {})
     require_keys(config, {"from": "give --from RUN"})
     config["from_run"] = config.pop("from")
-    return job_type(**checked_settings(job_type, config))
+    return settings_from_dict(job_type, config)
 
 
 def _run_mitigate(ns: argparse.Namespace) -> None:
@@ -322,7 +322,8 @@ def _expand_sweeps(paths: list[Path]) -> list[str]:
 
 def _run_audit(ns: argparse.Namespace) -> None:
     config = config_from_flags(ns, audit_flags(), {})
-    job = AuditJob(str(ns.dense), _expand_sweeps(ns.reduced), **checked_settings(AuditJob, config))
+    config |= {"dense": str(ns.dense), "reduced": _expand_sweeps(ns.reduced)}
+    job = settings_from_dict(AuditJob, config)
     summaries.audit(run_audit(job, out=ns.out))
 
 

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
-from ..config_types import checked_settings
+from ..config_types import settings_from_dict
 from ..errors import ConfigError, PrivacyParameterError, UnknownNameError
 from ..training.config import DataConfig
 from .rules import METHODS, MethodName, make_rule
@@ -145,5 +145,5 @@ class DPConfig(DataConfig):
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DPConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**checked_settings(cls, {k: v for k, v in d.items() if k in known}))
+        """From a config.yaml or flags: an unknown key is refused by name."""
+        return settings_from_dict(cls, d)

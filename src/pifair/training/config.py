@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
-from ..config_types import checked_settings
+from ..config_types import settings_from_dict
 from ..errors import ConfigError
 
 __all__ = ["DataConfig", "TrainConfig"]
@@ -84,8 +84,5 @@ class TrainConfig(DataConfig):
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known - {"command"})
-        if unknown:
-            raise ConfigError(f"unknown train config keys {unknown}; known: {sorted(known)}")
-        return cls(**checked_settings(cls, {k: v for k, v in d.items() if k in known}))
+        """From a config.yaml or flags: an unknown key is refused by name."""
+        return settings_from_dict(cls, d)
