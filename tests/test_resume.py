@@ -67,7 +67,7 @@ def test_train(monkeypatch, tmp_path):
         monkeypatch,
         tmp_path,
         lambda out: train(cfg, out=out, progress=False),
-        lambda out: train(cfg, resume=out, progress=False),
+        lambda out: train(cfg, out=out, resume=True, progress=False),
     )
     _same_weights(whole, killed)
     assert "resumed from epoch 1" in (killed / "log.txt").read_text()

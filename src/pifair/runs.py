@@ -25,6 +25,7 @@ import yaml
 
 from .atomic import atomic_torch_save, atomic_write_json, atomic_write_yaml, load_torch_file
 from .errors import (
+    ConfigError,
     CorruptFileError,
     NotARunError,
     ResumeMismatchError,
@@ -105,19 +106,22 @@ class Run:
     @classmethod
     def resume(
         cls,
-        path: str | os.PathLike,
+        path: str | os.PathLike | None,
         config: dict[str, Any] | None = None,
         *,
         normalize: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
         allow_finished: bool = False,
     ) -> Run:
-        """Reopen a run to continue it. ``config`` (when given) must match the saved one.
+        """Reopen the run at ``path`` (required) to continue it. ``config`` (when given) must
+        match the saved one.
 
         ``normalize`` maps the saved config through its dataclass first, so settings added
         since the run was written compare equal to their defaults. A finished run (model.pt
         and its final metrics written) is refused unless ``allow_finished``: resuming it would
         only rewrite its results.
         """
+        if path is None:
+            raise ConfigError("resuming needs the killed run's folder (--resume RUN)")
         cls.open(path)  # a missing or foreign folder is named before any lock file is made
         _lock(Path(path))
         try:

@@ -99,7 +99,8 @@ def _run_train(ns: argparse.Namespace) -> None:
         ns, dataclass_flags(TrainConfig, help=TRAIN_HELP), resume_or_config(ns)
     )
     cfg = TrainConfig.from_dict(base)
-    summaries.train(train(cfg, out=ns.out, resume=ns.resume, progress=not ns.no_progress))
+    run = train(cfg, out=run_folder(ns), resume=ns.resume is not None, progress=not ns.no_progress)
+    summaries.train(run)
 
 
 def _add_dp_train(p: argparse.ArgumentParser) -> None:
@@ -114,7 +115,9 @@ def _run_dp_train(ns: argparse.Namespace) -> None:
     cfg = DPConfig.from_dict(
         config_from_flags(ns, dataclass_flags(DPConfig, help=DP_TRAIN_HELP), base)
     )
-    run = dp_train(cfg, out=ns.out, resume=ns.resume, progress=not ns.no_progress)
+    run = dp_train(
+        cfg, out=run_folder(ns), resume=ns.resume is not None, progress=not ns.no_progress
+    )
     if run is not None:  # None on a torchrun rank other than 0
         summaries.dp_train(run)
 

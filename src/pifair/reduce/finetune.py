@@ -155,6 +155,14 @@ class FinetuneOutcome:
     val_accuracy_before_finetune: float | None
     kept_before_finetune: bool
 
+    def result_fields(self) -> dict:
+        """The fields of a :class:`~pifair.reduce.result.ReductionResult` this step fills."""
+        return dict(
+            history=self.history,
+            val_accuracy_before_finetune=self.val_accuracy_before_finetune,
+            kept_before_finetune=self.kept_before_finetune,
+        )
+
 
 def finetune_reduced(
     model: nn.Module,

@@ -43,7 +43,15 @@ from .allocation import allocate_by_sensitivity, relu_sensitivity
 from .finetune import FinetuneSettings, finetune_reduced, recalibrate_batchnorm
 from .harden import harden
 from .result import ReductionResult
-from .snl import SearchSettings, Snapshot, SNLSite, attach_snl_sites, snl_search, snl_sites
+from .snl import (
+    SearchResult,
+    SearchSettings,
+    Snapshot,
+    SNLSite,
+    attach_snl_sites,
+    snl_search,
+    snl_sites,
+)
 
 __all__ = [
     "BinarizeRule",
@@ -243,6 +251,33 @@ class _Linearization:
         )
         return build_objective(self.search.objective, self.dense, self.data, params)
 
+    def search_masks(
+        self, budgets: list[int], hooks: LinearizeHooks
+    ) -> tuple[nn.Module, SearchResult | None]:
+        """The model the budgets are cut from (SNL: with its mask sites) and SNL's one search
+        for all ``budgets`` (None for the naive method, or when no budget needs one)."""
+        work = copy.deepcopy(self.dense)
+        if self.method != "snl":
+            return work, None
+        attach_snl_sites(
+            work, self.data.input_shape, self.granularity, threshold=self.search.threshold
+        )
+        if not budgets:
+            return work, None
+        outcome = snl_search(
+            work,
+            self.dense,
+            self.data,
+            budgets,
+            self.search,
+            device=self.device,
+            progress=self.progress,
+            state=hooks.search_state,
+            on_epoch_end=hooks.on_search_epoch,
+            loss_fn=self.search_objective(),
+        )
+        return work, outcome
+
     def scores(
         self, reduced: nn.Module, snapshot: Snapshot | None
     ) -> tuple[dict[str, torch.Tensor], dict[str, ActivationSite], float | None]:
@@ -351,9 +386,7 @@ class _Linearization:
             method=self.method,
             granularity=self.granularity,
             binarize=rule,
-            history=outcome.history,
-            val_accuracy_before_finetune=outcome.val_accuracy_before_finetune,
-            kept_before_finetune=outcome.kept_before_finetune,
+            **outcome.result_fields(),
             val_accuracy_soft=soft,
             hardening=hardening,
             site_budgets=site_budgets,
@@ -418,24 +451,8 @@ def linearize_many(
     if search.allocation == "sensitivity" and not reference:
         job.sensitivity = _sensitivity(dense, data, granularity, device=device)
     t0 = time.perf_counter()
-    work = copy.deepcopy(dense)
-    outcome = None
     to_search = [b for b in wanted if b < dense_count.total]
-    if method == "snl":
-        attach_snl_sites(work, data.input_shape, granularity, threshold=search.threshold)
-        if to_search:
-            outcome = snl_search(
-                work,
-                dense,
-                data,
-                to_search,
-                search,
-                device=device,
-                progress=progress,
-                state=hooks.search_state,
-                on_epoch_end=hooks.on_search_epoch,
-                loss_fn=job.search_objective(),
-            )
+    work, outcome = job.search_masks(to_search, hooks)
     summary = outcome.summary() if outcome else {}
     search_seconds = time.perf_counter() - t0
     results: dict[int, LinearizeResult] = {}

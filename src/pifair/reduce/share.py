@@ -142,6 +142,18 @@ def allocate_groups(
     return choice
 
 
+def _shared_model(
+    dense: nn.Module, data: Dataset, budget: int, scheme: str, rule: str, device: torch.device
+) -> tuple[nn.Module, dict[str, str]]:
+    """A copy of ``dense`` with each site's grouping chosen greedily for ``budget`` decisions,
+    and the name of each site's grouping."""
+    options = site_options(dense, data, scheme, device=device)
+    choice = allocate_groups(dense, data, budget, options=options, rule=rule, device=device)
+    shared = copy.deepcopy(dense)
+    swap_sites(shared, lambda n, m: _site(options[n][choice[n]], rule) if n in choice else None)
+    return shared, {n: options[n][choice[n]][0] for n in choice}
+
+
 def share(
     model: nn.Module,
     train_data: Dataset,
@@ -198,10 +210,7 @@ def share(
     total = count_relus(dense, train_data.input_shape).total
     k = parse_budget(budget, total)
     t0 = time.perf_counter()
-    options = site_options(dense, train_data, scheme, device=device)
-    choice = allocate_groups(dense, train_data, k, options=options, rule=rule, device=device)
-    shared = copy.deepcopy(dense)
-    swap_sites(shared, lambda n, m: _site(options[n][choice[n]], rule) if n in choice else None)
+    shared, allocation = _shared_model(dense, train_data, k, scheme, rule, device)
     allocate_s = time.perf_counter() - t0
     t1 = time.perf_counter()
     outcome = finetune_reduced(
@@ -221,9 +230,7 @@ def share(
         relus=relus,
         scheme=scheme,
         rule=rule,
-        allocation={n: options[n][choice[n]][0] for n in choice},
-        history=outcome.history,
-        val_accuracy_before_finetune=outcome.val_accuracy_before_finetune,
-        kept_before_finetune=outcome.kept_before_finetune,
+        allocation=allocation,
+        **outcome.result_fields(),
         seconds={"reduce": allocate_s, "finetune": time.perf_counter() - t1},
     )

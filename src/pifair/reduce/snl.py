@@ -33,6 +33,7 @@ from ..relu.sites import (
 )
 from ..training.distill import DistillationLoss
 from ..training.loop import autocast_for
+from ..training.objective import end_epoch
 
 __all__ = [
     "SNLSite",
@@ -293,9 +294,51 @@ def mask_optimizer(
     return torch.optim.Adam(groups, lr=lr)
 
 
+def mask_training_loader(
+    data: Dataset, settings: SearchSettings, device: torch.device, *, seed: int
+) -> ResidentLoader:
+    """The training batches of the mask search and of hardening: shuffled, augmented, full."""
+    return ResidentLoader(
+        data,
+        "train",
+        batch_size=settings.batch_size,
+        device=device,
+        shuffle=True,
+        augment=True,
+        drop_last=True,
+        seed=seed,
+        channels_last=device.type == "cuda",
+    )
+
+
 def _l1(sites: list[SNLSite]) -> torch.Tensor:
     # a 0-dim start (0 + x is x exactly) keeps the sum a tensor when there is no site
     return sum((s.alpha.abs().sum() * s.cost_per_alpha for s in sites), torch.zeros(()))
+
+
+def _search_epoch(
+    model: nn.Module,
+    batches: Any,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: Callable,
+    lam: torch.Tensor,
+    sites: list[SNLSite],
+    device: torch.device,
+) -> None:
+    """One epoch of SNL's objective: ``loss_fn + lambda * sum of the masks' costs``."""
+    model.train()
+    for x, y, g in batches:
+        with autocast_for(device):
+            logits = model(x)
+            loss = loss_fn(logits, y, x, g)
+        loss = loss + lam * _l1(sites)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+
+def _weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    return copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
 
 
 def snl_search(
@@ -326,95 +369,53 @@ def snl_search(
         model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         teacher.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     sites = [s for _, s in snl_sites(model)]
-    if loss_fn is None:
-        loss_fn = DistillationLoss(
-            teacher, temperature=settings.temperature, weight=settings.kd_weight
-        )
+    loss_fn = loss_fn or DistillationLoss(
+        teacher, temperature=settings.temperature, weight=settings.kd_weight
+    )
     optimizer = mask_optimizer(
         model, sites, lr=settings.lr, mask_lr=settings.mask_lr or settings.lr
     )
     schedule = settings.schedule()
-    loader = ResidentLoader(
-        data,
-        "train",
-        batch_size=settings.batch_size,
-        device=device,
-        shuffle=True,
-        augment=True,
-        drop_last=True,
-        seed=settings.seed,
-        channels_last=device.type == "cuda",
-    )
-    history: list[dict] = []
-    snapshots: dict[int, Snapshot] = {}
-    start, seconds = 0, 0.0
-    if state is not None:
+    loader = mask_training_loader(data, settings, device, seed=settings.seed)
+    state = state or {"history": [], "snapshots": {}, "epoch": 0, "seconds": 0.0}
+    if "model" in state:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
-        history, snapshots, start, seconds = (
-            state["history"],
-            state["snapshots"],
-            state["epoch"],
-            state["seconds"],
-        )
+    history, snapshots, seconds = state["history"], state["snapshots"], state["seconds"]
     pending = sorted((b for b in budgets if b not in snapshots), reverse=True)
-
-    epoch = start
-    for epoch in range(start, settings.max_epochs):
+    for epoch in range(state["epoch"], settings.max_epochs):
         if not pending:
             break
         t0 = time.perf_counter()
-        model.train()
         loader.set_epoch(epoch)
         lam = torch.tensor(schedule.value, device=device)
         bar = tqdm(
             loader, desc=f"SNL search {epoch + 1}", leave=False, disable=None if progress else True
         )
-        for x, y, g in bar:
-            with autocast_for(device):
-                logits = model(x)
-                loss = loss_fn(logits, y, x, g)
-            loss = loss + lam * _l1(sites)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+        _search_epoch(model, bar, optimizer, loss_fn, lam, sites, device)
         count = alpha_count(model)  # one host sync per epoch
         seconds += time.perf_counter() - t0
         record = {"epoch": epoch + 1, "count": count, "lambda": schedule.value, "seconds": seconds}
-        if hasattr(loss_fn, "end_epoch"):  # a fairness objective's per-epoch state
-            record |= loss_fn.end_epoch()
+        record |= end_epoch(loss_fn)  # a fairness objective's per-epoch state
         schedule.update(epoch, count, min(pending))
         history.append(record)
-        for b in list(pending):
-            if count <= b:
-                snapshots[b] = Snapshot(
-                    epoch + 1,
-                    count,
-                    copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()}),
-                    True,
-                )
-                pending.remove(b)
+        for b in [b for b in pending if count <= b]:
+            snapshots[b] = Snapshot(epoch + 1, count, _weights(model), True)
+            pending.remove(b)
         if progress:
             tqdm.write(
                 f"SNL search epoch {epoch + 1}: {count:,} ReLUs with a > {settings.threshold}  "
                 f"lambda {record['lambda']:.2e}  {seconds:.0f}s"
             )
-        if on_epoch_end is not None:
+        if on_epoch_end is not None:  # a checkpoint: what ``state`` resumes from
             on_epoch_end(
-                {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "schedule": schedule.state_dict(),
-                    "history": history,
-                    "snapshots": snapshots,
-                    "epoch": epoch + 1,
-                    "seconds": seconds,
-                }
+                dict(model=model.state_dict(), optimizer=optimizer.state_dict())
+                | dict(schedule=schedule.state_dict(), history=history, snapshots=snapshots)
+                | dict(epoch=epoch + 1, seconds=seconds)
             )
     if pending:  # budgets the search did not reach: the final state, binarized by top-k
-        final = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        count = alpha_count(model)
+        final, count = _weights(model), alpha_count(model)
         for b in pending:
             snapshots[b] = Snapshot(len(history), count, final, False)
     return SearchResult(snapshots=snapshots, history=history, seconds=seconds)

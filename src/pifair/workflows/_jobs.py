@@ -55,8 +55,6 @@ class RunJob:
         """A new run folder for this job, or, with ``resume``, the killed one at ``out``
         (refused if its saved config differs)."""
         if resume:
-            if out is None:
-                raise ConfigError("resuming needs the run folder (--resume RUN)")
             config = self.as_config() | {"command": command}
             return Run.resume(
                 out, config, normalize=type(self).normalized_config, allow_finished=allow_finished

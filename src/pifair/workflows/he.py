@@ -191,73 +191,61 @@ def _log_result(run: Run, metrics: dict) -> None:
     )
 
 
-def _run_batched(
-    job: HEInferJob, run: Run, inputs: _Inputs, folded: FoldedProgram, params, batch: int
-) -> Run:
-    """Client here, server as its own spawned process (or on another host), files between."""
-    exchange = Path(job.exchange) if job.exchange else run.file("exchange")
-    secret = run.file("client") / "secret.seal"
-    x = inputs.x
-    answered = (exchange / "server.json").is_file() and secret.is_file()
+def _encrypt_request(
+    run: Run, exchange: Path, secret: Path, x: np.ndarray, folded: FoldedProgram, params, batch: int
+) -> dict[str, float]:
+    """The client's side of a request: keys (the server's files and the secret key kept
+    apart), the program, and the images encrypted a batch at a time into ``exchange``."""
     seconds = {"encrypt": 0.0, "decrypt": 0.0, "keygen": 0.0}
-    if not answered:
-        t0 = time.perf_counter()
-        client = BatchedClient(params)
-        client.write_server_keys(exchange / "keys")
-        client.keys.save_secret_key(secret)
-        seconds["keygen"] = time.perf_counter() - t0
-        write_program(folded, exchange / "program.npz")
-        atomic_write_json(
-            exchange / "request.json", {"scale_bits": params.scale_bits, "images": len(x)}
-        )
-        t0 = time.perf_counter()
-        for i, start in enumerate(range(0, len(x), batch)):
-            client.encrypt(x[start : start + batch]).save(exchange / f"batch-{i:04d}")
-        seconds["encrypt"] = time.perf_counter() - t0
-        run.log.info(
-            "client: %d images encrypted into %s (%.1f s)", len(x), exchange, seconds["encrypt"]
-        )
-        atomic_write_json(run.file("client") / "client.json", seconds)
-        if job.role == "client":
-            run.log.info("waiting for the server: pifair he-serve %s", exchange)
-            print(
-                f"client: {len(x)} images encrypted into {exchange}; run pifair he-serve "
-                f"{exchange} on the server, then this command again with --out {run.path}"
-            )
-            return run
-        workers = job.workers or os.cpu_count() or 1
-        command = [
-            sys.executable,
-            "-m",
-            "pifair",
-            "he-serve",
-            str(exchange),
-            "--workers",
-            str(workers),
-        ]
-        run.log.info("server: %s", " ".join(command))
-        done = subprocess.run(command, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise RuntimeError(f"the CKKS server process failed:\n{done.stderr[-4000:]}")
-    else:
-        seconds = json.loads((run.file("client") / "client.json").read_text())
-        client = BatchedClient.with_secret_key(params, secret)
-    server = json.loads((exchange / "server.json").read_text())
     t0 = time.perf_counter()
-    outputs = [client.decrypt(CipherBatch.load(f / "result")) for f in batch_folders(exchange)]
-    seconds["decrypt"] = time.perf_counter() - t0
-    logits = np.concatenate(outputs)
-    if len(logits) != len(x):
-        raise RuntimeError(f"the server answered {len(logits)} images of {len(x)}")
-    key_check = _key_check(client, exchange, server)
+    client = BatchedClient(params)
+    client.write_server_keys(exchange / "keys")
+    client.keys.save_secret_key(secret)
+    seconds["keygen"] = time.perf_counter() - t0
+    write_program(folded, exchange / "program.npz")
+    atomic_write_json(
+        exchange / "request.json", {"scale_bits": params.scale_bits, "images": len(x)}
+    )
+    t0 = time.perf_counter()
+    for i, start in enumerate(range(0, len(x), batch)):
+        client.encrypt(x[start : start + batch]).save(exchange / f"batch-{i:04d}")
+    seconds["encrypt"] = time.perf_counter() - t0
+    run.log.info(
+        "client: %d images encrypted into %s (%.1f s)", len(x), exchange, seconds["encrypt"]
+    )
+    atomic_write_json(run.file("client") / "client.json", seconds)
+    return seconds
+
+
+def _serve_here(run: Run, exchange: Path, workers: int) -> None:
+    """The server as its own process on this host (``pifair he-serve``)."""
+    command = [sys.executable, "-m", "pifair", "he-serve", str(exchange), "--workers", str(workers)]
+    run.log.info("server: %s", " ".join(command))
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"the CKKS server process failed:\n{done.stderr[-4000:]}")
+
+
+def _batched_metrics(
+    inputs: _Inputs,
+    folded: FoldedProgram,
+    params,
+    batch: int,
+    logits: np.ndarray,
+    seconds: dict[str, float],
+    server: dict,
+    exchange: Path,
+) -> dict[str, Any]:
+    """The metrics of a batched run: accuracy against the plaintext model, per-image times of
+    the server and the client, ciphertext sizes."""
+    n = len(inputs.x)
     first = CipherBatch.load(batch_folders(exchange)[0])
     result = CipherBatch.load(batch_folders(exchange)[0] / "result")
     stages: dict[str, float] = {}
     for per_batch in server["stages"]:
         for name, sec in per_batch.items():
             stages[name] = stages.get(name, 0.0) + sec
-    n = len(x)
-    metrics: dict[str, Any] = {
+    return {
         "kind": "he-infer",
         "engine": "batched",
         "images": n,
@@ -266,7 +254,7 @@ def _run_batched(
         "params": params.as_dict(),
         "program": folded.summary(),
         "depth": folded.depth,
-        **_accuracy_metrics(inputs, logits, folded.run_plain(x)),
+        **_accuracy_metrics(inputs, logits, folded.run_plain(inputs.x)),
         "seconds": seconds
         | {
             "server": server["seconds"],
@@ -287,9 +275,37 @@ def _run_batched(
         "output_ciphertext_bytes": int(result.data[:, 0].nbytes),
         "workers": server["workers"],
         "server_process": {"pid": server["pid"], "client_pid": os.getpid()},
-        "server_key_check": key_check,
     }
-    del first, result
+
+
+def _run_batched(
+    job: HEInferJob, run: Run, inputs: _Inputs, folded: FoldedProgram, params, batch: int
+) -> Run:
+    """Client here, server as its own spawned process (or on another host), files between."""
+    exchange = Path(job.exchange) if job.exchange else run.file("exchange")
+    secret = run.file("client") / "secret.seal"
+    x = inputs.x
+    if not ((exchange / "server.json").is_file() and secret.is_file()):  # not answered yet
+        seconds = _encrypt_request(run, exchange, secret, x, folded, params, batch)
+        if job.role == "client":
+            run.log.info("waiting for the server: pifair he-serve %s", exchange)
+            print(
+                f"client: {len(x)} images encrypted into {exchange}; run pifair he-serve "
+                f"{exchange} on the server, then this command again with --out {run.path}"
+            )
+            return run
+        _serve_here(run, exchange, job.workers or os.cpu_count() or 1)
+    seconds = json.loads((run.file("client") / "client.json").read_text())
+    client = BatchedClient.with_secret_key(params, secret)
+    server = json.loads((exchange / "server.json").read_text())
+    t0 = time.perf_counter()
+    outputs = [client.decrypt(CipherBatch.load(f / "result")) for f in batch_folders(exchange)]
+    seconds["decrypt"] = time.perf_counter() - t0
+    logits = np.concatenate(outputs)
+    if len(logits) != len(x):
+        raise RuntimeError(f"the server answered {len(logits)} images of {len(x)}")
+    metrics = _batched_metrics(inputs, folded, params, batch, logits, seconds, server, exchange)
+    metrics["server_key_check"] = _key_check(client, exchange, server)
     if not job.keep_ciphertexts:
         for folder in batch_folders(exchange):
             shutil.rmtree(folder)

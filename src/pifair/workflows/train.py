@@ -27,11 +27,11 @@ def train(
     cfg: TrainConfig,
     *,
     out: str | os.PathLike | None = None,
-    resume: str | os.PathLike | None = None,
+    resume: bool = False,
     progress: bool = True,
 ) -> Run:
     """Train ``cfg.model`` on ``cfg.data`` into a run folder (model, config, metrics, plots);
-    with ``resume``, continue the killed run in that folder.
+    with ``resume``, continue the killed run at ``out``.
 
     Examples
     --------
@@ -46,9 +46,7 @@ def train(
     model = create_model(
         cfg.model, num_classes=data.num_classes, input_shape=data.input_shape, **cfg.model_options()
     )
-    run = (
-        Run.resume(resume, cfg.as_dict()) if resume else Run.create("train", cfg.as_dict(), out=out)
-    )
+    run = Run.resume(out, cfg.as_dict()) if resume else Run.create("train", cfg.as_dict(), out=out)
     relus = count_relus(model, data.input_shape)
     run.write_json("relus.json", relus.as_dict())
     run.log.info("model %s: %s ReLUs\n%s", cfg.model, f"{relus.total:,}", relus.table())
@@ -71,7 +69,7 @@ def train(
         settings,
         loss_fn=_cross_entropy(cfg.label_smoothing),
         checkpoints=run,
-        resume=resume is not None,
+        resume=resume,
     )
     elapsed = time.perf_counter() - t0
     test = evaluate(model, data, "test")
