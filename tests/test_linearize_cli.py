@@ -50,8 +50,8 @@ def test_linearize_command_writes_an_exact_reduced_run(dense_run, tmp_path, caps
     )
     m = json.loads((out / "metrics.json").read_text())
     assert m["relus"] == 100 and m["budget"] == 100 and m["method"] == "snl"
-    assert m["dense_relus"] == 1664 and m["drop"] == pytest.approx(
-        m["dense_test_accuracy"] - m["test_accuracy"]
+    assert m["parent_relus"] == 1664 and m["drop"] == pytest.approx(
+        m["parent_test_accuracy"] - m["test_accuracy"]
     )
     assert main(["relus", str(out)]) == 0
     assert "100" in capsys.readouterr().out.splitlines()[-1]

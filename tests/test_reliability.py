@@ -175,16 +175,16 @@ def test_dp_diagnostics_are_off_by_default_and_labelled_when_on(tmp_path):
 @pytest.mark.parametrize(
     "args, named",
     [
-        (["mitigate", "--from", "{dense}", "--epochs", "0"], "--epochs must be >= 1"),
+        (["mitigate", "--from", "{dense}", "--epochs", "0"], "epochs must be >= 1"),
         (
             ["share", "--from", "{dense}", "--budget", "10", "--finetune-epochs", "-1"],
-            "fine-tuning epochs must be >= 0",
+            "finetune.epochs must be >= 0",
         ),
-        (["audit", "{dense}", "{dense}", "--grad-samples", "-1"], "--grad-samples must be >= 0"),
-        (["polyfit", "--from", "{dense}", "--finetune-lr", "0"], "fine-tuning lr must be > 0"),
+        (["audit", "{dense}", "{dense}", "--grad-samples", "-1"], "grad_samples must be >= 0"),
+        (["polyfit", "--from", "{dense}", "--finetune-lr", "0"], "finetune.lr must be > 0"),
         (
             ["linearize", "--from", "{dense}", "--budget", "10", "--search-epochs", "0"],
-            "max_epochs must be >= 1",
+            "search.max_epochs must be >= 1",
         ),
     ],
 )
@@ -283,9 +283,9 @@ def test_main_lets_real_bugs_show_their_traceback(monkeypatch):
 # ---- 6. he-infer validates before the work starts ----------------------------------------------
 def test_he_infer_settings_are_refused_before_loading_anything(tmp_path, capsys):
     for flag, value, named in (
-        ("--images", "-3", "--images must be >= 1"),
-        ("--batch", "-1", "--batch must be >= 1"),
-        ("--workers", "-2", "--workers must be >= 0"),
+        ("--images", "-3", "images must be >= 1"),
+        ("--batch", "-1", "batch must be >= 0"),
+        ("--workers", "-2", "workers must be >= 0"),
     ):
         assert (
             main(

@@ -50,6 +50,24 @@ LOCK = ".lock"
 _HELD_LOCKS: dict[str, int] = {}
 
 
+# one name per meaning: what older runs wrote under another name (a reduction's parent was
+# "dense" for linearize and share; the reduction's own seconds were "search", "allocate", "fit")
+RENAMED_METRICS = {
+    "dense_relus": "parent_relus",
+    "dense_test_accuracy": "parent_test_accuracy",
+    "dense_test": "parent_test",
+}
+RENAMED_SECONDS = {"search": "reduce", "allocate": "reduce", "fit": "reduce"}
+
+
+def current_metric_names(metrics: dict[str, Any]) -> dict[str, Any]:
+    """``metrics`` with every renamed key under its current name."""
+    out = {RENAMED_METRICS.get(k, k): v for k, v in metrics.items()}
+    if isinstance(out.get("seconds"), dict):
+        out["seconds"] = {RENAMED_SECONDS.get(k, k): v for k, v in out["seconds"].items()}
+    return out
+
+
 class Run:
     """A run folder and its files."""
 
@@ -185,11 +203,12 @@ class Run:
 
     @property
     def metrics(self) -> dict[str, Any]:
+        """metrics.json, with the keys of older pifair versions read under today's names."""
         p = self.path / METRICS
         if not p.exists():
             return {}
         try:
-            return json.loads(p.read_text())
+            return current_metric_names(json.loads(p.read_text()))
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise CorruptFileError(
                 f"{p} is not valid JSON ({err}); it was edited or truncated"

@@ -1,4 +1,4 @@
-"""Fairness-aware training objectives for reduced models (DESIGN.md section 7).
+"""Fairness-aware training objectives for reduced models (docs/fairness.md).
 
 Each objective wraps the per-sample CE + KD of :class:`~pifair.training.distill.DistillationLoss`
 and is selected by name (``FinetuneSettings.objective`` for the fine-tuning,

@@ -1,6 +1,6 @@
 """``pifair.share``: ReLU sharing under a budget of sign decisions, then KD fine-tuning.
 
-Budget allocation (DESIGN.md section 4): every ReLU site starts as plain ReLU (groups of one);
+Budget allocation (docs/reductions.md): every ReLU site starts as plain ReLU (groups of one);
 while the model's decisions exceed the budget, the site whose next coarser grouping costs the
 least validation loss per decision saved is coarsened (loss measured on a calibration slice of
 the validation split, the other sites as they stand). Then batch-norm statistics are

@@ -22,10 +22,10 @@ from ..dp.private import (
 from ..errors import ConfigError
 from ..fairness.audit import minority_gap, minority_groups
 from ..models import create_model
-from ..models.io import save_model
 from ..report import plots
-from ..runs import MODEL, Run
+from ..runs import Run
 from ..training.loop import evaluate, resolve_device
+from .train import save_trained_model
 
 __all__ = ["DPConfig", "dp_train"]
 
@@ -215,14 +215,7 @@ def _finish(
     cfg: DPConfig, run: Run, model: nn.Module, data: Dataset, history: list[dict], private, **extra
 ) -> None:
     test = evaluate(model, data, "test")
-    save_model(
-        run.file(MODEL),
-        model,
-        name=cfg.model,
-        num_classes=data.num_classes,
-        input_shape=data.input_shape,
-        options=cfg.model_options(),
-    )
+    save_trained_model(run, model, cfg, data)
     metrics = {
         "kind": "dp-train",
         "method": cfg.method,

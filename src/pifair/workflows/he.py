@@ -16,6 +16,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ..atomic import atomic_write_json
+from ..config_types import check_settings, setting
 from ..errors import ConfigError
 from ..runs import Run
 from ..secure.he.batched import BatchedClient, CipherBatch, folded_parameters
@@ -37,20 +38,33 @@ __all__ = ["HEInferJob", "run_he_infer"]
 class HEInferJob(RunJob):
     """What ``pifair he-infer`` runs; its dict is the run's config.yaml."""
 
-    from_run: str
-    # batched: linear stages as modular matrix products over raw RNS data, folded polynomials,
-    # the server a separate process; seal: one SEAL call per weight (the first engine)
-    engine: Literal["batched", "seal"] = "batched"
-    batch: int = 0  # images per ciphertext (one per slot; 0: every slot, N/2); more are split
-    images: int | None = None  # test images to run (default: one batch)
-    scale_bits: int = 0  # CKKS scale 2^bits (0: the engine's choice)
-    workers: int = 0  # processes computing a stage's outputs (0: one per CPU core)
-    compare_images: int = 0  # also run N images one per ciphertext (rotations): the comparison
-    # both: client, then the server spawned as its own process, then decryption; client: the
-    # client's half only (run it again after pifair he-serve has answered in --exchange)
-    role: Literal["both", "client"] = "both"
-    exchange: str | None = None  # the folder between client and server (default: RUN/exchange)
-    keep_ciphertexts: bool = False  # keep the exchange's ciphertext files after decryption
+    from_run: str = setting(help="run folder of a polynomial model (pifair polyfit)")
+    engine: Literal["batched", "seal"] = setting(
+        "batched",
+        help="batched: linear layers as modular matrix products over the raw ciphertexts, the "
+        "server its own process; seal: one SEAL call per weight (the first engine)",
+    )
+    # more images than one batch are split into batches
+    batch: int = setting(0, help="images per ciphertext (0: every slot, N/2)", ge=0)
+    images: int | None = setting(None, help="test images to run (unset: one batch)", ge=1)
+    scale_bits: int = setting(0, help="CKKS scale: 2^bits (0: the engine's choice)", ge=0)
+    workers: int = setting(0, help="server processes (0: one per core)", ge=0)
+    compare_images: int = setting(
+        0, help="also run N images one per ciphertext (with rotations) and compare times", ge=0
+    )
+    role: Literal["both", "client"] = setting(
+        "both",
+        help="both: client, server (spawned) and decryption here; client: encrypt into "
+        "--exchange and stop (run pifair he-serve there, then this command again with the "
+        "same --out)",
+    )
+    exchange: str | None = setting(
+        None, help="folder of the files between client and server (unset: RUN/exchange)"
+    )
+    keep_ciphertexts: bool = setting(False, help="keep the ciphertext files after decryption")
+
+    def __post_init__(self) -> None:
+        check_settings(self)
 
 
 def _bytes(ct, folder) -> int:
@@ -95,14 +109,6 @@ def _image_layout(
 
 def _validate(job: HEInferJob) -> None:
     """Refuse bad settings before any model is loaded or any folder written."""
-    if job.batch < 0:
-        raise ConfigError(f"--batch must be >= 1 (images per ciphertext; 0: N/2), got {job.batch}")
-    if job.images is not None and job.images < 1:
-        raise ConfigError(f"--images must be >= 1 (or unset: one batch), got {job.images}")
-    if job.compare_images < 0:
-        raise ConfigError(f"--compare-images must be >= 0, got {job.compare_images}")
-    if job.workers < 0:
-        raise ConfigError(f"--workers must be >= 0 (0: one per core), got {job.workers}")
     if job.scale_bits != 0 and not 20 <= job.scale_bits <= 60:
         raise ConfigError(
             f"--scale-bits must be in [20, 60] (or 0: the engine's choice), got {job.scale_bits}"

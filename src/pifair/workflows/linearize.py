@@ -16,6 +16,7 @@ from typing import ClassVar, Literal
 import torch
 
 from ..atomic import atomic_open, load_torch_file
+from ..config_types import setting
 from ..errors import ConfigError
 from ..reduce.finetune import FinetuneSettings
 from ..reduce.linearize import LinearizeHooks, LinearizeResult, linearize_many
@@ -45,10 +46,12 @@ class LinearizeJob(RunJob):
     from_run: str
     budgets: list[str]
     methods: list[str] = field(default_factory=lambda: ["snl"])
-    granularity: Literal["pixel", "channel"] = "pixel"
+    granularity: Literal["pixel", "channel"] = setting(
+        "pixel", help="keep single activations (pixel) or whole channels"
+    )
     reference: bool = False
-    seed: int = 0
-    device: str = "auto"
+    seed: int = setting(0, help="seed of the reduction and its fine-tuning")
+    device: str = setting("auto", help="auto (CUDA when present), cpu or cuda[:N]")
     search: SearchSettings = field(default_factory=SearchSettings)
     finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
 

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data import Dataset, load_dataset
+from ..dp.config import DPConfig
 from ..errors import UnfinishedRunError
 from ..models import create_model
 from ..models.io import load_model, save_model
@@ -21,6 +22,21 @@ from ..training.config import TrainConfig
 from ..training.loop import LoopSettings, evaluate, fit, resolve_device
 
 __all__ = ["TrainConfig", "train", "load_from_run", "dataset_for_run"]
+
+
+def save_trained_model(
+    run: Run, model: nn.Module, cfg: TrainConfig | DPConfig, data: Dataset
+) -> None:
+    """``model.pt`` of a run that trained ``cfg.model`` (train, dp-train): weights and the
+    record that rebuilds the architecture."""
+    save_model(
+        run.file(MODEL),
+        model,
+        name=cfg.model,
+        num_classes=data.num_classes,
+        input_shape=data.input_shape,
+        options=cfg.model_options(),
+    )
 
 
 def train(
@@ -73,14 +89,7 @@ def train(
     )
     elapsed = time.perf_counter() - t0
     test = evaluate(model, data, "test")
-    save_model(
-        run.file(MODEL),
-        model,
-        name=cfg.model,
-        num_classes=data.num_classes,
-        input_shape=data.input_shape,
-        options=cfg.model_options(),
-    )
+    save_trained_model(run, model, cfg, data)
     run.update_metrics(
         kind="train",
         model=cfg.model,

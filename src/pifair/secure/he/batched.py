@@ -219,11 +219,6 @@ class BatchedServer:
         self.scale = 2.0**self.scale_bits
         warm_up()  # kernels compiled (once per install) before any timed step
 
-    def _parallel(self, fn, count: int) -> None:
-        """SEAL steps (which hold the GIL) in forked workers. Only SEAL and single-threaded
-        kernels run there: numba's thread pool and OpenBLAS's are started in this process."""
-        run_forked(fn, count, self.workers)
-
     def _linear(self, stage: LinearStage, batch: CipherBatch, drops: int) -> np.ndarray:
         """The stage's products per limb, before the rescale: (limbs, out, size, N), every
         output at scale Delta times the ``drops`` last primes."""
@@ -269,7 +264,9 @@ class BatchedServer:
             kernels().add_constant(view[0], constants, moduli)
             out[:, o] = np.moveaxis(view, 1, 0)
 
-        self._parallel(one, outputs)
+        # SEAL steps (which hold the GIL) in forked workers; only SEAL and single-threaded
+        # kernels run there: numba's thread pool and OpenBLAS's are started in this process
+        run_forked(one, outputs, self.workers)
         return out
 
     def _square(self, batch: CipherBatch, kept: np.ndarray) -> CipherBatch:

@@ -69,17 +69,28 @@ class PolyStage:
 
 
 @dataclass
-class HEProgram:
+class StagedProgram:
+    """A program of stages on a flattened input: what the compiled and the folded programs
+    share (their stage kinds differ)."""
+
     input_shape: tuple[int, ...]
-    stages: list[LinearStage | PolyStage] = field(default_factory=list)
+    stages: list = field(default_factory=list)
 
     @property
     def depth(self) -> int:
+        """Multiplicative levels the program consumes."""
         return sum(s.depth for s in self.stages)
 
     @property
     def input_features(self) -> int:
         return int(np.prod(self.input_shape))
+
+
+@dataclass
+class HEProgram(StagedProgram):
+    """Linear stages and polynomial activations: the program both engines start from."""
+
+    stages: list[LinearStage | PolyStage] = field(default_factory=list)
 
     def summary(self) -> list[dict]:
         out = []

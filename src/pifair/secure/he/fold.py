@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import sparse
 
-from .compile import HEProgram, LinearStage
+from .compile import HEProgram, LinearStage, StagedProgram
 
 __all__ = ["SquareStage", "FoldedProgram", "fold_program"]
 
@@ -43,19 +43,10 @@ class SquareStage:
 
 
 @dataclass
-class FoldedProgram:
+class FoldedProgram(StagedProgram):
     """Linear stages and bare squares: the program the batched engine runs."""
 
-    input_shape: tuple[int, ...]
     stages: list[LinearStage | SquareStage] = field(default_factory=list)
-
-    @property
-    def depth(self) -> int:
-        return sum(s.depth for s in self.stages)
-
-    @property
-    def input_features(self) -> int:
-        return int(np.prod(self.input_shape))
 
     def summary(self) -> list[dict]:
         out = []
