@@ -52,6 +52,10 @@ class LinearStage:
     def terms(self) -> int:
         return int(self.weights.nnz)
 
+    def summary(self) -> dict:
+        rows, cols = self.weights.shape
+        return {"stage": "linear", "in": cols, "out": rows, "terms": self.terms, "depth": 1}
+
 
 @dataclass
 class PolyStage:
@@ -66,6 +70,10 @@ class PolyStage:
     @property
     def depth(self) -> int:
         return 2 if self.degree == 2 else 1  # x^2 and its coefficient; degree 1: the coefficient
+
+    def summary(self) -> dict:
+        features = self.coefficients.shape[1]
+        return {"stage": f"poly{self.degree}", "features": features, "depth": self.depth}
 
 
 @dataclass
@@ -85,35 +93,16 @@ class StagedProgram:
     def input_features(self) -> int:
         return int(np.prod(self.input_shape))
 
+    def summary(self) -> list[dict]:
+        """One line per stage (the run's metrics and the report show it)."""
+        return [s.summary() for s in self.stages]
+
 
 @dataclass
 class HEProgram(StagedProgram):
     """Linear stages and polynomial activations: the program both engines start from."""
 
     stages: list[LinearStage | PolyStage] = field(default_factory=list)
-
-    def summary(self) -> list[dict]:
-        out = []
-        for s in self.stages:
-            if isinstance(s, LinearStage):
-                out.append(
-                    {
-                        "stage": "linear",
-                        "in": s.weights.shape[1],
-                        "out": s.weights.shape[0],
-                        "terms": s.terms,
-                        "depth": s.depth,
-                    }
-                )
-            else:
-                out.append(
-                    {
-                        "stage": f"poly{s.degree}",
-                        "features": s.coefficients.shape[1],
-                        "depth": s.depth,
-                    }
-                )
-        return out
 
     def check_encryptable(self) -> None:
         """Refuse, before any key or ciphertext exists, what the engine cannot encrypt: an
