@@ -223,7 +223,8 @@ def test_linearize_with_mitigate_flag(dense_run, tmp_path):
     assert json.loads((out / "metrics.json").read_text())["objective"] == "constrained"
 
 
-ADULT = Path(__file__).resolve().parents[1] / "data" / "slices" / "adult"  # a real slice, in the repo
+# a real slice, in the repo
+ADULT = Path(__file__).resolve().parents[1] / "data" / "slices" / "adult"
 
 
 def test_adult_mlp_by_sex_linearize_and_audit(tmp_path):

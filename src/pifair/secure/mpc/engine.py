@@ -337,6 +337,7 @@ def run_party(
     The server (rank 0) must give ``program``; the client (rank 1) ``images`` of shape
     (n, *input_shape). With ``log`` (this process's SPU log), this party's runs are profiled.
     """
+    _spu()  # a missing extra is named (and how to install it) before anything runs
     from spu import api as spu_api
 
     settings.validate()
