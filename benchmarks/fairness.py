@@ -186,7 +186,7 @@ def arm_runs(
         train(
             config,
             out=dense_dir,
-            resume=dense_dir if (dense_dir / "checkpoint.pt").exists() else None,
+            resume=(dense_dir / "checkpoint.pt").exists(),
             progress=False,
         )
     runs: dict[tuple[str, str], Path] = {}

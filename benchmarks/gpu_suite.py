@@ -246,7 +246,7 @@ def main() -> None:
     dense_dir = args.dense or args.out / "dense"
     if not (dense_dir / MODEL).exists():
         t0 = time.perf_counter()
-        resume = dense_dir if (dense_dir / "checkpoint.pt").exists() else None
+        resume = (dense_dir / "checkpoint.pt").exists()
         train(TrainConfig(**dense_cfg), out=dense_dir, resume=resume, progress=False)
         durations["dense"] = time.perf_counter() - t0
     for stage, fields in stages(setting):

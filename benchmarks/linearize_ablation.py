@@ -226,7 +226,7 @@ def main() -> None:
     t0 = time.perf_counter()
     dense_dir = out / "dense"
     if not (dense_dir / MODEL).exists():
-        resume = dense_dir if (dense_dir / "checkpoint.pt").exists() else None
+        resume = (dense_dir / "checkpoint.pt").exists()
         train(TrainConfig(**setting["dense"]), out=dense_dir, resume=resume, progress=False)
     dense = Run.open(dense_dir).metrics
     dense_s = time.perf_counter() - t0

@@ -86,7 +86,7 @@ def main() -> None:
         train(
             TrainConfig(**setting["dense"], data_dir=args.data_dir),
             out=dense_dir,
-            resume=dense_dir if (dense_dir / "checkpoint.pt").exists() else None,
+            resume=(dense_dir / "checkpoint.pt").exists(),
             progress=False,
         )
     dense_s = time.perf_counter() - t0

@@ -51,9 +51,10 @@ def _is_type_checking(node: ast.If) -> bool:
     )
 
 
-def pifair_imports(path: Path) -> list[tuple[str, int, bool]]:
-    """(imported pifair module, line, at module level) for every import in ``path``."""
-    module = _module_name(path)
+def pifair_imports(path: Path, module: str | None = None) -> list[tuple[str, int, bool]]:
+    """(imported pifair module, line, at module level) for every import in ``path``, read as
+    pifair module ``module`` (default: the module that ``path`` is)."""
+    module = module or _module_name(path)
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     tree = ast.parse(path.read_text(), filename=str(path))
     top_level = {id(n) for n in tree.body}
@@ -152,18 +153,31 @@ def test_no_import_cycle():
 
 def test_the_checker_sees_a_forbidden_import(tmp_path):
     """The rule test must be able to fail: a relu module importing the reductions is caught."""
-    bad = SRC / "relu" / "_rule_probe.py"
+    bad = tmp_path / "_rule_probe.py"  # read as a module of pifair.relu; never in the package
     source = (
         "from ..reduce.snl import SearchSettings\n\n\ndef f():\n    from ..training import fit\n"
     )
     bad.write_text(source)
-    try:
-        found = pifair_imports(bad)
-        assert ("pifair.reduce.snl", 1, True) in found
-        assert ("pifair.training", 5, False) in found
-        assert LAYER_OF[_package(found[0][0])] > LAYER_OF["relu"]
-    finally:
-        bad.unlink()
+    found = pifair_imports(bad, module="pifair.relu._rule_probe")
+    assert ("pifair.reduce.snl", 1, True) in found
+    assert ("pifair.training", 5, False) in found
+    assert LAYER_OF[_package(found[0][0])] > LAYER_OF["relu"]
+
+
+def _long_functions(paths: list[Path], limit: int) -> list[str]:
+    long = []
+    for p in paths:
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                if node.end_lineno - node.lineno + 1 > limit:
+                    long.append(f"{p.relative_to(SRC.parent)}:{node.lineno} {node.name}")
+    return long
+
+
+def test_no_function_is_over_80_lines():
+    """A function that long mixes concerns; split it where the concerns part."""
+    long = _long_functions(_sources(), 80)
+    assert not long, f"functions over 80 lines: {long}"
 
 
 def test_cli_functions_are_short_and_nothing_skips_the_formatter():

@@ -1,11 +1,17 @@
 """Every number README's "Measured" table states comes from a results file in
-``benchmarks/results/`` that a command wrote: a stale or hand-edited figure fails here."""
+``benchmarks/results/`` that a command wrote: a stale or hand-edited figure fails here.
+
+A value with its spread (``85.36 ± 0.05``, ``-0.19 [-0.51, +0.13]``) must stand together in one
+cell or summary line of the file: small numbers such as 0.05 occur all over a results file, so
+matching them one by one anywhere would let a wrong spread through."""
 
 from __future__ import annotations
 
 import json
 import re
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -14,6 +20,23 @@ RESULTS = ROOT / "benchmarks" / "results"
 # a number, with its sign when one stands before it, and an exponent; not digits inside words
 _NUMBER = re.compile(r"(?<![\w.])[-+]?\d[\d,]*(?:\.\d+)?(?:e[-+]?\d+)?")
 _LINK = re.compile(r"\((benchmarks/results/[\w.-]+\.json)\)")
+_N = r"[-+]?\d[\d,]*(?:\.\d+)?"
+# a value and its spread: "x ± s" or "x [lo, hi]"
+_SPREAD = re.compile(rf"(?<![\w.])({_N})\s*%?\s*(?:±\s*({_N})|\[\s*({_N}),\s*({_N})\s*\])")
+
+
+def spreads(text: str) -> set[tuple[str, ...]]:
+    """Each value quoted with its spread, as the tuple of its numbers (as written)."""
+    out = set()
+    for match in _SPREAD.finditer(text):
+        out.add(tuple(g.replace(",", "").lstrip("+") for g in match.groups() if g is not None))
+    return out
+
+
+def _cells(record: dict) -> list[str]:
+    """Every table cell and summary line of a results file."""
+    cells = [str(c) for table in record["tables"].values() for row in table["rows"] for c in row]
+    return cells + list(record["summary"])
 
 
 def numbers(text: str) -> set[str]:
@@ -68,6 +91,10 @@ def problems(readme: str, results: Path) -> list[str]:
         missing = numbers(row.get("result", "")) - numbers(source)
         if missing:
             out.append(f"{what}: {sorted(missing)} not in {path.name}")
+        together = set().union(*(spreads(c) for c in _cells(record)))
+        apart = spreads(row.get("result", "")) - together
+        if apart:
+            out.append(f"{what}: {sorted(apart)} not together in one cell of {path.name}")
     return out
 
 
@@ -90,6 +117,36 @@ def test_an_edited_number_or_a_missing_file_fails(tmp_path):
     name = _LINK.search(row["results file"]).group(1).split("/")[-1]
     (tmp_path / name).unlink()
     assert any("does not exist" in p for p in problems(readme, tmp_path))
+
+
+def test_a_wrong_spread_fails_even_when_its_number_is_elsewhere_in_the_file():
+    """The spread of one value swapped for another's: each number exists in the file, the pair
+    does not."""
+    readme = README.read_text()
+    for row in measured_rows(readme):
+        pairs = sorted(p for p in spreads(row["result"]) if len(p) == 2)
+        if len(pairs) >= 2 and pairs[0][1] != pairs[1][1]:
+            break
+    else:
+        pytest.skip("no row quotes two values with different spreads")
+    (value, spread), (_, other) = pairs[0], pairs[1]
+    cell = re.sub(
+        rf"{re.escape(value)}(\s*%?\s*)±\s*{re.escape(spread)}",
+        rf"{value}\1± {other}",
+        row["result"],
+        count=1,
+    )
+    assert cell != row["result"]
+    assert any(
+        "not together" in p for p in problems(readme.replace(row["result"], cell, 1), RESULTS)
+    )
+
+
+def test_spreads_are_read_as_written():
+    assert spreads("DPSGD 85.36 ± 0.05 %, Global -0.19 [-0.51, +0.13], 9-11 %") == {
+        ("85.36", "0.05"),
+        ("-0.19", "-0.51", "0.13"),
+    }
 
 
 def test_numbers_are_read_as_written():

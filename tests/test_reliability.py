@@ -175,16 +175,16 @@ def test_dp_diagnostics_are_off_by_default_and_labelled_when_on(tmp_path):
 @pytest.mark.parametrize(
     "args, named",
     [
-        (["mitigate", "--from", "{dense}", "--epochs", "0"], "--epochs must be >= 1"),
+        (["mitigate", "--from", "{dense}", "--epochs", "0"], "epochs must be >= 1"),
         (
             ["share", "--from", "{dense}", "--budget", "10", "--finetune-epochs", "-1"],
-            "fine-tuning epochs must be >= 0",
+            "finetune.epochs must be >= 0",
         ),
-        (["audit", "{dense}", "{dense}", "--grad-samples", "-1"], "--grad-samples must be >= 0"),
-        (["polyfit", "--from", "{dense}", "--finetune-lr", "0"], "fine-tuning lr must be > 0"),
+        (["audit", "{dense}", "{dense}", "--grad-samples", "-1"], "grad_samples must be >= 0"),
+        (["polyfit", "--from", "{dense}", "--finetune-lr", "0"], "finetune.lr must be > 0"),
         (
             ["linearize", "--from", "{dense}", "--budget", "10", "--search-epochs", "0"],
-            "max_epochs must be >= 1",
+            "search.max_epochs must be >= 1",
         ),
     ],
 )
@@ -283,9 +283,9 @@ def test_main_lets_real_bugs_show_their_traceback(monkeypatch):
 # ---- 6. he-infer validates before the work starts ----------------------------------------------
 def test_he_infer_settings_are_refused_before_loading_anything(tmp_path, capsys):
     for flag, value, named in (
-        ("--images", "-3", "--images must be >= 1"),
-        ("--batch", "-1", "--batch must be >= 1"),
-        ("--workers", "-2", "--workers must be >= 0"),
+        ("--images", "-3", "images must be >= 1"),
+        ("--batch", "-1", "batch must be >= 0"),
+        ("--workers", "-2", "workers must be >= 0"),
     ):
         assert (
             main(
@@ -367,8 +367,24 @@ def test_wrong_types_in_nested_job_settings_are_named():
 
     with pytest.raises(ConfigError, match="setting 'epochs' must be an integer"):
         ShareJob.from_config({"from": "x", "budget": "5", "finetune": {"epochs": "many"}})
-    with pytest.raises(ConfigError, match="unknown finetune settings"):
+    with pytest.raises(ConfigError, match=r"unknown FinetuneSettings settings \['epoch'\]"):
         ShareJob.from_config({"from": "x", "budget": "5", "finetune": {"epoch": 3}})
+
+
+@pytest.mark.parametrize("kind", ["dp", "train", "share"])
+def test_every_config_refuses_an_unknown_key_by_name(kind):
+    """A misspelt key must not be dropped silently (DPConfig used to drop it)."""
+    from pifair.dp import DPConfig
+    from pifair.workflows.share import ShareJob
+
+    build = {
+        "dp": lambda d: DPConfig.from_dict(d | {"method": "dpsgd", "epsilon": 6.0}),
+        "train": TrainConfig.from_dict,
+        "share": lambda d: ShareJob.from_config(d | {"from": "x", "budget": "5"}),
+    }[kind]
+    with pytest.raises(ConfigError, match=r"unknown \w+ settings \['epsilom'\]"):
+        build({"epsilom": 3.0})
+    build({"command": "ignored: the run folder's bookkeeping"})  # the saved config's own key
 
 
 def test_corrupt_metrics_file_is_named(tmp_path):

@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 
@@ -41,3 +43,19 @@ def test_resume_with_a_different_config_is_refused(tmp_path):
 def test_open_rejects_a_folder_that_is_not_a_run(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a pifair run folder"):
         Run.open(tmp_path)
+
+
+def test_an_older_runs_metrics_are_read_under_todays_names(tmp_path):
+    """A linearize run of an older pifair named its parent 'dense' and its search seconds
+    'search': one name per meaning now, and the old folders still read."""
+    run = Run.create("linearize", {}, out=tmp_path / "old")
+    old = {
+        "dense_test_accuracy": 0.9,
+        "dense_relus": 1664,
+        "seconds": {"search": 3.0, "finetune": 1.0},
+    }
+    (run.path / "metrics.json").write_text(json.dumps(old))
+    m = Run.open(run.path).metrics
+    assert m["parent_test_accuracy"] == 0.9 and m["parent_relus"] == 1664
+    assert m["seconds"] == {"reduce": 3.0, "finetune": 1.0}
+    assert "dense_relus" not in m

@@ -2,11 +2,14 @@
 
 The public API; the command line (``pifair --help``) is a thin layer over the workflows.
 
-* data and models: :func:`load_dataset`, :func:`create_model`, :func:`count_relus`;
+* data and models: :func:`load_dataset`, :func:`list_datasets`, :func:`create_model`,
+  :func:`list_models`, :func:`load_from_run`;
+* ReLU sites of any model: :func:`convert_activations`, :func:`replace_activations`,
+  :func:`count_relus`, :func:`parse_budget`;
 * training: :func:`train` and :func:`dp_train` (run folders), :func:`evaluate`;
 * reductions, each returning a :class:`ReductionResult`: :func:`linearize` (SNL),
-  :func:`share` (ReLU sharing), :func:`polyfit` (polynomials for HE), :func:`mitigate`
-  (fairness-aware refit);
+  :func:`share` (ReLU sharing), :func:`polyfit` (polynomials for HE); each takes
+  ``finetune=FinetuneSettings(objective=...)`` for a fairness-aware fine-tuning (mitigation);
 * fairness: :func:`audit` (per-group cost of a reduction);
 * private inference: :mod:`pifair.he` (CKKS), :mod:`pifair.mpc` (SPU), :func:`cost` (estimates).
 """
@@ -28,7 +31,6 @@ from .fairness.audit import audit_pair as audit
 from .models import create_model, list_models
 from .reduce.finetune import FinetuneSettings
 from .reduce.linearize import linearize
-from .reduce.mitigate import mitigate
 from .reduce.polyfit import polyfit
 from .reduce.result import ReductionResult
 from .reduce.share import share
@@ -71,7 +73,6 @@ __all__ = [
     "list_models",
     "load_dataset",
     "load_from_run",
-    "mitigate",
     "mpc",
     "parse_budget",
     "polyfit",

@@ -1,7 +1,10 @@
-"""Type checks of settings read from a config.yaml (or given to a settings dataclass).
+"""Settings declared once, and checked: a field's default, help and bounds in one place.
 
-A dataclass does not check its field types, so ``epochs: ten`` in a hand-edited config.yaml
-would surface as a TypeError deep in training; here it is refused by name first.
+:func:`setting` declares a field with its help text (the command line reads it) and its bounds
+(:func:`check_settings` refuses a value outside them, naming the field). A dataclass does not check
+its field types either, so ``epochs: ten`` in a hand-edited config.yaml would surface as a
+TypeError deep in training; :func:`settings_from_dict` refuses it by name first, and refuses a
+key no field has.
 """
 
 from __future__ import annotations
@@ -13,7 +16,65 @@ from typing import Any
 
 from .errors import ConfigError
 
-__all__ = ["checked_settings"]
+__all__ = ["check_settings", "checked_settings", "help_of", "setting", "settings_from_dict"]
+
+_BOUNDS = {
+    "ge": (">=", lambda v, b: v >= b),
+    "gt": (">", lambda v, b: v > b),
+    "le": ("<=", lambda v, b: v <= b),
+    "lt": ("<", lambda v, b: v < b),
+}
+
+
+def setting(
+    default: Any = dataclasses.MISSING,
+    *,
+    help: str = "",
+    default_factory: Any = dataclasses.MISSING,
+    **bounds: float,
+) -> Any:
+    """A settings field: its default, its ``help`` (shown by ``--help``) and its bounds
+    (``ge``, ``gt``, ``le``, ``lt``; None always passes), declared once."""
+    unknown = sorted(set(bounds) - set(_BOUNDS))
+    if unknown:
+        raise TypeError(f"unknown bounds {unknown}; use {', '.join(_BOUNDS)}")
+    metadata = {"help": help, "bounds": bounds}
+    if default_factory is not dataclasses.MISSING:
+        return dataclasses.field(default_factory=default_factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def help_of(cls: type, name: str) -> str:
+    """The help of field ``name`` of settings dataclass ``cls`` (a job that overrides another's
+    setting says the same)."""
+    return next(f.metadata.get("help", "") for f in dataclasses.fields(cls) if f.name == name)
+
+
+def check_settings(settings: Any, *, prefix: str = "") -> None:
+    """Refuse a field of dataclass instance ``settings`` that is outside its declared bounds or
+    not one of its ``Literal`` choices, naming it (``prefix``: its section, e.g. ``finetune.``).
+    Call it from ``__post_init__``: every way of building the settings is then checked."""
+    hints = typing.get_type_hints(type(settings))
+    for f in dataclasses.fields(settings):
+        value = getattr(settings, f.name)
+        if value is None:
+            continue
+        choices = typing.get_args(_without_none(hints[f.name]))
+        if (
+            typing.get_origin(_without_none(hints[f.name])) is typing.Literal
+            and value not in choices
+        ):
+            raise ConfigError(
+                f"{prefix}{f.name} must be one of {', '.join(map(str, choices))}, got {value!r}"
+            )
+        for kind, limit in f.metadata.get("bounds", {}).items():
+            symbol, holds = _BOUNDS[kind]
+            if not holds(value, limit):
+                raise ConfigError(
+                    f"{prefix}{f.name} must be {symbol} {limit:g}, got {value}; fix it in the "
+                    "config or on the command line"
+                )
+
 
 _NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
 
@@ -27,6 +88,29 @@ def checked_settings(cls: type, values: dict[str, Any]) -> dict[str, Any]:
         if f.name in values:
             out[f.name] = _checked(f.name, hints[f.name], values[f.name])
     return out
+
+
+def settings_from_dict(
+    cls: type, values: dict[str, Any], *, ignore: tuple[str, ...] = ("command",)
+) -> Any:
+    """Settings dataclass ``cls`` built from a config mapping, the one way every job and
+    config is read: an unknown key is refused by name (a typo must not be silently dropped),
+    every field's type checked. Keys in ``ignore`` are bookkeeping of the run folder."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known - set(ignore))
+    if unknown:
+        raise ConfigError(
+            f"unknown {cls.__name__} settings {unknown}; known: {', '.join(sorted(known))}"
+        )
+    return cls(**checked_settings(cls, {k: v for k, v in values.items() if k in known}))
+
+
+def _without_none(tp: Any) -> Any:
+    """``X`` for ``X | None``."""
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        rest = [a for a in typing.get_args(tp) if a is not type(None)]
+        return rest[0] if len(rest) == 1 else tp
+    return tp
 
 
 def _checked(name: str, tp: Any, value: Any) -> Any:

@@ -92,7 +92,7 @@ def _dp_stage(
             dp_train(
                 cfg,
                 out=path,
-                resume=path if (path / CHECKPOINT).exists() else None,
+                resume=(path / CHECKPOINT).exists(),
                 progress=progress,
             )
         m = Run.open(path).metrics
@@ -138,7 +138,7 @@ def _he_stage(
         train(
             cfg,
             out=dense,
-            resume=dense if (dense / CHECKPOINT).exists() else None,
+            resume=(dense / CHECKPOINT).exists(),
             progress=progress,
         )
     if not (poly / MODEL).exists():
@@ -193,44 +193,9 @@ def _mpc_stage(out: Path, models: dict[str, Path]) -> list[Path]:
     return paths
 
 
-def _stage(name: str) -> None:
-    print(f"\n=== {name} ===", flush=True)
-
-
-def run_demo(
-    out: str | os.PathLike = "runs/demo",
-    *,
-    epochs: int | None = None,
-    seed: int = 0,
-    data_dir: str | None = None,
-    limit: int | None = None,
-    progress: bool = True,
-) -> Path:
-    """Run every stage into ``out`` and return the path of the HTML report.
-
-    ``limit`` keeps N evenly spaced images of train and test (a quick look; the tests use it).
-    """
-    out = Path(out)
-    t0 = time.perf_counter()
-    cfg = TrainConfig(
-        **(
-            DEMO_TRAIN
-            | {"seed": seed, "data_dir": data_dir, "limit": limit}
-            | ({"epochs": epochs} if epochs else {})
-        )
-    )
-    base = out / "train"
-    _stage("1. train the dense CNN")
-    if (base / MODEL).exists():
-        print(f"kept {base} (already trained)")
-    else:
-        train(
-            cfg, out=base, resume=base if (base / CHECKPOINT).exists() else None, progress=progress
-        )
-
-    _stage("2. evaluate per group")
-    print(evaluate_run(base).table())
-
+def _reduction_stages(out: Path, base: Path, *, seed: int, progress: bool) -> tuple[Path, ...]:
+    """Stages 3-5: SNL at two budgets, sharing at 1,000 decisions, the fairness-constrained
+    fine-tuning of the 1,000-ReLU model; returns their run folders."""
     _stage("3. linearize (SNL) to two ReLU budgets")
     sweep = out / "linearize"
     job = LinearizeJob(
@@ -282,8 +247,11 @@ def run_demo(
         f"{100 * m['test']['worst_group_accuracy']:.2f}%"
     )
 
-    _stage("6. audit: who pays for the reduction")
-    reduced = sorted(p for p in sweep.iterdir() if (p / MODEL).exists()) + [shared, mitigated]
+    return sweep, shared, mitigated
+
+
+def _audit_stage(out: Path, base: Path, reduced: list[Path]) -> Path:
+    """Stage 6: every reduced model against the dense one, per group."""
     audit = out / "audit"
     shutil.rmtree(audit, ignore_errors=True)  # cheap: always redone from the models
     audit_job = AuditJob(str(base), [str(p) for p in reduced], grad_samples=64)
@@ -294,6 +262,49 @@ def run_demo(
             f"group {100 * p['worst_group_accuracy']:.2f}%, spread of drops "
             f"{100 * p['drop_spread']:.2f}"
         )
+    return audit
+
+
+def _stage(name: str) -> None:
+    print(f"\n=== {name} ===", flush=True)
+
+
+def run_demo(
+    out: str | os.PathLike = "runs/demo",
+    *,
+    epochs: int | None = None,
+    seed: int = 0,
+    data_dir: str | None = None,
+    limit: int | None = None,
+    progress: bool = True,
+) -> Path:
+    """Run every stage into ``out`` and return the path of the HTML report.
+
+    ``limit`` keeps N evenly spaced images of train and test (a quick look; the tests use it).
+    """
+    out = Path(out)
+    t0 = time.perf_counter()
+    cfg = TrainConfig(
+        **(
+            DEMO_TRAIN
+            | {"seed": seed, "data_dir": data_dir, "limit": limit}
+            | ({"epochs": epochs} if epochs else {})
+        )
+    )
+    base = out / "train"
+    _stage("1. train the dense CNN")
+    if (base / MODEL).exists():
+        print(f"kept {base} (already trained)")
+    else:
+        train(cfg, out=base, resume=(base / CHECKPOINT).exists(), progress=progress)
+
+    _stage("2. evaluate per group")
+    print(evaluate_run(base).table())
+
+    sweep, shared, mitigated = _reduction_stages(out, base, seed=seed, progress=progress)
+    _stage("6. audit: who pays for the reduction")
+    reduced = sorted(p for p in sweep.iterdir() if (p / MODEL).exists()) + [shared, mitigated]
+    audit = _audit_stage(out, base, reduced)
 
     _stage("7. train with DP: who pays for privacy (class 8 kept at 9 %)")
     dp_runs = _dp_stage(out, seed=seed, data_dir=data_dir, limit=limit, progress=progress)

@@ -25,6 +25,7 @@ import yaml
 
 from .atomic import atomic_torch_save, atomic_write_json, atomic_write_yaml, load_torch_file
 from .errors import (
+    ConfigError,
     CorruptFileError,
     NotARunError,
     ResumeMismatchError,
@@ -47,6 +48,24 @@ _RUNTIME_KEYS = frozenset({"resume", "out", "device", "progress", "workers"})
 LOCK = ".lock"
 # flock'ed lock files this process holds, by folder: a process may reopen its own run folder
 _HELD_LOCKS: dict[str, int] = {}
+
+
+# one name per meaning: what older runs wrote under another name (a reduction's parent was
+# "dense" for linearize and share; the reduction's own seconds were "search", "allocate", "fit")
+RENAMED_METRICS = {
+    "dense_relus": "parent_relus",
+    "dense_test_accuracy": "parent_test_accuracy",
+    "dense_test": "parent_test",
+}
+RENAMED_SECONDS = {"search": "reduce", "allocate": "reduce", "fit": "reduce"}
+
+
+def current_metric_names(metrics: dict[str, Any]) -> dict[str, Any]:
+    """``metrics`` with every renamed key under its current name."""
+    out = {RENAMED_METRICS.get(k, k): v for k, v in metrics.items()}
+    if isinstance(out.get("seconds"), dict):
+        out["seconds"] = {RENAMED_SECONDS.get(k, k): v for k, v in out["seconds"].items()}
+    return out
 
 
 class Run:
@@ -105,19 +124,22 @@ class Run:
     @classmethod
     def resume(
         cls,
-        path: str | os.PathLike,
+        path: str | os.PathLike | None,
         config: dict[str, Any] | None = None,
         *,
         normalize: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
         allow_finished: bool = False,
     ) -> Run:
-        """Reopen a run to continue it. ``config`` (when given) must match the saved one.
+        """Reopen the run at ``path`` (required) to continue it. ``config`` (when given) must
+        match the saved one.
 
         ``normalize`` maps the saved config through its dataclass first, so settings added
         since the run was written compare equal to their defaults. A finished run (model.pt
         and its final metrics written) is refused unless ``allow_finished``: resuming it would
         only rewrite its results.
         """
+        if path is None:
+            raise ConfigError("resuming needs the killed run's folder (--resume RUN)")
         cls.open(path)  # a missing or foreign folder is named before any lock file is made
         _lock(Path(path))
         try:
@@ -181,11 +203,12 @@ class Run:
 
     @property
     def metrics(self) -> dict[str, Any]:
+        """metrics.json, with the keys of older pifair versions read under today's names."""
         p = self.path / METRICS
         if not p.exists():
             return {}
         try:
-            return json.loads(p.read_text())
+            return current_metric_names(json.loads(p.read_text()))
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise CorruptFileError(
                 f"{p} is not valid JSON ({err}); it was edited or truncated"

@@ -151,7 +151,7 @@ def test_a_killed_run_resumes_to_the_same_model(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         dp_train(cfg, out=tmp_path / "killed", progress=False)
     monkeypatch.setattr(train_mod, "evaluate", real_evaluate)
-    resumed = dp_train(cfg, resume=tmp_path / "killed", progress=False)
+    resumed = dp_train(cfg, out=tmp_path / "killed", resume=True, progress=False)
     a, _ = load_model(whole.path / "model.pt")
     b, _ = load_model(resumed.path / "model.pt")
     for p, q in zip(a.state_dict().values(), b.state_dict().values(), strict=True):

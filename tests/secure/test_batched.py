@@ -22,8 +22,12 @@ pytest.importorskip("tenseal")
 pytest.importorskip("numba")
 
 import tenseal.sealapi as seal  # noqa: E402
-from tests.secure import test_rns  # noqa: E402
-from tests.secure.test_he import _poly_cnn  # noqa: E402
+from tests.secure.seal_reference import (  # noqa: E402
+    ckks,
+    coefficients_by_at,
+    poly_cnn,
+    seal_products,
+)
 
 from pifair.errors import ConfigError  # noqa: E402
 from pifair.secure.he import rns, seal_memory  # noqa: E402
@@ -50,7 +54,7 @@ PRIMES = [268369921, 274877382657, 2**31 - 1, 1099511480321]
 
 def _ckks():
     """SEAL at the batched engine's kind of parameters: small primes, N = 8192."""
-    return test_rns._ckks((38, 28, 28, 38))
+    return ckks((38, 28, 28, 38))
 
 
 def _conv_weights(rng) -> np.ndarray:
@@ -82,6 +86,11 @@ def test_grouped_mod_matmul_is_exact(q, shape):
     assert got.dtype == np.uint64 and got.tolist() == want
 
 
+def test_scalar_weights_round_half_away_from_zero_like_seal():
+    got = rns.scalar_weights(np.array([0.5, -0.5, 1.5, -2.5, 0.25]), np.ones(5))
+    assert got.tolist() == [1, -1, 2, -3, 0]
+
+
 def test_a_convolution_groups_its_rows_by_output_position():
     w = _conv_weights(np.random.default_rng(0))
     grouped = rns.GroupedWeights.from_matrix(sparse.csr_matrix(w))
@@ -91,7 +100,7 @@ def test_a_convolution_groups_its_rows_by_output_position():
 
 
 def test_grouped_product_equals_seals_multiply_accumulate_bit_for_bit():
-    _, moduli, cts, weights, scales, outputs = test_rns.seal_products((38, 28, 28, 38), 28, 1)
+    _, moduli, cts, weights, scales, outputs = seal_products((38, 28, 28, 38), 28, 1)
     assert [q.bit_length() for q in moduli] == [38, 28, 28]
     expected = [seal_memory.coefficients(acc).copy() for acc in outputs]
     coefficients = np.stack([seal_memory.coefficients(ct) for ct in cts])
@@ -111,7 +120,7 @@ def test_seal_memory_views_are_the_ciphertexts_own_coefficients(tmp_path):
     encoder.encode([1.0, -2.0], 2.0**28, pt)
     encryptor.encrypt(pt, ct)
     view = seal_memory.coefficients(ct)
-    np.testing.assert_array_equal(view, rns.read_coefficients(ct, tmp_path / "ct"))
+    np.testing.assert_array_equal(view, coefficients_by_at(ct))
     other = seal.Ciphertext()
     evaluator.negate(ct, other)
     assert not np.array_equal(seal_memory.coefficients(other), view)
@@ -123,7 +132,7 @@ def test_seal_memory_views_are_the_ciphertexts_own_coefficients(tmp_path):
 
 @pytest.mark.parametrize("granularity", ["layer", "element"])
 def test_folding_keeps_the_function_and_saves_a_level_per_activation(granularity):
-    program = compile_model(_poly_cnn(granularity), (1, 8, 8))
+    program = compile_model(poly_cnn(granularity), (1, 8, 8))
     folded = fold_program(program)
     activations = sum(isinstance(s, SquareStage) for s in folded.stages)
     assert activations == 2 and folded.depth == program.depth - activations
@@ -151,7 +160,7 @@ def test_a_large_shift_keeps_x_instead_of_completing_the_square():
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory):
     """A client and a server of the folded poly CNN (N = 8192, 4,096 slots)."""
-    model = _poly_cnn("element")
+    model = poly_cnn("element")
     folded = fold_program(compile_model(model, (1, 8, 8)))
     params = folded_parameters(folded.depth)
     client = BatchedClient(params)
@@ -204,7 +213,7 @@ def test_the_program_file_round_trips(engine, tmp_path):
 def test_the_server_refuses_a_secret_key_among_its_keys(engine, tmp_path):
     exchange = _exchange(engine, tmp_path)
     client = engine[3]
-    client.save_secret_key(exchange / "keys" / "secret.seal")
+    client.keys.save_secret_key(exchange / "keys" / "secret.seal")
     with pytest.raises(ConfigError, match="never a secret key"):
         serve(exchange)
     (exchange / "keys" / "secret.seal").unlink()
@@ -229,7 +238,7 @@ def test_the_spawned_server_loads_only_public_files_and_leaves_nothing_in_dev_sh
     assert sorted(report["key_files_loaded"]) == ["parms.seal", "public.seal", "relin.seal"]
     assert report["pid"] != os.getpid()
     client = engine[3]
-    secret = hashlib.sha256(client.secret_key_bytes(tmp_path)).hexdigest()
+    secret = hashlib.sha256(client.keys.secret_key_bytes()).hexdigest()
     assert secret not in report["key_files_loaded"].values()
     result = CipherBatch.load(exchange / "batch-0000" / "result")
     assert result.images == 64 and client.decrypt(result).shape == (64, 10)

@@ -11,10 +11,10 @@ from torch import nn
 pytest.importorskip("tenseal")
 
 import tenseal.sealapi as seal  # noqa: E402
+from tests.secure.seal_reference import poly_cnn  # noqa: E402
 
 from pifair.errors import UnsupportedLayerError  # noqa: E402
 from pifair.models import create_model  # noqa: E402
-from pifair.relu import count_relus, replace_activations  # noqa: E402
 from pifair.relu.polynomial import PolyAct  # noqa: E402
 from pifair.secure.he.compile import compile_model  # noqa: E402
 from pifair.secure.he.engine import HEClient, HEServer  # noqa: E402
@@ -23,22 +23,9 @@ from pifair.secure.he.params import MAX_LOG_Q, HEDepthError, choose_parameters  
 pytestmark = pytest.mark.he
 
 
-def _poly_cnn(granularity: str = "element") -> nn.Module:
-    torch.manual_seed(0)
-    model = create_model(
-        "he_cnn", num_classes=10, input_shape=(1, 8, 8), channels=2, hidden=6
-    ).eval()
-    count_relus(model, (1, 8, 8))
-    replace_activations(model, lambda n, s: PolyAct(2, granularity, s.feature_shape))
-    for m in model.modules():
-        if isinstance(m, PolyAct):
-            m.coefficients.data.normal_(0, 0.3)
-    return model
-
-
 @pytest.mark.parametrize("granularity", ["layer", "element"])
 def test_encrypted_logits_equal_the_plaintext_model(digits, granularity):
-    model = _poly_cnn(granularity)
+    model = poly_cnn(granularity)
     program = compile_model(model, (1, 8, 8))
     client = HEClient(choose_parameters(program.depth))
     server = HEServer(client.server_keys())
@@ -64,17 +51,27 @@ def test_parameter_chooser_respects_the_128_bit_limits():
         choose_parameters(25)
 
 
-def test_the_server_holds_no_secret_key():
+def test_the_server_key_check_sees_a_leaked_secret_key():
     client = HEClient(choose_parameters(2))
     keys = client.server_keys()
     assert keys.files() == ["parms.seal", "public.seal", "relin.seal"]
-    server = HEServer(keys)
-    assert not any(isinstance(v, seal.SecretKey | seal.Decryptor) for v in vars(server).values())
-    assert not hasattr(server, "decrypt")
     assert client.check_server_keys(keys)["server_holds_no_secret_key"] is True
-    client._secret.save(str(keys.folder / "public.seal"))  # a leak: the check must see it
+    client.keys.secret.save(str(keys.folder / "public.seal"))  # a leak under a public name
     leaked = client.check_server_keys(keys)
     assert leaked["secret_key_in_folder"] and not leaked["server_holds_no_secret_key"]
+    assert leaked["only_public_files"]  # the names alone would not have caught it
+
+
+def test_forked_workers_compute_what_one_process_computes(digits, tmp_path):
+    program = compile_model(poly_cnn("element"), (1, 8, 8))
+    client = HEClient(choose_parameters(program.depth))
+    x = digits.normalize(digits.test.x[:4]).double().numpy()
+    one = HEServer(client.server_keys(tmp_path / "one"), workers=1)
+    two = HEServer(client.server_keys(tmp_path / "two"), workers=2)
+    cts = client.encrypt(x)
+    out_one = client.decrypt(one.run(program, cts), batch=4)
+    out_two = client.decrypt(two.run(program, cts), batch=4)
+    np.testing.assert_array_equal(out_one, out_two)  # the same SEAL operations, bit for bit
 
 
 def test_layers_ckks_cannot_run_are_named():

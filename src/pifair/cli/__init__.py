@@ -1,4 +1,4 @@
-"""The ``pifair`` command line: a thin layer over the workflows (DESIGN.md section 1).
+"""The ``pifair`` command line: a thin layer over the workflows (docs/architecture.md).
 
 Each command is a :class:`~pifair.cli.commands.Command`; its flags are generated from its job
 dataclass (:mod:`pifair.cli.flags`, tables in :mod:`pifair.cli.tables`), so a default is written

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config_types import checked_settings
+from ..config_types import settings_from_dict
 from ..data import list_datasets
 from ..demo import run_demo
 from ..dp import DPConfig
@@ -48,15 +48,12 @@ from .flags import (
     run_folder,
 )
 from .tables import (
-    DP_TRAIN_HELP,
     FINETUNE_FLAGS,
     HE_FLAGS,
-    IMPORT_HELP,
     MITIGATE_FLAGS,
     MPC_FLAGS,
     POLYFIT_FLAGS,
     SHARE_FLAGS,
-    TRAIN_HELP,
     audit_flags,
     linearize_flags,
 )
@@ -90,20 +87,19 @@ def _run_flags(p: argparse.ArgumentParser, what: str, *, config: bool = True) ->
 
 
 def _add_train(p: argparse.ArgumentParser) -> None:
-    add_flags(p, TrainConfig, dataclass_flags(TrainConfig, help=TRAIN_HELP))
+    add_flags(p, TrainConfig, dataclass_flags(TrainConfig))
     _run_flags(p, "train")
 
 
 def _run_train(ns: argparse.Namespace) -> None:
-    base = config_from_flags(
-        ns, dataclass_flags(TrainConfig, help=TRAIN_HELP), resume_or_config(ns)
-    )
+    base = config_from_flags(ns, dataclass_flags(TrainConfig), resume_or_config(ns))
     cfg = TrainConfig.from_dict(base)
-    summaries.train(train(cfg, out=ns.out, resume=ns.resume, progress=not ns.no_progress))
+    run = train(cfg, out=run_folder(ns), resume=ns.resume is not None, progress=not ns.no_progress)
+    summaries.train(run)
 
 
 def _add_dp_train(p: argparse.ArgumentParser) -> None:
-    add_flags(p, DPConfig, dataclass_flags(DPConfig, help=DP_TRAIN_HELP))
+    add_flags(p, DPConfig, dataclass_flags(DPConfig))
     _run_flags(p, "dp-train")
 
 
@@ -111,22 +107,22 @@ def _run_dp_train(ns: argparse.Namespace) -> None:
     base = resume_or_config(ns)
     if "epsilon" in ns or "noise_multiplier" in ns:  # one replaces the other
         base = {k: v for k, v in base.items() if k not in ("epsilon", "noise_multiplier")}
-    cfg = DPConfig.from_dict(
-        config_from_flags(ns, dataclass_flags(DPConfig, help=DP_TRAIN_HELP), base)
+    cfg = DPConfig.from_dict(config_from_flags(ns, dataclass_flags(DPConfig), base))
+    run = dp_train(
+        cfg, out=run_folder(ns), resume=ns.resume is not None, progress=not ns.no_progress
     )
-    run = dp_train(cfg, out=ns.out, resume=ns.resume, progress=not ns.no_progress)
     if run is not None:  # None on a torchrun rank other than 0
         summaries.dp_train(run)
 
 
 def _add_import(p: argparse.ArgumentParser) -> None:
-    add_flags(p, ImportJob, dataclass_flags(ImportJob, help=IMPORT_HELP))
+    add_flags(p, ImportJob, dataclass_flags(ImportJob))
     p.add_argument("--out", type=Path, help="run folder (default runs/import-TIMESTAMP)")
 
 
 def _run_import(ns: argparse.Namespace) -> None:
-    config = config_from_flags(ns, dataclass_flags(ImportJob, help=IMPORT_HELP), {})
-    job = ImportJob(**checked_settings(ImportJob, config))
+    config = config_from_flags(ns, dataclass_flags(ImportJob), {})
+    job = settings_from_dict(ImportJob, config)
     summaries.imported(run_import(job, out=ns.out))
 
 
@@ -178,7 +174,7 @@ def _dp_sweep_flags() -> list[Flag]:
         dataclasses.replace(f, default_text="0.1: the sweep selects on it")
         if f.name == "--val-fraction"
         else f
-        for f in dataclass_flags(DPConfig, help=DP_TRAIN_HELP)
+        for f in dataclass_flags(DPConfig)
         if f.name not in ("--lr", "--clip", "--z")
     ]
 
@@ -284,7 +280,7 @@ def _flat_job(job_type: type, ns: argparse.Namespace, flags: list[Flag]):
     config = config_from_flags(ns, flags, {})
     require_keys(config, {"from": "give --from RUN"})
     config["from_run"] = config.pop("from")
-    return job_type(**checked_settings(job_type, config))
+    return settings_from_dict(job_type, config)
 
 
 def _run_mitigate(ns: argparse.Namespace) -> None:
@@ -322,7 +318,8 @@ def _expand_sweeps(paths: list[Path]) -> list[str]:
 
 def _run_audit(ns: argparse.Namespace) -> None:
     config = config_from_flags(ns, audit_flags(), {})
-    job = AuditJob(str(ns.dense), _expand_sweeps(ns.reduced), **checked_settings(AuditJob, config))
+    config |= {"dense": str(ns.dense), "reduced": _expand_sweeps(ns.reduced)}
+    job = settings_from_dict(AuditJob, config)
     summaries.audit(run_audit(job, out=ns.out))
 
 
@@ -350,11 +347,14 @@ def _run_he_serve(ns: argparse.Namespace) -> None:
 
 def _add_mpc_infer(p: argparse.ArgumentParser) -> None:
     add_flags(p, MPCInferJob, MPC_FLAGS)
+    p.add_argument("--config", type=Path, help="a job's config (flags override it)")
     p.add_argument("--out", type=Path, help="run folder (default runs/mpc-infer-TIMESTAMP)")
 
 
 def _run_mpc_infer(ns: argparse.Namespace) -> None:
-    summaries.mpc_infer(run_mpc_infer(_flat_job(MPCInferJob, ns, MPC_FLAGS), out=ns.out))
+    config = config_from_flags(ns, MPC_FLAGS, resume_or_config(ns))
+    require_keys(config, {"from": "give --from RUN"})
+    summaries.mpc_infer(run_mpc_infer(MPCInferJob.from_config(config), out=ns.out))
 
 
 def _model_flags(p: argparse.ArgumentParser) -> None:
@@ -366,7 +366,7 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
         default="3,32,32",
         help="with --model: per-sample input shape, e.g. 3,32,32 (default 3,32,32)",
     )
-    p.add_argument("--num-classes", type=int, default=10)
+    p.add_argument("--num-classes", type=int, default=10, help="with --model: classes (default 10)")
 
 
 def _add_cost(p: argparse.ArgumentParser) -> None:
@@ -421,7 +421,9 @@ def _run_cost(ns: argparse.Namespace) -> None:
 
 def _add_relus(p: argparse.ArgumentParser) -> None:
     _model_flags(p)
-    p.add_argument("--snl-variant", action="store_true")
+    p.add_argument(
+        "--snl-variant", action="store_true", help="resnet18 without the stem ReLU (SNL's code)"
+    )
     p.add_argument("--width", type=int, help="first-stage channels (resnet18; default 64)")
 
 
@@ -442,8 +444,10 @@ def _run_relus(ns: argparse.Namespace) -> None:
 
 def _add_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", type=Path)
-    p.add_argument("--split", default="test", choices=["train", "val", "test"])
-    p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--split", default="test", choices=["train", "val", "test"], help="the split to evaluate"
+    )
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N]")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
 
 
@@ -457,7 +461,7 @@ def _add_report(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--out", type=Path, help="HTML file (default: report.html in the first run's parent)"
     )
-    p.add_argument("--title", default="pifair report")
+    p.add_argument("--title", default="pifair report", help="the report's title")
 
 
 def _run_report(ns: argparse.Namespace) -> None:
@@ -466,14 +470,16 @@ def _run_report(ns: argparse.Namespace) -> None:
 
 
 def _add_demo(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", type=Path, default=Path("runs/demo"))
+    p.add_argument(
+        "--out", type=Path, default=Path("runs/demo"), help="demo folder (kept stages are reused)"
+    )
     p.add_argument("--epochs", type=int, help="epochs of the dense model (default 4)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--data-dir")
+    p.add_argument("--seed", type=int, default=0, help="seed of every stage")
+    p.add_argument("--data-dir", help="the data sets' folder (unset: where the packages put them)")
     p.add_argument(
         "--limit", type=int, help="N evenly spaced images of train and test (a quick look)"
     )
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def _run_demo(ns: argparse.Namespace) -> None:

@@ -1,8 +1,10 @@
 """Command-line flags generated from the job dataclasses, and the one config merge.
 
 A :class:`Flag` binds ``--name`` to one or more fields of a job's config (dotted for nested
-settings: ``finetune.epochs``). Its type, choices (from ``Literal``) and the default shown in
-``--help`` come from the dataclass field, so every default is written once, in the dataclass.
+settings: ``finetune.epochs``). Its type, choices (from ``Literal``), the default shown in
+``--help`` and the help text itself come from the dataclass field
+(:func:`pifair.config_types.setting`), so every setting is declared once, in its dataclass; a
+flag's own help only says what differs for that command.
 Flags not given on the command line are absent from the namespace (``SUPPRESS``): a resumed or
 re-run config keeps its own values, and explicit flags override them.
 """
@@ -39,7 +41,7 @@ class Flag:
 
     name: str
     paths: tuple[str, ...]
-    help: str = ""
+    help: str = ""  # empty: the field's own help
     parse: Callable[[str], Any] | None = None  # instead of the field's type (lists)
     const: Any = _UNSET  # a switch that stores this value
     default_text: str | None = None  # what the default means, when the field's value does not say
@@ -49,8 +51,8 @@ class Flag:
         return self.name.lstrip("-").replace("-", "_")
 
 
-def _resolve(cls: type, path: str) -> tuple[Any, Any]:
-    """(type hint, default) of the field at dotted ``path`` of dataclass ``cls``."""
+def _resolve(cls: type, path: str) -> tuple[Any, Any, str]:
+    """(type hint, default, help) of the field at dotted ``path`` of dataclass ``cls``."""
     head, _, rest = path.partition(".")
     name = "from_run" if head == "from" else head
     hints = typing.get_type_hints(cls)
@@ -65,7 +67,7 @@ def _resolve(cls: type, path: str) -> tuple[Any, Any]:
         default = field.default_factory()
     else:
         default = _UNSET
-    return hints[name], default
+    return hints[name], default, field.metadata.get("help", "")
 
 
 def _without_none(tp: Any) -> Any:
@@ -91,9 +93,9 @@ def _default_help(flag: Flag, default: Any) -> str:
 def add_flags(parser: argparse.ArgumentParser, cls: type, flags: Sequence[Flag]) -> None:
     """One ``--flag`` per :class:`Flag`, typed and documented from dataclass ``cls``."""
     for flag in flags:
-        tp, default = _resolve(cls, flag.paths[0])
+        tp, default, field_help = _resolve(cls, flag.paths[0])
         tp = _without_none(tp)
-        text = " ".join(t for t in (flag.help, _default_help(flag, default)) if t)
+        text = " ".join(t for t in (flag.help or field_help, _default_help(flag, default)) if t)
         kwargs: dict[str, Any] = {"dest": flag.dest, "default": argparse.SUPPRESS, "help": text}
         if flag.const is not _UNSET:
             kwargs |= {"action": "store_const", "const": flag.const}
@@ -106,13 +108,10 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, flags: Sequence[Flag])
         parser.add_argument(flag.name, **kwargs)
 
 
-def dataclass_flags(cls: type, *, help: dict[str, str] | None = None) -> list[Flag]:
-    """A flag for every field of a flat settings dataclass (``pifair train``, ``dp-train``)."""
-    help = help or {}
-    return [
-        Flag("--" + f.name.replace("_", "-"), (f.name,), help.get(f.name, ""))
-        for f in dataclasses.fields(cls)
-    ]
+def dataclass_flags(cls: type) -> list[Flag]:
+    """A flag for every field of a flat settings dataclass (``pifair train``, ``dp-train``),
+    each with its field's help."""
+    return [Flag("--" + f.name.replace("_", "-"), (f.name,)) for f in dataclasses.fields(cls)]
 
 
 def config_from_flags(ns: argparse.Namespace, flags: Sequence[Flag], base: dict) -> dict:

@@ -78,7 +78,7 @@ def linearize(run: Run) -> None:
     m = run.metrics
     print(
         f"{m['relus']:,} ReLUs (budget {m['budget']:,}): test {pct(m['test_accuracy'])} "
-        f"(dense {pct(m['dense_test_accuracy'])}, drop {100 * m['drop']:.2f} points)  "
+        f"(dense {pct(m['parent_test_accuracy'])}, drop {100 * m['drop']:.2f} points)  "
         f"run: {run.path}"
     )
 
@@ -104,7 +104,7 @@ def share(run: Run) -> None:
     m = run.metrics
     print(
         f"{m['relus']:,} shared decisions (budget {m['budget']:,}; {m['allocation']}): "
-        f"test {pct(m['test_accuracy'])} (dense {pct(m['dense_test_accuracy'])}, "
+        f"test {pct(m['test_accuracy'])} (dense {pct(m['parent_test_accuracy'])}, "
         f"drop {100 * m['drop']:.2f} points)  run: {run.path}"
     )
 
@@ -123,7 +123,7 @@ def mitigate(run: Run) -> None:
     m = run.metrics
     print(
         f"{m.get('objective', '?')} fine-tuning at {m['relus']:,} ReLUs: "
-        f"test {pct(m['test_accuracy'])} (dense {pct(m['dense_test_accuracy'])}), "
+        f"test {pct(m['test_accuracy'])} (dense {pct(m['parent_test_accuracy'])}), "
         f"worst group {pct(m['test']['worst_group_accuracy'])}  run: {run.path}"
     )
 

@@ -6,8 +6,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
-from ..config_types import checked_settings
-from ..errors import ConfigError, PrivacyParameterError, UnknownNameError
+from ..config_types import check_settings, setting, settings_from_dict
+from ..errors import PrivacyParameterError, UnknownNameError
 from ..training.config import DataConfig
 from .rules import METHODS, MethodName, make_rule
 
@@ -29,40 +29,73 @@ METHOD_DEFAULTS: dict[str, dict[str, float]] = {
 class DPConfig(DataConfig):
     """A DP training run; every field is a ``pifair dp-train --flag``."""
 
-    val_fraction: float = 0.0  # the fair-dp protocol trains on the whole training set
-    method: MethodName = "global-adapt"
-    model: str = "fairdp_cnn"
-    # activation of the model (fairdp_cnn: tanh; mlp: relu, or tanh as in fair-dp)
-    act: str | None = None
-    epochs: int = 20
-    batch_size: int = 256  # expected (Poisson) batch size
-    lr: float | None = None
-    momentum: float = 0.0
-    clip: float | None = None  # C (DPSGD-F: C0)
-    z: float | None = None  # Z (Global) or Z0 (Global-Adapt)
-    tau: float | None = None  # Global-Adapt: count gradients above tau * Z_t
-    eta_z: float = 0.1
-    count_noise: float | None = None  # s_b (Global-Adapt, bounded-adapt) or sigma_1 (DPSGD-F)
-    clip_lower: float = 0.5  # bounded-adapt: the clip bound never goes below this
-    clip_upper: float = 5.0  # bounded-adapt: nor above this
-    quantile: float = 0.5  # bounded-adapt: the fraction of unclipped gradients C aims at
-    eta_c: float = 0.2  # bounded-adapt: the clip bound's geometric learning rate
-    epsilon: float | None = None
-    delta: float = 1e-6
-    noise_multiplier: float | None = None
-    # auto (the faster for the model, see resolve_grad_path), ghost (norms, second backward) or
-    # hooks (Opacus' per-sample gradients); all give the same step
-    grad_path: Literal["auto", "ghost", "hooks"] = "auto"
-    secure_noise: bool = False  # noise seeded from the OS and Opacus' secure_mode; not reproducible
-    # fp32, or bf16: the forward pass under bfloat16 autocast (per-sample norms, clipping, noise
-    # and the update stay in float32); meant for CUDA, runs but is slower on most CPUs
-    precision: Literal["fp32", "bf16"] = "fp32"
-    # steps between misalignment measurements (0: never, the default). They read the private
-    # training data without noise, so they are NOT covered by epsilon: research use only.
-    diag_every: int = 0
-    baseline: str | None = None  # a non-private run folder: privacy cost per group
-    seed: int = 0
-    device: str = "auto"
+    val_fraction: float = setting(  # the fair-dp protocol trains on the whole training set
+        0.0, help="fraction of the training set held out for validation", ge=0, lt=1
+    )
+    method: MethodName = setting(
+        "global-adapt", help="nonprivate, dpsgd, global, global-adapt, dpsgd-f or bounded-adapt"
+    )
+    model: str = setting(
+        "fairdp_cnn", help="model without batch norm: fairdp_cnn, mlp, resnet18_gn, lenet, he_cnn"
+    )
+    act: str | None = setting(
+        None, help="activation of the model (fairdp_cnn: tanh; mlp: relu, or tanh as in fair-dp)"
+    )
+    epochs: int = setting(20, help="training epochs (the noise is derived for this many)", ge=1)
+    batch_size: int = setting(256, help="expected (Poisson) batch size", ge=1)
+    lr: float | None = setting(
+        None, help="SGD learning rate (unset: the method's fair-dp default)", gt=0
+    )
+    momentum: float = setting(0.0, help="SGD momentum", ge=0)
+    clip: float | None = setting(
+        None,
+        help="clip bound C (DPSGD-F: C0; bounded-adapt: the starting bound); unset: the method's",
+    )
+    z: float | None = setting(None, help="Z of DPSGD-Global, Z0 of Global-Adapt")
+    tau: float | None = setting(None, help="Global-Adapt counts the gradients above tau * Z_t")
+    eta_z: float = setting(0.1, help="Global-Adapt's learning rate of Z_t")
+    count_noise: float | None = setting(
+        None,
+        help="noise of the released counts: s_b (Global-Adapt, bounded-adapt), sigma_1 (DPSGD-F)",
+    )
+    clip_lower: float = setting(0.5, help="bounded-adapt: the clip bound never goes below this")
+    clip_upper: float = setting(5.0, help="bounded-adapt: nor above this")
+    quantile: float = setting(
+        0.5, help="bounded-adapt: the fraction of unclipped gradients the bound aims at"
+    )
+    eta_c: float = setting(0.2, help="bounded-adapt: the clip bound's geometric learning rate")
+    epsilon: float | None = setting(
+        None, help="target epsilon: the noise multiplier is derived from it"
+    )
+    delta: float = setting(1e-6, help="delta, below 1/N")
+    noise_multiplier: float | None = setting(
+        None, help="noise multiplier instead of --epsilon (epsilon is reported)"
+    )
+    # all paths give the same step (resolve_grad_path picks the faster for the model)
+    grad_path: Literal["auto", "ghost", "hooks"] = setting(
+        "auto",
+        help="auto: hooks for small conv nets, ghost otherwise; ghost: norms first, then a "
+        "second backward; hooks: Opacus' per-sample gradients. Same step on all",
+    )
+    secure_noise: bool = setting(
+        False, help="noise seeded from the OS with Opacus' secure_mode (not reproducible)"
+    )
+    # bf16: the forward pass under bfloat16 autocast (per-sample norms, clipping, noise and the
+    # update stay in float32); meant for CUDA, runs but is slower on most CPUs
+    precision: Literal["fp32", "bf16"] = setting(
+        "fp32", help="bf16: the forward pass under bfloat16 autocast (for CUDA)"
+    )
+    # the measurements read the private training data without noise: NOT covered by epsilon
+    diag_every: int = setting(
+        0,
+        help="steps between misalignment measurements (0: never); NOT covered by epsilon",
+        ge=0,
+    )
+    baseline: str | None = setting(
+        None, help="a non-private run folder: the privacy cost per group"
+    )
+    seed: int = setting(0, help="seed of the batches, the noise and the initialisation")
+    device: str = setting("auto", help="auto (CUDA when present), cpu or cuda[:N]")
 
     @property
     def releases_unaccounted_diagnostics(self) -> bool:
@@ -79,22 +112,11 @@ class DPConfig(DataConfig):
         self.z = 100.0 if self.z is None else self.z
         self.count_noise = 10.0 if self.count_noise is None else self.count_noise
         self.tau = 1.0 if self.tau is None else self.tau
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ConfigError(
-                f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}"
-            )
-        if not self.lr > 0:
-            raise ConfigError(f"lr must be > 0, got {self.lr}")
+        check_settings(self)
         if self.baseline is not None:  # absolute: found from any working directory
             self.baseline = str(Path(self.baseline).resolve())
-        if self.diag_every < 0:
-            raise ConfigError(f"diag_every must be >= 0 (0: no diagnostics), got {self.diag_every}")
         if not self.clip > 0:
             raise PrivacyParameterError(f"clip bound must be > 0, got {self.clip}")
-        if self.grad_path not in ("auto", "ghost", "hooks"):
-            raise ConfigError(f"grad_path must be auto, ghost or hooks, got {self.grad_path!r}")
-        if self.precision not in ("fp32", "bf16"):
-            raise ConfigError(f"precision must be fp32 or bf16, got {self.precision!r}")
         if self.private:
             # builds the rule once so that bad thresholds fail here, before any run folder
             make_rule(self.method, **self.rule_settings())
@@ -145,5 +167,5 @@ class DPConfig(DataConfig):
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DPConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**checked_settings(cls, {k: v for k, v in d.items() if k in known}))
+        """From a config.yaml or flags: an unknown key is refused by name."""
+        return settings_from_dict(cls, d)

@@ -81,9 +81,8 @@ def distributed_rank() -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
-# Per-sample gradients of a batch above this many bytes: the ghost path (measured with
-# benchmarks/dp_speed.py on the 2-core CPU at batch 256: the fair-dp CNN, 8.7 MiB, and
-# ResNet18-GN at width 8, 172 MiB, are faster on hooks; the Adult MLP, no convolution, on ghost).
+# Per-sample gradients of a batch above this many bytes: the ghost path (the threshold and the
+# models on each side of it: benchmarks/results/dp_speed.json, from benchmarks/dp_speed.py).
 HOOKS_MAX_BYTES = 256 * 2**20
 
 

@@ -1,4 +1,4 @@
-"""Who pays for a ReLU reduction (Das, Romanelli, Fioretto, ICML 2024; DESIGN.md section 7).
+"""Who pays for a ReLU reduction (Das, Romanelli, Fioretto, ICML 2024; docs/fairness.md).
 
 For a reduced model and its dense parent, per group: accuracy and loss of both, the drop, the
 mean distance to the decision boundary (softmax top-1 minus top-2) and the mean per-sample

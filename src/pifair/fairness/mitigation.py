@@ -1,4 +1,4 @@
-"""Fairness-aware training objectives for reduced models (DESIGN.md section 7).
+"""Fairness-aware training objectives for reduced models (docs/fairness.md).
 
 Each objective wraps the per-sample CE + KD of :class:`~pifair.training.distill.DistillationLoss`
 and is selected by name (``FinetuneSettings.objective`` for the fine-tuning,
@@ -22,7 +22,7 @@ network's loss), so they are written here, each small and tested against its rul
 
 from __future__ import annotations
 
-from typing import Any, Literal, Protocol, get_args
+from typing import Any, ClassVar, Literal, Protocol, get_args
 
 import torch
 from torch import nn
@@ -88,12 +88,26 @@ def _check_dual(mu: float, multiplier_init: float, dual_update: str) -> None:
 
 
 class _Dual:
-    """Multipliers with an accumulator: the state shared by the two constrained objectives."""
+    """Multipliers with an accumulator: the state shared by the two constrained objectives,
+    each on top of ``base`` (per-sample CE + KD). Unset ``mu`` and ``dual_update`` are the
+    objective's own defaults."""
+
+    default_mu: ClassVar[float]
+    default_dual_update: ClassVar[str]
 
     def __init__(
-        self, num_groups: int, *, mu: float, multiplier_init: float, dual_update: str
+        self,
+        base,
+        num_groups: int,
+        *,
+        mu: float | None = None,
+        multiplier_init: float = 0.0,
+        dual_update: str | None = None,
     ) -> None:
+        mu = self.default_mu if mu is None else mu
+        dual_update = dual_update or self.default_dual_update
         _check_dual(mu, multiplier_init, dual_update)
+        self.base = base
         self.num_groups, self.mu, self.dual_update = num_groups, mu, dual_update
         self.gamma = torch.full((num_groups,), float(multiplier_init))
         self._violation = torch.zeros(num_groups)  # sum over this epoch's batches
@@ -136,19 +150,8 @@ class ConstrainedLoss(_Dual):
     objective act from the first step (the paper's zero start leaves epoch 1 plain CE + KD).
     """
 
-    def __init__(
-        self,
-        base,
-        num_groups: int,
-        *,
-        mu: float = 1e-3,
-        multiplier_init: float = 0.0,
-        dual_update: str = "epoch",
-    ) -> None:
-        super().__init__(
-            num_groups, mu=mu, multiplier_init=multiplier_init, dual_update=dual_update
-        )
-        self.base = base
+    default_mu = 1e-3
+    default_dual_update = "epoch"
 
     def __call__(
         self, logits: torch.Tensor, y: torch.Tensor, x: torch.Tensor, groups: torch.Tensor
@@ -173,19 +176,8 @@ class DenseAnchoredLoss(_Dual):
     model; ``base.terms`` gives the teacher's cross-entropy without a second forward pass).
     """
 
-    def __init__(
-        self,
-        base,
-        num_groups: int,
-        *,
-        mu: float = 1e-2,
-        multiplier_init: float = 0.0,
-        dual_update: str = "step",
-    ) -> None:
-        super().__init__(
-            num_groups, mu=mu, multiplier_init=multiplier_init, dual_update=dual_update
-        )
-        self.base = base
+    default_mu = 1e-2
+    default_dual_update = "step"
 
     def _project(self, gamma: torch.Tensor) -> torch.Tensor:
         return gamma.clamp(min=0)

@@ -1,4 +1,4 @@
-"""Model zoo with a registry (DESIGN.md section 2): every nonlinearity is an activation site."""
+"""Model zoo with a registry: every nonlinearity is an activation site (docs/reductions.md)."""
 
 from . import resnet, small, wrn  # noqa: F401  (registers the families)
 from ._registry import (

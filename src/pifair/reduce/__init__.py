@@ -5,8 +5,8 @@ SNL linearization (:mod:`.snl`, :mod:`.harden`, :mod:`.linearize`), ReLU sharing
 fine-tuning (:mod:`.finetune`). Library code: models and data in, result objects out.
 """
 
-from .finetune import FinetuneSettings, finetune_model, recalibrate_batchnorm
-from .linearize import LinearizeResult, linearize_many
+from .finetune import FinetuneOutcome, FinetuneSettings, finetune_reduced, recalibrate_batchnorm
+from .linearize import LinearizeHooks, LinearizeResult, linearize_many
 from .polyfit import PolyfitResult
 from .share import ShareResult
 from .snl import SearchSettings
@@ -15,12 +15,14 @@ from .snl import SearchSettings
 # bound here, they would hide the submodules of the same names
 
 __all__ = [
+    "FinetuneOutcome",
     "FinetuneSettings",
+    "LinearizeHooks",
     "LinearizeResult",
     "PolyfitResult",
     "SearchSettings",
     "ShareResult",
-    "finetune_model",
+    "finetune_reduced",
     "linearize_many",
     "recalibrate_batchnorm",
 ]

@@ -22,10 +22,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..data import Dataset, ResidentLoader
+from ..data import Dataset
 from ..training.distill import DistillationLoss
 from ..training.loop import autocast_for
-from .snl import SearchSettings, SNLSite, mask_optimizer, snl_sites
+from .snl import SearchSettings, SNLSite, mask_optimizer, mask_training_loader, snl_sites
 
 __all__ = ["harden"]
 
@@ -44,6 +44,43 @@ def _refresh(
     for n, s in sites.items():
         s.hard_mask = masks[n].to(s.alpha.device)
     return masks
+
+
+class _HardeningSteps:
+    """The hardening's optimizer steps: each refreshes the masks when due (with hysteresis),
+    sets the hard weight, and takes one step of ``loss_fn``."""
+
+    def __init__(
+        self,
+        sites: dict[str, SNLSite],
+        make_masks: MaskMaker,
+        settings: SearchSettings,
+        optimizer: torch.optim.Optimizer,
+        loss_fn: Callable,
+        total: int,
+    ) -> None:
+        self.sites, self.make_masks, self.settings = sites, make_masks, settings
+        self.optimizer, self.loss_fn, self.total = optimizer, loss_fn, total
+        self.done, self.flips = 0, 0
+        self.masks = _refresh(sites, make_masks, 0.0)
+
+    def step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, g: torch.Tensor):
+        """One optimizer step on a batch; returns its (detached) loss."""
+        if self.done and self.done % self.settings.harden_refresh == 0:
+            new = _refresh(self.sites, self.make_masks, self.settings.hysteresis)
+            self.flips += sum(int((new[n] != self.masks[n]).sum()) for n in new)
+            self.masks = new
+        progressive = self.settings.harden_mode != "ste"
+        weight = (self.done + 1) / self.total if progressive else 1.0
+        for s in self.sites.values():
+            s.hard_weight = weight
+        with autocast_for(x.device):
+            loss = self.loss_fn(model(x), y, x, g)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.done += 1
+        return loss.detach()
 
 
 def harden(
@@ -65,7 +102,6 @@ def harden(
     The sites are left in their soft state; the returned masks are what the binarized model
     must use.
     """
-
     sites = dict(snl_sites(model))
     model.to(device)
     teacher = teacher.to(device).eval()
@@ -78,62 +114,40 @@ def harden(
     optimizer = mask_optimizer(
         model, list(sites.values()), lr=settings.lr, mask_lr=settings.harden_mask_lr or settings.lr
     )
-    loader = ResidentLoader(
-        data,
-        "train",
-        batch_size=settings.batch_size,
-        device=device,
-        shuffle=True,
-        augment=True,
-        drop_last=True,
-        seed=settings.seed + 7919,
-        channels_last=device.type == "cuda",
-    )
-    total_steps = max(1, math.ceil(settings.harden_epochs * len(loader)))
+    loader = mask_training_loader(data, settings, device, seed=settings.seed + 7919)
+    total = max(1, math.ceil(settings.harden_epochs * len(loader)))
+    steps = _HardeningSteps(sites, make_masks, settings, optimizer, loss_fn, total)
     history: list[dict] = []
-    masks = _refresh(sites, make_masks, 0.0)
-    step, t0, flips = 0, time.perf_counter(), 0
+    t0 = time.perf_counter()
     try:
-        epoch = 0
-        while step < total_steps:
-            loader.set_epoch(epoch)
+        while steps.done < total:
+            loader.set_epoch(len(history))
             model.train()
             bar = tqdm(
                 loader,
-                desc=f"hardening {epoch + 1}",
+                desc=f"hardening {len(history) + 1}",
                 leave=False,
                 disable=None if progress else True,
             )
-            loss_sum, batches = torch.zeros((), device=device), 0
-            for x, y, g in bar:
-                if step >= total_steps:
-                    break
-                if step and step % settings.harden_refresh == 0:
-                    new = _refresh(sites, make_masks, settings.hysteresis)
-                    flips += sum(int((new[n] != masks[n]).sum()) for n in new)
-                    masks = new
-                weight = 1.0 if settings.harden_mode == "ste" else (step + 1) / total_steps
-                for s in sites.values():
-                    s.hard_weight = weight
-                with autocast_for(device):
-                    loss = loss_fn(model(x), y, x, g)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                loss_sum += loss.detach()
-                batches += 1
-                step += 1
-            epoch += 1
+            losses = [steps.step(model, x, y, g) for x, y, g in _until(bar, steps, total)]
             history.append(
                 {
-                    "epoch": epoch,
-                    "steps": step,
-                    "loss": float(loss_sum) / max(batches, 1),
-                    "mask_flips": flips,
+                    "epoch": len(history) + 1,
+                    "steps": steps.done,
+                    "loss": float(torch.stack(losses).mean()) if losses else 0.0,
+                    "mask_flips": steps.flips,
                     "seconds": time.perf_counter() - t0,
                 }
             )
     finally:
         for s in sites.values():
             s.hard_mask, s.hard_weight = None, 1.0
-    return masks, history
+    return steps.masks, history
+
+
+def _until(batches, steps: _HardeningSteps, total: int):
+    """The batches while the hardening has steps left."""
+    for batch in batches:
+        if steps.done >= total:
+            return
+        yield batch

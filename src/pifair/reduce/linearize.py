@@ -1,14 +1,14 @@
 """``pifair.linearize``: reduce a model to an exact ReLU budget, by SNL or by a naive baseline.
 
-Pipeline per budget (DESIGN.md section 3, with pifair's corrections):
+Pipeline per budget (docs/linearize.md, with pifair's corrections):
 1. scores -- SNL's searched masks ``a`` (:mod:`pifair.reduce.snl`), or mean |x| of each site's
    input on a calibration set (the naive baseline);
 2. binarize -- exactly ``budget`` ReLUs kept (top-k; whole channels for channel-wise, the largest
    count the channel sizes allow without going over) -- or SNL's own ``a > 1e-2`` threshold
    in reference mode;
-3. batch-norm statistics recomputed for the binarized network (binarizing shifts every
-   activation's distribution; stale statistics send accuracy to chance);
-4. fine-tune with CE + KD (T = 4) from the dense model, keeping the best validation epoch.
+3. the one fine-tuning step of every reduction (:func:`pifair.reduce.finetune.finetune_reduced`):
+   batch-norm statistics recomputed, CE + KD (T = 4) from the dense model, the best validation
+   epoch kept.
 """
 
 from __future__ import annotations
@@ -40,13 +40,23 @@ from ..relu.sites import (
 )
 from ..training.loop import CheckpointStore, evaluate
 from .allocation import allocate_by_sensitivity, relu_sensitivity
-from .finetune import FinetuneSettings, finetune_model, recalibrate_batchnorm, selection_score
+from .finetune import FinetuneSettings, finetune_reduced, recalibrate_batchnorm
 from .harden import harden
 from .result import ReductionResult
-from .snl import SearchSettings, SNLSite, attach_snl_sites, snl_search, snl_sites
+from .snl import (
+    SearchResult,
+    SearchSettings,
+    Snapshot,
+    SNLSite,
+    attach_snl_sites,
+    snl_search,
+    snl_sites,
+)
 
 __all__ = [
+    "BinarizeRule",
     "FinetuneSettings",
+    "LinearizeHooks",
     "LinearizeResult",
     "linearize",
     "linearize_many",
@@ -84,13 +94,15 @@ class LinearizeResult(ReductionResult):
     budget: int
     method: str
     granularity: str
-    binarize: str
+    binarize: BinarizeRule
     search: dict = field(default_factory=dict)
-    val_accuracy_before_finetune: float | None = None
     val_accuracy_soft: float | None = None  # the searched soft model (SNL), before binarizing
     hardening: list[dict] = field(default_factory=list)
     site_budgets: dict[str, int] | None = None
-    kept_before_finetune: bool = False  # validation preferred the model before fine-tuning
+
+    @property
+    def metrics(self) -> dict:
+        return super().metrics | {"binarize": str(self.binarize)}
 
 
 def magnitude_scores(
@@ -131,12 +143,6 @@ def magnitude_scores(
     for h in handles:
         h.remove()
     return {n: (s / seen).cpu() for n, s in sums.items()}
-
-
-def _search_params(search: SearchSettings, finetune: FinetuneSettings) -> FinetuneSettings:
-    """The search's objective parameters: the fine-tuning's mitigation parameters with the
-    search's own distillation temperature and weight."""
-    return replace(finetune, temperature=search.temperature, kd_weight=search.kd_weight)
 
 
 def _relus_per_score(
@@ -185,6 +191,222 @@ def _apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
     return swap_sites(model, swap)
 
 
+@dataclass(frozen=True)
+class BinarizeRule:
+    """How the scores became a 0/1 mask: ``selection`` ("none" for the dense model,
+    "threshold" for SNL's ``a > threshold``, "top-k", "top-k per site" or "top channels"),
+    after ``hardened_epochs`` of progressive hardening. Formatted only when written."""
+
+    selection: Literal["none", "threshold", "top-k", "top-k per site", "top channels"]
+    threshold: float | None = None
+    hardened_epochs: float = 0.0
+    harden_mode: str | None = None
+
+    def __str__(self) -> str:
+        if self.selection == "threshold":
+            return f"threshold a > {self.threshold}"
+        text = {
+            "none": "none",
+            "top-k": "top-k",
+            "top-k per site": "top-k per site (sensitivity)",
+            "top channels": "top channels (largest count <= budget)",
+        }[self.selection]
+        if self.hardened_epochs:
+            return f"hardened {self.hardened_epochs:g} epochs ({self.harden_mode}), then {text}"
+        return text
+
+
+@dataclass
+class LinearizeHooks:
+    """What keeps a linearization resumable (a workflow's run folders): the SNL search's saved
+    ``search_state``, ``on_search_epoch`` called with it after every epoch, and
+    ``finetune_checkpoints(budget)`` giving each budget's ``(store, resume)``."""
+
+    search_state: dict | None = None
+    on_search_epoch: Callable[[dict], None] | None = None
+    finetune_checkpoints: Callable[[int], tuple[CheckpointStore | None, bool]] | None = None
+
+
+@dataclass
+class _Linearization:
+    """One call of :func:`linearize_many`: the dense parent and the settings every budget
+    shares; :meth:`reduce_to` makes one budget's model."""
+
+    dense: nn.Module
+    data: Dataset
+    granularity: str
+    method: str
+    search: SearchSettings
+    finetune: FinetuneSettings
+    reference: bool
+    device: torch.device
+    progress: bool
+    relu_sizes: dict[str, int]
+    sensitivity: dict[str, float] | None = None
+
+    def search_objective(self) -> nn.Module:
+        """A fresh objective for the search and for each hardening (objectives hold state)."""
+        params = replace(
+            self.finetune, temperature=self.search.temperature, kd_weight=self.search.kd_weight
+        )
+        return build_objective(self.search.objective, self.dense, self.data, params)
+
+    def search_masks(
+        self, budgets: list[int], hooks: LinearizeHooks
+    ) -> tuple[nn.Module, SearchResult | None]:
+        """The model the budgets are cut from (SNL: with its mask sites) and SNL's one search
+        for all ``budgets`` (None for the naive method, or when no budget needs one)."""
+        work = copy.deepcopy(self.dense)
+        if self.method != "snl":
+            return work, None
+        attach_snl_sites(
+            work, self.data.input_shape, self.granularity, threshold=self.search.threshold
+        )
+        if not budgets:
+            return work, None
+        outcome = snl_search(
+            work,
+            self.dense,
+            self.data,
+            budgets,
+            self.search,
+            device=self.device,
+            progress=self.progress,
+            state=hooks.search_state,
+            on_epoch_end=hooks.on_search_epoch,
+            loss_fn=self.search_objective(),
+        )
+        return work, outcome
+
+    def scores(
+        self, reduced: nn.Module, snapshot: Snapshot | None
+    ) -> tuple[dict[str, torch.Tensor], dict[str, ActivationSite], float | None]:
+        """Each site's scores (SNL's searched masks, or mean |x|), its sites, and the soft
+        model's validation accuracy (SNL only)."""
+        if snapshot is not None:
+            reduced.load_state_dict(snapshot.state_dict)
+            sites: dict[str, ActivationSite] = {
+                n: s for n, s in iter_sites(reduced) if isinstance(s, SNLSite)
+            }
+            scores = {n: s.alpha.detach().cpu() for n, s in snl_sites(reduced)}
+            soft = evaluate(reduced, self.data, "val", device=self.device).accuracy
+            return scores, sites, soft
+        record_feature_shapes(reduced, self.data.input_shape)
+        sites = {n: s for n, s in iter_sites(reduced) if isinstance(s, DenseReLU)}
+        scores = magnitude_scores(reduced, self.data, self.granularity, device=self.device)
+        return scores, sites, None
+
+    def binarize(
+        self,
+        reduced: nn.Module,
+        scores: dict[str, torch.Tensor],
+        sites: dict[str, ActivationSite],
+        budget: int,
+        snapshot: Snapshot | None,
+    ) -> tuple[dict[str, torch.Tensor], BinarizeRule, list[dict], dict[str, int] | None]:
+        """0/1 masks at ``budget``, the rule that made them, the hardening's history and the
+        per-site budgets (sensitivity allocation)."""
+        site_budgets = (
+            allocate_by_sensitivity(self.sensitivity, self.relu_sizes, budget)
+            if self.sensitivity is not None
+            else None
+        )
+        make_masks = partial(
+            _masks_from_scores,
+            sizes=_relus_per_score(scores, sites),
+            budget=budget,
+            granularity=self.granularity,
+            site_budgets=site_budgets,
+        )
+        if self.reference and snapshot is not None and snapshot.reached:
+            masks = {n: (scores[n] > self.search.threshold).float() for n in scores}
+            return masks, BinarizeRule("threshold", self.search.threshold), [], site_budgets
+        selection: Literal["top-k", "top-k per site", "top channels"] = (
+            ("top-k per site" if site_budgets else "top-k")
+            if self.granularity == "pixel"
+            else "top channels"
+        )
+        if snapshot is None or self.search.harden_epochs <= 0:
+            return make_masks(scores), BinarizeRule(selection), [], site_budgets
+        masks, hardening = harden(
+            reduced,
+            self.dense,
+            self.data,
+            make_masks,
+            self.search,
+            device=self.device,
+            progress=self.progress,
+            loss_fn=self.search_objective(),
+        )
+        rule = BinarizeRule(
+            selection,
+            hardened_epochs=self.search.harden_epochs,
+            harden_mode=self.search.harden_mode,
+        )
+        return masks, rule, hardening, site_budgets
+
+    def reduce_to(
+        self,
+        work: nn.Module,
+        snapshot: Snapshot | None,
+        budget: int,
+        checkpoints: tuple[CheckpointStore | None, bool],
+    ) -> LinearizeResult:
+        """One budget: scores, binarization, the fine-tuning step, the exact count checked."""
+        t0 = time.perf_counter()
+        reduced = copy.deepcopy(work)
+        scores, sites, soft = self.scores(reduced, snapshot)
+        masks, rule, hardening, site_budgets = self.binarize(
+            reduced, scores, sites, budget, snapshot
+        )
+        harden_seconds = hardening[-1]["seconds"] if hardening else 0.0
+        _apply_masks(reduced, masks)
+        reduced.to(self.device)
+        store, resume = checkpoints
+        outcome = finetune_reduced(
+            reduced,
+            self.dense,
+            self.data,
+            self.finetune,
+            device=self.device,
+            progress=self.progress,
+            checkpoints=store,
+            resume=resume,
+        )
+        relus = count_relus(reduced, self.data.input_shape).total
+        exact = relus <= budget and (self.granularity != "pixel" or relus == budget)
+        if not self.reference and not exact:
+            raise BudgetError(
+                f"internal error: reduced model keeps {relus:,} ReLUs for a budget of {budget:,}"
+            )
+        return LinearizeResult(
+            model=reduced.cpu().eval(),
+            budget=budget,
+            relus=relus,
+            method=self.method,
+            granularity=self.granularity,
+            binarize=rule,
+            **outcome.result_fields(),
+            val_accuracy_soft=soft,
+            hardening=hardening,
+            site_budgets=site_budgets,
+            seconds={
+                "harden": harden_seconds,
+                "finetune": time.perf_counter() - t0 - harden_seconds,
+            },
+        )
+
+
+def _dense_parent(model: nn.Module, data: Dataset, device: torch.device) -> nn.Module:
+    """``model`` as a site model on ``device``, refused unless every ReLU site is dense."""
+    dense = as_site_model(model, data.input_shape).to(device).eval()
+    if any(s.kind in ("masked_relu", "snl_alpha", "shared_relu") for _, s in iter_sites(dense)):
+        raise ConfigError(
+            "linearize needs a dense model (its ReLU sites all DenseReLU); pass the dense parent"
+        )
+    return dense
+
+
 def linearize_many(
     model: nn.Module,
     data: Dataset,
@@ -197,186 +419,61 @@ def linearize_many(
     reference: bool = False,
     device: torch.device | str = "cpu",
     progress: bool = True,
-    search_state: dict | None = None,
-    on_search_epoch: Callable[[dict], None] | None = None,
-    finetune_checkpoints: Callable[[int], tuple[CheckpointStore | None, bool]] | None = None,
+    hooks: LinearizeHooks | None = None,
 ) -> dict[int, LinearizeResult]:
     """Reduce ``model`` to each budget; SNL runs one search for all of them.
 
-    ``model`` is not modified. ``finetune_checkpoints(budget)`` may give ``(store, resume)`` so
-    each fine-tuning checkpoints into its own store (a run folder, say).
+    ``model`` is not modified. ``hooks`` make the search and each fine-tuning resumable.
     """
     if granularity not in ("pixel", "channel"):
         raise ConfigError(f"granularity must be 'pixel' or 'channel', got {granularity!r}")
     if method not in ("snl", "naive"):
         raise ConfigError(f"method must be 'snl' or 'naive', got {method!r}")
-    device = torch.device(device)
+    device, hooks = torch.device(device), hooks or LinearizeHooks()
     search, finetune = search or SearchSettings(), finetune or FinetuneSettings()
     if reference:
         search, finetune = reference_settings(search, finetune)
-    dense = as_site_model(model, data.input_shape).to(device).eval()
+    dense = _dense_parent(model, data, device)
     dense_count = count_relus(dense, data.input_shape)
-    total = dense_count.total
-    if any(s.kind in ("masked_relu", "snl_alpha", "shared_relu") for _, s in iter_sites(dense)):
-        raise ConfigError(
-            "linearize needs a dense model (its ReLU sites all DenseReLU); pass the dense parent"
-        )
-    wanted = sorted({parse_budget(b, total) for b in budgets})
-    results: dict[int, LinearizeResult] = {}
-    search_summary: dict = {}
-    snapshots = {}
-    sensitivity = (
-        _sensitivity(dense, data, granularity, device=device)
-        if search.allocation == "sensitivity" and not reference
-        else None
+    wanted = sorted({parse_budget(b, dense_count.total) for b in budgets})
+    job = _Linearization(
+        dense,
+        data,
+        granularity,
+        method,
+        search,
+        finetune,
+        reference,
+        device,
+        progress,
+        relu_sizes={s.name: s.elements for s in dense_count.sites if s.kind == DenseReLU.kind},
     )
-    relu_sizes = {s.name: s.elements for s in dense_count.sites if s.kind == DenseReLU.kind}
-    select_score = selection_score(dense, data, finetune, device=device)
-    # a fresh objective for the search and for each budget's hardening (objectives hold state)
-    search_objective = partial(
-        build_objective, search.objective, dense, data, _search_params(search, finetune)
-    )
+    if search.allocation == "sensitivity" and not reference:
+        job.sensitivity = _sensitivity(dense, data, granularity, device=device)
     t0 = time.perf_counter()
-    work = copy.deepcopy(dense)
-    if method == "snl":
-        attach_snl_sites(work, data.input_shape, granularity, threshold=search.threshold)
-        to_search = [b for b in wanted if b < total]
-        if to_search:
-            outcome = snl_search(
-                work,
-                dense,
-                data,
-                to_search,
-                search,
-                device=device,
-                progress=progress,
-                state=search_state,
-                on_epoch_end=on_search_epoch,
-                loss_fn=search_objective(),
-            )
-            snapshots, search_summary = outcome.snapshots, outcome.summary()
+    to_search = [b for b in wanted if b < dense_count.total]
+    work, outcome = job.search_masks(to_search, hooks)
+    summary = outcome.summary() if outcome else {}
     search_seconds = time.perf_counter() - t0
+    results: dict[int, LinearizeResult] = {}
     for budget in wanted:
-        t1 = time.perf_counter()
-        if budget == total:  # every ReLU kept: the dense model itself
-            results[budget] = LinearizeResult(
+        if budget not in to_search:  # every ReLU kept: the dense model itself
+            result = LinearizeResult(
                 model=copy.deepcopy(dense).cpu(),
                 budget=budget,
-                relus=total,
+                relus=budget,
                 method=method,
                 granularity=granularity,
-                binarize="none",
-                search=search_summary,
-                seconds={"search": 0.0, "finetune": 0.0},
+                binarize=BinarizeRule("none"),
+                seconds={"finetune": 0.0},
             )
-            continue
-        reduced = copy.deepcopy(work)
-
-        soft: float | None = None
-        hardening: list[dict] = []
-        if method == "snl":
-            reduced.load_state_dict(snapshots[budget].state_dict)
-            sites: dict[str, ActivationSite] = {
-                n: s for n, s in iter_sites(reduced) if isinstance(s, SNLSite)
-            }
-            scores = {n: s.alpha.detach().cpu() for n, s in snl_sites(reduced)}
-            soft = evaluate(reduced, data, "val", device=device).accuracy
         else:
-            record_feature_shapes(reduced, data.input_shape)
-            sites = {n: s for n, s in iter_sites(reduced) if isinstance(s, DenseReLU)}
-            scores = magnitude_scores(reduced, data, granularity, device=device)
-        site_budgets = (
-            allocate_by_sensitivity(sensitivity, relu_sizes, budget)
-            if sensitivity is not None
-            else None
-        )
-        make_masks = partial(
-            _masks_from_scores,
-            sizes=_relus_per_score(scores, sites),
-            budget=budget,
-            granularity=granularity,
-            site_budgets=site_budgets,
-        )
-        if reference and method == "snl" and snapshots[budget].reached:
-            masks = {n: (scores[n] > search.threshold).float() for n in scores}
-            binarize = f"threshold a > {search.threshold}"
-        elif method == "snl" and search.harden_epochs > 0:
-            masks, hardening = harden(
-                reduced,
-                dense,
-                data,
-                make_masks,
-                search,
-                device=device,
-                progress=progress,
-                loss_fn=search_objective(),
-            )
-            binarize = f"hardened {search.harden_epochs:g} epochs ({search.harden_mode}), then "
-        else:
-            masks = make_masks(scores)
-            binarize = ""
-        if not binarize.startswith("threshold"):
-            binarize += (
-                ("top-k per site (sensitivity)" if site_budgets else "top-k")
-                if granularity == "pixel"
-                else "top channels (largest count <= budget)"
-            )
-        harden_seconds = hardening[-1]["seconds"] if hardening else 0.0
-        _apply_masks(reduced, masks)
-        reduced.to(device)
-        if finetune.recalibrate_bn:
-            recalibrate_batchnorm(reduced, data, device=device)
-        before_report = evaluate(reduced, data, "val", device=device)
-        before = before_report.accuracy
-        store, resume = finetune_checkpoints(budget) if finetune_checkpoints else (None, False)
-        keep_start = finetune.select_best and finetune.start_candidate
-        start_state = copy.deepcopy(reduced.state_dict()) if keep_start else None
-        history = finetune_model(
-            reduced,
-            dense,
-            data,
-            finetune,
-            device=device,
-            progress=progress,
-            checkpoints=store,
-            resume=resume,
-            select_score=select_score,
-        )
-        before_score = select_score(before_report) if select_score else before
-        kept_start = (
-            start_state is not None
-            and bool(history)
-            and before_score > max(h.get("val_score", h["val_accuracy"]) for h in history)
-        )
-        if kept_start and start_state is not None:
-            reduced.load_state_dict(start_state)  # validation prefers the model before fine-tuning
-            for h in history:
-                h["selected"] = False
-        relus = count_relus(reduced, data.input_shape).total
-        if not reference and (relus > budget or (granularity == "pixel" and relus != budget)):
-            raise BudgetError(
-                f"internal error: reduced model keeps {relus:,} ReLUs for a budget of {budget:,}"
-            )
-        results[budget] = LinearizeResult(
-            model=reduced.cpu().eval(),
-            budget=budget,
-            relus=relus,
-            method=method,
-            granularity=granularity,
-            binarize=binarize,
-            search=search_summary,
-            history=history,
-            val_accuracy_before_finetune=before,
-            val_accuracy_soft=soft,
-            hardening=hardening,
-            site_budgets=site_budgets,
-            kept_before_finetune=kept_start,
-            seconds={
-                "search": search_seconds,
-                "harden": harden_seconds,
-                "finetune": time.perf_counter() - t1 - harden_seconds,
-            },
-        )
+            snapshot = outcome.snapshots[budget] if outcome else None
+            store = hooks.finetune_checkpoints(budget) if hooks.finetune_checkpoints else None
+            result = job.reduce_to(work, snapshot, budget, store or (None, False))
+        reduce_s = search_seconds if budget in to_search else 0.0
+        result.search, result.seconds = summary, {"reduce": reduce_s} | result.seconds
+        results[budget] = result
     return results
 
 

@@ -27,8 +27,8 @@ from ..relu.sites import (
     iter_sites,
     swap_sites,
 )
-from ..training.loop import CheckpointStore, evaluate
-from .finetune import FinetuneSettings, finetune_model, recalibrate_batchnorm
+from ..training.loop import CheckpointStore
+from .finetune import FinetuneSettings, finetune_reduced
 from .result import ReductionResult
 
 __all__ = ["relu_fit", "calibrate_ranges", "PolyfitResult", "polyfit"]
@@ -117,7 +117,53 @@ class PolyfitResult(ReductionResult):
     granularity: str
     sites: int
     coefficients: int
-    val_accuracy_before_finetune: float | None = None
+
+
+def _polynomial_model(
+    teacher: nn.Module,
+    data: Dataset,
+    degree: int,
+    granularity: PolyGranularity,
+    device: torch.device,
+) -> nn.Module:
+    """A copy of ``teacher`` whose every ReLU site is a :class:`PolyAct` fitted to ReLU on its
+    calibrated input range (the identity where an SNL mask linearized the position)."""
+    if degree < 1:
+        raise ConfigError(f"polynomial degree must be >= 1, got {degree}")
+    if granularity not in GRANULARITIES:
+        raise ConfigError(
+            f"polynomial granularity must be one of {GRANULARITIES}, got {granularity!r}"
+        )
+    student = copy.deepcopy(teacher)
+    record_feature_shapes(student, data.input_shape)
+    targets = [n for n, s in iter_sites(student) if isinstance(s, DenseReLU | MaskedReLU)]
+    if not targets:
+        raise ConfigError("the model has no ReLU site to replace by a polynomial")
+    masked = [n for n in targets if isinstance(student.get_submodule(n), MaskedReLU)]
+    if masked and granularity != "element":
+        raise ConfigError(
+            f"{masked[0]} is a MaskedReLU (an SNL model): its linear positions need their own "
+            f"coefficients, so use --granularity element"
+        )
+    ranges = calibrate_ranges(student, data, targets, granularity, device=device)
+
+    def make(name: str, site: nn.Module) -> nn.Module | None:
+        if name not in ranges:
+            return None
+        assert isinstance(site, ActivationSite)  # the targets are ReLU sites
+        poly = PolyAct(degree, granularity, site.shape)
+        lo, hi = ranges[name]
+        coef = relu_fit(lo, hi, degree).reshape(poly.coefficients.shape)
+        if isinstance(site, MaskedReLU):  # identity where SNL linearized the position
+            keep = site.mask.expand(site.shape).bool()
+            identity = torch.zeros_like(coef)
+            identity[1] = 1.0
+            coef = torch.where(keep, coef, identity)
+        poly.coefficients.data.copy_(coef)
+        return poly
+
+    swap_sites(student, make)
+    return student.to(device)
 
 
 def polyfit(
@@ -167,51 +213,14 @@ def polyfit(
     >>> result.relus, result.sites, result.coefficients
     (0, 2, 1536)
     """
-    if degree < 1:
-        raise ConfigError(f"polynomial degree must be >= 1, got {degree}")
-    if granularity not in GRANULARITIES:
-        raise ConfigError(
-            f"polynomial granularity must be one of {GRANULARITIES}, got {granularity!r}"
-        )
     device = torch.device(device)
     finetune = finetune or FinetuneSettings()
     teacher = as_site_model(model, train_data.input_shape).to(device).eval()
-    student = copy.deepcopy(teacher)
-    record_feature_shapes(student, train_data.input_shape)
-    targets = [n for n, s in iter_sites(student) if isinstance(s, DenseReLU | MaskedReLU)]
-    if not targets:
-        raise ConfigError("the model has no ReLU site to replace by a polynomial")
-    masked = [n for n in targets if isinstance(student.get_submodule(n), MaskedReLU)]
-    if masked and granularity != "element":
-        raise ConfigError(
-            f"{masked[0]} is a MaskedReLU (an SNL model): its linear positions need their own "
-            f"coefficients, so use --granularity element"
-        )
     t0 = time.perf_counter()
-    ranges = calibrate_ranges(student, train_data, targets, granularity, device=device)
-
-    def make(name: str, site: nn.Module) -> nn.Module | None:
-        if name not in ranges:
-            return None
-        assert isinstance(site, ActivationSite)  # the targets are ReLU sites
-        poly = PolyAct(degree, granularity, site.shape)
-        lo, hi = ranges[name]
-        coef = relu_fit(lo, hi, degree).reshape(poly.coefficients.shape)
-        if isinstance(site, MaskedReLU):  # identity where SNL linearized the position
-            keep = site.mask.expand(site.shape).bool()
-            identity = torch.zeros_like(coef)
-            identity[1] = 1.0
-            coef = torch.where(keep, coef, identity)
-        poly.coefficients.data.copy_(coef)
-        return poly
-
-    swap_sites(student, make)
-    student.to(device)
-    recalibrate_batchnorm(student, train_data, device=device)
-    before = evaluate(student, train_data, "val").accuracy if len(train_data.val) else None
+    student = _polynomial_model(teacher, train_data, degree, granularity, device)
     fit_s = time.perf_counter() - t0
     t1 = time.perf_counter()
-    history = finetune_model(
+    outcome = finetune_reduced(
         student,
         teacher,
         train_data,
@@ -229,7 +238,6 @@ def polyfit(
         granularity=granularity,
         sites=len(polys),
         coefficients=sum(p.coefficients.numel() for p in polys),
-        val_accuracy_before_finetune=before,
-        history=history,
-        seconds={"fit": fit_s, "finetune": time.perf_counter() - t1},
+        **outcome.result_fields(),
+        seconds={"reduce": fit_s, "finetune": time.perf_counter() - t1},
     )

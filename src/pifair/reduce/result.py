@@ -14,7 +14,9 @@ class ReductionResult:
     """A reduced model and how it was made.
 
     ``relus`` is its comparisons per sample (kept ReLUs, shared decisions; 0 for polynomials),
-    ``history`` the fine-tuning's per-epoch records, ``seconds`` the wall time of each step.
+    ``history`` the fine-tuning's per-epoch records, ``seconds`` the wall time of each step,
+    ``val_accuracy_before_finetune`` and ``kept_before_finetune`` what
+    :func:`pifair.reduce.finetune.finetune_reduced` saw of the model before fine-tuning.
     Each reduction adds its own fields; :attr:`metrics` gives them all as one JSON-ready dict.
     """
 
@@ -22,6 +24,8 @@ class ReductionResult:
     relus: int
     history: list[dict] = field(default_factory=list)
     seconds: dict = field(default_factory=dict)
+    val_accuracy_before_finetune: float | None = None
+    kept_before_finetune: bool = False
 
     @property
     def metrics(self) -> dict:

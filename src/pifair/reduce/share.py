@@ -1,6 +1,6 @@
 """``pifair.share``: ReLU sharing under a budget of sign decisions, then KD fine-tuning.
 
-Budget allocation (DESIGN.md section 4): every ReLU site starts as plain ReLU (groups of one);
+Budget allocation (docs/reductions.md): every ReLU site starts as plain ReLU (groups of one);
 while the model's decisions exceed the budget, the site whose next coarser grouping costs the
 least validation loss per decision saved is coarsened (loss measured on a calibration slice of
 the validation split, the other sites as they stand). Then batch-norm statistics are
@@ -31,7 +31,7 @@ from ..relu.sites import (
     swap_sites,
 )
 from ..training.loop import CheckpointStore
-from .finetune import FinetuneSettings, finetune_model, recalibrate_batchnorm
+from .finetune import FinetuneSettings, finetune_reduced
 from .result import ReductionResult
 
 __all__ = ["ShareResult", "ShareRule", "ShareScheme", "share", "allocate_groups"]
@@ -142,6 +142,18 @@ def allocate_groups(
     return choice
 
 
+def _shared_model(
+    dense: nn.Module, data: Dataset, budget: int, scheme: str, rule: str, device: torch.device
+) -> tuple[nn.Module, dict[str, str]]:
+    """A copy of ``dense`` with each site's grouping chosen greedily for ``budget`` decisions,
+    and the name of each site's grouping."""
+    options = site_options(dense, data, scheme, device=device)
+    choice = allocate_groups(dense, data, budget, options=options, rule=rule, device=device)
+    shared = copy.deepcopy(dense)
+    swap_sites(shared, lambda n, m: _site(options[n][choice[n]], rule) if n in choice else None)
+    return shared, {n: options[n][choice[n]][0] for n in choice}
+
+
 def share(
     model: nn.Module,
     train_data: Dataset,
@@ -198,14 +210,10 @@ def share(
     total = count_relus(dense, train_data.input_shape).total
     k = parse_budget(budget, total)
     t0 = time.perf_counter()
-    options = site_options(dense, train_data, scheme, device=device)
-    choice = allocate_groups(dense, train_data, k, options=options, rule=rule, device=device)
-    shared = copy.deepcopy(dense)
-    swap_sites(shared, lambda n, m: _site(options[n][choice[n]], rule) if n in choice else None)
+    shared, allocation = _shared_model(dense, train_data, k, scheme, rule, device)
     allocate_s = time.perf_counter() - t0
-    recalibrate_batchnorm(shared, train_data, device=device)
     t1 = time.perf_counter()
-    history = finetune_model(
+    outcome = finetune_reduced(
         shared,
         dense,
         train_data,
@@ -222,7 +230,7 @@ def share(
         relus=relus,
         scheme=scheme,
         rule=rule,
-        allocation={n: options[n][choice[n]][0] for n in choice},
-        history=history,
-        seconds={"allocate": allocate_s, "finetune": time.perf_counter() - t1},
+        allocation=allocation,
+        **outcome.result_fields(),
+        seconds={"reduce": allocate_s, "finetune": time.perf_counter() - t1},
     )

@@ -1,4 +1,4 @@
-"""Selective Network Linearization (Cho, Joshi, Reagen, Garg, Hegde, ICML 2022), DESIGN.md s. 3.
+"""Selective Network Linearization (Cho, Joshi, Reagen, Garg, Hegde, ICML 2022), docs/reductions.md.
 
 Each ReLU site becomes ``a * relu(x) + (1 - a) * x`` with a trainable ``a`` per element
 (pixel-wise) or per channel, initialised to 1. The search minimises CE + KD (T = 4) +
@@ -20,9 +20,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..config_types import check_settings, setting
 from ..data import Dataset, ResidentLoader
 from ..errors import ConfigError
-from ..fairness.mitigation import OBJECTIVES, ObjectiveName
+from ..fairness.mitigation import ObjectiveName
 from ..relu.counting import record_feature_shapes
 from ..relu.sites import (
     ActivationSite,
@@ -33,6 +34,7 @@ from ..relu.sites import (
 )
 from ..training.distill import DistillationLoss
 from ..training.loop import autocast_for
+from ..training.objective import end_epoch
 
 __all__ = [
     "SNLSite",
@@ -158,68 +160,54 @@ class SearchSettings:
     mask, :mod:`pifair.reduce.harden`) makes the binarized model the one that was trained
     (benchmarks/linearize_ablation.py measures each of these choices)."""
 
-    max_epochs: int = 30
-    batch_size: int = 128
-    lr: float = 1e-3
-    mask_lr: float | None = None  # Adam lr of the masks a (None: the same as the weights')
-    lambda_init: float = 1e-5
-    lambda_growth: float = 1.5
-    lambda_warmup: int = 0
-    lambda_rule: Literal["always", "stall", "budget"] = "always"
-    threshold: float = 1e-2
-    temperature: float = 4.0
-    kd_weight: float = 1.0
-    seed: int = 0
+    max_epochs: int = setting(30, help="most SNL search epochs", ge=1)
+    batch_size: int = setting(128, help="search batch", ge=1)
+    lr: float = setting(1e-3, help="Adam lr of the weights", gt=0)
+    mask_lr: float | None = setting(None, help="Adam lr of the masks (unset: the weights')", gt=0)
+    lambda_init: float = setting(1e-5, help="lambda, the weight of the masks' L1 cost", gt=0)
+    lambda_growth: float = setting(
+        1.5, help="lambda's factor after every epoch (SNL: 1.1 when the count stalls)", ge=1
+    )
+    lambda_warmup: int = setting(0, help="epochs before lambda may grow (SNL 5)", ge=0)
+    lambda_rule: Literal["always", "stall", "budget"] = setting(
+        "always",
+        help="lambda growth: after every epoch, when the count stalls (SNL), or by the distance "
+        "to the budget",
+    )
+    threshold: float = setting(1e-2, help="a mask counts as kept above this", gt=0)
+    temperature: float = setting(4.0, help="distillation temperature", gt=0)
+    kd_weight: float = setting(1.0, help="weight of the distillation term", ge=0)
+    seed: int = setting(0, help="seed of the search's batches")
     # per budget, after the shared search: train with the exact top-k mask (pifair.reduce.harden)
-    harden_epochs: float = 1.0  # 0: binarize the soft snapshot directly (SNL, old default)
-    harden_mode: Literal["ste", "progressive"] = (
-        "ste"  # "ste": hard mask, straight-through; "progressive": blend to it
+    harden_epochs: float = setting(
+        1.0,
+        help="per budget, epochs of training with the exact top-k mask before binarizing "
+        "(0: none, SNL)",
+        ge=0,
     )
-    harden_refresh: int = 10  # steps between recomputing the top-k mask from alpha
-    harden_mask_lr: float | None = None  # Adam lr of the masks while hardening (None: lr)
-    hysteresis: float = 0.02  # added to kept entries' alpha when the mask is recomputed
-    allocation: Literal["global", "sensitivity"] = (
-        "global"  # "global" top-k, or "sensitivity": per-site budgets (SENet)
+    harden_mode: Literal["ste", "progressive"] = setting(
+        "ste", help="ste: the hard mask, straight-through; progressive: blend the soft one into it"
     )
-    # the search's (and hardening's) objective: "kd", or a fairness objective of
-    # pifair.fairness.mitigation, so that the ReLUs kept are chosen with the groups' losses in
-    # view; its parameters are the fine-tuning's (FinetuneSettings.mu, ...)
-    objective: ObjectiveName = "kd"
+    harden_refresh: int = setting(10, help="steps between recomputing the top-k mask", ge=1)
+    harden_mask_lr: float | None = setting(
+        None, help="Adam lr of the masks while hardening (unset: lr)", gt=0
+    )
+    hysteresis: float = setting(
+        0.02, help="added to kept entries' a when the mask is recomputed", ge=0
+    )
+    allocation: Literal["global", "sensitivity"] = setting(
+        "global",
+        help="one global top-k, or per-layer budgets by ReLU sensitivity (SENet; pixel-wise)",
+    )
+    # its parameters are the fine-tuning's (FinetuneSettings.mu, ...)
+    objective: ObjectiveName = setting(
+        "kd",
+        help="objective of the SNL search and hardening: a fairness objective puts the groups' "
+        "losses into which ReLUs are kept",
+    )
 
     def __post_init__(self) -> None:
-        if not self.harden_epochs >= 0:
-            raise ConfigError(f"search harden_epochs must be >= 0, got {self.harden_epochs}")
-        if self.harden_mode not in ("ste", "progressive"):
-            raise ConfigError(
-                f"search harden_mode must be 'ste' or 'progressive', got {self.harden_mode!r}"
-            )
-        if self.objective not in OBJECTIVES:
-            raise ConfigError(
-                f"search objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}"
-            )
-        if self.allocation not in ("global", "sensitivity"):
-            raise ConfigError(
-                f"search allocation must be 'global' or 'sensitivity', got {self.allocation!r}"
-            )
-        if not self.hysteresis >= 0:
-            raise ConfigError(f"search hysteresis must be >= 0, got {self.hysteresis}")
-        for name, low in (
-            ("max_epochs", 1),
-            ("batch_size", 1),
-            ("lambda_warmup", 0),
-            ("harden_refresh", 1),
-        ):
-            if getattr(self, name) < low:
-                raise ConfigError(f"search {name} must be >= {low}, got {getattr(self, name)}")
-        for name in ("lr", "lambda_init", "temperature"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"search {name} must be > 0, got {getattr(self, name)}")
-        for name in ("mask_lr", "harden_mask_lr"):
-            if getattr(self, name) is not None and not getattr(self, name) > 0:
-                raise ConfigError(f"search {name} must be > 0, got {getattr(self, name)}")
-        if self.lambda_growth < 1:
-            raise ConfigError(f"search lambda_growth must be >= 1, got {self.lambda_growth}")
-        self.schedule()  # checks the lambda rule's name
+        check_settings(self, prefix="search.")
 
     def schedule(self) -> LambdaSchedule:
         return LambdaSchedule(
@@ -293,9 +281,51 @@ def mask_optimizer(
     return torch.optim.Adam(groups, lr=lr)
 
 
+def mask_training_loader(
+    data: Dataset, settings: SearchSettings, device: torch.device, *, seed: int
+) -> ResidentLoader:
+    """The training batches of the mask search and of hardening: shuffled, augmented, full."""
+    return ResidentLoader(
+        data,
+        "train",
+        batch_size=settings.batch_size,
+        device=device,
+        shuffle=True,
+        augment=True,
+        drop_last=True,
+        seed=seed,
+        channels_last=device.type == "cuda",
+    )
+
+
 def _l1(sites: list[SNLSite]) -> torch.Tensor:
     # a 0-dim start (0 + x is x exactly) keeps the sum a tensor when there is no site
     return sum((s.alpha.abs().sum() * s.cost_per_alpha for s in sites), torch.zeros(()))
+
+
+def _search_epoch(
+    model: nn.Module,
+    batches: Any,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: Callable,
+    lam: torch.Tensor,
+    sites: list[SNLSite],
+    device: torch.device,
+) -> None:
+    """One epoch of SNL's objective: ``loss_fn + lambda * sum of the masks' costs``."""
+    model.train()
+    for x, y, g in batches:
+        with autocast_for(device):
+            logits = model(x)
+            loss = loss_fn(logits, y, x, g)
+        loss = loss + lam * _l1(sites)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+
+def _weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    return copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
 
 
 def snl_search(
@@ -326,95 +356,53 @@ def snl_search(
         model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         teacher.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     sites = [s for _, s in snl_sites(model)]
-    if loss_fn is None:
-        loss_fn = DistillationLoss(
-            teacher, temperature=settings.temperature, weight=settings.kd_weight
-        )
+    loss_fn = loss_fn or DistillationLoss(
+        teacher, temperature=settings.temperature, weight=settings.kd_weight
+    )
     optimizer = mask_optimizer(
         model, sites, lr=settings.lr, mask_lr=settings.mask_lr or settings.lr
     )
     schedule = settings.schedule()
-    loader = ResidentLoader(
-        data,
-        "train",
-        batch_size=settings.batch_size,
-        device=device,
-        shuffle=True,
-        augment=True,
-        drop_last=True,
-        seed=settings.seed,
-        channels_last=device.type == "cuda",
-    )
-    history: list[dict] = []
-    snapshots: dict[int, Snapshot] = {}
-    start, seconds = 0, 0.0
-    if state is not None:
+    loader = mask_training_loader(data, settings, device, seed=settings.seed)
+    state = state or {"history": [], "snapshots": {}, "epoch": 0, "seconds": 0.0}
+    if "model" in state:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
-        history, snapshots, start, seconds = (
-            state["history"],
-            state["snapshots"],
-            state["epoch"],
-            state["seconds"],
-        )
+    history, snapshots, seconds = state["history"], state["snapshots"], state["seconds"]
     pending = sorted((b for b in budgets if b not in snapshots), reverse=True)
-
-    epoch = start
-    for epoch in range(start, settings.max_epochs):
+    for epoch in range(state["epoch"], settings.max_epochs):
         if not pending:
             break
         t0 = time.perf_counter()
-        model.train()
         loader.set_epoch(epoch)
         lam = torch.tensor(schedule.value, device=device)
         bar = tqdm(
             loader, desc=f"SNL search {epoch + 1}", leave=False, disable=None if progress else True
         )
-        for x, y, g in bar:
-            with autocast_for(device):
-                logits = model(x)
-                loss = loss_fn(logits, y, x, g)
-            loss = loss + lam * _l1(sites)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+        _search_epoch(model, bar, optimizer, loss_fn, lam, sites, device)
         count = alpha_count(model)  # one host sync per epoch
         seconds += time.perf_counter() - t0
         record = {"epoch": epoch + 1, "count": count, "lambda": schedule.value, "seconds": seconds}
-        if hasattr(loss_fn, "end_epoch"):  # a fairness objective's per-epoch state
-            record |= loss_fn.end_epoch()
+        record |= end_epoch(loss_fn)  # a fairness objective's per-epoch state
         schedule.update(epoch, count, min(pending))
         history.append(record)
-        for b in list(pending):
-            if count <= b:
-                snapshots[b] = Snapshot(
-                    epoch + 1,
-                    count,
-                    copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()}),
-                    True,
-                )
-                pending.remove(b)
+        for b in [b for b in pending if count <= b]:
+            snapshots[b] = Snapshot(epoch + 1, count, _weights(model), True)
+            pending.remove(b)
         if progress:
             tqdm.write(
                 f"SNL search epoch {epoch + 1}: {count:,} ReLUs with a > {settings.threshold}  "
                 f"lambda {record['lambda']:.2e}  {seconds:.0f}s"
             )
-        if on_epoch_end is not None:
+        if on_epoch_end is not None:  # a checkpoint: what ``state`` resumes from
             on_epoch_end(
-                {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "schedule": schedule.state_dict(),
-                    "history": history,
-                    "snapshots": snapshots,
-                    "epoch": epoch + 1,
-                    "seconds": seconds,
-                }
+                dict(model=model.state_dict(), optimizer=optimizer.state_dict())
+                | dict(schedule=schedule.state_dict(), history=history, snapshots=snapshots)
+                | dict(epoch=epoch + 1, seconds=seconds)
             )
     if pending:  # budgets the search did not reach: the final state, binarized by top-k
-        final = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        count = alpha_count(model)
+        final, count = _weights(model), alpha_count(model)
         for b in pending:
             snapshots[b] = Snapshot(len(history), count, final, False)
     return SearchResult(snapshots=snapshots, history=history, seconds=seconds)

@@ -1,4 +1,4 @@
-"""Activation sites, their counts and ReLU budgets (DESIGN.md section 2)."""
+"""Activation sites, their counts and ReLU budgets (docs/reductions.md)."""
 
 from .budget import parse_budget
 from .calls import CallRecord, NonlinearCall, record_calls

@@ -1,4 +1,4 @@
-"""ReLU sharing: one sign decision serves a group of activations (DESIGN.md section 4).
+"""ReLU sharing: one sign decision serves a group of activations (docs/reductions.md).
 
 ``out = x * step(d_group)``: each group compares once (one DReLU) and every member copies the
 bit. Groups are given by an index map over the per-sample feature shape, so every grouping is

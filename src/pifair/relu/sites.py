@@ -1,6 +1,6 @@
 """Activation sites: every nonlinearity of a pifair model is one of these modules.
 
-Sites are the spine of pifair (DESIGN.md section 2). Each reduction (SNL, ReLU sharing,
+Sites are the spine of pifair (docs/architecture.md). Each reduction (SNL, ReLU sharing,
 polynomials) only swaps sites, and each site knows what it costs under cryptography:
 
 * :class:`DenseReLU` -- one comparison (DReLU) per element;

@@ -27,12 +27,12 @@ def linearize_section(run: Run) -> str:
         ],
         [
             "ReLUs",
-            f"{m['relus']:,} of {m['dense_relus']:,} (budget {m['budget']:,}; "
-            f"{100 * m['relus'] / m['dense_relus']:.2f} %)",
+            f"{m['relus']:,} of {m['parent_relus']:,} (budget {m['budget']:,}; "
+            f"{100 * m['relus'] / m['parent_relus']:.2f} %)",
         ],
         [
             "test accuracy",
-            f"{pct(m['test_accuracy'])} (dense {pct(m['dense_test_accuracy'])}, drop "
+            f"{pct(m['test_accuracy'])} (dense {pct(m['parent_test_accuracy'])}, drop "
             f"{100 * m['drop']:.2f} points)",
         ],
         [
@@ -44,15 +44,15 @@ def linearize_section(run: Run) -> str:
         [
             "worst-group test accuracy",
             f"{pct(m['test']['worst_group_accuracy'])} (dense "
-            f"{pct(m['dense_test']['worst_group_accuracy'])})",
+            f"{pct(m['parent_test']['worst_group_accuracy'])})",
         ],
         [
             "time",
-            f"search {m['seconds']['search']:.0f} s, hardening {m['seconds'].get('harden', 0):.0f} "
+            f"search {m['seconds']['reduce']:.0f} s, hardening {m['seconds'].get('harden', 0):.0f} "
             f"s, fine-tune {m['seconds']['finetune']:.0f} s on {m.get('device')}",
         ],
     ]
-    dense_groups = {g["name"]: g["accuracy"] for g in m["dense_test"]["groups"]}
+    dense_groups = {g["name"]: g["accuracy"] for g in m["parent_test"]["groups"]}
     groups = [
         [
             g["name"],
@@ -90,7 +90,7 @@ def sweep_section(run: Run) -> str:
         for r in sorted(m["rows"], key=lambda r: (r["method"], r["relus"]))
     ]
     return (
-        f"<p>Dense parent: {pct(m['dense_test_accuracy'])} with {m['dense_relus']:,} ReLUs on "
+        f"<p>Dense parent: {pct(m['parent_test_accuracy'])} with {m['parent_relus']:,} ReLUs on "
         f"{m['data']}. "
         "The SNL search is shared by all budgets (its time appears in each of its rows); for "
         "sharing the column is the layer allocation.</p>"
@@ -120,23 +120,23 @@ def share_section(run: Run) -> str:
         ["scheme / rule", f"{m['scheme']} / {m['rule']}"],
         [
             "sign decisions",
-            f"{m['relus']:,} (budget {m['budget']:,}; dense {m['dense_relus']:,}: "
-            f"{m['dense_relus'] / max(m['relus'], 1):.0f}x fewer)",
+            f"{m['relus']:,} (budget {m['budget']:,}; dense {m['parent_relus']:,}: "
+            f"{m['parent_relus'] / max(m['relus'], 1):.0f}x fewer)",
         ],
         ["groupings", ", ".join(f"{k}: {v}" for k, v in m["allocation"].items())],
         [
             "test accuracy",
-            f"{pct(m['test_accuracy'])} (dense {pct(m['dense_test_accuracy'])}, drop "
+            f"{pct(m['test_accuracy'])} (dense {pct(m['parent_test_accuracy'])}, drop "
             f"{100 * m['drop']:.2f} points)",
         ],
         [
             "worst-group test accuracy",
             f"{pct(m['test']['worst_group_accuracy'])} (dense "
-            f"{pct(m['dense_test']['worst_group_accuracy'])})",
+            f"{pct(m['parent_test']['worst_group_accuracy'])})",
         ],
         [
             "time",
-            f"allocation {m['seconds']['allocate']:.0f} s, fine-tune "
+            f"allocation {m['seconds']['reduce']:.0f} s, fine-tune "
             f"{m['seconds']['finetune']:.0f} s on {m.get('device')}",
         ],
     ]

@@ -9,6 +9,37 @@ from .html import pct, register_section, register_summary, table
 MB = 1e6
 
 
+def _per_op_tables(m: dict) -> list[str]:
+    """Per image, the profiled rank's time, bytes and messages by kind of op, then by SPU op."""
+    parts = []
+    cats = m["per_image"]["by_category"]
+    total_s = sum(c["seconds"] for c in cats.values()) or 1.0
+    parts.append(
+        f"<h4>Per image, by kind of op (rank {m['profiled_rank']}'s profile)</h4>"
+        + table(
+            ["ops", "seconds", "share of time", "MB", "messages"],
+            [
+                [
+                    k,
+                    f"{c['seconds']:.3f}",
+                    pct(c["seconds"] / total_s),
+                    _mb(c["bytes"]),
+                    f"{c['messages']:.0f}",
+                ]
+                for k, c in cats.items()
+            ],
+        )
+    )
+    ops = sorted(m["per_image"]["ops"].items(), key=lambda kv: -kv[1]["bytes"])[:8]
+    parts.append(
+        table(
+            ["SPU op", "calls / image", "seconds", "MB"],
+            [[k, f"{v['count']:.0f}", f"{v['seconds']:.3f}", _mb(v["bytes"])] for k, v in ops],
+        )
+    )
+    return parts
+
+
 @register_section("mpc-infer")
 def mpc_section(run: Run) -> str:
     m = run.metrics
@@ -45,31 +76,7 @@ def mpc_section(run: Run) -> str:
         ),
     ]
     if m.get("per_image"):
-        cats = m["per_image"]["by_category"]
-        total_s = sum(c["seconds"] for c in cats.values()) or 1.0
-        parts.append(
-            f"<h4>Per image, by kind of op (rank {m['profiled_rank']}'s profile)</h4>"
-            + table(
-                ["ops", "seconds", "share of time", "MB", "messages"],
-                [
-                    [
-                        k,
-                        f"{c['seconds']:.3f}",
-                        pct(c["seconds"] / total_s),
-                        _mb(c["bytes"]),
-                        f"{c['messages']:.0f}",
-                    ]
-                    for k, c in cats.items()
-                ],
-            )
-        )
-        ops = sorted(m["per_image"]["ops"].items(), key=lambda kv: -kv[1]["bytes"])[:8]
-        parts.append(
-            table(
-                ["SPU op", "calls / image", "seconds", "MB"],
-                [[k, f"{v['count']:.0f}", f"{v['seconds']:.3f}", _mb(v["bytes"])] for k, v in ops],
-            )
-        )
+        parts += _per_op_tables(m)
     parties = [
         [
             p["rank"],

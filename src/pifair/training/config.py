@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
-from ..config_types import checked_settings
-from ..errors import ConfigError
+from ..config_types import check_settings, setting, settings_from_dict
+from ..data import list_datasets
+from ..models import list_models
 
 __all__ = ["DataConfig", "TrainConfig"]
 
@@ -15,14 +16,22 @@ __all__ = ["DataConfig", "TrainConfig"]
 class DataConfig:
     """Which data set, how it is split and grouped (see :func:`pifair.data.load_dataset`)."""
 
-    data: str = "fashion-mnist"
-    data_dir: str | None = None
-    val_fraction: float = 0.1
-    keep: str | None = None
-    keep_test: bool = False
-    group_by: str = "class"
-    limit: int | None = None
-    download: bool = False
+    data: str = setting("fashion-mnist", help="data set: " + ", ".join(list_datasets()))
+    data_dir: str | None = setting(
+        None, help="the data set's folder; unset: where its package or the project puts it"
+    )
+    val_fraction: float = setting(
+        0.1, help="fraction of the training set held out for validation", ge=0, lt=1
+    )
+    keep: str | None = setting(
+        None, help="subsample classes of the training set, e.g. 8:0.09 or 0-4:0.9,5-9:0.1"
+    )
+    keep_test: bool = setting(False, help="subsample the test set the same way")
+    group_by: str = setting(
+        "class", help="the groups of fairness metrics: class, or sex / race for adult"
+    )
+    limit: int | None = setting(None, help="evenly spaced samples of each set (quick looks)")
+    download: bool = setting(False, help="allow downloading a data set that is not on disk")
 
     def load_kwargs(self, seed: int) -> dict[str, Any]:
         d = asdict(self)
@@ -34,36 +43,36 @@ class DataConfig:
 class TrainConfig(DataConfig):
     """A training run: data, model, optimisation. ``pifair train`` takes each as ``--flag``."""
 
-    model: str = "lenet"
-    snl_variant: bool = False
-    width: int | None = None  # channels of the first stage, for models that take it (resnet18)
-    act: str | None = None
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    schedule: Literal["cosine", "onecycle", "constant"] = "cosine"
-    label_smoothing: float = 0.0
-    seed: int = 0
-    device: str = "auto"
-    loader: Literal["resident", "dataloader"] = "resident"
+    model: str = setting(
+        "lenet",
+        help="model: "
+        + ", ".join(list_models())
+        + ", or torchvision:NAME, timm:NAME, FILE.py:ClassName (your own architecture)",
+    )
+    snl_variant: bool = setting(False, help="resnet18 without the stem ReLU, as in SNL's code")
+    width: int | None = setting(
+        None, help="channels of the first stage, for models that take it (resnet18)", ge=1
+    )
+    act: str | None = setting(
+        None, help="activation of the model, for models that take one (relu, tanh, ...)"
+    )
+    epochs: int = setting(10, help="training epochs", ge=1)
+    batch_size: int = setting(128, help="batch size", ge=1)
+    lr: float = setting(0.1, help="peak learning rate", gt=0)
+    momentum: float = setting(0.9, help="SGD momentum", ge=0)
+    weight_decay: float = setting(5e-4, help="SGD weight decay", ge=0)
+    schedule: Literal["cosine", "onecycle", "constant"] = setting(
+        "cosine", help="learning-rate schedule"
+    )
+    label_smoothing: float = setting(0.0, help="label smoothing of the cross-entropy", ge=0, lt=1)
+    seed: int = setting(0, help="seed of the split, the initialisation and the batches")
+    device: str = setting("auto", help="auto (CUDA when present), cpu or cuda[:N]")
+    loader: Literal["resident", "dataloader"] = setting(
+        "resident", help="resident: the data stays on the device; dataloader: torch DataLoader"
+    )
 
     def __post_init__(self) -> None:
-        if self.epochs < 1:
-            raise ConfigError(f"epochs must be >= 1, got {self.epochs}")
-        if self.batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.lr <= 0:
-            raise ConfigError(f"lr must be > 0, got {self.lr}")
-        if self.schedule not in ("cosine", "onecycle", "constant"):
-            raise ConfigError(
-                f"schedule must be cosine, onecycle or constant, got {self.schedule!r}"
-            )
-        if not 0 <= self.label_smoothing < 1:
-            raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        if self.loader not in ("resident", "dataloader"):
-            raise ConfigError(f"loader must be resident or dataloader, got {self.loader!r}")
+        check_settings(self)
 
     @property
     def data_config(self) -> DataConfig:
@@ -84,8 +93,5 @@ class TrainConfig(DataConfig):
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known - {"command"})
-        if unknown:
-            raise ConfigError(f"unknown train config keys {unknown}; known: {sorted(known)}")
-        return cls(**checked_settings(cls, {k: v for k, v in d.items() if k in known}))
+        """From a config.yaml or flags: an unknown key is refused by name."""
+        return settings_from_dict(cls, d)

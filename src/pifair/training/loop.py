@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from ..data import Dataset, ResidentLoader, make_dataloader
 from ..errors import ConfigError, TrainingDivergedError
 from .group_metrics import GroupReport, group_report
+from .objective import Objective, end_epoch, objective_state, restore_objective
 
 __all__ = [
     "CheckpointStore",
@@ -46,7 +47,7 @@ class CheckpointStore(Protocol):
 
 
 # (logits, labels, inputs, groups) -> loss
-LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+LossFn = Objective
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -149,6 +150,78 @@ def _optimizer(model: nn.Module, s: LoopSettings, steps: int):
     return opt, sched
 
 
+def _restore(
+    checkpoints: CheckpointStore,
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    sched: Any,
+    loss_fn: LossFn,
+    device: torch.device,
+) -> tuple[list[dict], int, dict | None]:
+    """Load the last checkpoint into the model, optimizer, schedule and objective; returns its
+    history, the epoch to start from and the best epoch so far (none saved: a fresh start)."""
+    state = checkpoints.load_checkpoint(map_location=device)
+    if state is None:
+        return [], 0, None
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    restore_objective(loss_fn, state.get("loss"))
+    checkpoints.log.info("resumed from epoch %d", state["epoch"])
+    return state["history"], state["epoch"], state.get("best")
+
+
+def _train_epoch(
+    model: nn.Module,
+    batches: Any,
+    opt: torch.optim.Optimizer,
+    sched: Any,
+    loss_fn: LossFn,
+    settings: LoopSettings,
+    device: torch.device,
+) -> dict:
+    """One pass over the training batches; the epoch's mean loss, accuracy and wall time."""
+    t0 = time.perf_counter()
+    model.train()
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    seen = 0
+    for x, y, g in batches:
+        with autocast_for(device):
+            logits = model(x)
+            loss = loss_fn(logits, y, x, g)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if settings.grad_clip:  # clips on the device, no host sync
+            torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
+        opt.step()
+        sched.step()
+        loss_sum += loss.detach() * len(y)  # stays on the device: no per-step host sync
+        correct += (logits.detach().argmax(1) == y).sum()
+        seen += len(y)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return {
+        "train_loss": float(loss_sum) / max(seen, 1),
+        "train_accuracy": float(correct) / max(seen, 1),
+        "epoch_time_s": time.perf_counter() - t0,
+    }
+
+
+def _best(best: dict | None, record: dict, model: nn.Module) -> dict | None:
+    """The best validation epoch so far: ``record``'s (with a copy of the weights) if its
+    score beats ``best``'s."""
+    score = record.get("val_score", record["val_accuracy"])
+    if best is not None and not score > best.get("score", best["val_accuracy"]):
+        return best
+    return {
+        "score": score,
+        "val_accuracy": record["val_accuracy"],
+        "epoch": record["epoch"],
+        "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+    }
+
+
 def fit(
     model: nn.Module,
     data: Dataset,
@@ -176,101 +249,49 @@ def fit(
         torch.backends.cudnn.benchmark = True
         model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     train_loader = _make_loader(data, "train", settings, device, train=True)
-    steps = len(train_loader)
-    opt, sched = _optimizer(model, settings, steps)
+    opt, sched = _optimizer(model, settings, len(train_loader))
     history: list[dict] = []
-    start = 0
-    best: dict | None = None  # {"val_accuracy", "epoch", "model"} of the best validation epoch
-    if (
-        resume
-        and checkpoints is not None
-        and (state := checkpoints.load_checkpoint(map_location=device)) is not None
-    ):
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        history, start = state["history"], state["epoch"]
-        best = state.get("best")
-        if state.get("loss") is not None and hasattr(loss_fn, "load_state_dict"):
-            loss_fn.load_state_dict(state["loss"])
-        checkpoints.log.info("resumed from epoch %d", start)
+    start, best = 0, None  # best: {"score", "val_accuracy", "epoch", "model"}
+    if resume and checkpoints is not None:
+        history, start, best = _restore(checkpoints, model, opt, sched, loss_fn, device)
     torch.manual_seed(settings.seed + start)
     for epoch in range(start, settings.epochs):
-        t0 = time.perf_counter()
-        model.train()
-        if hasattr(train_loader, "set_epoch"):
+        if hasattr(train_loader, "set_epoch"):  # torch's DataLoader has none
             train_loader.set_epoch(epoch)
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.long)
-        seen = 0
         bar = tqdm(
             _batches(train_loader, data, device),
-            total=steps,
+            total=len(train_loader),
             desc=f"epoch {epoch + 1}/{settings.epochs}",
             leave=False,
             disable=None if settings.progress else True,
         )
-        for x, y, g in bar:
-            with autocast_for(device):
-                logits = model(x)
-                loss = loss_fn(logits, y, x, g)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if settings.grad_clip:  # clips on the device, no host sync
-                torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
-            opt.step()
-            sched.step()
-            loss_sum += loss.detach() * len(y)  # stays on the device: no per-step host sync
-            correct += (logits.detach().argmax(1) == y).sum()
-            seen += len(y)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        train_time = time.perf_counter() - t0
+        trained = _train_epoch(model, bar, opt, sched, loss_fn, settings, device)
         val = evaluate(model, data, "val", batch_size=max(settings.batch_size, 512), device=device)
-        record = {
-            "epoch": epoch + 1,
-            "train_loss": float(loss_sum) / max(seen, 1),
-            "train_accuracy": float(correct) / max(seen, 1),
-            "val_loss": val.loss,
-            "val_accuracy": val.accuracy,
-            "lr": opt.param_groups[0]["lr"],
-            "epoch_time_s": train_time,
-        }
+        record = {"epoch": epoch + 1, "train_loss": trained["train_loss"]}
+        record |= {"train_accuracy": trained["train_accuracy"], "val_loss": val.loss}
+        record |= {"val_accuracy": val.accuracy, "lr": opt.param_groups[0]["lr"]}
+        record["epoch_time_s"] = trained["epoch_time_s"]
         if select_score is not None:
             record["val_score"] = select_score(val)
-        if hasattr(loss_fn, "end_epoch"):  # objectives with per-epoch state (dual variables)
-            record |= loss_fn.end_epoch()
+        record |= end_epoch(loss_fn)  # objectives with per-epoch state (dual variables)
         history.append(record)
-        score = record.get("val_score", val.accuracy)
-        if select_best and (best is None or score > best.get("score", best["val_accuracy"])):
-            best = {
-                "score": score,
-                "val_accuracy": val.accuracy,
-                "epoch": epoch + 1,
-                "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-            }
+        best = _best(best, record, model) if select_best else None
         if not math.isfinite(record["train_loss"]):
             raise TrainingDivergedError(
                 f"training diverged at epoch {epoch + 1} (loss {record['train_loss']}); lower --lr"
             )
         if checkpoints is not None:
             checkpoints.save_checkpoint(
-                {
-                    "epoch": epoch + 1,
-                    "model": model.state_dict(),
-                    "optimizer": opt.state_dict(),
-                    "scheduler": sched.state_dict(),
-                    "history": history,
-                    "best": best,
-                    "loss": loss_fn.state_dict() if hasattr(loss_fn, "state_dict") else None,
-                }
+                dict(epoch=epoch + 1, model=model.state_dict(), optimizer=opt.state_dict())
+                | dict(scheduler=sched.state_dict(), history=history, best=best)
+                | dict(loss=objective_state(loss_fn))
             )
             checkpoints.log.info("epoch %d: %s", epoch + 1, record)
         if settings.progress:
             tqdm.write(
                 f"epoch {epoch + 1}/{settings.epochs}  loss {record['train_loss']:.4f}  train "
                 f"{100 * record['train_accuracy']:.2f}%  "
-                f"val {100 * record['val_accuracy']:.2f}%  {train_time:.1f}s"
+                f"val {100 * record['val_accuracy']:.2f}%  {record['epoch_time_s']:.1f}s"
             )
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, record)

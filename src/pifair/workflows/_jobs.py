@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ..config_types import checked_settings
+from ..config_types import settings_from_dict
 from ..errors import ConfigError
 from ..runs import Run
 
@@ -35,18 +35,9 @@ class RunJob:
                 raise ConfigError(
                     f"setting {k!r} must be a mapping of {t.__name__} fields, got {section!r}"
                 )
-            unknown = sorted(set(section) - {f.name for f in fields(t)})
-            if unknown:
-                raise ConfigError(
-                    f"unknown {k} settings {unknown}; known: {sorted(f.name for f in fields(t))}"
-                )
-            nested[k] = t(**checked_settings(t, section))
-        unknown = sorted(set(d) - {f.name for f in fields(cls)} - {"from"})  # type: ignore[arg-type]
-        if unknown:
-            raise ConfigError(f"unknown {cls.__name__} settings {unknown}")
-        from_run = d.pop("from")
-        settings = checked_settings(cls, d)
-        return cls(from_run=from_run, **nested, **settings)  # type: ignore[call-arg]
+            nested[k] = settings_from_dict(t, section, ignore=())
+        d["from_run"] = d.pop("from")
+        return settings_from_dict(cls, d | nested, ignore=())
 
     @classmethod
     def normalized_config(cls, config: dict[str, Any]) -> dict[str, Any]:
@@ -64,8 +55,6 @@ class RunJob:
         """A new run folder for this job, or, with ``resume``, the killed one at ``out``
         (refused if its saved config differs)."""
         if resume:
-            if out is None:
-                raise ConfigError("resuming needs the run folder (--resume RUN)")
             config = self.as_config() | {"command": command}
             return Run.resume(
                 out, config, normalize=type(self).normalized_config, allow_finished=allow_finished

@@ -7,6 +7,8 @@ write the reduced run: the model, the metrics every reduction reports and its pl
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,11 +20,11 @@ from ..models.io import save_model_like
 from ..reduce.result import ReductionResult
 from ..relu import count_relus
 from ..report import plots
-from ..runs import MODEL, Run
+from ..runs import CHECKPOINT, MODEL, Run
 from ..training import GroupReport, evaluate, resolve_device
 from .train import dataset_for_run, load_from_run
 
-__all__ = ["Parent", "open_parent", "write_reduced"]
+__all__ = ["Parent", "open_parent", "reduce_into_run", "write_reduced"]
 
 
 @dataclass
@@ -55,31 +57,47 @@ def open_parent(from_run: str, device: str) -> Parent:
     )
 
 
+def reduce_into_run(
+    job: Any,
+    command: str,
+    out: str | os.PathLike | None,
+    *,
+    resume: bool,
+    reduce: Callable[[Parent, Run, bool], ReductionResult],
+) -> tuple[Run, Parent, ReductionResult]:
+    """Open ``job``'s parent and its run folder (new, or the killed one to resume), then
+    ``reduce(parent, run, resume_finetuning)`` with ``job.seed`` set: the run folder is the
+    fine-tuning's checkpoint store, resumed when it holds a checkpoint."""
+    parent = open_parent(job.from_run, job.device)
+    run = job.open_run(command, out, resume=resume)
+    torch.manual_seed(job.seed)
+    return run, parent, reduce(parent, run, (run.path / CHECKPOINT).exists())
+
+
 def write_reduced(
     run: Run,
     result: ReductionResult,
     parent: Parent,
     *,
     kind: str,
-    parent_key: str = "dense",
     curves_title: str,
     groups_title: str,
     **extra: Any,
 ) -> dict:
     """Save ``result``'s model, the metrics every reduction reports (plus ``extra``) and its
-    plots into ``run``; the parent's numbers are named ``{parent_key}_test_accuracy``,
-    ``{parent_key}_test`` and ``{parent_key}_relus``."""
+    plots into ``run``; the parent's numbers are ``parent_test_accuracy``, ``parent_test``
+    and ``parent_relus``."""
     save_model_like(run.file(MODEL), result.model, parent.record)
     test = evaluate(result.model, parent.data, "test")
     metrics = run.update_metrics(
         kind=kind,
         relus=result.relus,
-        **{f"{parent_key}_relus": parent.relus},
+        parent_relus=parent.relus,
         test_accuracy=test.accuracy,
-        **{f"{parent_key}_test_accuracy": parent.test.accuracy},
+        parent_test_accuracy=parent.test.accuracy,
         drop=parent.test.accuracy - test.accuracy,
         test=test.as_dict(),
-        **{f"{parent_key}_test": parent.test.as_dict()},
+        parent_test=parent.test.as_dict(),
         history=result.history,
         seconds=result.seconds | {"total": sum(result.seconds.values())},
         data=parent.data.summary(),

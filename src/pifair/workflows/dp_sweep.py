@@ -131,8 +131,8 @@ def train_point(cfg: DPConfig, path: Path, progress: bool = False) -> Run:
         run = Run.open(path)
         if run.finished and DPConfig.from_dict(run.config) == cfg:
             return run
-    resume = path if (path / "config.yaml").exists() else None
-    trained = dp_train(cfg, out=None if resume else path, resume=resume, progress=progress)
+    resume = (path / "config.yaml").exists()
+    trained = dp_train(cfg, out=path, resume=resume, progress=progress)
     assert trained is not None  # one process
     return trained
 

@@ -22,10 +22,10 @@ from ..dp.private import (
 from ..errors import ConfigError
 from ..fairness.audit import minority_gap, minority_groups
 from ..models import create_model
-from ..models.io import save_model
 from ..report import plots
-from ..runs import MODEL, Run
+from ..runs import Run
 from ..training.loop import evaluate, resolve_device
+from .train import save_trained_model
 
 __all__ = ["DPConfig", "dp_train"]
 
@@ -42,7 +42,7 @@ def dp_train(
     cfg: DPConfig,
     *,
     out: str | os.PathLike | None = None,
-    resume: str | os.PathLike | None = None,
+    resume: bool = False,
     progress: bool = True,
 ) -> Run | None:
     """Train ``cfg.model`` with ``cfg.method`` into a run folder, every release accounted;
@@ -73,13 +73,7 @@ def dp_train(
     if cfg.private:
         check_dp_compatible(model)
     model.to(device)
-    run = None
-    if rank == 0:
-        run = (
-            Run.resume(resume, cfg.as_dict(), normalize=lambda d: DPConfig.from_dict(d).as_dict())
-            if resume
-            else Run.create("dp-train", cfg.as_dict(), out=out)
-        )
+    run = _open_run(cfg, out, resume) if rank == 0 else None
     private = PrivateTraining(cfg, model, data, rank, world) if cfg.private else None
     assert cfg.lr is not None  # DPConfig fills the method's default
     optimizer = (
@@ -89,14 +83,52 @@ def dp_train(
     )
     history: list[dict] = []
     start = 0
-    ckpt = Run.open(resume).load_checkpoint() if resume else None
+    ckpt = Run.open(out).load_checkpoint() if resume and out is not None else None
     if ckpt:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         history, start = ckpt["history"], ckpt["epoch"]
         if private:
             private.load_state(ckpt["private"])
-    if run and cfg.releases_unaccounted_diagnostics:
+    if run:
+        _log_start(run, cfg, data, world, private)
+    train = data.train.to(device)
+    for epoch in range(start, cfg.epochs):
+        record = train_epoch(
+            cfg, model, data, train, optimizer, private, epoch, device, progress and rank == 0
+        )
+        if world > 1:
+            torch.distributed.barrier()
+        if run is not None:  # rank 0 holds the run folder
+            history.append(_epoch_record(run, cfg, model, data, private, record, epoch))
+            run.save_checkpoint(
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "history": history,
+                    "epoch": epoch + 1,
+                    "private": private.state() if private else None,
+                }
+            )
+    in_sync = ranks_agree(model) if world > 1 else True
+    if rank != 0 or run is None:
+        return None
+    _finish(cfg, run, model, data, history, private, world_size=world, ranks_in_sync=in_sync)
+    return run
+
+
+def _open_run(cfg: DPConfig, out: str | os.PathLike | None, resume: bool) -> Run:
+    """The run folder: a new one, or the killed run at ``out`` with the same settings."""
+    if resume:
+        return Run.resume(out, cfg.as_dict(), normalize=lambda d: DPConfig.from_dict(d).as_dict())
+    return Run.create("dp-train", cfg.as_dict(), out=out)
+
+
+def _log_start(
+    run: Run, cfg: DPConfig, data: Dataset, world: int, private: PrivateTraining | None
+) -> None:
+    """What the run is about to do, and the warning of releases epsilon does not cover."""
+    if cfg.releases_unaccounted_diagnostics:
         run.log.warning(UNACCOUNTED_NOTE)
         run.update_metrics(
             unaccounted_diagnostics={
@@ -106,68 +138,51 @@ def dp_train(
                 "note": UNACCOUNTED_NOTE,
             }
         )
-    if run:
-        run.log.info(
-            "dp-train %s on %s: %d train samples, %d groups, world size %d%s",
-            cfg.method,
-            cfg.data,
-            len(data.train),
-            len(data.group_names),
-            world,
-            f", noise multiplier {private.noise_multiplier:.4f}, sample rate "
-            f"{private.sample_rate:.5f}"
-            if private
-            else "",
-        )
-    train = data.train.to(device)
-    for epoch in range(start, cfg.epochs):
-        record = train_epoch(
-            cfg, model, data, train, optimizer, private, epoch, device, progress and rank == 0
-        )
-        if world > 1:
-            torch.distributed.barrier()
-        if rank != 0:
-            continue
-        assert run is not None  # rank 0 holds the run folder
-        measured = record.pop("_measured")
-        if measured:
-            previous = (
-                json.loads(run.file(ALIGNMENT).read_text()) if run.file(ALIGNMENT).exists() else []
-            )
-            run.write_json(ALIGNMENT, [m for m in previous if m["epoch"] <= epoch] + measured)
-        test = evaluate(model, data, "test")
-        record |= {
-            "test_accuracy": test.accuracy,
-            "test_groups": {r.name: r.accuracy for r in test.groups},
-        }
-        if private:
-            record |= {
-                "epsilon": private.ledger.epsilon(cfg.delta),
-                "rule_state": private.rule.state(),
-            }
-        history.append(record)
-        run.save_checkpoint(
-            {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "history": history,
-                "epoch": epoch + 1,
-                "private": private.state() if private else None,
-            }
-        )
-        run.log.info(
-            "epoch %d: loss %.4f, test %.4f%s, %.0f samples/s",
-            epoch + 1,
-            record["train_loss"],
-            test.accuracy,
-            f", epsilon {record['epsilon']:.3f}" if private else "",
-            record["samples_per_s"],
-        )
-    in_sync = ranks_agree(model) if world > 1 else True
-    if rank != 0 or run is None:
-        return None
-    _finish(cfg, run, model, data, history, private, world_size=world, ranks_in_sync=in_sync)
-    return run
+    run.log.info(
+        "dp-train %s on %s: %d train samples, %d groups, world size %d%s",
+        cfg.method,
+        cfg.data,
+        len(data.train),
+        len(data.group_names),
+        world,
+        f", noise multiplier {private.noise_multiplier:.4f}, sample rate {private.sample_rate:.5f}"
+        if private
+        else "",
+    )
+
+
+def _epoch_record(
+    run: Run,
+    cfg: DPConfig,
+    model: nn.Module,
+    data: Dataset,
+    private: PrivateTraining | None,
+    record: dict,
+    epoch: int,
+) -> dict:
+    """The epoch's history entry: training numbers, test accuracy per group and, for a
+    private run, epsilon spent so far; the alignment measurements go to their own file."""
+    measured = record.pop("_measured")
+    if measured:
+        path = run.file(ALIGNMENT)
+        previous = json.loads(path.read_text()) if path.exists() else []
+        run.write_json(ALIGNMENT, [m for m in previous if m["epoch"] <= epoch] + measured)
+    test = evaluate(model, data, "test")
+    record |= {
+        "test_accuracy": test.accuracy,
+        "test_groups": {r.name: r.accuracy for r in test.groups},
+    }
+    if private:
+        record |= {"epsilon": private.ledger.epsilon(cfg.delta), "rule_state": private.rule.state()}
+    run.log.info(
+        "epoch %d: loss %.4f, test %.4f%s, %.0f samples/s",
+        epoch + 1,
+        record["train_loss"],
+        test.accuracy,
+        f", epsilon {record['epsilon']:.3f}" if private else "",
+        record["samples_per_s"],
+    )
+    return record
 
 
 VALIDATION_NOTE = (
@@ -200,14 +215,7 @@ def _finish(
     cfg: DPConfig, run: Run, model: nn.Module, data: Dataset, history: list[dict], private, **extra
 ) -> None:
     test = evaluate(model, data, "test")
-    save_model(
-        run.file(MODEL),
-        model,
-        name=cfg.model,
-        num_classes=data.num_classes,
-        input_shape=data.input_shape,
-        options=cfg.model_options(),
-    )
+    save_trained_model(run, model, cfg, data)
     metrics = {
         "kind": "dp-train",
         "method": cfg.method,

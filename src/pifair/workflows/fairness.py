@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Literal
 
+from ..config_types import check_settings, help_of, setting
 from ..errors import ConfigError, UnfinishedRunError
 from ..fairness.audit import PairAudit, audit_pair, mean_ci
 from ..fairness.mitigation import DualUpdate, ObjectiveName
@@ -46,19 +47,16 @@ def _label(run: Run) -> str:
 class AuditJob:
     """What ``pifair audit`` runs; its dict is the run's config.yaml."""
 
-    dense: str  # the dense run (parent of reduced runs that do not name theirs)
-    reduced: list[str]  # reduced runs (linearize runs, or sweep folders' sub-runs)
-    split: Literal["val", "test"] = "test"
-    grad_samples: int = 128  # samples per group for the gradient norms (0: skip)
-    device: str = "auto"
+    dense: str = setting(help="the dense run (parent of reduced runs that do not name theirs)")
+    reduced: list[str] = setting(help="reduced runs (linearize runs, or sweep folders' sub-runs)")
+    split: Literal["val", "test"] = setting("test", help="the split the audit reads")
+    grad_samples: int = setting(
+        128, help="samples per group for the gradient norms (0: skip)", ge=0
+    )
+    device: str = setting("auto", help="auto (CUDA when present), cpu or cuda[:N]")
 
     def __post_init__(self) -> None:
-        if self.grad_samples < 0:
-            raise ConfigError(
-                f"--grad-samples must be >= 0 (0 skips the gradient norms), got {self.grad_samples}"
-            )
-        if self.split not in ("val", "test"):
-            raise ConfigError(f"the audit reads split val or test, got {self.split!r}")
+        check_settings(self)
 
 
 def run_audit(job: AuditJob, *, out: str | os.PathLike | None = None) -> Run:
@@ -160,21 +158,23 @@ class MitigateJob:
     """What ``pifair mitigate`` runs: a linearize run's fine-tuning redone with a fairness-aware
     objective. Unset settings (None) are the reduced run's."""
 
-    from_run: str  # a linearize run folder
-    objective: ObjectiveName = "constrained"
-    epochs: int | None = None  # fine-tuning epochs
-    mu: float | None = None
-    multiplier_init: float | None = None
-    dual_update: DualUpdate | None = None
-    dro_step: float | None = None
-    logit_tau: float | None = None
-    select_by: Literal["accuracy", "fair"] | None = None
+    from_run: str = setting(help="a linearize run folder")
+    objective: ObjectiveName = setting("constrained", help=help_of(FinetuneSettings, "objective"))
+    # mitigation is a fine-tuning: at least one epoch
+    epochs: int | None = setting(None, help="fine-tuning epochs", ge=1)
+    mu: float | None = setting(None, help=help_of(FinetuneSettings, "mu"), ge=0)
+    multiplier_init: float | None = setting(
+        None, help=help_of(FinetuneSettings, "multiplier_init"), ge=0
+    )
+    dual_update: DualUpdate | None = setting(None, help=help_of(FinetuneSettings, "dual_update"))
+    dro_step: float | None = setting(None, help=help_of(FinetuneSettings, "dro_step"), gt=0)
+    logit_tau: float | None = setting(None, help=help_of(FinetuneSettings, "logit_tau"), ge=0)
+    select_by: Literal["accuracy", "fair"] | None = setting(
+        None, help=help_of(FinetuneSettings, "select_by")
+    )
 
     def __post_init__(self) -> None:
-        if self.epochs is not None and self.epochs < 1:
-            raise ConfigError(
-                f"--epochs must be >= 1 (mitigation is a fine-tuning), got {self.epochs}"
-            )
+        check_settings(self)
 
     def finetune_overrides(self) -> dict:
         """The FinetuneSettings fields this job sets."""

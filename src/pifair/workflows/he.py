@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -17,15 +16,17 @@ from typing import Any, Literal
 import numpy as np
 
 from ..atomic import atomic_write_json
+from ..config_types import check_settings, setting
 from ..errors import ConfigError
 from ..runs import Run
 from ..secure.he.batched import BatchedClient, CipherBatch, folded_parameters
 from ..secure.he.compile import HEProgram, compile_model
 from ..secure.he.engine import HEClient, HEServer
-from ..secure.he.exchange import SERVER_KEY_FILES, batch_folders, sha256, write_program
+from ..secure.he.exchange import batch_folders, write_program
 from ..secure.he.fold import FoldedProgram, fold_program
 from ..secure.he.image_layout import ImageLayout
 from ..secure.he.params import choose_parameters
+from ..secure.he.seal import key_folder_check
 from ..training import predict
 from ._jobs import RunJob
 from .train import dataset_for_run, load_from_run
@@ -37,20 +38,33 @@ __all__ = ["HEInferJob", "run_he_infer"]
 class HEInferJob(RunJob):
     """What ``pifair he-infer`` runs; its dict is the run's config.yaml."""
 
-    from_run: str
-    # batched: linear stages as modular matrix products over raw RNS data, folded polynomials,
-    # the server a separate process; seal: one SEAL call per weight (the first engine)
-    engine: Literal["batched", "seal"] = "batched"
-    batch: int = 0  # images per ciphertext (one per slot; 0: every slot, N/2); more are split
-    images: int | None = None  # test images to run (default: one batch)
-    scale_bits: int = 0  # CKKS scale 2^bits (0: the engine's choice)
-    workers: int = 0  # processes computing a stage's outputs (0: one per CPU core)
-    compare_images: int = 0  # also run N images one per ciphertext (rotations): the comparison
-    # both: client, then the server spawned as its own process, then decryption; client: the
-    # client's half only (run it again after pifair he-serve has answered in --exchange)
-    role: Literal["both", "client"] = "both"
-    exchange: str | None = None  # the folder between client and server (default: RUN/exchange)
-    keep_ciphertexts: bool = False  # keep the exchange's ciphertext files after decryption
+    from_run: str = setting(help="run folder of a polynomial model (pifair polyfit)")
+    engine: Literal["batched", "seal"] = setting(
+        "batched",
+        help="batched: linear layers as modular matrix products over the raw ciphertexts, the "
+        "server its own process; seal: one SEAL call per weight (the first engine)",
+    )
+    # more images than one batch are split into batches
+    batch: int = setting(0, help="images per ciphertext (0: every slot, N/2)", ge=0)
+    images: int | None = setting(None, help="test images to run (unset: one batch)", ge=1)
+    scale_bits: int = setting(0, help="CKKS scale: 2^bits (0: the engine's choice)", ge=0)
+    workers: int = setting(0, help="server processes (0: one per core)", ge=0)
+    compare_images: int = setting(
+        0, help="also run N images one per ciphertext (with rotations) and compare times", ge=0
+    )
+    role: Literal["both", "client"] = setting(
+        "both",
+        help="both: client, server (spawned) and decryption here; client: encrypt into "
+        "--exchange and stop (run pifair he-serve there, then this command again with the "
+        "same --out)",
+    )
+    exchange: str | None = setting(
+        None, help="folder of the files between client and server (unset: RUN/exchange)"
+    )
+    keep_ciphertexts: bool = setting(False, help="keep the ciphertext files after decryption")
+
+    def __post_init__(self) -> None:
+        check_settings(self)
 
 
 def _bytes(ct, folder) -> int:
@@ -95,14 +109,6 @@ def _image_layout(
 
 def _validate(job: HEInferJob) -> None:
     """Refuse bad settings before any model is loaded or any folder written."""
-    if job.batch < 0:
-        raise ConfigError(f"--batch must be >= 1 (images per ciphertext; 0: N/2), got {job.batch}")
-    if job.images is not None and job.images < 1:
-        raise ConfigError(f"--images must be >= 1 (or unset: one batch), got {job.images}")
-    if job.compare_images < 0:
-        raise ConfigError(f"--compare-images must be >= 0, got {job.compare_images}")
-    if job.workers < 0:
-        raise ConfigError(f"--workers must be >= 0 (0: one per core), got {job.workers}")
     if job.scale_bits != 0 and not 20 <= job.scale_bits <= 60:
         raise ConfigError(
             f"--scale-bits must be in [20, 60] (or 0: the engine's choice), got {job.scale_bits}"
@@ -191,73 +197,61 @@ def _log_result(run: Run, metrics: dict) -> None:
     )
 
 
-def _run_batched(
-    job: HEInferJob, run: Run, inputs: _Inputs, folded: FoldedProgram, params, batch: int
-) -> Run:
-    """Client here, server as its own spawned process (or on another host), files between."""
-    exchange = Path(job.exchange) if job.exchange else run.file("exchange")
-    secret = run.file("client") / "secret.seal"
-    x = inputs.x
-    answered = (exchange / "server.json").is_file() and secret.is_file()
+def _encrypt_request(
+    run: Run, exchange: Path, secret: Path, x: np.ndarray, folded: FoldedProgram, params, batch: int
+) -> dict[str, float]:
+    """The client's side of a request: keys (the server's files and the secret key kept
+    apart), the program, and the images encrypted a batch at a time into ``exchange``."""
     seconds = {"encrypt": 0.0, "decrypt": 0.0, "keygen": 0.0}
-    if not answered:
-        t0 = time.perf_counter()
-        client = BatchedClient(params)
-        client.write_server_keys(exchange / "keys")
-        client.save_secret_key(secret)
-        seconds["keygen"] = time.perf_counter() - t0
-        write_program(folded, exchange / "program.npz")
-        atomic_write_json(
-            exchange / "request.json", {"scale_bits": params.scale_bits, "images": len(x)}
-        )
-        t0 = time.perf_counter()
-        for i, start in enumerate(range(0, len(x), batch)):
-            client.encrypt(x[start : start + batch]).save(exchange / f"batch-{i:04d}")
-        seconds["encrypt"] = time.perf_counter() - t0
-        run.log.info(
-            "client: %d images encrypted into %s (%.1f s)", len(x), exchange, seconds["encrypt"]
-        )
-        atomic_write_json(run.file("client") / "client.json", seconds)
-        if job.role == "client":
-            run.log.info("waiting for the server: pifair he-serve %s", exchange)
-            print(
-                f"client: {len(x)} images encrypted into {exchange}; run pifair he-serve "
-                f"{exchange} on the server, then this command again with --out {run.path}"
-            )
-            return run
-        workers = job.workers or os.cpu_count() or 1
-        command = [
-            sys.executable,
-            "-m",
-            "pifair",
-            "he-serve",
-            str(exchange),
-            "--workers",
-            str(workers),
-        ]
-        run.log.info("server: %s", " ".join(command))
-        done = subprocess.run(command, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise RuntimeError(f"the CKKS server process failed:\n{done.stderr[-4000:]}")
-    else:
-        seconds = json.loads((run.file("client") / "client.json").read_text())
-        client = BatchedClient.with_secret_key(params, secret)
-    server = json.loads((exchange / "server.json").read_text())
     t0 = time.perf_counter()
-    outputs = [client.decrypt(CipherBatch.load(f / "result")) for f in batch_folders(exchange)]
-    seconds["decrypt"] = time.perf_counter() - t0
-    logits = np.concatenate(outputs)
-    if len(logits) != len(x):
-        raise RuntimeError(f"the server answered {len(logits)} images of {len(x)}")
-    key_check = _key_check(client, exchange, server, run)
+    client = BatchedClient(params)
+    client.write_server_keys(exchange / "keys")
+    client.keys.save_secret_key(secret)
+    seconds["keygen"] = time.perf_counter() - t0
+    write_program(folded, exchange / "program.npz")
+    atomic_write_json(
+        exchange / "request.json", {"scale_bits": params.scale_bits, "images": len(x)}
+    )
+    t0 = time.perf_counter()
+    for i, start in enumerate(range(0, len(x), batch)):
+        client.encrypt(x[start : start + batch]).save(exchange / f"batch-{i:04d}")
+    seconds["encrypt"] = time.perf_counter() - t0
+    run.log.info(
+        "client: %d images encrypted into %s (%.1f s)", len(x), exchange, seconds["encrypt"]
+    )
+    atomic_write_json(run.file("client") / "client.json", seconds)
+    return seconds
+
+
+def _serve_here(run: Run, exchange: Path, workers: int) -> None:
+    """The server as its own process on this host (``pifair he-serve``)."""
+    command = [sys.executable, "-m", "pifair", "he-serve", str(exchange), "--workers", str(workers)]
+    run.log.info("server: %s", " ".join(command))
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"the CKKS server process failed:\n{done.stderr[-4000:]}")
+
+
+def _batched_metrics(
+    inputs: _Inputs,
+    folded: FoldedProgram,
+    params,
+    batch: int,
+    logits: np.ndarray,
+    seconds: dict[str, float],
+    server: dict,
+    exchange: Path,
+) -> dict[str, Any]:
+    """The metrics of a batched run: accuracy against the plaintext model, per-image times of
+    the server and the client, ciphertext sizes."""
+    n = len(inputs.x)
     first = CipherBatch.load(batch_folders(exchange)[0])
     result = CipherBatch.load(batch_folders(exchange)[0] / "result")
     stages: dict[str, float] = {}
     for per_batch in server["stages"]:
         for name, sec in per_batch.items():
             stages[name] = stages.get(name, 0.0) + sec
-    n = len(x)
-    metrics: dict[str, Any] = {
+    return {
         "kind": "he-infer",
         "engine": "batched",
         "images": n,
@@ -266,7 +260,7 @@ def _run_batched(
         "params": params.as_dict(),
         "program": folded.summary(),
         "depth": folded.depth,
-        **_accuracy_metrics(inputs, logits, folded.run_plain(x)),
+        **_accuracy_metrics(inputs, logits, folded.run_plain(inputs.x)),
         "seconds": seconds
         | {
             "server": server["seconds"],
@@ -287,9 +281,37 @@ def _run_batched(
         "output_ciphertext_bytes": int(result.data[:, 0].nbytes),
         "workers": server["workers"],
         "server_process": {"pid": server["pid"], "client_pid": os.getpid()},
-        "server_key_check": key_check,
     }
-    del first, result
+
+
+def _run_batched(
+    job: HEInferJob, run: Run, inputs: _Inputs, folded: FoldedProgram, params, batch: int
+) -> Run:
+    """Client here, server as its own spawned process (or on another host), files between."""
+    exchange = Path(job.exchange) if job.exchange else run.file("exchange")
+    secret = run.file("client") / "secret.seal"
+    x = inputs.x
+    if not ((exchange / "server.json").is_file() and secret.is_file()):  # not answered yet
+        seconds = _encrypt_request(run, exchange, secret, x, folded, params, batch)
+        if job.role == "client":
+            run.log.info("waiting for the server: pifair he-serve %s", exchange)
+            print(
+                f"client: {len(x)} images encrypted into {exchange}; run pifair he-serve "
+                f"{exchange} on the server, then this command again with --out {run.path}"
+            )
+            return run
+        _serve_here(run, exchange, job.workers or os.cpu_count() or 1)
+    seconds = json.loads((run.file("client") / "client.json").read_text())
+    client = BatchedClient.with_secret_key(params, secret)
+    server = json.loads((exchange / "server.json").read_text())
+    t0 = time.perf_counter()
+    outputs = [client.decrypt(CipherBatch.load(f / "result")) for f in batch_folders(exchange)]
+    seconds["decrypt"] = time.perf_counter() - t0
+    logits = np.concatenate(outputs)
+    if len(logits) != len(x):
+        raise RuntimeError(f"the server answered {len(logits)} images of {len(x)}")
+    metrics = _batched_metrics(inputs, folded, params, batch, logits, seconds, server, exchange)
+    metrics["server_key_check"] = _key_check(client, exchange, server)
     if not job.keep_ciphertexts:
         for folder in batch_folders(exchange):
             shutil.rmtree(folder)
@@ -299,24 +321,15 @@ def _run_batched(
     return run
 
 
-def _key_check(client: BatchedClient, exchange: Path, server: dict, run: Run) -> dict:
+def _key_check(client: BatchedClient, exchange: Path, server: dict) -> dict:
     """What the server loaded, checked against this client's secret key: the key folder must
     hold exactly the public files, and no file the server loaded may be the secret key."""
-    secret_hash = hashlib.sha256(client.secret_key_bytes(run.path)).hexdigest()
-    files = sorted(p.name for p in (exchange / "keys").iterdir())
-    loaded = server.get("key_files_loaded", {})
-    leaked = secret_hash in loaded.values() or any(
-        sha256(exchange / "keys" / f) == secret_hash for f in files
+    check = key_folder_check(
+        exchange / "keys",
+        client.keys.secret_key_bytes(),
+        loaded=server.get("key_files_loaded", {}),
     )
-    only_public = files == sorted(SERVER_KEY_FILES) and sorted(loaded) == sorted(SERVER_KEY_FILES)
-    return {
-        "files": files,
-        "files_loaded_by_server": sorted(loaded),
-        "only_public_files": only_public,
-        "secret_key_in_folder": leaked,
-        "server_separate_process": server.get("pid") != os.getpid(),
-        "server_holds_no_secret_key": only_public and not leaked,
-    }
+    return check | {"server_separate_process": server.get("pid") != os.getpid()}
 
 
 def _compare_layouts(job: HEInferJob, inputs: _Inputs) -> dict:

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from ..config_types import setting
 from ..data import load_dataset
 from ..errors import ConfigError
 from ..models import build_architecture, finish_model
@@ -37,9 +38,19 @@ class ImportJob(DataConfig):
     """What ``pifair import`` runs; its dict is the run's config.yaml. The data fields are the
     ones ``pifair train`` takes, so the run's data set and split are found the same way."""
 
-    arch: str = ""
-    weights: str = ""
-    seed: int = 0
+    arch: str = setting(
+        "",
+        help="the architecture: torchvision:NAME, timm:NAME or FILE.py:ClassName (built with "
+        "the data set's classes and input channels)",
+    )
+    weights: str = setting(
+        "",
+        help="the weights: a state dict or a whole module saved with torch.save (a pickled "
+        "module is unpickled, which runs its code: give only your own files)",
+    )
+    seed: int = setting(
+        0, help="seed of the data split (the same as the run that trained the weights, if pifair's)"
+    )
 
     def __post_init__(self) -> None:
         if not self.arch:

@@ -16,9 +16,10 @@ from typing import ClassVar, Literal
 import torch
 
 from ..atomic import atomic_open, load_torch_file
+from ..config_types import setting
 from ..errors import ConfigError
 from ..reduce.finetune import FinetuneSettings
-from ..reduce.linearize import LinearizeResult, linearize_many
+from ..reduce.linearize import LinearizeHooks, LinearizeResult, linearize_many
 from ..reduce.snl import SearchSettings
 from ..relu.budget import parse_budget
 from ..report import plots
@@ -45,10 +46,12 @@ class LinearizeJob(RunJob):
     from_run: str
     budgets: list[str]
     methods: list[str] = field(default_factory=lambda: ["snl"])
-    granularity: Literal["pixel", "channel"] = "pixel"
+    granularity: Literal["pixel", "channel"] = setting(
+        "pixel", help="keep single activations (pixel) or whole channels"
+    )
     reference: bool = False
-    seed: int = 0
-    device: str = "auto"
+    seed: int = setting(0, help="seed of the reduction and its fine-tuning")
+    device: str = setting("auto", help="auto (CUDA when present), cpu or cuda[:N]")
     search: SearchSettings = field(default_factory=SearchSettings)
     finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
 
@@ -85,7 +88,7 @@ def _write_result(run: Run, result: LinearizeResult, parent: Parent, job: Linear
         groups_title=f"test accuracy per group, {result.relus:,} ReLUs",
         method=result.method,
         granularity=result.granularity,
-        binarize=result.binarize,
+        binarize=str(result.binarize),
         budget=result.budget,
         val_accuracy=evaluate(result.model, parent.data, "val").accuracy,
         val_accuracy_before_finetune=result.val_accuracy_before_finetune,
@@ -175,9 +178,11 @@ def linearize_into(
         reference=job.reference,
         device=parent.device,
         progress=progress,
-        search_state=state,
-        on_search_epoch=partial(_save_search, search_file, root.log),
-        finetune_checkpoints=partial(_finetune_run, by_count),
+        hooks=LinearizeHooks(
+            search_state=state,
+            on_search_epoch=partial(_save_search, search_file, root.log),
+            finetune_checkpoints=partial(_finetune_run, by_count),
+        ),
     )
     for budget, result in results.items():
         _write_result(by_count[budget], result, parent, job)

@@ -19,7 +19,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from ..atomic import atomic_write_json
+from ..atomic import atomic_write_json, atomic_write_yaml
+from ..config_types import check_settings, setting
 from ..errors import ConfigError, PartyFailedError
 from ..relu.counting import count_relus
 from ..runs import Run
@@ -46,46 +47,44 @@ __all__ = ["MPCInferJob", "run_mpc_infer", "summarize"]
 class MPCInferJob(RunJob):
     """What ``pifair mpc-infer`` runs; its dict is the run's config.yaml."""
 
-    from_run: str
-    protocol: Literal["cheetah", "semi2k", "aby3"] = "cheetah"
-    images: int = 8  # first N test images
-    parties: str = "threads"  # threads | processes | host:port,host:port[,host:port]
-    rank: int | None = None  # the party this process plays (hosts placement)
-    ot: Literal["ferret", "softspoken"] = "ferret"  # Cheetah's OT: ferret or softspoken
-    batch: int = 1  # images per SPU run
-    fraction_bits: int = 18
-    warmup: bool = True  # one-time setup measured apart (a first run on a zero image)
+    from_run: str = setting(help="run folder of any ReLU, SNL, shared-ReLU or polynomial model")
+    protocol: Literal["cheetah", "semi2k", "aby3"] = setting(
+        "cheetah", help="cheetah (2PC), semi2k (2PC, trusted first party), aby3 (3PC)"
+    )
+    images: int = setting(8, help="first N test images", ge=1)
+    parties: str = setting(
+        "threads",
+        help="threads runs every party here; processes, one OS process per party on loopback "
+        "sockets; host:port,host:port (one per party) with --rank R plays one party",
+    )
+    rank: int | None = setting(
+        None,
+        help="with host:port parties: the party this machine plays (0 server, 1 client, 2 helper)",
+        ge=0,
+    )
+    ot: Literal["ferret", "softspoken"] = setting(
+        "ferret", help="Cheetah's OT (ferret: silent OT, fewest bytes)"
+    )
+    batch: int = setting(1, help="images per SPU run (1: latency)", ge=1)
+    fraction_bits: int = setting(18, help="fixed-point fraction bits", ge=1)
+    warmup: bool = setting(
+        True, help="measure the one-time setup apart with a first run on a zero image"
+    )
+
+    def __post_init__(self) -> None:
+        check_settings(self)
 
     def settings(self) -> MPCSettings:
         return MPCSettings(self.protocol, self.ot, self.fraction_bits, self.batch, self.warmup)
 
 
-def _party_command(job: MPCInferJob, addresses: list[str], rank: int, out: Path) -> list[str]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "pifair",
-        "mpc-infer",
-        "--from",
-        str(job.from_run),
-        "--protocol",
-        job.protocol,
-        "--images",
-        str(job.images),
-        "--parties",
-        ",".join(addresses),
-        "--rank",
-        str(rank),
-        "--ot",
-        job.ot,
-        "--batch",
-        str(job.batch),
-        "--fraction-bits",
-        str(job.fraction_bits),
-        "--out",
-        str(out),
-    ]
-    return cmd + ([] if job.warmup else ["--no-warmup"])
+def _party_command(job: MPCInferJob, addresses: list[str], rank: int, run: Run) -> list[str]:
+    """This command for party ``rank``: its job, the loopback addresses and its rank set, in a
+    config file of its own (not rebuilt flags: renaming a flag cannot break the parties)."""
+    config = run.path / f"party{rank}.yaml"
+    atomic_write_yaml(config, job.as_config() | {"parties": ",".join(addresses), "rank": rank})
+    out = run.path / f"party{rank}"
+    return [sys.executable, "-m", "pifair", "mpc-infer", "--config", str(config), "--out", str(out)]
 
 
 def _run_processes(job: MPCInferJob, run: Run, world: int) -> list[PartyResult]:
@@ -96,7 +95,7 @@ def _run_processes(job: MPCInferJob, run: Run, world: int) -> list[PartyResult]:
     logs = [open(run.file(f"party{r}.err"), "w") for r in range(world)]  # noqa: SIM115 - closed below
     procs = [
         subprocess.Popen(
-            _party_command(job, addresses, r, folders[r]), stdout=subprocess.DEVNULL, stderr=logs[r]
+            _party_command(job, addresses, r, run), stdout=subprocess.DEVNULL, stderr=logs[r]
         )
         for r in range(world)
     ]
@@ -250,8 +249,6 @@ def run_mpc_infer(job: MPCInferJob, *, out: str | os.PathLike | None = None) -> 
     settings.validate()
     protocol = get_protocol(job.protocol)
     placement = parse_parties(job.parties, job.protocol)
-    if job.images < 1:
-        raise ConfigError(f"images must be >= 1, got {job.images}")
     model, record, parent = load_from_run(job.from_run)
     model = model.eval()
     data = dataset_for_run(parent)

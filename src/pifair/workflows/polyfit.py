@@ -6,14 +6,13 @@ import os
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-import torch
-
+from ..config_types import setting
 from ..reduce.finetune import FinetuneSettings
-from ..reduce.polyfit import polyfit
+from ..reduce.polyfit import PolyfitResult, polyfit
 from ..relu.polynomial import PolyGranularity
-from ..runs import CHECKPOINT, Run
+from ..runs import Run
 from ._jobs import RunJob
-from ._reduce import open_parent, write_reduced
+from ._reduce import Parent, reduce_into_run, write_reduced
 
 __all__ = ["PolyfitJob", "run_polyfit"]
 
@@ -25,8 +24,8 @@ class PolyfitJob(RunJob):
     from_run: str
     degree: int = 2
     granularity: PolyGranularity = "element"
-    seed: int = 0
-    device: str = "auto"
+    seed: int = setting(0, help="seed of the reduction and its fine-tuning")
+    device: str = setting("auto", help="auto (CUDA when present), cpu or cuda[:N]")
     finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
 
     _nested: ClassVar[dict[str, type]] = {"finetune": FinetuneSettings}
@@ -40,26 +39,27 @@ def run_polyfit(
     progress: bool = True,
 ) -> Run:
     """Run ``job``: the parent run's ReLUs replaced by trained polynomials, one run folder."""
-    parent = open_parent(job.from_run, job.device)
-    run = job.open_run("polyfit", out, resume=resume)
-    torch.manual_seed(job.seed)
-    result = polyfit(
-        parent.model,
-        parent.data,
-        degree=job.degree,
-        granularity=job.granularity,
-        finetune=job.finetune,
-        device=parent.device,
-        progress=progress,
-        checkpoints=run,
-        resume=(run.path / CHECKPOINT).exists(),
-    )
+
+    def reduce(parent: Parent, run: Run, resume_finetune: bool) -> PolyfitResult:
+        return polyfit(
+            parent.model,
+            parent.data,
+            degree=job.degree,
+            granularity=job.granularity,
+            finetune=job.finetune,
+            device=parent.device,
+            progress=progress,
+            checkpoints=run,
+            resume=resume_finetune,
+        )
+
+    run, parent, result = reduce_into_run(job, "polyfit", out, resume=resume, reduce=reduce)
+    assert isinstance(result, PolyfitResult)
     write_reduced(
         run,
         result,
         parent,
         kind="polyfit",
-        parent_key="parent",
         curves_title=f"KD fine-tuning, degree-{job.degree} {job.granularity}-wise polynomials",
         groups_title="test accuracy per group, polynomial model",
         degree=result.degree,

@@ -6,14 +6,13 @@ import os
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-import torch
-
+from ..config_types import setting
 from ..reduce.finetune import FinetuneSettings
-from ..reduce.share import ShareRule, ShareScheme, share
-from ..runs import CHECKPOINT, Run
+from ..reduce.share import ShareResult, ShareRule, ShareScheme, share
+from ..runs import Run
 from ..training import evaluate
 from ._jobs import RunJob
-from ._reduce import open_parent, write_reduced
+from ._reduce import Parent, reduce_into_run, write_reduced
 
 __all__ = ["ShareJob", "run_share"]
 
@@ -26,8 +25,8 @@ class ShareJob(RunJob):
     budget: str
     scheme: ShareScheme = "patch"
     rule: ShareRule = "mean"
-    seed: int = 0
-    device: str = "auto"
+    seed: int = setting(0, help="seed of the reduction and its fine-tuning")
+    device: str = setting("auto", help="auto (CUDA when present), cpu or cuda[:N]")
     finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
 
     _nested: ClassVar[dict[str, type]] = {"finetune": FinetuneSettings}
@@ -41,21 +40,23 @@ def run_share(
     progress: bool = True,
 ) -> Run:
     """Run ``job``: ReLU sharing of the parent run's model into one run folder."""
-    parent = open_parent(job.from_run, job.device)
-    run = job.open_run("share", out, resume=resume)
-    torch.manual_seed(job.seed)
-    result = share(
-        parent.model,
-        parent.data,
-        job.budget,
-        scheme=job.scheme,
-        rule=job.rule,
-        finetune=job.finetune,
-        device=parent.device,
-        progress=progress,
-        checkpoints=run,
-        resume=(run.path / CHECKPOINT).exists(),
-    )
+
+    def reduce(parent: Parent, run: Run, resume_finetune: bool) -> ShareResult:
+        return share(
+            parent.model,
+            parent.data,
+            job.budget,
+            scheme=job.scheme,
+            rule=job.rule,
+            finetune=job.finetune,
+            device=parent.device,
+            progress=progress,
+            checkpoints=run,
+            resume=resume_finetune,
+        )
+
+    run, parent, result = reduce_into_run(job, "share", out, resume=resume, reduce=reduce)
+    assert isinstance(result, ShareResult)
     write_reduced(
         run,
         result,

@@ -85,8 +85,8 @@ def _write_pareto(
     root.update_metrics(
         kind="sweep-linearize",
         rows=rows,
-        dense_test_accuracy=dense_accuracy,
-        dense_relus=dense_relus,
+        parent_test_accuracy=dense_accuracy,
+        parent_relus=dense_relus,
         data=data_name,
         made=time.strftime("%Y-%m-%d %H:%M:%S"),
     )

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data import Dataset, load_dataset
+from ..dp.config import DPConfig
 from ..errors import UnfinishedRunError
 from ..models import create_model
 from ..models.io import load_model, save_model
@@ -23,15 +24,30 @@ from ..training.loop import LoopSettings, evaluate, fit, resolve_device
 __all__ = ["TrainConfig", "train", "load_from_run", "dataset_for_run"]
 
 
+def save_trained_model(
+    run: Run, model: nn.Module, cfg: TrainConfig | DPConfig, data: Dataset
+) -> None:
+    """``model.pt`` of a run that trained ``cfg.model`` (train, dp-train): weights and the
+    record that rebuilds the architecture."""
+    save_model(
+        run.file(MODEL),
+        model,
+        name=cfg.model,
+        num_classes=data.num_classes,
+        input_shape=data.input_shape,
+        options=cfg.model_options(),
+    )
+
+
 def train(
     cfg: TrainConfig,
     *,
     out: str | os.PathLike | None = None,
-    resume: str | os.PathLike | None = None,
+    resume: bool = False,
     progress: bool = True,
 ) -> Run:
     """Train ``cfg.model`` on ``cfg.data`` into a run folder (model, config, metrics, plots);
-    with ``resume``, continue the killed run in that folder.
+    with ``resume``, continue the killed run at ``out``.
 
     Examples
     --------
@@ -46,9 +62,7 @@ def train(
     model = create_model(
         cfg.model, num_classes=data.num_classes, input_shape=data.input_shape, **cfg.model_options()
     )
-    run = (
-        Run.resume(resume, cfg.as_dict()) if resume else Run.create("train", cfg.as_dict(), out=out)
-    )
+    run = Run.resume(out, cfg.as_dict()) if resume else Run.create("train", cfg.as_dict(), out=out)
     relus = count_relus(model, data.input_shape)
     run.write_json("relus.json", relus.as_dict())
     run.log.info("model %s: %s ReLUs\n%s", cfg.model, f"{relus.total:,}", relus.table())
@@ -71,18 +85,11 @@ def train(
         settings,
         loss_fn=_cross_entropy(cfg.label_smoothing),
         checkpoints=run,
-        resume=resume is not None,
+        resume=resume,
     )
     elapsed = time.perf_counter() - t0
     test = evaluate(model, data, "test")
-    save_model(
-        run.file(MODEL),
-        model,
-        name=cfg.model,
-        num_classes=data.num_classes,
-        input_shape=data.input_shape,
-        options=cfg.model_options(),
-    )
+    save_trained_model(run, model, cfg, data)
     run.update_metrics(
         kind="train",
         model=cfg.model,

@@ -18,7 +18,6 @@ product has scale ``Delta q`` and the rescale by q leaves exactly Delta; squares
 
 from __future__ import annotations
 
-import functools
 import math
 import mmap
 import os
@@ -34,10 +33,18 @@ from ...atomic import atomic_open
 from ...errors import ConfigError
 from . import rns, seal_memory
 from .compile import LinearStage
-from .engine import _parms, _seal, in_forked_workers
 from .fold import FoldedProgram
 from .kernels import kernels, warm_up
 from .params import MAX_LOG_Q, CKKSParameters, HEDepthError
+from .seal import (
+    ClientKeys,
+    StageTiming,
+    encryption_parameters,
+    read_encryption_parameters,
+    run_forked,
+    seal_context,
+    sealapi,
+)
 
 __all__ = ["CipherBatch", "BatchedClient", "BatchedServer", "shared_array"]
 
@@ -87,9 +94,9 @@ class _Context:
     """SEAL's context, its levels (by number of limbs) and a ciphertext template per level."""
 
     def __init__(self, parms) -> None:
-        s = _seal()
+        s = sealapi()
         self.parms = parms
-        self.context = s.SEALContext(parms, True, s.SEC_LEVEL_TYPE.TC128)
+        self.context = seal_context(parms)
         self.evaluator = s.Evaluator(self.context)
         self.encoder = s.CKKSEncoder(self.context)
         self.n = parms.poly_modulus_degree()
@@ -109,13 +116,13 @@ class _Context:
         """A ciphertext at ``limbs`` limbs to overwrite (an encryption of zero by
         ``encrypt(plaintext, ciphertext)``, switched down), a new one each call."""
         if limbs not in self._templates:
-            s = _seal()
+            s = sealapi()
             pt, ct = s.Plaintext(), s.Ciphertext()
             self.encoder.encode(0.0, self.levels[self.top][0], 1.0, pt)
             encrypt(pt, ct)
             self.evaluator.mod_switch_to_inplace(ct, self.levels[limbs][0])
             self._templates[limbs] = ct
-        ct = _seal().Ciphertext()
+        ct = sealapi().Ciphertext()
         self.evaluator.negate(self._templates[limbs], ct)  # a copy (sealapi has no copy)
         return ct
 
@@ -134,66 +141,31 @@ class _Context:
 class BatchedClient:
     """Holds the secret key: makes the keys, encrypts a batch into one array, decrypts."""
 
-    def __init__(self, params: CKKSParameters) -> None:
-        s = _seal()
+    def __init__(self, params: CKKSParameters, keys: ClientKeys | None = None) -> None:
+        s = sealapi()
         self.params = params
-        self.ctx = _Context(_parms(params))
-        keygen = s.KeyGenerator(self.ctx.context)
-        self._secret = keygen.secret_key()
-        self._public = s.PublicKey()
-        keygen.create_public_key(self._public)
-        self._relin = s.RelinKeys()
-        keygen.create_relin_keys(self._relin)
+        self.ctx = _Context(encryption_parameters(params))
+        self.keys = keys or ClientKeys(self.ctx.context)
         # symmetric encryption with the secret key: half the time of public-key encryption and
         # less noise (the error e only, not u e + e0 + e1 s)
-        self.encryptor = s.Encryptor(self.ctx.context, self._secret)
-        self.decryptor = s.Decryptor(self.ctx.context, self._secret)
+        self.encryptor = s.Encryptor(self.ctx.context, self.keys.secret)
+        self.decryptor = s.Decryptor(self.ctx.context, self.keys.secret)
         self.scale = 2.0**params.scale_bits
 
     def write_server_keys(self, folder: str | os.PathLike) -> list[str]:
         """The parameter, public and relinearization key files: all the server gets."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        self.ctx.parms.save(str(folder / "parms.seal"))
-        self._public.save(str(folder / "public.seal"))
-        self._relin.save(str(folder / "relin.seal"))
-        return sorted(p.name for p in folder.iterdir())
-
-    def save_secret_key(self, path: str | os.PathLike) -> None:
-        """Keep the secret key on the client's side (owner-only permissions), for the
-        decryption after a server on another host has answered."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._secret.save(str(path))
-        os.chmod(path, 0o600)
+        return self.keys.write_server_files(self.ctx.parms, folder)
 
     @classmethod
     def with_secret_key(cls, params: CKKSParameters, path: str | os.PathLike) -> BatchedClient:
         """The client of ``params`` holding the secret key saved at ``path`` (decrypts only)."""
-        s = _seal()
-        client = cls.__new__(cls)
-        client.params = params
-        client.ctx = _Context(_parms(params))
-        client._secret = s.SecretKey()
-        client._secret.load(client.ctx.context, str(path))
-        client.encryptor = s.Encryptor(client.ctx.context, client._secret)
-        client.decryptor = s.Decryptor(client.ctx.context, client._secret)
-        client.scale = 2.0**params.scale_bits
-        return client
-
-    def secret_key_bytes(self, scratch: str | os.PathLike) -> bytes:
-        """The secret key's serialization (to check that no file handed out equals it)."""
-        path = Path(scratch) / "secret.check"
-        try:
-            self._secret.save(str(path))
-            return path.read_bytes()
-        finally:
-            path.unlink(missing_ok=True)
+        context = seal_context(encryption_parameters(params))
+        return cls(params, ClientKeys.load(context, path))
 
     def encrypt(self, x: np.ndarray, *, progress=None) -> CipherBatch:
         """(B, features) with B <= N/2 -> one ciphertext per feature; the last slots of a
         short batch hold zeros."""
-        s = _seal()
+        s = sealapi()
         x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
         slots = self.params.slots
         if len(x) > slots:
@@ -210,7 +182,7 @@ class BatchedClient:
         return CipherBatch(data, np.full(x.shape[1], self.scale), len(x))
 
     def decrypt(self, batch: CipherBatch) -> np.ndarray:
-        s = _seal()
+        s = sealapi()
         cols = []
         pt = s.Plaintext()
         for j in range(batch.features):
@@ -220,27 +192,6 @@ class BatchedClient:
             self.decryptor.decrypt(ct, pt)
             cols.append(np.asarray(self.ctx.encoder.decode_double(pt))[: batch.images])
         return np.stack(cols, axis=1)
-
-
-@dataclass
-class StageTiming:
-    stage: str
-    seconds: float
-    operations: int
-
-
-def _each(fn, indices: list[int]) -> None:
-    for i in indices:
-        fn(i)
-
-
-def _in_workers(fn, count: int, workers: int) -> None:
-    """``fn(i)`` for ``i < count``, in ``workers`` forked processes (or here when one)."""
-    if workers <= 1 or count < workers:
-        for i in range(count):
-            fn(i)
-        return
-    in_forked_workers(functools.partial(_each, fn), count, workers)
 
 
 @dataclass
@@ -257,11 +208,9 @@ class BatchedServer:
     timings: list[StageTiming] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        s = _seal()
+        s = sealapi()
         self.keys = Path(self.keys)
-        parms = s.EncryptionParameters(s.SCHEME_TYPE.CKKS)
-        parms.load(str(self.keys / "parms.seal"))
-        self.ctx = _Context(parms)
+        self.ctx = _Context(read_encryption_parameters(self.keys))
         public = s.PublicKey()
         public.load(self.ctx.context, str(self.keys / "public.seal"))
         self.encryptor = s.Encryptor(self.ctx.context, public)
@@ -269,11 +218,6 @@ class BatchedServer:
         self.relin.load(self.ctx.context, str(self.keys / "relin.seal"))
         self.scale = 2.0**self.scale_bits
         warm_up()  # kernels compiled (once per install) before any timed step
-
-    def _parallel(self, fn, count: int) -> None:
-        """SEAL steps (which hold the GIL) in forked workers. Only SEAL and single-threaded
-        kernels run there: numba's thread pool and OpenBLAS's are started in this process."""
-        _in_workers(fn, count, self.workers)
 
     def _linear(self, stage: LinearStage, batch: CipherBatch, drops: int) -> np.ndarray:
         """The stage's products per limb, before the rescale: (limbs, out, size, N), every
@@ -320,7 +264,9 @@ class BatchedServer:
             kernels().add_constant(view[0], constants, moduli)
             out[:, o] = np.moveaxis(view, 1, 0)
 
-        self._parallel(one, outputs)
+        # SEAL steps (which hold the GIL) in forked workers; only SEAL and single-threaded
+        # kernels run there: numba's thread pool and OpenBLAS's are started in this process
+        run_forked(one, outputs, self.workers)
         return out
 
     def _square(self, batch: CipherBatch, kept: np.ndarray) -> CipherBatch:

@@ -52,6 +52,10 @@ class LinearStage:
     def terms(self) -> int:
         return int(self.weights.nnz)
 
+    def summary(self) -> dict:
+        rows, cols = self.weights.shape
+        return {"stage": "linear", "in": cols, "out": rows, "terms": self.terms, "depth": 1}
+
 
 @dataclass
 class PolyStage:
@@ -67,14 +71,22 @@ class PolyStage:
     def depth(self) -> int:
         return 2 if self.degree == 2 else 1  # x^2 and its coefficient; degree 1: the coefficient
 
+    def summary(self) -> dict:
+        features = self.coefficients.shape[1]
+        return {"stage": f"poly{self.degree}", "features": features, "depth": self.depth}
+
 
 @dataclass
-class HEProgram:
+class StagedProgram:
+    """A program of stages on a flattened input: what the compiled and the folded programs
+    share (their stage kinds differ)."""
+
     input_shape: tuple[int, ...]
-    stages: list[LinearStage | PolyStage] = field(default_factory=list)
+    stages: list = field(default_factory=list)
 
     @property
     def depth(self) -> int:
+        """Multiplicative levels the program consumes."""
         return sum(s.depth for s in self.stages)
 
     @property
@@ -82,27 +94,15 @@ class HEProgram:
         return int(np.prod(self.input_shape))
 
     def summary(self) -> list[dict]:
-        out = []
-        for s in self.stages:
-            if isinstance(s, LinearStage):
-                out.append(
-                    {
-                        "stage": "linear",
-                        "in": s.weights.shape[1],
-                        "out": s.weights.shape[0],
-                        "terms": s.terms,
-                        "depth": s.depth,
-                    }
-                )
-            else:
-                out.append(
-                    {
-                        "stage": f"poly{s.degree}",
-                        "features": s.coefficients.shape[1],
-                        "depth": s.depth,
-                    }
-                )
-        return out
+        """One line per stage (the run's metrics and the report show it)."""
+        return [s.summary() for s in self.stages]
+
+
+@dataclass
+class HEProgram(StagedProgram):
+    """Linear stages and polynomial activations: the program both engines start from."""
+
+    stages: list[LinearStage | PolyStage] = field(default_factory=list)
 
     def check_encryptable(self) -> None:
         """Refuse, before any key or ciphertext exists, what the engine cannot encrypt: an

@@ -29,17 +29,15 @@ from ...errors import ConfigError
 from .batched import BatchedServer, CipherBatch
 from .compile import LinearStage
 from .fold import FoldedProgram, SquareStage
+from .seal import SERVER_KEY_FILES
 
 __all__ = [
-    "SERVER_KEY_FILES",
     "read_program",
     "write_program",
     "batch_folders",
     "serve",
     "sha256",
 ]
-
-SERVER_KEY_FILES = ("parms.seal", "public.seal", "relin.seal")
 
 
 def sha256(path: str | os.PathLike) -> str:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import sparse
 
-from .compile import HEProgram, LinearStage
+from .compile import HEProgram, LinearStage, StagedProgram
 
 __all__ = ["SquareStage", "FoldedProgram", "fold_program"]
 
@@ -41,31 +41,15 @@ class SquareStage:
     def outputs(self) -> int:
         return self.features + len(self.kept)
 
+    def summary(self) -> dict:
+        return {"stage": "square", "features": self.features, "kept": len(self.kept), "depth": 1}
+
 
 @dataclass
-class FoldedProgram:
+class FoldedProgram(StagedProgram):
     """Linear stages and bare squares: the program the batched engine runs."""
 
-    input_shape: tuple[int, ...]
     stages: list[LinearStage | SquareStage] = field(default_factory=list)
-
-    @property
-    def depth(self) -> int:
-        return sum(s.depth for s in self.stages)
-
-    @property
-    def input_features(self) -> int:
-        return int(np.prod(self.input_shape))
-
-    def summary(self) -> list[dict]:
-        out = []
-        for s in self.stages:
-            if isinstance(s, LinearStage):
-                rows, cols = s.weights.shape
-                out.append({"stage": "linear", "in": cols, "out": rows, "terms": s.terms})
-            else:
-                out.append({"stage": "square", "features": s.features, "kept": len(s.kept)})
-        return out
 
     def run_plain(self, x: np.ndarray) -> np.ndarray:
         """The folded program in float64 on plaintext (B, features)."""

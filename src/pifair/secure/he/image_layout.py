@@ -18,7 +18,8 @@ import numpy as np
 
 from ...errors import ConfigError
 from .compile import HEProgram, LinearStage
-from .engine import HEClient, HEServer, _seal
+from .engine import HEClient, HEServer
+from .seal import sealapi
 
 __all__ = ["ImageLayout", "image_layout_width"]
 
@@ -42,7 +43,6 @@ class ImageLayout:
     """Runs ``program`` on one image per ciphertext; the client makes the rotation keys."""
 
     def __init__(self, program: HEProgram, client: HEClient, server: HEServer) -> None:
-        s = _seal()
         self.program, self.client, self.server = program, client, server
         self.m = image_layout_width(program)
         slots = client.params.slots
@@ -52,10 +52,7 @@ class ImageLayout:
         self.baby = 1 << math.ceil(math.log2(self.m) / 2)
         steps = sorted(set(range(1, self.baby)) | set(range(self.baby, self.m, self.baby)))
         t0 = time.perf_counter()
-        self.galois = s.GaloisKeys()
-        # the binding takes Galois elements, not steps: 3^step mod 2N for left rotations
-        elements = client.context.key_context_data().galois_tool().get_elts_from_steps(steps)
-        client._keygen.create_galois_keys(elements, self.galois)
+        self.galois = client.keys.galois_keys(steps)
         self.keygen_seconds = time.perf_counter() - t0
         t0 = time.perf_counter()
         self.plans = self._encode_stages()
@@ -68,7 +65,7 @@ class ImageLayout:
         return np.tile(full, self.tile).tolist()
 
     def _encode(self, v: np.ndarray, parms_id, scale: float):
-        pt = _seal().Plaintext()
+        pt = sealapi().Plaintext()
         self.server.encoder.encode(self._tiled(v), parms_id, scale, pt)
         return pt
 
@@ -119,20 +116,20 @@ class ImageLayout:
 
     # -- one image ------------------------------------------------------------------------------
     def encrypt(self, x: np.ndarray):
-        s, c = _seal(), self.client
+        s, c = sealapi(), self.client
         pt, ct = s.Plaintext(), s.Ciphertext()
         c.encoder.encode(self._tiled(np.asarray(x, dtype=np.float64).ravel()), c.scale, pt)
         c.encryptor.encrypt(pt, ct)
         return ct
 
     def decrypt(self, ct, n: int) -> np.ndarray:
-        s, c = _seal(), self.client
+        s, c = sealapi(), self.client
         pt = s.Plaintext()
         c.decryptor.decrypt(ct, pt)
         return np.asarray(c.encoder.decode_double(pt))[:n]
 
     def _linear(self, plan: _Diagonals, x):
-        s, ev = _seal(), self.server.evaluator
+        s, ev = sealapi(), self.server.evaluator
         babies = {0: x}
         for b in {b for block in plan.blocks.values() for b, _ in block} - {0}:
             r = s.Ciphertext()
@@ -160,7 +157,7 @@ class ImageLayout:
         return total
 
     def _poly(self, plan: dict, x):
-        s, ev, srv = _seal(), self.server.evaluator, self.server
+        s, ev, srv = sealapi(), self.server.evaluator, self.server
         sq = s.Ciphertext()
         ev.square(x, sq)
         ev.relinearize_inplace(sq, srv.relin)

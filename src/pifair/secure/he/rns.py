@@ -4,92 +4,25 @@ With one image per slot, a linear output is ``sum_j w_j ct_j`` with plaintext *s
 ``w_j``. SEAL encodes a scalar at scale ``s`` as the constant ``W = round(w s)`` in every NTT
 coefficient, so ``multiply_plain`` is a coefficient-wise product by ``W mod q_l`` and the
 whole layer is, per RNS limb ``l``, the integer matrix product ``W (out x in) @ C (in x 2N)``
-mod ``q_l`` over the ciphertexts' coefficients: one BLAS call instead of one SEAL call per
-weight. This module reads and writes SEAL ciphertexts' coefficients (no Python binding exposes
-them: SEAL's own serialization is read, zstd-compressed, and written back uncompressed) and
-computes that product exactly in float64 by splitting both operands into signed 20-bit digits
-(every partial sum stays below 2^53), then recombining the digits modulo ``q_l``.
+mod ``q_l`` over the ciphertexts' coefficients (read in place, :mod:`.seal_memory`): a few
+BLAS calls instead of one SEAL call per weight. The product is exact in float64: both operands
+are split into digits small enough that every partial sum stays below 2^51, then recombined
+modulo ``q_l``.
 
 Why by hand: neither SEAL's Python bindings (TenSEAL's sealapi) nor numpy offer a modular
-matrix product of 60-bit integers; BLAS is exact on the small digits.
+matrix product of 48-bit integers; BLAS is exact on the small digits.
 """
 
 from __future__ import annotations
 
-import math
-import os
-import struct
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from scipy import sparse
 
-from ...extras import require
 from .kernels import kernels
 
-__all__ = [
-    "DIGIT_BITS",
-    "GroupedWeights",
-    "grouped_mod_matmul",
-    "mod_matmul",
-    "read_coefficients",
-    "scalar_weights",
-    "write_coefficients",
-]
-
-DIGIT_BITS = 20
-_MAGIC = b"\x5e\xa1"
-_HEADER = struct.Struct("<2sBBBBH Q")  # magic, header size, major, minor, compr mode, _, size
-
-
-def _zstd():
-    return require("zstandard", extra="he", purpose="raw CKKS coefficients (RNS linear layers)")
-
-
-_VERSION: tuple[int, int] | None = None
-
-
-def _seal_version(ct, scratch: str | os.PathLike) -> tuple[int, int]:
-    """SEAL's serialization version (its loader refuses another), read once from its own file."""
-    global _VERSION
-    if _VERSION is None:
-        ct.dyn_array().save(str(scratch))
-        _, _, major, minor, _, _, _ = _HEADER.unpack_from(Path(scratch).read_bytes())
-        _VERSION = (major, minor)
-    return _VERSION
-
-
-def read_coefficients(ct, scratch: str | os.PathLike) -> np.ndarray:
-    """The ciphertext's coefficients as uint64 ``(size, limbs, N)`` (NTT form, as SEAL keeps
-    them). ``scratch`` is a file path (in /dev/shm when there is one)."""
-    ct.dyn_array().save(str(scratch))
-    raw = Path(scratch).read_bytes()
-    global _VERSION
-    _, header_size, major, minor, compr, _, _ = _HEADER.unpack_from(raw)
-    _VERSION = (major, minor)
-    body = raw[header_size:]
-    if compr == 2:
-        body = _zstd().ZstdDecompressor().decompress(body, max_output_size=len(body) * 64 + 2**20)
-    elif compr != 0:
-        raise ValueError(f"SEAL compression mode {compr} is not read here (zstd or none)")
-    (count,) = struct.unpack_from("<Q", body)
-    data = np.frombuffer(body, dtype=np.uint64, count=count, offset=8)
-    return data.reshape(ct.size(), ct.coeff_modulus_size(), ct.poly_modulus_degree()).copy()
-
-
-def write_coefficients(ct, data: np.ndarray, scratch: str | os.PathLike) -> None:
-    """Replace ``ct``'s coefficients by ``data`` (same shape), through an uncompressed SEAL
-    file; ``ct`` keeps its parameters id and scale."""
-    data = np.ascontiguousarray(data, dtype=np.uint64)
-    expected = (ct.size(), ct.coeff_modulus_size(), ct.poly_modulus_degree())
-    if data.shape != expected:
-        raise ValueError(f"coefficients of shape {data.shape}; the ciphertext holds {expected}")
-    payload = struct.pack("<Q", data.size) + data.tobytes()
-    major, minor = _seal_version(ct, scratch)
-    header = _HEADER.pack(_MAGIC, _HEADER.size, major, minor, 0, 0, _HEADER.size + len(payload))
-    Path(scratch).write_bytes(header + payload)
-    ct.dyn_array().load(str(scratch))
+__all__ = ["GroupedWeights", "grouped_mod_matmul", "scalar_weights"]
 
 
 def scalar_weights(weights: np.ndarray, scales: np.ndarray) -> np.ndarray:
@@ -112,63 +45,6 @@ def _signed_digits(values: np.ndarray, bits: int, count: int) -> list[np.ndarray
         rest = (rest - digit) >> bits
     out.append(rest.astype(np.float64))
     return out
-
-
-def _unsigned_digits(values: np.ndarray, count: int) -> list[np.ndarray]:
-    """Base-2^20 digits (each in [0, 2^20)) of uint64 ``values``, as float64: one shift, one
-    mask and one conversion per digit."""
-    mask = np.uint64((1 << DIGIT_BITS) - 1)
-    return [((values >> np.uint64(DIGIT_BITS * k)) & mask).astype(np.float64) for k in range(count)]
-
-
-def _digit_count(max_abs: int) -> int:
-    # n signed digits hold |v| < 2^(20 n - 1) less a little: two bits of margin
-    return max(1, math.ceil((max_abs.bit_length() + 2) / DIGIT_BITS))
-
-
-def _times_two_to(acc: np.ndarray, bits: int, q: int) -> np.ndarray:
-    """``acc * 2^bits mod q`` for uint64 ``acc < q``, in steps that never overflow 64 bits."""
-    step = 64 - q.bit_length()  # acc * 2^step < 2^64
-    qq = np.uint64(q)
-    while bits > 0:
-        s = min(step, bits)
-        acc = (acc << np.uint64(s)) % qq
-        bits -= s
-    return acc
-
-
-def mod_matmul(weights, coefficients: np.ndarray, q: int) -> np.ndarray:
-    """``weights @ coefficients mod q`` exactly, for int64 ``weights`` (out, in; dense or
-    scipy sparse, any sign) and uint64 ``coefficients`` (in, M) below ``q < 2^61``."""
-    if q >= 1 << 61:
-        raise ValueError("moduli up to 61 bits")
-    csr = sparse.csr_matrix(weights) if sparse.issparse(weights) else None
-    dense = None if csr is not None else np.asarray(weights, dtype=np.int64)
-    w_values = np.asarray(csr.data if csr is not None else dense, dtype=np.int64)
-    shape = csr.shape if csr is not None else dense.shape  # type: ignore[union-attr]
-    w_count = _digit_count(int(np.abs(w_values).max(initial=0)))
-    c_count = math.ceil(q.bit_length() / DIGIT_BITS)
-    inner = shape[1]
-    # a signed weight digit times an unsigned coefficient digit is below 2^39; a sum of
-    # min(w_count, c_count) products of `inner` terms must stay below 2^53 (exact in float64)
-    if min(w_count, c_count) * inner * (1 << (2 * DIGIT_BITS - 1)) >= 1 << 53:
-        raise ValueError(f"{inner} inputs are too many for exact float64 digit products")
-    w_digits: list = _signed_digits(w_values, DIGIT_BITS, w_count)
-    if csr is not None:
-        w_digits = [sparse.csr_matrix((d, csr.indices, csr.indptr), shape=shape) for d in w_digits]
-    c_digits = _unsigned_digits(coefficients, c_count)
-    # sums of digit products by their power of 2^20, exact in float64, then int64
-    sums = [np.zeros((shape[0], coefficients.shape[1])) for _ in range(w_count + c_count - 1)]
-    for a, wd in enumerate(w_digits):
-        for b, cd in enumerate(c_digits):
-            sums[a + b] += np.asarray(wd @ cd)
-    qq = np.int64(q)
-    acc = np.zeros(sums[0].shape, dtype=np.uint64)
-    for s in reversed(sums):  # Horner in base 2^20, mod q
-        acc = _times_two_to(acc, DIGIT_BITS, q)
-        term = np.mod(s.astype(np.int64), qq).astype(np.uint64)
-        acc = (acc + term) % np.uint64(q)
-    return acc
 
 
 # -- grouped products: a convolution as a batched product over output positions ------------------

@@ -3,8 +3,8 @@
 The batched engine computes linear layers on the raw RNS coefficients (one modular matrix
 product per limb, :mod:`pifair.secure.he.rns`) and hands ciphertexts to SEAL only for what
 needs SEAL's NTTs (square, relinearization, rescale). sealapi exposes a ciphertext's
-coefficients one at a time (``dyn_array().at(i)``) or through SEAL's zstd-compressed
-serialization (about 30 ms per ciphertext at N = 16384). This module finds the coefficient
+coefficients one at a time (``dyn_array().at(i)``) or through SEAL's compressed serialization
+(slow: a file round trip per ciphertext). This module finds the coefficient
 buffer itself: the pybind11 instance holds a pointer to the C++ ``seal::Ciphertext``, whose
 fields (size, N, limbs, scale, then a ``DynArray`` with capacity, size and data pointer) are
 located by their known values and checked before any buffer is touched: the first and last

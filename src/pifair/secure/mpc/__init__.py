@@ -1,4 +1,4 @@
-"""2PC/3PC private inference through SecretFlow SPU (DESIGN.md section 6).
+"""2PC/3PC private inference through SecretFlow SPU (docs/mpc.md).
 
 :func:`export_model` turns a pifair model into a JAX function over its sites; :func:`run_party`
 plays one party of an inference over a link (:func:`make_link`); :func:`run_in_threads` runs all

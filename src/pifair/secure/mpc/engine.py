@@ -20,6 +20,7 @@ import struct
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -217,6 +218,111 @@ def _compile(fn, args: list[np.ndarray], names: list[str]):
     return executable
 
 
+def _check_roles(
+    rank: int, world: int, protocol_name: str, program: ExportedModel | None, images
+) -> None:
+    if not 0 <= rank < world:
+        raise ConfigError(f"rank must be in [0, {world}) for {protocol_name}, got {rank}")
+    if rank == SERVER and program is None:
+        raise ConfigError("the server (rank 0) needs the exported model")
+    if rank == CLIENT and images is None:
+        raise ConfigError("the client (rank 1) needs the images")
+
+
+def _agree_on_the_request(
+    channel: _Channel,
+    rank: int,
+    world: int,
+    settings: MPCSettings,
+    program: ExportedModel | None,
+    images: np.ndarray | None,
+) -> int:
+    """The client says how many images come and with which settings; every other party
+    checks them (parties started with different settings would wait on each other forever).
+    Returns the image count."""
+    if rank == CLIENT:
+        assert images is not None  # checked by _check_roles
+        header = {"images": len(images), "shape": list(images.shape[1:])}
+        header["settings"] = asdict(settings)
+        for r in range(world):
+            if r != CLIENT:
+                channel.send(r, [json.dumps(header).encode()])
+        return len(images)
+    header = json.loads(channel.recv(CLIENT)[0])
+    if header["settings"] != asdict(settings):
+        raise ConfigError(
+            f"party {rank} runs with {asdict(settings)} but the client with "
+            f"{header['settings']}: start every party with the same options"
+        )
+    if rank == SERVER and program and tuple(header["shape"]) != tuple(program.input_shape):
+        raise ConfigError(
+            f"the client's images have shape {tuple(header['shape'])} but the model takes "
+            f"{tuple(program.input_shape)}"
+        )
+    return int(header["images"])
+
+
+def _publish_program(
+    channel: _Channel, rank: int, world: int, batch: int, program: ExportedModel | None
+) -> tuple[Any, float]:
+    """The server compiles the program for a batch and sends it to every party; returns the
+    executable and the compile seconds (0 on other parties)."""
+    if rank != SERVER:
+        main = _spu().libspu.Executable()
+        main.ParseFromString(channel.recv(SERVER)[0])
+        return main, 0.0
+    assert program is not None  # checked by _check_roles
+    t0 = time.perf_counter()
+    keys = sorted(program.params)
+    main = _compile(
+        lambda x, *ps: program.fn(x, dict(zip(keys, ps))),
+        [np.zeros((batch, *program.input_shape), np.float32), *(program.params[k] for k in keys)],
+        ["x", *keys],
+    )
+    compile_s = time.perf_counter() - t0
+    for r in range(1, world):
+        channel.send(r, [main.SerializeToString()])
+    return main, compile_s
+
+
+@dataclass
+class _Session:
+    """A party's side of a compiled program: the channel, SPU's io and runtime."""
+
+    rank: int
+    world: int
+    channel: _Channel
+    io: Any
+    runtime: Any
+    main: Any
+    batch: int
+
+    def run_on(self, images: np.ndarray | None, start: int) -> float:
+        """Deal the client's batch of ``images`` from ``start`` (zero-padded; None on other
+        parties), run the program; returns the run's seconds."""
+        batch = None
+        if self.rank == CLIENT and images is not None:
+            batch = np.zeros((self.batch, *images.shape[1:]), np.float32)
+            chunk = images[start : start + self.batch]
+            batch[: len(chunk)] = chunk
+        dealt = [batch] if batch is not None else None
+        (share,) = _deal(self.channel, self.io, self.rank, CLIENT, self.world, dealt)
+        self.runtime.set_var(self.main.input_names[0], share)
+        t0 = time.perf_counter()
+        self.runtime.run(self.main)
+        return time.perf_counter() - t0
+
+    def output_to_client(self) -> np.ndarray | None:
+        """The output's shares go to the client, which reconstructs the logits."""
+        out = self.runtime.get_var(self.main.output_names[0])
+        if self.rank != CLIENT:
+            self.channel.send(CLIENT, [_share_bytes(out)])
+            return None
+        parts = {r: _share_from(self.channel.recv(r)[0]) for r in range(self.world) if r != CLIENT}
+        parts[CLIENT] = out
+        return np.asarray(self.io.reconstruct([parts[r] for r in range(self.world)]))
+
+
 def run_party(
     rank: int,
     link,
@@ -231,113 +337,40 @@ def run_party(
     The server (rank 0) must give ``program``; the client (rank 1) ``images`` of shape
     (n, *input_shape). With ``log`` (this process's SPU log), this party's runs are profiled.
     """
-    libspu = _spu().libspu
+    _spu()  # a missing extra is named (and how to install it) before anything runs
     from spu import api as spu_api
 
     settings.validate()
     protocol = get_protocol(settings.protocol)
     world = protocol.parties
-    if not 0 <= rank < world:
-        raise ConfigError(f"rank must be in [0, {world}) for {protocol.name}, got {rank}")
-    if rank == SERVER and program is None:
-        raise ConfigError("the server (rank 0) needs the exported model")
-    if rank == CLIENT and images is None:
-        raise ConfigError("the client (rank 1) needs the images")
+    _check_roles(rank, world, protocol.name, program, images)
     config = runtime_config(
         protocol, ot=settings.ot, fraction_bits=settings.fraction_bits, profile=log is not None
     )
     channel = _Channel(link)
     io = spu_api.Io(world, config)
-    runtime = spu_api.Runtime(link, config)
-
-    # 1. the client says how many images come and with which settings; the server publishes
-    # the program. Parties started with different settings would wait on each other forever.
-    if rank == CLIENT:
-        assert images is not None  # checked above
-        header: dict = {
-            "images": len(images),
-            "shape": list(images.shape[1:]),
-            "settings": asdict(settings),
-        }
-        for r in range(world):
-            if r != CLIENT:
-                channel.send(r, [json.dumps(header).encode()])
-        count = len(images)
-    else:
-        header = json.loads(channel.recv(CLIENT)[0])
-        count = header["images"]
-        if header["settings"] != asdict(settings):
-            raise ConfigError(
-                f"party {rank} runs with {asdict(settings)} but the client with "
-                f"{header['settings']}: start every party with the same options"
-            )
-        if rank == SERVER and program and tuple(header["shape"]) != tuple(program.input_shape):
-            raise ConfigError(
-                f"the client's images have shape {tuple(header['shape'])} but the model takes "
-                f"{tuple(program.input_shape)}"
-            )
-    compile_s = 0.0
-    if rank == SERVER:
-        assert program is not None  # checked above
-        t0 = time.perf_counter()
-        keys = sorted(program.params)
-        batch_x = np.zeros((settings.batch, *program.input_shape), np.float32)
-        main = _compile(
-            lambda x, *ps: program.fn(x, dict(zip(keys, ps))),
-            [batch_x, *(program.params[k] for k in keys)],
-            ["x", *keys],
-        )
-        compile_s = time.perf_counter() - t0
-        for r in range(1, world):
-            channel.send(r, [main.SerializeToString()])
-    else:
-        main = libspu.Executable()
-        main.ParseFromString(channel.recv(SERVER)[0])
-
-    # 2. the weights, shared once
+    count = _agree_on_the_request(channel, rank, world, settings, program, images)
+    main, compile_s = _publish_program(channel, rank, world, settings.batch, program)
+    party = _Session(rank, world, channel, io, spu_api.Runtime(link, config), main, settings.batch)
+    # the weights, shared once
     weights = [program.params[k] for k in main.input_names[1:]] if program else None
     for name, share in zip(main.input_names[1:], _deal(channel, io, rank, SERVER, world, weights)):
-        runtime.set_var(name, share)
-
-    # 3. one-time setup: SPU's protocols set up lazily (HE contexts, base OTs, OT extension
+        party.runtime.set_var(name, share)
+    # one-time setup: SPU's protocols set up lazily (HE contexts, base OTs, OT extension
     # batches) on their first use at a given size, so a first run on a zero image takes it
     setup_s, setup_profile = 0.0, None
     if settings.warmup:
-        zeros = (
-            np.zeros((settings.batch, *images.shape[1:]), np.float32)
-            if rank == CLIENT and images is not None
-            else None
-        )
-        (share,) = _deal(channel, io, rank, CLIENT, world, [zeros] if zeros is not None else None)
-        runtime.set_var(main.input_names[0], share)
-        t0 = time.perf_counter()
-        runtime.run(main)
-        setup_s = time.perf_counter() - t0
+        setup_s = party.run_on(np.zeros_like(images) if images is not None else None, 0)
         setup_profile = log.next_profile() if log else None
-
-    # 4. the images, a batch per run; output shares go to the client
+    # the images, a batch per run; output shares go to the client
     run_seconds, profiles, outputs = [], [], []
     for start in range(0, count, settings.batch):
-        batch = None
-        if rank == CLIENT and images is not None:
-            batch = np.zeros((settings.batch, *images.shape[1:]), np.float32)
-            chunk = images[start : start + settings.batch]
-            batch[: len(chunk)] = chunk
-        (share,) = _deal(channel, io, rank, CLIENT, world, [batch] if batch is not None else None)
-        runtime.set_var(main.input_names[0], share)
-        t0 = time.perf_counter()
-        runtime.run(main)
-        run_seconds.append(time.perf_counter() - t0)
+        run_seconds.append(party.run_on(images, start))
         if log:
             profiles.append(log.next_profile())
-        out = runtime.get_var(main.output_names[0])
-        if rank == CLIENT:
-            parts = {r: _share_from(channel.recv(r)[0]) for r in range(world) if r != CLIENT}
-            parts[CLIENT] = out
-            logits = io.reconstruct([parts[r] for r in range(world)])
-            outputs.append(np.asarray(logits)[: min(settings.batch, count - start)])
-        else:
-            channel.send(CLIENT, [_share_bytes(out)])
+        logits = party.output_to_client()
+        if logits is not None:
+            outputs.append(logits[: min(settings.batch, count - start)])
     return PartyResult(
         rank=rank,
         role=ROLES[rank],

@@ -9,6 +9,7 @@ import yaml
 from pifair.cli import main
 from pifair.models import create_model
 from pifair.reduce import FinetuneSettings, linearize_many
+from pifair.reduce.linearize import LinearizeHooks
 from pifair.reduce.snl import SearchSettings
 from pifair.training import TrainConfig
 from pifair.workflows.train import train
@@ -49,8 +50,8 @@ def test_linearize_command_writes_an_exact_reduced_run(dense_run, tmp_path, caps
     )
     m = json.loads((out / "metrics.json").read_text())
     assert m["relus"] == 100 and m["budget"] == 100 and m["method"] == "snl"
-    assert m["dense_relus"] == 1664 and m["drop"] == pytest.approx(
-        m["dense_test_accuracy"] - m["test_accuracy"]
+    assert m["parent_relus"] == 1664 and m["drop"] == pytest.approx(
+        m["parent_test_accuracy"] - m["test_accuracy"]
     )
     assert main(["relus", str(out)]) == 0
     assert "100" in capsys.readouterr().out.splitlines()[-1]
@@ -113,7 +114,7 @@ def test_interrupted_search_resumes_from_its_state(digits):
             search=search,
             finetune=FinetuneSettings(epochs=0),
             progress=False,
-            on_search_epoch=crash_after_first,
+            hooks=LinearizeHooks(on_search_epoch=crash_after_first),
         )
     assert saved[0]["epoch"] == 1
     epochs = []
@@ -124,8 +125,9 @@ def test_interrupted_search_resumes_from_its_state(digits):
         search=search,
         finetune=FinetuneSettings(epochs=0),
         progress=False,
-        search_state=saved[0],
-        on_search_epoch=lambda s: epochs.append(s["epoch"]),
+        hooks=LinearizeHooks(
+            search_state=saved[0], on_search_epoch=lambda s: epochs.append(s["epoch"])
+        ),
     )
     assert epochs and epochs[0] == 2  # continued, not restarted
     assert [h["epoch"] for h in result[10].search["history"]][:2] == [1, 2]
@@ -221,7 +223,8 @@ def test_linearize_with_mitigate_flag(dense_run, tmp_path):
     assert json.loads((out / "metrics.json").read_text())["objective"] == "constrained"
 
 
-ADULT = Path(__file__).resolve().parent / "data" / "slices" / "adult"  # a real slice, in the repo
+# a real slice, in the repo
+ADULT = Path(__file__).resolve().parents[1] / "data" / "slices" / "adult"
 
 
 def test_adult_mlp_by_sex_linearize_and_audit(tmp_path):

@@ -20,19 +20,9 @@ QUICK = dict(
 )
 
 
-@pytest.fixture(scope="module")
-def dense(digits):
-    torch.manual_seed(0)
-    model = create_model("lenet", num_classes=10, input_shape=(1, 8, 8))
-    from pifair.training import LoopSettings, fit
-
-    fit(
-        model,
-        digits,
-        LoopSettings(epochs=3, batch_size=64, lr=0.05, progress=False),
-        loss_fn=lambda logits, y, x, g: torch.nn.functional.cross_entropy(logits, y),
-    )
-    return model.eval()
+@pytest.fixture
+def dense(digits_lenet):
+    return digits_lenet
 
 
 def test_pixelwise_keeps_exactly_the_budget(dense, digits):

@@ -1,5 +1,6 @@
 """A run killed mid-way and resumed ends with the same weights as the run that was never
-interrupted: train, linearize, share, polyfit and mitigate (dp-train: tests/dp)."""
+interrupted, and resumes rather than starting over (it trains only the epochs the killed run
+did not finish): train, linearize, share, polyfit and mitigate (dp-train: tests/dp)."""
 
 from __future__ import annotations
 
@@ -50,14 +51,32 @@ def _same_weights(a: Path, b: Path) -> None:
         assert torch.equal(sa[k], sb[k]), k
 
 
+def _epochs_saved(monkeypatch, run) -> int:
+    """How many epoch checkpoints ``run()`` writes."""
+    real, calls = Run.save_checkpoint, {"n": 0}
+
+    def save(self, state, *args, **kwargs):
+        calls["n"] += 1
+        return real(self, state, *args, **kwargs)
+
+    monkeypatch.setattr(Run, "save_checkpoint", save)
+    try:
+        run()
+    finally:
+        monkeypatch.setattr(Run, "save_checkpoint", real)
+    return calls["n"]
+
+
 def _kill_and_resume(monkeypatch, tmp_path, start, resume) -> tuple[Path, Path]:
-    start(tmp_path / "whole")
+    whole = _epochs_saved(monkeypatch, lambda: start(tmp_path / "whole"))
     restore = _killed_in_epoch(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
         start(tmp_path / "killed")
     restore()
     assert not (tmp_path / "killed" / "model.pt").exists()
-    resume(tmp_path / "killed")
+    resumed = _epochs_saved(monkeypatch, lambda: resume(tmp_path / "killed"))
+    # the killed run finished epoch 1: a resume trains the rest, a restart would train them all
+    assert resumed == whole - 1, (whole, resumed)
     return tmp_path / "whole", tmp_path / "killed"
 
 
@@ -67,7 +86,7 @@ def test_train(monkeypatch, tmp_path):
         monkeypatch,
         tmp_path,
         lambda out: train(cfg, out=out, progress=False),
-        lambda out: train(cfg, resume=out, progress=False),
+        lambda out: train(cfg, out=out, resume=True, progress=False),
     )
     _same_weights(whole, killed)
     assert "resumed from epoch 1" in (killed / "log.txt").read_text()

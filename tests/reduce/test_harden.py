@@ -11,7 +11,6 @@ import torch
 
 import pifair.reduce.harden as harden_module
 from pifair.errors import BudgetError, ConfigError
-from pifair.models import create_model
 from pifair.reduce import FinetuneSettings, linearize_many
 from pifair.reduce.allocation import allocate_by_sensitivity, relu_sensitivity
 from pifair.reduce.snl import LambdaSchedule, SearchSettings, SNLSite
@@ -26,19 +25,9 @@ SHAPE = (1, 8, 8)
 CHANNEL_SIZES = [64] * 16 + [16] * 32 + [1] * 128
 
 
-@pytest.fixture(scope="module")
-def dense(digits):
-    torch.manual_seed(0)
-    model = create_model("lenet", num_classes=10, input_shape=SHAPE)
-    from pifair.training import LoopSettings, fit
-
-    fit(
-        model,
-        digits,
-        LoopSettings(epochs=3, batch_size=64, lr=0.05, progress=False),
-        loss_fn=lambda logits, y, x, g: torch.nn.functional.cross_entropy(logits, y),
-    )
-    return model.eval()
+@pytest.fixture
+def dense(digits_lenet):
+    return digits_lenet
 
 
 def _kept(result) -> int:
@@ -124,7 +113,7 @@ def test_hardening_keeps_the_exact_budget_at_every_refresh(dense, digits, granul
     assert len(seen) == 1 + (steps - 1) // HARD.harden_refresh  # refreshed every 3 steps
     assert set(seen) == {want}
     assert result.relus == _kept(result) == want
-    assert result.binarize.startswith("hardened 1 epochs (ste)")
+    assert str(result.binarize).startswith("hardened 1 epochs (ste)")
     assert result.hardening and result.hardening[-1]["steps"] == steps
 
 
@@ -163,7 +152,7 @@ def test_progressive_binarization_ends_at_the_budget(dense, digits):
     (result,) = linearize_many(
         dense, digits, [120], search=search, finetune=NO_FINETUNE, progress=False
     ).values()
-    assert result.relus == _kept(result) == 120 and "progressive" in result.binarize
+    assert result.relus == _kept(result) == 120 and "progressive" in str(result.binarize)
 
 
 def test_soft_binarized_and_final_accuracies_are_reported(dense, digits):
