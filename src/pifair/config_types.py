@@ -10,6 +10,7 @@ key no field has.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from typing import Any
@@ -31,14 +32,16 @@ def setting(
     *,
     help: str = "",
     default_factory: Any = dataclasses.MISSING,
+    error: type[ConfigError] | type[ValueError] = ConfigError,
     **bounds: float,
 ) -> Any:
     """A settings field: its default, its ``help`` (shown by ``--help``) and its bounds
-    (``ge``, ``gt``, ``le``, ``lt``; None always passes), declared once."""
+    (``ge``, ``gt``, ``le``, ``lt``; None always passes), declared once. ``error`` is the
+    exception a value out of bounds raises (a privacy parameter's is PrivacyParameterError)."""
     unknown = sorted(set(bounds) - set(_BOUNDS))
     if unknown:
         raise TypeError(f"unknown bounds {unknown}; use {', '.join(_BOUNDS)}")
-    metadata = {"help": help, "bounds": bounds}
+    metadata = {"help": help, "bounds": bounds, "error": error}
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -51,8 +54,9 @@ def help_of(cls: type, name: str) -> str:
 
 
 def check_settings(settings: Any, *, prefix: str = "") -> None:
-    """Refuse a field of dataclass instance ``settings`` that is outside its declared bounds or
-    not one of its ``Literal`` choices, naming it (``prefix``: its section, e.g. ``finetune.``).
+    """Refuse a field of dataclass instance ``settings`` that is not finite (NaN, inf), outside
+    its declared bounds or not one of its ``Literal`` choices, naming it (``prefix``: its
+    section, e.g. ``finetune.``).
     Call it from ``__post_init__``: every way of building the settings is then checked."""
     hints = typing.get_type_hints(type(settings))
     for f in dataclasses.fields(settings):
@@ -67,10 +71,16 @@ def check_settings(settings: Any, *, prefix: str = "") -> None:
             raise ConfigError(
                 f"{prefix}{f.name} must be one of {', '.join(map(str, choices))}, got {value!r}"
             )
+        error = f.metadata.get("error", ConfigError)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise error(
+                f"{prefix}{f.name} must be a finite number, got {value}; fix it in the config or "
+                "on the command line"
+            )
         for kind, limit in f.metadata.get("bounds", {}).items():
             symbol, holds = _BOUNDS[kind]
             if not holds(value, limit):
-                raise ConfigError(
+                raise error(
                     f"{prefix}{f.name} must be {symbol} {limit:g}, got {value}; fix it in the "
                     "config or on the command line"
                 )

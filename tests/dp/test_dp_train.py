@@ -163,7 +163,7 @@ def test_a_killed_run_resumes_to_the_same_model(tmp_path, monkeypatch):
 def test_bad_input_gets_clear_errors(tmp_path, capsys):
     with pytest.raises(PrivacyParameterError, match="needs a privacy level"):
         DPConfig(method="dpsgd")
-    with pytest.raises(PrivacyParameterError, match="clip bound must be > 0"):
+    with pytest.raises(PrivacyParameterError, match="clip must be > 0"):
         _cfg(clip=-1.0)
     with pytest.raises(PrivacyParameterError, match=r"delta must be in \(0, 1/N\)"):
         dp_train(_cfg(delta=0.1), out=tmp_path / "d", progress=False)

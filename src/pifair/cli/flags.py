@@ -27,6 +27,8 @@ __all__ = [
     "add_flags",
     "config_from_flags",
     "dataclass_flags",
+    "declared_field",
+    "declared_type",
     "require_keys",
     "resume_or_config",
     "run_folder",
@@ -49,6 +51,21 @@ class Flag:
     @property
     def dest(self) -> str:
         return self.name.lstrip("-").replace("-", "_")
+
+
+def declared_field(cls: type, path: str) -> dataclasses.Field:
+    """The dataclass field a flag's ``path`` sets (``from`` is ``from_run``)."""
+    head, _, rest = path.partition(".")
+    name = "from_run" if head == "from" else head
+    field = next((f for f in dataclasses.fields(cls) if f.name == name), None)
+    if field is None:
+        raise AssertionError(f"{cls.__name__} has no field {name!r}")  # a wrong flag table
+    return declared_field(typing.get_type_hints(cls)[name], rest) if rest else field
+
+
+def declared_type(cls: type, path: str) -> Any:
+    """The type hint of the field a flag's ``path`` sets."""
+    return _resolve(cls, path)[0]
 
 
 def _resolve(cls: type, path: str) -> tuple[Any, Any, str]:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..config_types import check_settings, setting, settings_from_dict
-from ..errors import PrivacyParameterError, UnknownNameError
+from ..errors import ConfigError, PrivacyParameterError, UnknownNameError
 from ..training.config import DataConfig
 from .rules import METHODS, MethodName, make_rule
 
@@ -50,26 +50,44 @@ class DPConfig(DataConfig):
     clip: float | None = setting(
         None,
         help="clip bound C (DPSGD-F: C0; bounded-adapt: the starting bound); unset: the method's",
+        gt=0,
+        error=PrivacyParameterError,
     )
-    z: float | None = setting(None, help="Z of DPSGD-Global, Z0 of Global-Adapt")
-    tau: float | None = setting(None, help="Global-Adapt counts the gradients above tau * Z_t")
-    eta_z: float = setting(0.1, help="Global-Adapt's learning rate of Z_t")
+    z: float | None = setting(
+        None, help="Z of DPSGD-Global, Z0 of Global-Adapt", gt=0, error=PrivacyParameterError
+    )
+    tau: float | None = setting(
+        None, help="Global-Adapt counts the gradients above tau * Z_t", gt=0
+    )
+    eta_z: float = setting(0.1, help="Global-Adapt's learning rate of Z_t", gt=0)
     count_noise: float | None = setting(
         None,
         help="noise of the released counts: s_b (Global-Adapt, bounded-adapt), sigma_1 (DPSGD-F)",
+        gt=0,
+        error=PrivacyParameterError,
     )
-    clip_lower: float = setting(0.5, help="bounded-adapt: the clip bound never goes below this")
-    clip_upper: float = setting(5.0, help="bounded-adapt: nor above this")
+    clip_lower: float = setting(
+        0.5, help="bounded-adapt: the clip bound never goes below this", gt=0
+    )
+    clip_upper: float = setting(5.0, help="bounded-adapt: nor above this", gt=0)
     quantile: float = setting(
-        0.5, help="bounded-adapt: the fraction of unclipped gradients the bound aims at"
+        0.5, help="bounded-adapt: the fraction of unclipped gradients the bound aims at", gt=0, lt=1
     )
-    eta_c: float = setting(0.2, help="bounded-adapt: the clip bound's geometric learning rate")
+    eta_c: float = setting(
+        0.2, help="bounded-adapt: the clip bound's geometric learning rate", gt=0
+    )
     epsilon: float | None = setting(
-        None, help="target epsilon: the noise multiplier is derived from it"
+        None,
+        help="target epsilon: the noise multiplier is derived from it",
+        gt=0,
+        error=PrivacyParameterError,
     )
-    delta: float = setting(1e-6, help="delta, below 1/N")
+    delta: float = setting(1e-6, help="delta, below 1/N", gt=0, lt=1, error=PrivacyParameterError)
     noise_multiplier: float | None = setting(
-        None, help="noise multiplier instead of --epsilon (epsilon is reported)"
+        None,
+        help="noise multiplier instead of --epsilon (epsilon is reported)",
+        gt=0,
+        error=PrivacyParameterError,
     )
     # all paths give the same step (resolve_grad_path picks the faster for the model)
     grad_path: Literal["auto", "ghost", "hooks"] = setting(
@@ -115,8 +133,6 @@ class DPConfig(DataConfig):
         check_settings(self)
         if self.baseline is not None:  # absolute: found from any working directory
             self.baseline = str(Path(self.baseline).resolve())
-        if not self.clip > 0:
-            raise PrivacyParameterError(f"clip bound must be > 0, got {self.clip}")
         if self.private:
             # builds the rule once so that bad thresholds fail here, before any run folder
             make_rule(self.method, **self.rule_settings())
@@ -130,12 +146,11 @@ class DPConfig(DataConfig):
                     f"{self.method} needs a privacy level: --epsilon 6 (noise derived from it) or "
                     f"--noise-multiplier 0.8 (epsilon reported)"
                 )
-            if self.epsilon is not None and not self.epsilon > 0:
-                raise PrivacyParameterError(f"epsilon must be > 0, got {self.epsilon}")
-            if self.noise_multiplier is not None and not self.noise_multiplier > 0:
-                raise PrivacyParameterError(
-                    f"noise multiplier must be > 0, got {self.noise_multiplier}"
-                )
+        elif self.epsilon is not None or self.noise_multiplier is not None:
+            raise ConfigError(
+                "the non-private baseline adds no noise: drop --epsilon / --noise-multiplier, or "
+                "choose a private --method"
+            )
 
     def rule_settings(self) -> dict[str, Any]:
         """The keyword arguments of :func:`make_rule` this config sets (all but the groups)."""

@@ -30,7 +30,7 @@ class DataConfig:
     group_by: str = setting(
         "class", help="the groups of fairness metrics: class, or sex / race for adult"
     )
-    limit: int | None = setting(None, help="evenly spaced samples of each set (quick looks)")
+    limit: int | None = setting(None, help="evenly spaced samples of each set (quick looks)", ge=10)
     download: bool = setting(False, help="allow downloading a data set that is not on disk")
 
     def load_kwargs(self, seed: int) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ..config_types import settings_from_dict
+from ..config_types import check_settings, settings_from_dict
 from ..errors import ConfigError
 from ..runs import Run
 
@@ -17,6 +17,9 @@ class RunJob:
     ``_nested`` are settings dataclasses saved as dicts."""
 
     _nested: ClassVar[dict[str, type]] = {}
+
+    def __post_init__(self) -> None:
+        check_settings(self)  # bounds and choices of the job's own fields, before any work
 
     def as_config(self) -> dict[str, Any]:
         d = asdict(self)  # type: ignore[call-overload]

@@ -16,7 +16,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ..atomic import atomic_write_json
-from ..config_types import check_settings, setting
+from ..config_types import setting
 from ..errors import ConfigError
 from ..runs import Run
 from ..secure.he.batched import BatchedClient, CipherBatch, folded_parameters
@@ -62,9 +62,6 @@ class HEInferJob(RunJob):
         None, help="folder of the files between client and server (unset: RUN/exchange)"
     )
     keep_ciphertexts: bool = setting(False, help="keep the ciphertext files after decryption")
-
-    def __post_init__(self) -> None:
-        check_settings(self)
 
 
 def _bytes(ct, folder) -> int:

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from ..config_types import setting
+from ..config_types import check_settings, setting
 from ..data import load_dataset
 from ..errors import ConfigError
 from ..models import build_architecture, finish_model
@@ -53,6 +53,7 @@ class ImportJob(DataConfig):
     )
 
     def __post_init__(self) -> None:
+        check_settings(self)
         if not self.arch:
             raise ConfigError(
                 "give the architecture: --arch torchvision:NAME | timm:NAME | FILE.py:ClassName"

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_write_json, atomic_write_yaml
-from ..config_types import check_settings, setting
+from ..config_types import setting
 from ..errors import ConfigError, PartyFailedError
 from ..relu.counting import count_relus
 from ..runs import Run
@@ -70,9 +70,6 @@ class MPCInferJob(RunJob):
     warmup: bool = setting(
         True, help="measure the one-time setup apart with a first run on a zero image"
     )
-
-    def __post_init__(self) -> None:
-        check_settings(self)
 
     def settings(self) -> MPCSettings:
         return MPCSettings(self.protocol, self.ot, self.fraction_bits, self.batch, self.warmup)

@@ -22,7 +22,7 @@ class PolyfitJob(RunJob):
     """What ``pifair polyfit`` runs; its dict is the run's config.yaml."""
 
     from_run: str
-    degree: int = 2
+    degree: int = setting(2, help="polynomial degree (the HE engines run 1 or 2)", ge=1)
     granularity: PolyGranularity = "element"
     seed: int = setting(0, help="seed of the reduction and its fine-tuning")
     device: str = setting("auto", help="auto (CUDA when present), cpu or cuda[:N]")
