@@ -401,3 +401,32 @@ def test_model_shape_probe_leaves_the_model_as_built():
     assert int(bn.num_batches_tracked) == 0 and torch.equal(
         bn.running_mean, torch.zeros_like(bn.running_mean)
     )
+
+
+# ---- 6. nothing outside a command's own output is written ---------------------------------------
+@pytest.mark.parametrize(
+    "target, named",
+    [
+        ("{run}/model.pt", "ending in .html"),
+        ("{run}/metrics.json", "ending in .html"),
+        ("{run}/config.yaml", "ending in .html"),
+        ("{run}/report.html", "inside the run folder"),
+        ("{tmp}", "is a folder"),
+        ("{tmp}/notes.html", "is not a pifair report"),
+    ],
+)
+def test_report_never_replaces_a_runs_files_or_another_file(
+    target, named, dense, tmp_path, capsys
+):
+    run = tmp_path / "run"
+    shutil.copytree(dense, run)
+    (tmp_path / "notes.html").write_text("<p>my notes</p>")
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    out = target.format(run=run, tmp=tmp_path)
+    assert main(["report", str(run), "--out", out]) == 2
+    assert named in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+    assert (tmp_path / "notes.html").read_text() == "<p>my notes</p>"
+    # the default lands beside the run, and a second report replaces the first
+    assert main(["report", str(run)]) == 0
+    assert main(["report", str(run)]) == 0 and (tmp_path / "report.html").exists()

@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import pickle
+import shutil
 import tempfile
 import zipfile
 from collections.abc import Callable, Iterator
@@ -22,6 +23,7 @@ import yaml
 from .errors import CorruptFileError
 
 __all__ = [
+    "atomic_copy",
     "atomic_open",
     "atomic_write_text",
     "atomic_write_json",
@@ -53,6 +55,12 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+def atomic_copy(source: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Copy ``source`` to ``path`` atomically (a reader sees the old file or the whole copy)."""
+    with open(source, "rb") as src, atomic_open(path) as dst:
+        shutil.copyfileobj(src, dst)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

@@ -57,6 +57,16 @@ def test_every_release_is_accounted(tmp_path):
     )
     assert (run.path / "dp_curves.png").exists()
     assert m["grad_path"] == "ghost"  # auto on an MLP: exact ghost norms, no per-sample gradients
+    # what epsilon does not cover is listed; the release folder holds only what it covers
+    listed = m["unaccounted_training_statistics"]
+    assert listed["covered_by_epsilon"] is False and "data.train_groups" in listed["keys"]
+    release = run.path / "release"
+    assert sorted(p.name for p in release.iterdir()) == ["model.pt", "privacy.json", "test.json"]
+    privacy = json.loads((release / "privacy.json").read_text())
+    assert privacy["epsilon"] == m["epsilon"] and privacy["releases"] == m["releases"]
+    released = (release / "privacy.json").read_text() + (release / "test.json").read_text()
+    assert "train" not in released and "alignment" not in released and "val" not in released
+    assert (release / "model.pt").read_bytes() == (run.path / "model.pt").read_bytes()
 
 
 def test_bounded_adaptive_clipping_trains_and_accounts_its_count(tmp_path):

@@ -21,7 +21,8 @@ from ..dp import DPConfig
 from ..errors import ConfigError
 from ..models import create_model, get_model_spec, list_models
 from ..relu import count_relus
-from ..report import build_report
+from ..report import build_report, default_report_path
+from ..runs import Run
 from ..secure.he.exchange import serve
 from ..training import TrainConfig
 from ..workflows.cost import estimate_cost
@@ -465,7 +466,7 @@ def _add_report(p: argparse.ArgumentParser) -> None:
 
 
 def _run_report(ns: argparse.Namespace) -> None:
-    out = ns.out or ns.runs[0].parent / "report.html"
+    out = ns.out or default_report_path([Run.open(p) for p in ns.runs])
     print(f"report: {build_report(ns.runs, out, title=ns.title)}")
 
 

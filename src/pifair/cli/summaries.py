@@ -58,9 +58,8 @@ def imported(run: Run) -> None:
 
 def dp_train(run: Run) -> None:
     m = run.metrics
-    for key in ("unaccounted_diagnostics", "unaccounted_validation"):
-        if key in m:
-            print(f"warning: {m[key]['note']}", file=sys.stderr)
+    for key in sorted(k for k in m if k.startswith("unaccounted_")):
+        print(f"warning: {m[key]['note']}", file=sys.stderr)
     privacy = (
         f"epsilon {m['epsilon']:.2f} at delta {m['delta']:g} "
         f"(noise multiplier {m['noise_multiplier']:.3f})"

@@ -11,6 +11,6 @@ from . import (  # noqa: F401
     plots,
     poly_section,
 )
-from .html import SECTIONS, build_report, register_section
+from .html import SECTIONS, build_report, default_report_path, register_section
 
-__all__ = ["SECTIONS", "build_report", "plots", "register_section"]
+__all__ = ["SECTIONS", "build_report", "default_report_path", "plots", "register_section"]

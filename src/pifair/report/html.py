@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from ..atomic import atomic_write_text
+from ..errors import ConfigError
 from ..runs import Run
 
 __all__ = [
@@ -152,11 +153,51 @@ def _data_name(run: Run) -> str:
     return data.get("name", "-") if isinstance(data, dict) else str(data)
 
 
+GENERATOR = '<meta name="generator" content="pifair">'
+
+
+def _is_report(path: Path) -> bool:
+    """A pifair report: marked as one (older ones: their overview heading)."""
+    text = path.read_text(errors="replace")
+    return GENERATOR in text[:4096] or "<h2>Overview</h2>" in text
+
+
+def default_report_path(runs: Sequence[Run]) -> Path:
+    """``report.html`` beside the first run, outside every reported run folder."""
+    folders = [r.path.resolve() for r in runs]
+    where = runs[0].path.resolve().parent
+    while any(where == f or f in where.parents for f in folders) and where != where.parent:
+        where = where.parent
+    return where / "report.html"
+
+
+def check_report_path(out: Path, runs: Sequence[Run]) -> None:
+    """Refuse a report path that would replace something else, saying what to give instead."""
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a folder; give a file, e.g. {out / 'report.html'}")
+    if out.suffix.lower() not in (".html", ".htm"):
+        raise ConfigError(f"--out {out}: the report is an HTML file; give a path ending in .html")
+    if out.exists() and not _is_report(out):
+        raise ConfigError(f"{out} exists and is not a pifair report; choose another --out")
+    where = out.resolve().parent
+    inside = [
+        r.path for r in runs if where == r.path.resolve() or r.path.resolve() in where.parents
+    ]
+    if inside:
+        raise ConfigError(
+            f"--out {out} is inside the run folder {inside[0]}; write the report next to the runs"
+        )
+
+
 def build_report(
     run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, *, title: str = "pifair report"
 ) -> Path:
-    """Write the report for ``run_dirs`` to ``out`` (atomically) and return its path."""
+    """Write the report for ``run_dirs`` to ``out`` (atomically) and return its path.
+
+    ``out`` must be an ``.html`` file that is not inside one of the reported runs and is not
+    an existing file other than a pifair report: a report never replaces anything else."""
     runs = [Run.open(p) for p in run_dirs]
+    check_report_path(Path(out), runs)
     overview = []
     sections = []
     for run in runs:
@@ -187,7 +228,7 @@ def build_report(
     )
     meta = machine_summary()
     page = (
-        "<!doctype html><html><head><meta "
+        f"<!doctype html><html><head>{GENERATOR}<meta "
         f"charset='utf-8'><title>{html.escape(title)}</title><style>{_CSS}</style></head><body>"
         f"<h1>{html.escape(title)}</h1>"
         f"<p class='meta'>{' · '.join(f'{k}: {html.escape(v)}' for k, v in meta.items())}</p>"

@@ -9,6 +9,7 @@ import os
 import torch
 from torch import nn
 
+from ..atomic import atomic_copy, atomic_write_json
 from ..data import Dataset, load_dataset
 from ..dp.config import DPConfig
 from ..dp.diagnostics import privacy_cost_summary
@@ -23,7 +24,7 @@ from ..errors import ConfigError
 from ..fairness.audit import minority_gap, minority_groups
 from ..models import create_model
 from ..report import plots
-from ..runs import Run
+from ..runs import MODEL, Run
 from ..training.loop import evaluate, resolve_device
 from .train import save_trained_model
 
@@ -185,6 +186,29 @@ def _epoch_record(
     return record
 
 
+TRAINING_STATISTICS_NOTE = (
+    "the per-group training counts and the per-epoch training loss in metrics.json are exact "
+    "statistics of the private training data: epsilon does not cover them. Publish the release/ "
+    "folder (the model, the privacy ledger and test metrics), not the run folder"
+)
+RELEASE = "release"
+
+
+def _write_release(run: Run, metrics: dict) -> None:
+    """``release/``: what epsilon covers, or what is public: the model (trained with DP-SGD),
+    the privacy ledger and the test-set metrics. Nothing else of the run goes in."""
+    folder = run.file(RELEASE)
+    folder.mkdir(exist_ok=True)
+    atomic_copy(run.file(MODEL), folder / MODEL)
+    privacy_keys = ("method", "epsilon", "delta", "noise_multiplier", "sample_rate", "steps")
+    atomic_write_json(
+        folder / "privacy.json",
+        {k: metrics[k] for k in privacy_keys} | {"releases": metrics["releases"]},
+    )
+    test_keys = ("model", "test", "test_accuracy", "test_groups")
+    atomic_write_json(folder / "test.json", {k: metrics[k] for k in test_keys})
+
+
 VALIDATION_NOTE = (
     "validation metrics are exact statistics of the validation split, which is held out of the "
     "private training data: epsilon does not cover them; use them to tune, do not release them"
@@ -262,7 +286,15 @@ def _finish(
         metrics |= {"baseline": cfg.baseline} | privacy_cost_summary(
             base["test"], metrics["test"], minority
         )
-    run.update_metrics(**metrics)
+    if private:
+        metrics["unaccounted_training_statistics"] = {
+            "covered_by_epsilon": False,
+            "keys": ["data.train_groups", "data.sizes", "history[].train_loss"],
+            "note": TRAINING_STATISTICS_NOTE,
+        }
+    metrics = run.update_metrics(**metrics)
+    if private:
+        _write_release(run, metrics)
     plots.dp_curves(history, run.file("dp_curves.png"), title=f"{cfg.method} on {cfg.data}")
     plots.group_accuracy(
         test.as_dict(), run.file("groups.png"), title=f"test accuracy per group, {cfg.method}"
