@@ -415,9 +415,7 @@ def test_model_shape_probe_leaves_the_model_as_built():
         ("{tmp}/notes.html", "is not a pifair report"),
     ],
 )
-def test_report_never_replaces_a_runs_files_or_another_file(
-    target, named, dense, tmp_path, capsys
-):
+def test_report_never_replaces_a_runs_files_or_another_file(target, named, dense, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(dense, run)
     (tmp_path / "notes.html").write_text("<p>my notes</p>")
