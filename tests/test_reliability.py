@@ -428,3 +428,16 @@ def test_report_never_replaces_a_runs_files_or_another_file(target, named, dense
     # the default lands beside the run, and a second report replaces the first
     assert main(["report", str(run)]) == 0
     assert main(["report", str(run)]) == 0 and (tmp_path / "report.html").exists()
+
+
+def test_he_infer_refuses_another_clients_exchange_and_clamped_values(tmp_path, dense, capsys):
+    exchange = tmp_path / "exchange"
+    exchange.mkdir()
+    (exchange / "request.json").write_text('{"client_run": "/somewhere/else"}')
+    argv = ["he-infer", "--from", str(dense), "--exchange", str(exchange)]
+    assert main([*argv, "--out", str(tmp_path / "he")]) == 2
+    assert "holds the request of another client" in capsys.readouterr().err
+    assert (exchange / "request.json").read_text() == '{"client_run": "/somewhere/else"}'
+    assert main(["he-infer", "--from", str(dense), "--workers", "100000"]) == 2
+    assert "would fork that many server processes" in capsys.readouterr().err
+    assert not (tmp_path / "he").exists()

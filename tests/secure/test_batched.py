@@ -242,3 +242,12 @@ def test_the_spawned_server_loads_only_public_files_and_leaves_nothing_in_dev_sh
     assert secret not in report["key_files_loaded"].values()
     result = CipherBatch.load(exchange / "batch-0000" / "result")
     assert result.images == 64 and client.decrypt(result).shape == (64, 10)
+
+
+def test_an_answered_exchange_is_refused_and_left_as_it_is(engine, tmp_path):
+    exchange = _exchange(engine, tmp_path, images=8)
+    serve(exchange)
+    report = (exchange / "server.json").read_text()
+    with pytest.raises(ConfigError, match="no batch waiting"):
+        serve(exchange)
+    assert (exchange / "server.json").read_text() == report

@@ -104,8 +104,22 @@ def _image_layout(
     }
 
 
-def _validate(job: HEInferJob) -> None:
+def _validate(job: HEInferJob, out: str | os.PathLike | None) -> None:
     """Refuse bad settings before any model is loaded or any folder written."""
+    cores = os.cpu_count() or 1
+    if job.workers > 4 * cores:
+        raise ConfigError(
+            f"--workers {job.workers} would fork that many server processes on {cores} cores; "
+            f"give at most {4 * cores} (0: one per core)"
+        )
+    request = Path(job.exchange) / "request.json" if job.exchange else None
+    if request is not None and request.is_file():
+        owner = json.loads(request.read_text()).get("client_run")
+        if out is None or owner != str(Path(out).resolve()):
+            raise ConfigError(
+                f"the exchange {job.exchange} holds the request of another client ({owner}); "
+                "give another --exchange, or that client's --out to finish its run"
+            )
     if job.scale_bits != 0 and not 20 <= job.scale_bits <= 60:
         raise ConfigError(
             f"--scale-bits must be in [20, 60] (or 0: the engine's choice), got {job.scale_bits}"
@@ -130,7 +144,7 @@ class _Inputs:
 
 
 def run_he_infer(job: HEInferJob, *, out: str | os.PathLike | None = None) -> Run:
-    _validate(job)
+    _validate(job, out)
     model, _, parent = load_from_run(job.from_run)
     model = model.eval()
     data = dataset_for_run(parent)
@@ -143,8 +157,13 @@ def run_he_infer(job: HEInferJob, *, out: str | os.PathLike | None = None) -> Ru
         params = folded_parameters(folded.depth, scale_bits=job.scale_bits or None)
     else:
         params = choose_parameters(program.depth, scale_bits=job.scale_bits or 40)
+    if job.batch > params.slots:
+        raise ConfigError(
+            f"--batch {job.batch} exceeds the {params.slots} slots of a ciphertext at these "
+            "parameters; give at most that (or 0: every slot)"
+        )
     run = Run.create("he-infer", job.as_config(), out=out)  # only once the job can run
-    batch = min(job.batch or params.slots, params.slots)
+    batch = job.batch or params.slots
     n = min(job.images or batch, len(data.test))
     logits, labels, _ = predict(model, data, "test")
     inputs = _Inputs(
@@ -206,9 +225,12 @@ def _encrypt_request(
     client.keys.save_secret_key(secret)
     seconds["keygen"] = time.perf_counter() - t0
     write_program(folded, exchange / "program.npz")
-    atomic_write_json(
-        exchange / "request.json", {"scale_bits": params.scale_bits, "images": len(x)}
-    )
+    request = {
+        "scale_bits": params.scale_bits,
+        "images": len(x),
+        "client_run": str(run.path.resolve()),
+    }
+    atomic_write_json(exchange / "request.json", request)
     t0 = time.perf_counter()
     for i, start in enumerate(range(0, len(x), batch)):
         client.encrypt(x[start : start + batch]).save(exchange / f"batch-{i:04d}")

@@ -93,6 +93,12 @@ def _check_exchange(exchange: Path) -> None:
             f"{exchange} is not an exchange folder (no request.json): run "
             "pifair he-infer --role client first"
         )
+    answered = all((f / "result" / "scales.npy").is_file() for f in batch_folders(exchange))
+    if (exchange / "server.json").is_file() and answered:
+        raise ConfigError(
+            f"{exchange} has no batch waiting: the server answered it already (server.json); "
+            "nothing is changed"
+        )
     keys = sorted(p.name for p in (exchange / "keys").iterdir())
     if keys != sorted(SERVER_KEY_FILES):
         raise ConfigError(
