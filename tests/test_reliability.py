@@ -441,3 +441,12 @@ def test_he_infer_refuses_another_clients_exchange_and_clamped_values(tmp_path, 
     assert main(["he-infer", "--from", str(dense), "--workers", "100000"]) == 2
     assert "would fork that many server processes" in capsys.readouterr().err
     assert not (tmp_path / "he").exists()
+
+
+@pytest.mark.parametrize("command", ["relus", "cost"])
+def test_a_class_count_below_two_is_refused_in_one_line(command, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main([command, "--model", "mlp", "--num-classes", "-3"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "--num-classes: must be >= 2, got -3" in err and "Traceback" not in err

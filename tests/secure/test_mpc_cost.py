@@ -13,6 +13,7 @@ from torch import nn
 pytest.importorskip("jax")
 
 from pifair.cli import main
+from pifair.errors import ConfigError
 from pifair.relu.sites import DenseReLU, MaskedReLU
 from pifair.secure.cost import (
     DEFAULT_CALIBRATION,
@@ -86,8 +87,13 @@ def test_shipped_calibration_says_where_it_was_measured(tmp_path):
         ]
     model.save(tmp_path / "c.json")
     assert CheetahModel.load(tmp_path / "c.json") == model
-    with pytest.raises(FileNotFoundError, match="write-calibration"):
+    with pytest.raises(ConfigError, match="write-calibration"):
         CheetahModel.load(tmp_path / "missing.json")
+    (tmp_path / "foreign.json").write_text('{"a": 1}')
+    (tmp_path / "binary.json").write_bytes(bytes(range(256)))
+    for name in ("foreign.json", "binary.json"):
+        with pytest.raises(ConfigError, match="not a Cheetah calibration file"):
+            CheetahModel.load(tmp_path / name)
 
 
 def test_cost_command_for_a_zoo_model_and_a_masked_model(capsys, tmp_path):

@@ -42,6 +42,7 @@ from . import summaries
 from .flags import (
     Flag,
     add_flags,
+    at_least,
     config_from_flags,
     dataclass_flags,
     require_keys,
@@ -367,13 +368,18 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
         default="3,32,32",
         help="with --model: per-sample input shape, e.g. 3,32,32 (default 3,32,32)",
     )
-    p.add_argument("--num-classes", type=int, default=10, help="with --model: classes (default 10)")
+    p.add_argument(
+        "--num-classes",
+        type=at_least(2),
+        default=10,
+        help="with --model: classes (default 10)",
+    )
 
 
 def _add_cost(p: argparse.ArgumentParser) -> None:
     _model_flags(p)
     p.add_argument(
-        "--cores", type=int, default=1, help="server cores for the DELPHI times (default 1)"
+        "--cores", type=at_least(1), default=1, help="server cores for the DELPHI times (default 1)"
     )
     p.add_argument(
         "--calibration",

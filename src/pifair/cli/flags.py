@@ -25,6 +25,7 @@ from ..runs import read_config
 __all__ = [
     "Flag",
     "add_flags",
+    "at_least",
     "config_from_flags",
     "dataclass_flags",
     "declared_field",
@@ -123,6 +124,21 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, flags: Sequence[Flag])
         else:
             kwargs["type"] = flag.parse or (tp if tp in (int, float, str) else str)
         parser.add_argument(flag.name, **kwargs)
+
+
+def at_least(low: int) -> Callable[[str], int]:
+    """An argparse type: an integer of at least ``low`` (for flags that are no setting)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+
+    return parse
 
 
 def dataclass_flags(cls: type) -> list[Flag]:

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from ..atomic import atomic_write_json
+from ..config_types import settings_from_dict
 from ..errors import ConfigError
 from .mpc.export import export_model
 
@@ -264,12 +265,22 @@ class CheetahModel:
     @classmethod
     def load(cls, path: str | os.PathLike = DEFAULT_CALIBRATION) -> CheetahModel:
         path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(
+        if not path.is_file():
+            raise ConfigError(
                 f"no Cheetah calibration at {path}; measure one with: python benchmarks/mpc.py "
                 f"--write-calibration {path}"
             )
-        return cls(**json.loads(path.read_text()))
+        try:
+            values = json.loads(path.read_text())
+            if not isinstance(values, dict):
+                raise ConfigError(f"a mapping of {cls.__name__} fields is needed")
+            model: CheetahModel = settings_from_dict(cls, values, ignore=())
+            return model
+        except (UnicodeDecodeError, json.JSONDecodeError, TypeError, ConfigError) as err:
+            raise ConfigError(
+                f"{path} is not a Cheetah calibration file ({err}); give one written by "
+                "python benchmarks/mpc.py --write-calibration"
+            ) from err
 
 
 def model_cost(
