@@ -450,3 +450,45 @@ def test_a_class_count_below_two_is_refused_in_one_line(command, capsys):
     assert stop.value.code == 2
     err = capsys.readouterr().err
     assert "--num-classes: must be >= 2, got -3" in err and "Traceback" not in err
+
+
+# ---- 7. signals and the processes a command starts ----------------------------------------------
+def test_sigterm_stops_a_command_with_a_message_and_exit_143(monkeypatch, capsys):
+    import os
+    import signal
+
+    import pifair.cli.commands as commands
+
+    def killed(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler interrupts this
+        raise AssertionError("SIGTERM did not stop the command")
+
+    monkeypatch.setattr(commands, "train", killed)
+    assert main(["train", "--data", "digits", "--model", "mlp"]) == 143
+    assert "terminated (SIGTERM)" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored
+
+
+def test_the_ckks_client_stops_its_server_and_reports_its_failure(monkeypatch, tmp_path):
+    from pifair.errors import ServerFailedError, Terminated
+    from pifair.workflows import he
+
+    run = Run.create("he-infer", {}, out=tmp_path / "he")
+    with pytest.raises(ServerFailedError, match=r"exited with 2: .*not an exchange folder"):
+        he._serve_here(run, tmp_path / "nothing", 1)
+    started = []
+    real = subprocess.Popen
+
+    def popen(*args, **kwargs):
+        started.append(real([sys.executable, "-c", "import time; time.sleep(60)"], **kwargs))
+        return started[-1]
+
+    def terminated(self, *args, **kwargs):
+        raise Terminated
+
+    monkeypatch.setattr(subprocess, "Popen", popen)
+    monkeypatch.setattr(real, "communicate", terminated)
+    with pytest.raises(Terminated):
+        he._serve_here(run, tmp_path / "nothing", 1)
+    assert started[0].poll() is not None  # stopped with its client, not left running

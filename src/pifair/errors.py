@@ -24,6 +24,8 @@ __all__ = [
     "CorruptFileError",
     "TrainingDivergedError",
     "PartyFailedError",
+    "ServerFailedError",
+    "Terminated",
 ]
 
 
@@ -100,6 +102,15 @@ class CorruptFileError(PifairError, ValueError):
 
 class TrainingDivergedError(PifairError, FloatingPointError):
     """The loss became NaN or infinite: the learning rate is too high for this model."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process stands so that its cleanup runs (child processes
+    stopped, atomic writes rolled back), as Ctrl-C does."""
+
+
+class ServerFailedError(PifairError, RuntimeError):
+    """The CKKS server process stopped with an error or a signal; its last lines are given."""
 
 
 class PartyFailedError(PifairError, RuntimeError):

@@ -134,8 +134,12 @@ def test_share_meets_the_budget_and_round_trips(digits, tmp_path):
 
 def test_unreachable_budget_says_so(digits):
     model = create_model("lenet", num_classes=10, input_shape=(1, 8, 8))
-    with pytest.raises(ValueError, match="coarsest grouping keeps"):
+    with pytest.raises(ValueError, match="coarsest grouping keeps .*try --scheme cluster"):
         share(model, digits, 10, finetune=FinetuneSettings(epochs=0), progress=False)
+    with pytest.raises(ValueError, match=r"coarsest grouping keeps \d+$"):  # no advice to try it
+        share(
+            model, digits, 1, scheme="cluster", finetune=FinetuneSettings(epochs=0), progress=False
+        )
 
 
 def test_replace_with_shared_sites_counts_groups():

@@ -364,3 +364,13 @@ def test_sweep_share_puts_sharing_and_snl_on_one_pareto(dense_run, tmp_path):
     } <= methods
     assert all(int(r["relus"]) <= int(r["budget"]) for r in rows)
     assert "skipped" in (out / "log.txt").read_text()
+
+
+def test_a_sweep_that_reaches_no_budget_says_so_in_one_line(dense_run, tmp_path, capsys):
+    out = tmp_path / "none"
+    args = ["sweep", "share", "--from", str(dense_run), "--budgets", "1", "--methods"]
+    args += ["share-patch", "--out", str(out), *QUICK]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "no method of the sweep reached any of the budgets 1" in err and "Traceback" not in err
+    assert main([*args[: -len(QUICK) - 2], "--resume", str(out), *QUICK]) == 2  # and on resume

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 
-from ..errors import PifairError
+from ..errors import PifairError, Terminated
 from .commands import COMMANDS
 
 __all__ = ["build_parser", "main"]
@@ -35,6 +36,12 @@ def main(argv: list[str] | None = None) -> int:
     its traceback."""
     ns = build_parser().parse_args(argv)
     run = next(c.run for c in COMMANDS if c.name == ns.command)
+    again = (
+        "continue with --resume RUN_FOLDER"
+        if hasattr(ns, "resume")
+        else "run the command again to start it over"
+    )
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         run(ns)
     except PifairError as err:
@@ -42,10 +49,16 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"pifair {ns.command}: error: {err}", file=sys.stderr)
         return 2
+    except Terminated:
+        print(f"\nterminated (SIGTERM); the last checkpoint is intact: {again}", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
-        print(
-            "\ninterrupted; the last checkpoint is intact: continue with --resume RUN_FOLDER",
-            file=sys.stderr,
-        )
+        print(f"\ninterrupted; the last checkpoint is intact: {again}", file=sys.stderr)
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated

@@ -108,8 +108,10 @@ def allocate_groups(
     rule: str,
     device: torch.device,
     calibration: int = 512,
+    coarsest_is_cluster: bool = False,
 ) -> dict[str, int]:
-    """Choose each site's grouping (an index into its ``options``) greedily."""
+    """Choose each site's grouping (an index into its ``options``) greedily
+    (``coarsest_is_cluster``: the options are already the cluster scheme's, the coarsest)."""
     choice = dict.fromkeys(options, 0)
     x = data.normalize(data.val.x[:calibration].to(device))
     y = data.val.y[:calibration].to(device)
@@ -133,9 +135,10 @@ def allocate_groups(
             if best_score is None or score < best_score:
                 best, best_score = n, score
         if best is None:
+            hint = "" if coarsest_is_cluster else "; try --scheme cluster"
             raise BudgetError(
                 f"cannot reach {budget:,} decisions: the coarsest grouping keeps "
-                f"{decisions(choice):,}; try --scheme cluster"
+                f"{decisions(choice):,}{hint}"
             )
         choice[best] += 1
         apply(choice)
@@ -148,7 +151,15 @@ def _shared_model(
     """A copy of ``dense`` with each site's grouping chosen greedily for ``budget`` decisions,
     and the name of each site's grouping."""
     options = site_options(dense, data, scheme, device=device)
-    choice = allocate_groups(dense, data, budget, options=options, rule=rule, device=device)
+    choice = allocate_groups(
+        dense,
+        data,
+        budget,
+        options=options,
+        rule=rule,
+        device=device,
+        coarsest_is_cluster=scheme == "cluster",
+    )
     shared = copy.deepcopy(dense)
     swap_sites(shared, lambda n, m: _site(options[n][choice[n]], rule) if n in choice else None)
     return shared, {n: options[n][choice[n]][0] for n in choice}

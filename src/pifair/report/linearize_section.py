@@ -84,7 +84,7 @@ def sweep_section(run: Run) -> str:
             pct(r["test_accuracy"]),
             f"{100 * r['drop']:.2f}",
             pct(r["worst_group_accuracy"]),
-            f"{r['search_s']:.0f}",
+            f"{r.get('reduce_s', r.get('search_s', 0.0)):.0f}",
             f"{r['finetune_s']:.0f}",
         ]
         for r in sorted(m["rows"], key=lambda r: (r["method"], r["relus"]))

@@ -278,7 +278,8 @@ def fit(
         best = _best(best, record, model) if select_best else None
         if not math.isfinite(record["train_loss"]):
             raise TrainingDivergedError(
-                f"training diverged at epoch {epoch + 1} (loss {record['train_loss']}); lower --lr"
+                f"training diverged at epoch {epoch + 1} (loss {record['train_loss']}); lower the "
+                "learning rate, the momentum or the weight decay (or the objective's step)"
             )
         if checkpoints is not None:
             checkpoints.save_checkpoint(

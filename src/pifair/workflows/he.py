@@ -17,7 +17,7 @@ import numpy as np
 
 from ..atomic import atomic_write_json
 from ..config_types import setting
-from ..errors import ConfigError
+from ..errors import ConfigError, ServerFailedError
 from ..runs import Run
 from ..secure.he.batched import BatchedClient, CipherBatch, folded_parameters
 from ..secure.he.compile import HEProgram, compile_model
@@ -246,9 +246,23 @@ def _serve_here(run: Run, exchange: Path, workers: int) -> None:
     """The server as its own process on this host (``pifair he-serve``)."""
     command = [sys.executable, "-m", "pifair", "he-serve", str(exchange), "--workers", str(workers)]
     run.log.info("server: %s", " ".join(command))
-    done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"the CKKS server process failed:\n{done.stderr[-4000:]}")
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        _, err = server.communicate()
+    except BaseException:  # Ctrl-C or SIGTERM here: the server must not run on alone
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        run.log.warning("stopped; the CKKS server process %d was stopped too", server.pid)
+        raise
+    if server.returncode != 0:
+        code = server.returncode
+        how = f"was killed by signal {-code}" if code < 0 else f"exited with {code}"
+        tail = " | ".join(err.strip().splitlines()[-5:]) or "no output"
+        raise ServerFailedError(f"the CKKS server process {how}: {tail}")
 
 
 def _batched_metrics(

@@ -72,7 +72,7 @@ def _row(method: str, budget: str, m: dict) -> dict:
         "test_accuracy": m["test_accuracy"],
         "drop": m["drop"],
         "val_accuracy": m["val_accuracy"],
-        "search_s": m["seconds"].get("search", m["seconds"].get("allocate", 0.0)),
+        "reduce_s": m["seconds"].get("reduce", 0.0),
         "finetune_s": m["seconds"]["finetune"],
         "total_s": m["seconds"]["total"],
         "worst_group_accuracy": m["test"]["worst_group_accuracy"],
@@ -120,6 +120,10 @@ def run_sweep(
         for b in job.budgets
         if ((path := root.path / f"{method}-{budget_label(b)}") / MODEL).exists()
     ]  # a missing one was skipped (unreachable for its method)
-    if rows:
-        _write_pareto(root, rows, parent.test.accuracy, parent.relus, parent.data.name)
+    if not rows:
+        raise BudgetError(
+            f"no method of the sweep reached any of the budgets {', '.join(job.budgets)} (see "
+            f"{root.file('log.txt')}); give larger budgets, or add snl to --methods"
+        )
+    _write_pareto(root, rows, parent.test.accuracy, parent.relus, parent.data.name)
     return root
