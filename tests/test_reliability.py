@@ -492,3 +492,18 @@ def test_the_ckks_client_stops_its_server_and_reports_its_failure(monkeypatch, t
     with pytest.raises(Terminated):
         he._serve_here(run, tmp_path / "nothing", 1)
     assert started[0].poll() is not None  # stopped with its client, not left running
+
+
+@pytest.mark.parametrize(
+    "args, named",
+    [
+        (["relus", "{dense}", "--model", "mlp"], "not both"),
+        (["mpc-infer", "--from", "{dense}", "--rank", "1"], "drop --rank"),
+        (["train", "--config", "{empty}"], "is empty"),
+    ],
+)
+def test_flags_that_would_be_ignored_are_refused(args, named, dense, tmp_path, capsys):
+    (tmp_path / "empty.yaml").write_text("")
+    args = [a.format(dense=dense, empty=tmp_path / "empty.yaml") for a in args]
+    assert main(args) == 2
+    assert named in capsys.readouterr().err

@@ -435,6 +435,8 @@ def _add_relus(p: argparse.ArgumentParser) -> None:
 
 
 def _run_relus(ns: argparse.Namespace) -> None:
+    if ns.run and ns.model:
+        raise ConfigError("give a run folder or --model NAME, not both")
     if ns.run:
         model, record, _ = load_from_run(ns.run)
         shape = tuple(record["input_shape"])

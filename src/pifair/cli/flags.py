@@ -175,7 +175,10 @@ def resume_or_config(ns: argparse.Namespace) -> dict:
         return {}
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist; give the config.yaml of a run")
-    return {k: v for k, v in read_config(path).items() if k != "command"}
+    config = read_config(path)
+    if not config:  # an empty file would start a run of every default, unasked
+        raise ConfigError(f"config file {path} is empty; give the config.yaml of a run")
+    return {k: v for k, v in config.items() if k != "command"}
 
 
 def run_folder(ns: argparse.Namespace) -> Path | None:

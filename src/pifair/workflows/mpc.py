@@ -71,6 +71,14 @@ class MPCInferJob(RunJob):
         True, help="measure the one-time setup apart with a first run on a zero image"
     )
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.rank is not None and self.parties in ("threads", "processes"):
+            raise ConfigError(
+                f"--rank plays one party of a deployment across hosts; with --parties "
+                f"{self.parties} every party runs here: drop --rank"
+            )
+
     def settings(self) -> MPCSettings:
         return MPCSettings(self.protocol, self.ot, self.fraction_bits, self.batch, self.warmup)
 
