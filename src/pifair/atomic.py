@@ -93,9 +93,17 @@ def load_torch_file(
     try:
         return torch.load(path, map_location=map_location, weights_only=weights_only)
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError) as err:
+        # PyTorch's advice (load with weights_only=False, which runs the file's code) is not
+        # for a file that should hold tensors only: say what the file is not instead
+        text = str(err).strip()
+        reason = (
+            "not tensors and plain data"
+            if "Weights only load failed" in text
+            else (text.splitlines()[0] if text else "")
+        )
         raise CorruptFileError(
-            f"{path} cannot be read ({type(err).__name__}: {err}); it is truncated or not a "
-            f"pifair file: delete it (and resume, or rerun the step that wrote it)"
+            f"{path} cannot be read ({type(err).__name__}: {reason[:200]}); it is truncated or "
+            f"not a pifair file: delete it (and resume, or rerun the step that wrote it)"
         ) from err
 
 
