@@ -251,3 +251,10 @@ def test_an_answered_exchange_is_refused_and_left_as_it_is(engine, tmp_path):
     with pytest.raises(ConfigError, match="no batch waiting"):
         serve(exchange)
     assert (exchange / "server.json").read_text() == report
+
+
+def test_a_secret_key_under_a_public_name_is_refused_by_the_server(engine, tmp_path):
+    exchange = _exchange(engine, tmp_path, images=8)
+    engine[3].keys.save_secret_key(exchange / "keys" / "relin.seal")
+    with pytest.raises(ConfigError, match="relin.seal is not the relin key"):
+        serve(exchange)

@@ -211,11 +211,16 @@ class BatchedServer:
         s = sealapi()
         self.keys = Path(self.keys)
         self.ctx = _Context(read_encryption_parameters(self.keys))
-        public = s.PublicKey()
-        public.load(self.ctx.context, str(self.keys / "public.seal"))
+        public, self.relin = s.PublicKey(), s.RelinKeys()
+        for key, name in ((public, "public.seal"), (self.relin, "relin.seal")):
+            try:
+                key.load(self.ctx.context, str(self.keys / name))
+            except (RuntimeError, ValueError) as err:  # SEAL's own words, e.g. a secret key
+                raise ConfigError(
+                    f"{self.keys / name} is not the {name.split('.')[0]} key of these "
+                    f"parameters ({err}); the client must write it again, never a secret key"
+                ) from err
         self.encryptor = s.Encryptor(self.ctx.context, public)
-        self.relin = s.RelinKeys()
-        self.relin.load(self.ctx.context, str(self.keys / "relin.seal"))
         self.scale = 2.0**self.scale_bits
         warm_up()  # kernels compiled (once per install) before any timed step
 
