@@ -17,7 +17,14 @@ from typing import Any
 
 from .errors import ConfigError
 
-__all__ = ["check_settings", "checked_settings", "help_of", "setting", "settings_from_dict"]
+__all__ = [
+    "check_settings",
+    "checked_settings",
+    "help_of",
+    "setting",
+    "settings_from_dict",
+    "without_none",
+]
 
 _BOUNDS = {
     "ge": (">=", lambda v, b: v >= b),
@@ -63,9 +70,9 @@ def check_settings(settings: Any, *, prefix: str = "") -> None:
         value = getattr(settings, f.name)
         if value is None:
             continue
-        choices = typing.get_args(_without_none(hints[f.name]))
+        choices = typing.get_args(without_none(hints[f.name]))
         if (
-            typing.get_origin(_without_none(hints[f.name])) is typing.Literal
+            typing.get_origin(without_none(hints[f.name])) is typing.Literal
             and value not in choices
         ):
             raise ConfigError(
@@ -115,7 +122,7 @@ def settings_from_dict(
     return cls(**checked_settings(cls, {k: v for k, v in values.items() if k in known}))
 
 
-def _without_none(tp: Any) -> Any:
+def without_none(tp: Any) -> Any:
     """``X`` for ``X | None``."""
     if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
         rest = [a for a in typing.get_args(tp) if a is not type(None)]

@@ -22,7 +22,7 @@ from pifair.cli.tables import (
     audit_flags,
     linearize_flags,
 )
-from pifair.config_types import _without_none
+from pifair.config_types import without_none
 from pifair.dp import DPConfig
 from pifair.training import TrainConfig
 from pifair.workflows.fairness import AuditJob, MitigateJob
@@ -55,7 +55,7 @@ BAD = ["nan", "inf", "-1", "0"]
 
 def _numeric(cls: type, flag: Flag) -> dataclasses.Field | None:
     """The field ``flag`` sets, when it is a number."""
-    numeric = _without_none(declared_type(cls, flag.paths[0])) in (int, float)
+    numeric = without_none(declared_type(cls, flag.paths[0])) in (int, float)
     return declared_field(cls, flag.paths[0]) if numeric and flag.parse is None else None
 
 

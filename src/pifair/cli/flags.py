@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import types
 import typing
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..config_types import without_none
 from ..errors import ConfigError
 from ..runs import read_config
 
@@ -54,46 +54,38 @@ class Flag:
         return self.name.lstrip("-").replace("-", "_")
 
 
-def declared_field(cls: type, path: str) -> dataclasses.Field:
-    """The dataclass field a flag's ``path`` sets (``from`` is ``from_run``)."""
+def _walk(cls: type, path: str) -> tuple[dataclasses.Field, Any]:
+    """The field at dotted ``path`` of dataclass ``cls`` (``from`` is ``from_run``) and its
+    type hint."""
     head, _, rest = path.partition(".")
     name = "from_run" if head == "from" else head
     field = next((f for f in dataclasses.fields(cls) if f.name == name), None)
     if field is None:
         raise AssertionError(f"{cls.__name__} has no field {name!r}")  # a wrong flag table
-    return declared_field(typing.get_type_hints(cls)[name], rest) if rest else field
+    hint = typing.get_type_hints(cls)[name]
+    return _walk(hint, rest) if rest else (field, hint)
+
+
+def declared_field(cls: type, path: str) -> dataclasses.Field:
+    """The dataclass field a flag's ``path`` sets."""
+    return _walk(cls, path)[0]
 
 
 def declared_type(cls: type, path: str) -> Any:
     """The type hint of the field a flag's ``path`` sets."""
-    return _resolve(cls, path)[0]
+    return _walk(cls, path)[1]
 
 
 def _resolve(cls: type, path: str) -> tuple[Any, Any, str]:
     """(type hint, default, help) of the field at dotted ``path`` of dataclass ``cls``."""
-    head, _, rest = path.partition(".")
-    name = "from_run" if head == "from" else head
-    hints = typing.get_type_hints(cls)
-    field = next((f for f in dataclasses.fields(cls) if f.name == name), None)
-    if field is None:
-        raise AssertionError(f"{cls.__name__} has no field {name!r}")  # a wrong flag table
-    if rest:
-        return _resolve(hints[name], rest)
+    field, hint = _walk(cls, path)
     if field.default is not dataclasses.MISSING:
         default = field.default
     elif field.default_factory is not dataclasses.MISSING:
         default = field.default_factory()
     else:
         default = _UNSET
-    return hints[name], default, field.metadata.get("help", "")
-
-
-def _without_none(tp: Any) -> Any:
-    """``X`` for ``X | None``."""
-    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
-        rest = [a for a in typing.get_args(tp) if a is not type(None)]
-        return rest[0] if len(rest) == 1 else tp
-    return tp
+    return hint, default, field.metadata.get("help", "")
 
 
 def _default_help(flag: Flag, default: Any) -> str:
@@ -112,7 +104,7 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, flags: Sequence[Flag])
     """One ``--flag`` per :class:`Flag`, typed and documented from dataclass ``cls``."""
     for flag in flags:
         tp, default, field_help = _resolve(cls, flag.paths[0])
-        tp = _without_none(tp)
+        tp = without_none(tp)
         text = " ".join(t for t in (flag.help or field_help, _default_help(flag, default)) if t)
         kwargs: dict[str, Any] = {"dest": flag.dest, "default": argparse.SUPPRESS, "help": text}
         if flag.const is not _UNSET:

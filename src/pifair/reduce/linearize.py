@@ -1,6 +1,6 @@
 """``pifair.linearize``: reduce a model to an exact ReLU budget, by SNL or by a naive baseline.
 
-Pipeline per budget (docs/linearize.md, with pifair's corrections):
+Pipeline per budget (docs/reductions.md, with pifair's corrections):
 1. scores -- SNL's searched masks ``a`` (:mod:`pifair.reduce.snl`), or mean |x| of each site's
    input on a calibration set (the naive baseline);
 2. binarize -- exactly ``budget`` ReLUs kept (top-k; whole channels for channel-wise, the largest

@@ -34,6 +34,7 @@ from .seal import (
     run_forked,
     seal_context,
     sealapi,
+    worth_forking,
 )
 
 __all__ = ["ServerKeys", "HEClient", "HEServer"]
@@ -161,7 +162,7 @@ class HEServer:
     def _map(self, fn, count: int) -> list:
         """``[fn(0), ..., fn(count - 1)]`` (ciphertexts), in ``workers`` forked processes when
         each gets at least 4; children hand their ciphertexts back through files."""
-        if self.workers <= 1 or count < 4 * self.workers:
+        if not worth_forking(count, self.workers, min_per_worker=4):
             return [fn(o) for o in range(count)]
         shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
         with tempfile.TemporaryDirectory(prefix="pifair-he-", dir=shm) as folder:
@@ -169,7 +170,7 @@ class HEServer:
             def save(o: int) -> None:
                 fn(o).save(os.path.join(folder, str(o)))
 
-            run_forked(save, count, self.workers)
+            run_forked(save, count, self.workers, min_per_worker=4)
             out = []
             for o in range(count):
                 ct = sealapi().Ciphertext()

@@ -32,6 +32,7 @@ __all__ = [
     "read_encryption_parameters",
     "run_forked",
     "seal_context",
+    "worth_forking",
     "sealapi",
 ]
 
@@ -169,13 +170,19 @@ def _run_slice(indices: list[int]) -> None:
         _WORK(i)
 
 
+def worth_forking(count: int, workers: int, *, min_per_worker: int = 1) -> bool:
+    """Whether ``count`` items are worth ``workers`` forked processes: at least
+    ``min_per_worker`` items each."""
+    return workers > 1 and count >= workers * min_per_worker
+
+
 def run_forked(
     work: Callable[[int], None], count: int, workers: int, *, min_per_worker: int = 1
 ) -> None:
     """``work(i)`` for every ``i < count``: in ``workers`` forked processes, each a slice,
-    when there are at least ``min_per_worker`` items per worker; here otherwise. ``work``
-    returns nothing: children write their results (files, shared memory)."""
-    if workers <= 1 or count < workers * min_per_worker:
+    when :func:`worth_forking`; here otherwise. ``work`` returns nothing: children write
+    their results (files, shared memory)."""
+    if not worth_forking(count, workers, min_per_worker=min_per_worker):
         for i in range(count):
             work(i)
         return
