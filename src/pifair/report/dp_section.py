@@ -4,7 +4,7 @@ gradient misalignment."""
 from __future__ import annotations
 
 from ..runs import Run
-from .html import img, pct, register_section, table
+from .html import img, pct, register_section, register_summary, table
 
 
 def _mean_alignment(history: list[dict], group: str, key: str) -> float | None:
@@ -112,6 +112,48 @@ def _cost_gaps(m: dict) -> str:
         f"max-min spread over all groups {100 * m['privacy_cost_max_min_spread']:.2f} points"
     )
     return f" Privacy cost against <code>{m['baseline']}</code>: {'; '.join(parts)}."
+
+
+# what must be equal for two DP runs' gaps to be compared (docs/dp.md, "Tuning, and comparing
+# methods fairly"): a method's learning rate moves its gap as much as its clipping rule does
+COMPARED_SETTINGS = ("data", "keep", "model", "epochs", "batch_size", "lr", "epsilon", "delta")
+
+
+def unequal_settings(configs: list[dict]) -> dict[str, list]:
+    """The settings in :data:`COMPARED_SETTINGS` on which the private runs differ."""
+    out = {}
+    for key in COMPARED_SETTINGS:
+        values = [c.get(key) for c in configs]
+        if len({repr(v) for v in values}) > 1:
+            out[key] = values
+    return out
+
+
+@register_summary("dp-train")
+def dp_comparison_summary(runs: list[Run]) -> str:
+    """Several private methods in one report: say whether their gaps may be compared."""
+    private = [r for r in runs if r.config.get("method") not in (None, "nonprivate")]
+    if len({r.config["method"] for r in private}) < 2:
+        return ""
+    differ = unequal_settings([r.config for r in private])
+    rows = [
+        [r.path.name, r.config["method"], *(str(r.config.get(k)) for k in differ)] for r in private
+    ]
+    if not differ:
+        verdict = (
+            "<p>These private runs share data, model, epochs, batch, learning rate and privacy "
+            "level: their gaps differ by method alone. A fair comparison still tunes each method "
+            "on the same grid (<code>pifair sweep dp-train</code>): a learning rate that suits "
+            "one method can widen another's gap.</p>"
+        )
+        return "<h2>DP methods compared</h2>" + verdict
+    verdict = (
+        f"<p><b>Not a fair comparison:</b> these private runs differ in "
+        f"{', '.join(differ)}, so their gaps differ for more than the method. Tune each method "
+        "on the same grid with <code>pifair sweep dp-train</code> and compare the selected "
+        "runs (docs/dp.md).</p>"
+    )
+    return "<h2>DP methods compared</h2>" + verdict + table(["run", "method", *differ], rows)
 
 
 @register_section("sweep-dp-train")
