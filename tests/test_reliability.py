@@ -149,6 +149,22 @@ def test_derived_runs_find_their_parent_from_anywhere(tmp_path, monkeypatch):
         evaluate_run(moved / "runs/poly")
 
 
+def test_mitigate_and_linearize_resume_work_on_a_moved_tree(tmp_path, dense):
+    tree = tmp_path / "tree"
+    shutil.copytree(dense, tree / "dense")
+    quick = ["--search-epochs", "1", "--finetune-epochs", "1", "--device", "cpu", "--no-progress"]
+    linearize = ["linearize", "--from", str(tree / "dense"), "--budget", "100", *quick]
+    assert main([*linearize, "--out", str(tree / "lin")]) == 0
+    moved = tmp_path / "moved"
+    shutil.move(tree, moved)  # the parent's saved absolute path is gone
+    mitigate = ["mitigate", "--from", str(moved / "lin"), "--epochs", "1", "--no-progress"]
+    assert main([*mitigate, "--out", str(moved / "mit")]) == 0  # failed: parent not found
+    assert Run.open(moved / "mit").parent() == moved / "dense"
+    (moved / "lin" / "model.pt").unlink()  # as if killed before its model was written
+    assert main(["linearize", "--resume", str(moved / "lin"), "--no-progress"]) == 0
+    assert (moved / "lin" / "model.pt").exists()
+
+
 # ---- 3. DP diagnostics are not released by default ----------------------------------------------
 def test_dp_diagnostics_are_off_by_default_and_labelled_when_on(tmp_path):
     from pifair import DPConfig, dp_train

@@ -59,3 +59,33 @@ def test_an_older_runs_metrics_are_read_under_todays_names(tmp_path):
     assert m["parent_test_accuracy"] == 0.9 and m["parent_relus"] == 1664
     assert m["seconds"] == {"reduce": 3.0, "finetune": 1.0}
     assert "dense_relus" not in m
+
+
+def test_a_refusal_removes_the_run_folders_it_made_and_nothing_else(tmp_path):
+    from pifair.errors import ConfigError
+    from pifair.runs import removing_refused_runs
+
+    kept = tmp_path / "kept"
+    Run.create("train", {"lr": 0.1}, out=kept).update_metrics(test_accuracy=0.5)
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    with pytest.raises(ConfigError), removing_refused_runs():
+        Run.create("train", {"lr": 0.1}, out=tmp_path / "new" / "deep")
+        Run.create("train", {"lr": 0.1}, out=existing)
+        Run.resume(kept, allow_finished=True)
+        raise ConfigError("refused after the folders were made")
+    assert not (tmp_path / "new").exists()  # the stub and the parent made for it
+    assert existing.is_dir() and not any(existing.iterdir())  # the user's folder stays
+    assert (kept / "metrics.json").exists()  # a run with results is never removed
+    again = Run.create("train", {"lr": 0.2}, out=tmp_path / "new" / "deep")
+    again.log.info("the logger writes to the new folder's log")
+    assert "new folder" in (again.path / "log.txt").read_text()
+
+
+def test_an_interrupt_keeps_the_run_folder(tmp_path):
+    from pifair.runs import removing_refused_runs
+
+    with pytest.raises(KeyboardInterrupt), removing_refused_runs():
+        Run.create("train", {"lr": 0.1}, out=tmp_path / "run")
+        raise KeyboardInterrupt
+    assert (tmp_path / "run" / "config.yaml").exists()

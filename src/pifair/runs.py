@@ -28,13 +28,24 @@ from .errors import (
     ConfigError,
     CorruptFileError,
     NotARunError,
+    PifairError,
     ResumeMismatchError,
     RunExistsError,
     RunFolderError,
     RunLockedError,
 )
 
-__all__ = ["Run", "CHECKPOINT", "MODEL", "CONFIG", "METRICS", "read_config"]
+__all__ = [
+    "Run",
+    "CHECKPOINT",
+    "MODEL",
+    "CONFIG",
+    "METRICS",
+    "find_parent",
+    "read_config",
+    "release_locks",
+    "removing_refused_runs",
+]
 
 CONFIG, METRICS, CHECKPOINT, MODEL, LOG = (
     "config.yaml",
@@ -48,6 +59,10 @@ _RUNTIME_KEYS = frozenset({"resume", "out", "device", "progress", "workers"})
 LOCK = ".lock"
 # flock'ed lock files this process holds, by folder: a process may reopen its own run folder
 _HELD_LOCKS: dict[str, int] = {}
+# run folders Run.create made in this process, each with the folders made for it (itself and
+# missing parents): a refusal removes those that hold nothing yet (removing_refused_runs)
+_CREATED: list[tuple[Path, list[Path]]] = []
+_SCAFFOLD = (CONFIG, LOG, LOCK)  # what Run.create writes; the lock is removed last
 
 
 # one name per meaning: what older runs wrote under another name (a reduction's parent was
@@ -89,7 +104,7 @@ class Run:
     ) -> Run:
         """A new run folder (``out``, or ``root/COMMAND-TIMESTAMP``) with its config written."""
         path = Path(out) if out else _fresh_path(Path(root), command)
-        _make_folder(path)
+        made = _make_folder(path)
         _lock(path)
         if (path / CHECKPOINT).exists() or (path / METRICS).exists():
             _unlock(path)
@@ -97,6 +112,7 @@ class Run:
                 f"run folder {path} already holds a run; pass --resume {path} to continue it or "
                 "choose another --out"
             )
+        _CREATED.append((path, made))  # ours now: a refusal may remove it while it is a stub
         _remove_stale_temporaries(path)
         config = {"command": command, **config}
         if config.get("from") is not None:
@@ -145,7 +161,10 @@ class Run:
         try:
             run = cls.open(path)  # read again under the lock
             if config is not None:
-                saved = normalize(run.config) if normalize else run.config
+                saved = normalize(run.config) if normalize else dict(run.config)
+                parent = find_parent(run.path, run.config)
+                if parent is not None and "from" in config:  # the tree may have been moved
+                    saved["from"] = str(parent.resolve())
                 diffs = {
                     k: (saved.get(k), v)
                     for k, v in {"command": saved.get("command"), **config}.items()
@@ -173,26 +192,18 @@ class Run:
         return run
 
     def parent(self) -> Path | None:
-        """The folder of the run this one was derived from (``--from``), or None.
-
-        Tried in order: the path saved (absolute; a relative one, as older pifair saved it, is
-        read from the working directory), the path relative to this folder (a tree of runs
-        moved together), and an old relative path read from this folder."""
+        """The folder of the run this one was derived from (``--from``), or None; found as
+        :func:`find_parent` says, else refused with every path tried."""
         saved = self.config.get("from")
         if saved is None:
             return None
-        tried = [Path(saved)]
-        if self.config.get("from_relative"):
-            tried.append(self.path / self.config["from_relative"])
-        if not Path(saved).is_absolute():
-            tried.append(self.path / saved)
-        for candidate in tried:
-            if (candidate / CONFIG).exists():
-                return candidate
+        found = find_parent(self.path, self.config)
+        if found is not None:
+            return found
         raise NotARunError(
             f"{self.path} was derived from the run {saved}, which is not found (tried "
-            f"{', '.join(str(t) for t in tried)}); move the parent run back or keep the runs "
-            "together"
+            f"{', '.join(str(t) for t in _parent_candidates(self.path, self.config))}); move the "
+            "parent run back or keep the runs together"
         )
 
     # ---- files ------------------------------------------------------------------------------
@@ -255,7 +266,9 @@ def read_config(path: Path) -> dict[str, Any]:
     return config
 
 
-def _make_folder(path: Path) -> None:
+def _make_folder(path: Path) -> list[Path]:
+    """Make ``path`` (and its parents); return the folders that did not exist, deepest first."""
+    made = [p for p in (path, *path.parents) if not p.exists()]
     try:
         path.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError) as err:
@@ -267,6 +280,37 @@ def _make_folder(path: Path) -> None:
         raise RunFolderError(
             f"cannot create the run folder {path}: permission denied; choose another --out"
         ) from err
+    return made
+
+
+@contextlib.contextmanager
+def removing_refused_runs():
+    """Run a command so that a refusal (a :class:`~pifair.errors.PifairError`) leaves no stub:
+    the run folders it created that hold nothing but their config, log and lock are removed,
+    with the parent folders made for them. A run with any result or checkpoint is kept, and an
+    interrupt (Ctrl-C, SIGTERM) keeps everything: that run is resumable."""
+    start = len(_CREATED)
+    try:
+        yield
+    except PifairError:
+        for path, made in reversed(_CREATED[start:]):
+            _remove_stub(path, made)
+        raise
+    finally:
+        del _CREATED[start:]
+
+
+def _remove_stub(path: Path, made: list[Path]) -> None:
+    """Delete run folder ``path`` when it holds only what :meth:`Run.create` wrote."""
+    with contextlib.suppress(OSError):
+        if not path.is_dir() or {p.name for p in path.iterdir()} - set(_SCAFFOLD):
+            return
+        _close_logger(path)
+        for name in _SCAFFOLD:  # the lock last: held until the stub is gone
+            (path / name).unlink(missing_ok=True)
+        _unlock(path)
+        for folder in made:  # deepest first; a folder made for it that is now empty
+            folder.rmdir()
 
 
 def _lock(path: Path) -> None:
@@ -292,6 +336,38 @@ def _lock(path: Path) -> None:
     os.ftruncate(fd, 0)
     os.write(fd, str(os.getpid()).encode())
     _HELD_LOCKS[key] = fd
+
+
+def _parent_candidates(folder: Path, config: dict[str, Any]) -> list[Path]:
+    saved = Path(config["from"])
+    tried = [saved]
+    if config.get("from_relative"):
+        tried.append(folder / config["from_relative"])
+    if not saved.is_absolute():
+        tried.append(folder / saved)
+    return tried
+
+
+def find_parent(folder: str | os.PathLike, config: dict[str, Any]) -> Path | None:
+    """The parent run of the run whose ``config`` lies in ``folder``, or None when it is not
+    found (or the run has none). Tried in order: the path saved (absolute; a relative one, as
+    older pifair saved it, is read from the working directory), the path relative to this
+    folder (a tree of runs moved together), and an old relative path read from this folder."""
+    if config.get("from") is None:
+        return None
+    for candidate in _parent_candidates(Path(folder), config):
+        if (candidate / CONFIG).exists():
+            return candidate
+    return None
+
+
+def release_locks() -> None:
+    """Release every run folder lock this process holds (a command has ended: the kernel would
+    release them at exit; a caller that runs several commands in one process calls this)."""
+    for fd in _HELD_LOCKS.values():
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD_LOCKS.clear()
 
 
 def _unlock(path: Path) -> None:
@@ -320,6 +396,14 @@ def _fresh_path(root: Path, command: str) -> Path:
         i += 1
         path = root / f"{command}-{stamp}-{i}"
     return path
+
+
+def _close_logger(folder: Path) -> None:
+    """Close the log file handler of the run in ``folder`` (its folder is being removed)."""
+    logger = logging.getLogger(f"pifair.run.{(folder / LOG).resolve()}")
+    for handler in list(logger.handlers):
+        handler.close()
+        logger.removeHandler(handler)
 
 
 def _file_logger(path: Path) -> logging.Logger:

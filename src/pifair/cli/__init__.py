@@ -13,6 +13,7 @@ import signal
 import sys
 
 from ..errors import PifairError, Terminated
+from ..runs import release_locks, removing_refused_runs
 from .commands import COMMANDS
 
 __all__ = ["build_parser", "main"]
@@ -43,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
-        run(ns)
+        with removing_refused_runs():  # a refusal leaves no stub run folder
+            run(ns)
     except PifairError as err:
         if os.environ.get("PIFAIR_DEBUG"):
             raise
@@ -57,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
+        release_locks()  # the command is over (main may be called again in this process)
     return 0
 
 

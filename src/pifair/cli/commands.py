@@ -337,13 +337,14 @@ def _run_he_infer(ns: argparse.Namespace) -> None:
 def _add_he_serve(p: argparse.ArgumentParser) -> None:
     p.add_argument("exchange", type=Path, help="the exchange folder pifair he-infer wrote")
     p.add_argument(
-        "--workers", type=int, default=0, help="processes for SEAL's steps (0: one per core)"
+        "--workers",
+        type=at_least(0),
+        default=0,
+        help="processes for SEAL's steps (0: one per core)",
     )
 
 
 def _run_he_serve(ns: argparse.Namespace) -> None:
-    if ns.workers < 0:
-        raise ConfigError(f"--workers must be >= 0 (0: one per core), got {ns.workers}")
     serve(ns.exchange, workers=ns.workers or os.cpu_count() or 1)
 
 
@@ -431,7 +432,7 @@ def _add_relus(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--snl-variant", action="store_true", help="resnet18 without the stem ReLU (SNL's code)"
     )
-    p.add_argument("--width", type=int, help="first-stage channels (resnet18; default 64)")
+    p.add_argument("--width", type=at_least(1), help="first-stage channels (resnet18; default 64)")
 
 
 def _run_relus(ns: argparse.Namespace) -> None:
@@ -482,11 +483,11 @@ def _add_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--out", type=Path, default=Path("runs/demo"), help="demo folder (kept stages are reused)"
     )
-    p.add_argument("--epochs", type=int, help="epochs of the dense model (default 4)")
+    p.add_argument("--epochs", type=at_least(1), help="epochs of the dense model (default 4)")
     p.add_argument("--seed", type=int, default=0, help="seed of every stage")
     p.add_argument("--data-dir", help="the data sets' folder (unset: where the packages put them)")
     p.add_argument(
-        "--limit", type=int, help="N evenly spaced images of train and test (a quick look)"
+        "--limit", type=at_least(1), help="N evenly spaced images of train and test (a quick look)"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 

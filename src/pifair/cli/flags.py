@@ -20,14 +20,16 @@ from typing import Any
 
 from ..config_types import without_none
 from ..errors import ConfigError
-from ..runs import read_config
+from ..runs import find_parent, read_config
 
 __all__ = [
+    "AtLeast",
     "Flag",
     "add_flags",
     "at_least",
     "config_from_flags",
     "dataclass_flags",
+    "declared_bounds",
     "declared_field",
     "declared_type",
     "require_keys",
@@ -115,22 +117,44 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, flags: Sequence[Flag])
             kwargs["choices"] = typing.get_args(tp)
         else:
             kwargs["type"] = flag.parse or (tp if tp in (int, float, str) else str)
-        parser.add_argument(flag.name, **kwargs)
+        action = parser.add_argument(flag.name, **kwargs)
+        if tp in (int, float) and flag.parse is None:
+            field = declared_field(cls, flag.paths[0])
+            _FLAG_BOUNDS[action] = dict(field.metadata.get("bounds", {}))
 
 
-def at_least(low: int) -> Callable[[str], int]:
+@dataclasses.dataclass(frozen=True)
+class AtLeast:
     """An argparse type: an integer of at least ``low`` (for flags that are no setting)."""
 
-    def parse(text: str) -> int:
+    low: int
+
+    def __call__(self, text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        if value < self.low:
+            raise argparse.ArgumentTypeError(f"must be >= {self.low}, got {value}")
         return value
 
-    return parse
+
+def at_least(low: int) -> AtLeast:
+    """An argparse type: an integer of at least ``low``."""
+    return AtLeast(low)
+
+
+# the bounds each numeric flag made by add_flags declares (its setting's): the CLI's table of
+# what a number may be, read by declared_bounds (and the bad-input tests)
+_FLAG_BOUNDS: dict[argparse.Action, dict[str, float]] = {}
+
+
+def declared_bounds(action: argparse.Action) -> dict[str, float] | None:
+    """The bounds a numeric flag declares (``{"ge": 0}``...): its setting's, or its
+    :class:`AtLeast` type's; None for a flag that declares none."""
+    if isinstance(action.type, AtLeast):
+        return {"ge": action.type.low}
+    return _FLAG_BOUNDS.get(action)
 
 
 def dataclass_flags(cls: type) -> list[Flag]:
@@ -170,6 +194,9 @@ def resume_or_config(ns: argparse.Namespace) -> dict:
     config = read_config(path)
     if not config:  # an empty file would start a run of every default, unasked
         raise ConfigError(f"config file {path} is empty; give the config.yaml of a run")
+    parent = find_parent(path.parent, config)
+    if parent is not None:  # found where it is now: the tree of runs may have been moved
+        config["from"] = str(parent.resolve())
     return {k: v for k, v in config.items() if k != "command"}
 
 

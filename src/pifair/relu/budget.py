@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 from ..errors import BudgetError
@@ -30,12 +31,12 @@ def parse_budget(budget: str | int | float, total: int) -> int:
         value, unit = float(budget), ""
     else:
         match = _PATTERN.match(str(budget))
-        if match is None:
-            raise BudgetError(
-                f"cannot read budget {budget!r}: use a count ('50000', '50k', '1.5m') or a "
-                f"percentage ('12.5%') of the model's {total:,} ReLUs"
-            )
-        value, unit = float(match["num"]), match["unit"].lower()
+        if match is not None:
+            value, unit = float(match["num"]), match["unit"].lower()
+        else:  # '-1', '1e9', 'nan' are numbers, just not counts: say what is wrong with them
+            value, unit = _plain_number(str(budget), total), ""
+    if not math.isfinite(value):
+        raise BudgetError(f"budget must be a finite count of ReLUs, got {budget!r}")
     if value < 0:
         raise BudgetError(f"budget must be >= 0, got {budget!r} (the model has {total:,} ReLUs)")
     if unit == "%":
@@ -53,3 +54,14 @@ def parse_budget(budget: str | int | float, total: int) -> int:
             f"choose at most {total:,} (or a percentage)"
         )
     return count
+
+
+def _plain_number(text: str, total: int) -> float:
+    """``text`` read as a float, or the budget format explained."""
+    try:
+        return float(text)
+    except ValueError:
+        raise BudgetError(
+            f"cannot read budget {text!r}: use a count ('50000', '50k', '1.5m') or a "
+            f"percentage ('12.5%') of the model's {total:,} ReLUs"
+        ) from None

@@ -196,7 +196,8 @@ def run_mitigate(
     the job sets). ``resume`` continues the killed mitigation in ``out``.
     """
     reduced_dir = Path(job.from_run)
-    config = Run.open(reduced_dir).config
+    reduced = Run.open(reduced_dir)
+    config = reduced.config
     if config.get("command") != "linearize":
         raise ConfigError(
             f"{reduced_dir} is not a linearize run (command {config.get('command')!r}); give a "
@@ -204,7 +205,8 @@ def run_mitigate(
         )
     linearize = LinearizeJob.from_config(config)
     finetune = replace(linearize.finetune, **job.finetune_overrides())
-    linearize = replace(linearize, finetune=finetune)
+    # the parent where it is now (a tree of runs moved together), not where it was saved
+    linearize = replace(linearize, finetune=finetune, from_run=str(reduced.parent()))
     search = search_checkpoint_of(reduced_dir)
     if search is None and "snl" in linearize.methods:
         raise UnfinishedRunError(
