@@ -521,10 +521,16 @@ def test_the_ckks_client_stops_its_server_and_reports_its_failure(monkeypatch, t
         (["relus", "{dense}", "--model", "mlp"], "not both"),
         (["mpc-infer", "--from", "{dense}", "--rank", "1"], "drop --rank"),
         (["train", "--config", "{empty}"], "is empty"),
+        (["train", "--resume", "{dense}", "--out", "{other}"], "not two different folders"),
+        (["dp-train", "--method", "nonprivate", "--epsilon", "6"], "adds no noise"),
+        (["dp-train", "--config", "{dense}/config.yaml"], "unknown"),
     ],
 )
 def test_flags_that_would_be_ignored_are_refused(args, named, dense, tmp_path, capsys):
     (tmp_path / "empty.yaml").write_text("")
-    args = [a.format(dense=dense, empty=tmp_path / "empty.yaml") for a in args]
+    args = [
+        a.format(dense=dense, empty=tmp_path / "empty.yaml", other=tmp_path / "B") for a in args
+    ]
     assert main(args) == 2
     assert named in capsys.readouterr().err
+    assert not (tmp_path / "B").exists()

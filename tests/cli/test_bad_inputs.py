@@ -7,13 +7,12 @@ the same way, one bad number at a time."""
 
 from __future__ import annotations
 
-import argparse
 import math
 
 import pytest
 
 from pifair.cli import build_parser, main
-from pifair.cli.flags import declared_bounds
+from pifair.cli.flags import declared_bounds, numeric_options
 
 # the rest of a valid command line per (sub)command; {run} is a finished run, {out} the output
 # folder that must not appear
@@ -58,28 +57,12 @@ NUMBER_LISTS: dict[tuple[str, ...], dict[str, set[str]]] = {
 }
 
 
-def subcommands(
-    parser: argparse.ArgumentParser, path: tuple[str, ...] = ()
-) -> list[tuple[tuple[str, ...], argparse.ArgumentParser]]:
-    """Every (sub)command of ``parser`` that takes flags, with its path of names."""
-    out = [(path, parser)] if path else []
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for name, sub in action.choices.items():
-                out += subcommands(sub, (*path, name))
-    return out
-
-
-def numeric_flags(parser: argparse.ArgumentParser) -> list[argparse.Action]:
-    """Options that take one number."""
-    return [
-        a
-        for a in parser._actions
-        if a.option_strings and (declared_bounds(a) is not None or a.type in (int, float))
-    ]
-
-
-COMMANDS = [(path, p) for path, p in subcommands(build_parser()) if numeric_flags(p)]
+OPTIONS = [
+    (path, action)
+    for path, action in numeric_options(build_parser())
+    if action.dest not in ANY_VALUE
+]
+COMMANDS = {path for path, _ in numeric_options(build_parser())}
 
 
 def refused(bounds: dict[str, float], text: str) -> bool:
@@ -97,10 +80,8 @@ def refused(bounds: dict[str, float], text: str) -> bool:
 
 
 CASES = [
-    pytest.param(path, action.option_strings[-1], text, id=f"{' '.join(path)} {flag} {text}")
-    for path, parser in COMMANDS
-    for action in numeric_flags(parser)
-    if action.dest not in ANY_VALUE
+    pytest.param(path, flag, text, id=f"{' '.join(path)} {flag} {text}")
+    for path, action in OPTIONS
     for text in BAD
     if refused(declared_bounds(action) or {}, text)
     for flag in [action.option_strings[-1]]
@@ -115,16 +96,13 @@ CASES = [
 
 def test_every_numeric_flag_declares_its_bounds():
     undeclared = sorted(
-        f"{' '.join(path)} {a.option_strings[-1]}"
-        for path, parser in COMMANDS
-        for a in numeric_flags(parser)
-        if a.dest not in ANY_VALUE and not declared_bounds(a)
+        f"{' '.join(path)} {a.option_strings[-1]}" for path, a in OPTIONS if not declared_bounds(a)
     )
     assert not undeclared, undeclared
 
 
 def test_every_command_with_numbers_has_a_valid_command_line():
-    assert {path for path, _ in COMMANDS} | set(NUMBER_LISTS) <= set(VALID)
+    assert COMMANDS | set(NUMBER_LISTS) <= set(VALID)
 
 
 @pytest.mark.parametrize("path, flag, text", CASES)
@@ -150,4 +128,4 @@ def test_a_value_the_declaration_refuses_is_refused_before_any_folder(
 
 def test_the_table_covers_every_command_with_numeric_flags():
     commands = {c.values[0] for c in CASES}
-    assert len(CASES) > 200 and commands == {path for path, _ in COMMANDS} | set(NUMBER_LISTS)
+    assert len(CASES) > 200 and commands == COMMANDS | set(NUMBER_LISTS)

@@ -72,7 +72,12 @@ def test_cheetah_fit_recovers_per_comparison_costs_and_reproduces_its_samples():
     ) and model.bytes_per_poly_product == pytest.approx(300.0)
     for row in model.check(samples):
         assert row["estimated_bytes"] == pytest.approx(row["measured_bytes"], rel=1e-6)
-    assert math.isnan(CheetahModel.fit(samples[:1]).bytes_per_poly_product)  # nothing to fit it on
+    one = CheetahModel.fit(samples[:1])
+    assert math.isnan(one.bytes_per_poly_product)  # nothing to fit it on
+    # a figure the model does not need counts zero, not NaN (a ReLU model on one ReLU run)
+    assert one.estimate(samples[1][0])["bytes"] == pytest.approx(8_000 + 1_700 + 2_000_000)
+    with pytest.raises(ConfigError, match="no figure for polynomial products"):
+        one.estimate(samples[2][0])  # a polynomial model on that calibration
 
 
 def test_shipped_calibration_says_where_it_was_measured(tmp_path):

@@ -29,6 +29,7 @@ __all__ = [
     "at_least",
     "config_from_flags",
     "dataclass_flags",
+    "numeric_options",
     "declared_bounds",
     "declared_field",
     "declared_type",
@@ -155,6 +156,24 @@ def declared_bounds(action: argparse.Action) -> dict[str, float] | None:
     if isinstance(action.type, AtLeast):
         return {"ge": action.type.low}
     return _FLAG_BOUNDS.get(action)
+
+
+def numeric_options(
+    parser: argparse.ArgumentParser, path: tuple[str, ...] = ()
+) -> list[tuple[tuple[str, ...], argparse.Action]]:
+    """Every option that takes one number, of every (sub)command of ``parser``, with the
+    command's path of names (``("sweep", "dp-train")``): what the bad-input tests and the
+    reliability probe try."""
+    out = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                out += numeric_options(sub, (*path, name))
+        elif action.option_strings and (
+            declared_bounds(action) is not None or action.type in (int, float)
+        ):
+            out.append((path, action))
+    return out
 
 
 def dataclass_flags(cls: type) -> list[Flag]:

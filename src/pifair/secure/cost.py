@@ -172,6 +172,19 @@ def _linear_fit(samples: list[tuple[ModelWork, dict]]) -> tuple[list[float], lis
     return coefs[0], coefs[1]
 
 
+def _cost_of(count: int, per_bytes: float, per_second: float, what: str) -> tuple[float, float]:
+    """(bytes, seconds) of ``count`` operations at the fitted per-operation figures."""
+    if count == 0:
+        return 0.0, 0.0
+    if math.isnan(per_bytes) or math.isnan(per_second):
+        raise ConfigError(
+            f"this Cheetah calibration has no figure for {what} (none of its runs measured "
+            f"them apart); add an mpc-infer run of a model with {what} to --calibrate, or use "
+            "the shipped calibration"
+        )
+    return count * per_bytes, count * per_second
+
+
 @dataclass
 class CheetahModel:
     """First-order per-image costs of SPU's Cheetah, fitted on measured runs."""
@@ -187,15 +200,25 @@ class CheetahModel:
     provenance: dict = field(default_factory=dict)
 
     def estimate(self, work: ModelWork) -> dict[str, float]:
+        """Per-image bytes and seconds of ``work``; refused when the work needs a figure this
+        calibration has no sample for (NaN): a figure that is not needed counts zero."""
+        muxes = (work.muxes, self.bytes_per_mux, self.seconds_per_mux, "multiplexers")
+        products = (
+            work.poly_products,
+            self.bytes_per_poly_product,
+            self.seconds_per_poly_product,
+            "polynomial products",
+        )
+        comparisons = (
+            work.relus,
+            self.bytes_per_comparison,
+            self.seconds_per_comparison,
+            "comparisons",
+        )
         parts = {
-            "comparison": (
-                work.relus * self.bytes_per_comparison,
-                work.relus * self.seconds_per_comparison,
-            ),
-            "multiplication": (
-                work.muxes * self.bytes_per_mux + work.poly_products * self.bytes_per_poly_product,
-                work.muxes * self.seconds_per_mux
-                + work.poly_products * self.seconds_per_poly_product,
+            "comparison": _cost_of(*comparisons),
+            "multiplication": tuple(
+                a + b for a, b in zip(_cost_of(*muxes), _cost_of(*products), strict=True)
             ),
             "linear": (
                 float(np.dot(self.linear_bytes, work.linear.features())),
