@@ -534,3 +534,22 @@ def test_flags_that_would_be_ignored_are_refused(args, named, dense, tmp_path, c
     assert main(args) == 2
     assert named in capsys.readouterr().err
     assert not (tmp_path / "B").exists()
+
+
+@pytest.mark.parametrize(
+    "args, named",
+    [
+        (["linearize", "--resume", "{dense}"], "holds a train run, not a linearize run"),
+        (["sweep", "linearize", "--resume", "{dense}"], "pifair train --resume"),
+        (["train", "--data", "digits", "--val-fraction", "0", "--out", "{out}"], "val_fraction"),
+        (["mpc-infer", "--from", "{dense}", "--images", "100000", "--out", "{out}"], "at most"),
+        (["mpc-infer", "--from", "{dense}", "--images", "2", "--batch", "3", "--out", "{out}"],
+         "--batch 3 is more than --images 2"),
+    ],
+)  # fmt: skip
+def test_probe_findings_are_refused_in_one_line(args, named, dense, tmp_path, capsys):
+    args = [a.format(dense=dense, out=tmp_path / "out") for a in args]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert named in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "out").exists()

@@ -38,6 +38,11 @@ def test_resume_with_a_different_config_is_refused(tmp_path):
     Run.resume(tmp_path / "r", {"seed": 3, "lr": 0.1, "device": "cuda"})  # runtime keys may differ
     with pytest.raises(ResumeMismatchError, match="lr: saved 0.1 vs given 0.2"):
         Run.resume(tmp_path / "r", {"seed": 3, "lr": 0.2})
+    nested = {"finetune": {"epochs": 3, "objective": "kd"}}
+    Run.create("linearize", nested, out=tmp_path / "n")
+    with pytest.raises(ResumeMismatchError) as refused:  # the one changed field, not a dump
+        Run.resume(tmp_path / "n", {"finetune": {"epochs": 3, "objective": "dro"}})
+    assert "(finetune.objective: saved 'kd' vs given 'dro')" in str(refused.value)
 
 
 def test_open_rejects_a_folder_that_is_not_a_run(tmp_path):

@@ -165,15 +165,9 @@ class Run:
                 parent = find_parent(run.path, run.config)
                 if parent is not None and "from" in config:  # the tree may have been moved
                     saved["from"] = str(parent.resolve())
-                diffs = {
-                    k: (saved.get(k), v)
-                    for k, v in {"command": saved.get("command"), **config}.items()
-                    if k not in _RUNTIME_KEYS and saved.get(k) != v
-                }
+                diffs = _differences(saved, {"command": saved.get("command"), **config})
                 if diffs:
-                    lines = ", ".join(
-                        f"{k}: saved {a!r} vs given {b!r}" for k, (a, b) in diffs.items()
-                    )
+                    lines = ", ".join(diffs)
                     raise ResumeMismatchError(
                         f"cannot resume {path}: its config differs ({lines}). Resume with the "
                         "saved "
@@ -336,6 +330,21 @@ def _lock(path: Path) -> None:
     os.ftruncate(fd, 0)
     os.write(fd, str(os.getpid()).encode())
     _HELD_LOCKS[key] = fd
+
+
+def _differences(saved: dict[str, Any], given: dict[str, Any], prefix: str = "") -> list[str]:
+    """``key: saved A vs given B`` for each setting that differs (nested settings by their
+    dotted name, so one changed field is not lost in a dump of its section)."""
+    out = []
+    for key, value in given.items():
+        old = saved.get(key)
+        if key in _RUNTIME_KEYS or old == value:
+            continue
+        if isinstance(old, dict) and isinstance(value, dict):
+            out += _differences(old, value, f"{prefix}{key}.")
+        else:
+            out.append(f"{prefix}{key}: saved {old!r} vs given {value!r}")
+    return out
 
 
 def _parent_candidates(folder: Path, config: dict[str, Any]) -> list[Path]:

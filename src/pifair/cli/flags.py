@@ -213,10 +213,25 @@ def resume_or_config(ns: argparse.Namespace) -> dict:
     config = read_config(path)
     if not config:  # an empty file would start a run of every default, unasked
         raise ConfigError(f"config file {path} is empty; give the config.yaml of a run")
+    if getattr(ns, "resume", None):
+        _check_resumed_kind(ns, config.get("command"))
     parent = find_parent(path.parent, config)
     if parent is not None:  # found where it is now: the tree of runs may have been moved
         config["from"] = str(parent.resolve())
     return {k: v for k, v in config.items() if k != "command"}
+
+
+# what a run folder's config.yaml records as its command, per command that resumes it
+_RESUMES = {"mitigate": "linearize", "sweep": "sweep-linearize"}
+
+
+def _check_resumed_kind(ns: argparse.Namespace, saved: str | None) -> None:
+    """Refuse ``--resume`` of a run another command wrote, naming the command that resumes it."""
+    wanted = _RESUMES.get(ns.command, ns.command)
+    if saved != wanted:
+        name = {k: str(v).replace("sweep-", "sweep ") for k, v in (("s", saved), ("w", wanted))}
+        again = f"; continue it with pifair {name['s']} --resume {ns.resume}" if saved else ""
+        raise ConfigError(f"{ns.resume} holds a {name['s']} run, not a {name['w']} run{again}")
 
 
 def run_folder(ns: argparse.Namespace) -> Path | None:

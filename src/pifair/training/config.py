@@ -43,6 +43,10 @@ class DataConfig:
 class TrainConfig(DataConfig):
     """A training run: data, model, optimisation. ``pifair train`` takes each as ``--flag``."""
 
+    # training validates after every epoch (and the reductions select on it): never empty
+    val_fraction: float = setting(
+        0.1, help="fraction of the training set held out for validation", gt=0, lt=1
+    )
     model: str = setting(
         "lenet",
         help="model: "

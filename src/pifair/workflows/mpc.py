@@ -257,7 +257,14 @@ def run_mpc_infer(job: MPCInferJob, *, out: str | os.PathLike | None = None) -> 
     model, record, parent = load_from_run(job.from_run)
     model = model.eval()
     data = dataset_for_run(parent)
-    n = min(job.images, len(data.test))
+    n = job.images
+    if n > len(data.test):  # refused, not clamped: the config would say what did not run
+        raise ConfigError(
+            f"--images {n:,} is more than the {len(data.test):,} test images of "
+            f"{data.name}; give at most {len(data.test):,}"
+        )
+    if job.batch > n:
+        raise ConfigError(f"--batch {job.batch:,} is more than --images {n:,}; give at most {n:,}")
     images = data.normalize(data.test.x[:n]).float().numpy()
     t0 = time.perf_counter()
     # refuses what MPC cannot run, before any run folder exists
