@@ -195,9 +195,9 @@ def number_cases() -> list[Case]:
             for value in VALUES:
                 out = f"out/{'-'.join(path)}{flag}{value}"
                 argv = [*path, *_with([a.format(out=out) for a in VALID[path]], flag, value)]
-                expect = (
-                    "run" if (value == "0" and flag != "--lr" and flag != "--clip") else "refuse"
-                )
+                rates = flag in ("--lr", "--clip")  # any positive rate or bound is allowed
+                huge = value == VALUES[-1]
+                expect = "run" if (value == "0" and not rates) or (huge and rates) else "refuse"
                 if path == ("share",) and value == "0":
                     expect = "refuse"  # the coarsest grouping keeps one decision per site
                 cases.append(Case("numbers", " ".join([*path, flag, value]), argv, expect, out))
