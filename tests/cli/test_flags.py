@@ -39,7 +39,7 @@ def test_every_option_of_every_command_says_what_it_does():
         (FinetuneSettings, {"select_by": "luck"}, "select_by'? must be one of"),
         (SearchSettings, {"lambda_growth": 0.5}, "search.lambda_growth must be >= 1"),
         (TrainConfig, {"label_smoothing": 1.0}, "label_smoothing must be < 1"),
-        (TrainConfig, {"val_fraction": -0.1}, "val_fraction must be >= 0"),
+        (TrainConfig, {"val_fraction": 0.0}, "val_fraction must be > 0"),
     ],
 )
 def test_a_bound_declared_on_a_field_holds_however_the_settings_are_built(cls, values, named):

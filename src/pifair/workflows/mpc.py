@@ -21,6 +21,7 @@ import torch
 
 from ..atomic import atomic_write_json, atomic_write_yaml
 from ..config_types import setting
+from ..data import Dataset
 from ..errors import ConfigError, PartyFailedError
 from ..relu.counting import count_relus
 from ..runs import Run
@@ -249,6 +250,21 @@ def summarize(results: list[PartyResult], world: int) -> dict:
     return out
 
 
+def _test_images(job: MPCInferJob, data: Dataset) -> np.ndarray:
+    """The first ``job.images`` normalized test images; more than the test set holds, or a
+    batch larger than the images, is refused (not clamped: the config would say what did not
+    run)."""
+    n, available = job.images, len(data.test)
+    if n > available:
+        raise ConfigError(
+            f"--images {n:,} is more than the {available:,} test images of {data.name}; give "
+            f"at most {available:,}"
+        )
+    if job.batch > n:
+        raise ConfigError(f"--batch {job.batch:,} is more than --images {n:,}; give at most {n:,}")
+    return data.normalize(data.test.x[:n]).float().numpy()
+
+
 def run_mpc_infer(job: MPCInferJob, *, out: str | os.PathLike | None = None) -> Run:
     settings = job.settings()
     settings.validate()
@@ -257,15 +273,8 @@ def run_mpc_infer(job: MPCInferJob, *, out: str | os.PathLike | None = None) -> 
     model, record, parent = load_from_run(job.from_run)
     model = model.eval()
     data = dataset_for_run(parent)
-    n = job.images
-    if n > len(data.test):  # refused, not clamped: the config would say what did not run
-        raise ConfigError(
-            f"--images {n:,} is more than the {len(data.test):,} test images of "
-            f"{data.name}; give at most {len(data.test):,}"
-        )
-    if job.batch > n:
-        raise ConfigError(f"--batch {job.batch:,} is more than --images {n:,}; give at most {n:,}")
-    images = data.normalize(data.test.x[:n]).float().numpy()
+    images = _test_images(job, data)
+    n = len(images)
     t0 = time.perf_counter()
     # refuses what MPC cannot run, before any run folder exists
     program = export_model(model, data.input_shape)
