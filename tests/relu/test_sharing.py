@@ -158,3 +158,60 @@ def test_patch_fast_path_gives_the_same_bits_as_the_group_map():
         fast = SharedReLU(patch_groups((3, 7, 5), patch), patch=patch)
         slow = SharedReLU(patch_groups((3, 7, 5), patch))
         torch.testing.assert_close(fast(x), slow(x))
+
+
+def _snl_lenet(keep: float = 0.3) -> torch.nn.Module:
+    """LeNet on 8x8 digits with random SNL masks keeping about ``keep`` of each site."""
+    from pifair.relu.sites import MaskedReLU
+
+    torch.manual_seed(0)
+    model = create_model("lenet", num_classes=10, input_shape=(1, 8, 8)).eval()
+    count_relus(model, (1, 8, 8))
+    return replace_activations(
+        model, lambda n, s: MaskedReLU((torch.rand(s.feature_shape) < keep).float())
+    )
+
+
+def test_a_linear_element_passes_through_and_decides_nothing():
+    site = SharedReLU(torch.tensor([0, -1, 0, 1, -1]))  # elements 1 and 4 stay linear
+    site.feature_shape = (5,)
+    x = torch.tensor([[2.0, -3.0, -1.0, -1.0, -4.0]])
+    assert site.num_decisions == 2
+    assert site(x).tolist() == [[2.0, -3.0, -1.0, 0.0, -4.0]]  # group 0's mean is +0.5
+    for rule in ("representative", "learned"):
+        other = SharedReLU(torch.tensor([0, -1, 0, 1, -1]), rule=rule).eval()
+        assert other(x)[0, [1, 4]].tolist() == [-3.0, -4.0]  # the identity, whatever the rule
+
+
+@pytest.mark.parametrize("scheme", ["patch", "channel", "cluster"])
+def test_sharing_an_snl_model_keeps_every_linear_position_linear(digits, scheme):
+    from pifair.relu.sites import MaskedReLU, iter_sites
+
+    snl = _snl_lenet()
+    kept = count_relus(snl, (1, 8, 8)).total
+    masks = {n: s.mask.bool() for n, s in iter_sites(snl) if isinstance(s, MaskedReLU)}
+    budget = kept // 4  # the channel scheme keeps at least one decision per pixel
+    result = share(
+        snl, digits, budget, scheme=scheme, finetune=FinetuneSettings(epochs=0), progress=False
+    )
+    assert result.relus <= budget and count_relus(result.model, (1, 8, 8)).total == result.relus
+    for name, site in iter_sites(result.model):
+        linear = ~masks[name]
+        if isinstance(site, SharedReLU):  # the same linear positions, and no other
+            assert torch.equal(site.linear, linear)
+            x = -torch.rand(4, *site.feature_shape) - 0.1  # every decision says "off"
+            assert torch.equal(site(x)[:, linear], x[:, linear])  # linear: the identity
+            assert not site(x)[:, ~linear].any()
+        else:  # a site the budget did not touch stays the SNL site
+            assert torch.equal(site.mask.bool(), masks[name])
+
+
+def test_the_budget_of_an_snl_model_is_its_kept_count(digits):
+    snl = _snl_lenet()
+    kept = count_relus(snl, (1, 8, 8)).total
+    with pytest.raises(Exception, match="above the model's ReLU count"):
+        share(snl, digits, kept + 1, finetune=FinetuneSettings(epochs=0), progress=False)
+    untouched = FinetuneSettings(epochs=0, recalibrate_bn=False)
+    same = share(snl, digits, kept, finetune=untouched, progress=False)
+    x = digits.normalize(digits.test.x[:32])
+    torch.testing.assert_close(same.model(x), snl(x))  # nothing shared: the SNL model

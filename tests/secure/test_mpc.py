@@ -18,7 +18,7 @@ from pifair.models import create_model  # noqa: E402
 from pifair.relu import count_relus, replace_activations  # noqa: E402
 from pifair.relu.polynomial import PolyAct  # noqa: E402
 from pifair.relu.shared_relu import SharedReLU, channel_groups, patch_groups  # noqa: E402
-from pifair.relu.sites import DenseReLU, DenseTanh, MaskedReLU  # noqa: E402
+from pifair.relu.sites import DenseReLU, DenseTanh, MaskedReLU, iter_sites  # noqa: E402
 from pifair.secure.mpc import (  # noqa: E402
     MPCSettings,
     export_model,
@@ -76,6 +76,65 @@ def test_shared_relu_export_applies_one_sign_per_group():
     exported = export_model(model, (4,))
     x = np.array([[3.0, -1.0, 1.0, -2.0]], np.float32)
     assert exported.run_plain(x).tolist() == [[3.0, -1.0, 0.0, 0.0]]
+
+
+def test_a_shared_site_on_an_snl_mask_exports_its_linear_positions_as_the_identity():
+    torch.manual_seed(0)
+    model = create_model("lenet", num_classes=10, input_shape=(1, 8, 8), width=4).eval()
+    count_relus(model, (1, 8, 8))
+
+    def shared_on_mask(name, site):
+        groups = patch_groups(site.feature_shape, (2, 2))
+        linear = torch.rand(site.feature_shape) < 0.6  # what SNL linearized
+        return SharedReLU(torch.where(linear, -1, groups))
+
+    model = replace_activations(model, shared_on_mask)
+    exported = export_model(model, (1, 8, 8))
+    x = torch.randn(5, 1, 8, 8)
+    with torch.no_grad():
+        want = model(x).numpy()
+    assert np.abs(exported.run_plain(x.numpy()) - want).max() < 1e-4
+    sites = dict(iter_sites(model))
+    assert [s.comparisons for s in exported.sites] == [s.relus for s in count_relus(model).sites]
+    for export in exported.sites:
+        assert export.comparisons == sites[export.name].num_decisions
+        assert export.muxes == int((~sites[export.name].linear).sum())  # none for the identity
+
+
+def _secret_comparisons(exported, shape) -> int:
+    """Elements compared on secret (float) values in the exported program's StableHLO, one
+    image: an independent count read from the program the parties run (integer compares are
+    on public indices)."""
+    import re
+
+    import jax
+
+    x = np.zeros((1, *shape), np.float32)
+    text = jax.jit(exported.fn).lower(x, exported.params).as_text()
+    total = 0
+    for line in text.splitlines():
+        float_compare = "stablehlo.compare" in line and "FLOAT" in line
+        if float_compare or "stablehlo.maximum" in line:
+            dims = re.findall(r"tensor<([\dx]+)xf32>", line)[-1]
+            total += int(np.prod([int(d) for d in dims.split("x")]))
+    return total
+
+
+@pytest.mark.parametrize("linear_fraction", [0.0, 0.6])
+def test_decisions_equal_the_comparisons_of_the_exported_program(linear_fraction):
+    torch.manual_seed(0)
+    model = create_model("lenet", num_classes=10, input_shape=(1, 8, 8), width=4).eval()
+    count_relus(model, (1, 8, 8))
+
+    def shared(name, site):
+        fs = site.feature_shape
+        groups = patch_groups(fs, (2, 2)) if len(fs) == 3 else torch.arange(fs[0]) // 4
+        return SharedReLU(torch.where(torch.rand(fs) < linear_fraction, -1, groups))
+
+    model = replace_activations(model, shared)
+    exported = export_model(model, (1, 8, 8))
+    decisions = count_relus(model, (1, 8, 8)).total
+    assert _secret_comparisons(exported, (1, 8, 8)) == exported.comparisons == decisions
 
 
 def test_residual_model_and_polynomials_export():

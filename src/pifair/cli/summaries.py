@@ -103,8 +103,8 @@ def share(run: Run) -> None:
     m = run.metrics
     print(
         f"{m['relus']:,} shared decisions (budget {m['budget']:,}; {m['allocation']}): "
-        f"test {pct(m['test_accuracy'])} (dense {pct(m['parent_test_accuracy'])}, "
-        f"drop {100 * m['drop']:.2f} points)  run: {run.path}"
+        f"test {pct(m['test_accuracy'])} (parent {pct(m['parent_test_accuracy'])} with "
+        f"{m['parent_relus']:,} ReLUs, drop {100 * m['drop']:.2f} points)  run: {run.path}"
     )
 
 

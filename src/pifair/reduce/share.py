@@ -27,6 +27,7 @@ from ..relu.counting import count_relus, record_feature_shapes
 from ..relu.shared_relu import SharedReLU, grouping_options
 from ..relu.sites import (
     DenseReLU,
+    MaskedReLU,
     iter_sites,
     swap_sites,
 )
@@ -60,7 +61,7 @@ def _calibration_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> flo
 @torch.no_grad()
 def _site_patterns(
     model: nn.Module,
-    sites: dict[str, DenseReLU],
+    sites: dict[str, DenseReLU | MaskedReLU],
     data: Dataset,
     device: torch.device,
     samples: int = 256,
@@ -85,13 +86,25 @@ def _site_patterns(
 def site_options(
     model: nn.Module, data: Dataset, scheme: str, *, device: torch.device
 ) -> dict[str, list]:
-    """The candidate groupings of every dense ReLU site of ``model``."""
+    """The candidate groupings of every ReLU site of ``model``: a dense site's over all its
+    elements; a linearized (SNL) site's over the elements its mask keeps, the others staying
+    linear in every option (group id -1), so sharing never makes a linear position non-linear.
+    A site with nothing kept has no options (it stays as it is)."""
     record_feature_shapes(model, data.input_shape)
-    sites = {n: s for n, s in iter_sites(model) if isinstance(s, DenseReLU)}
-    patterns = _site_patterns(model, sites, data, device) if scheme == "cluster" else {}
-    return {
-        n: grouping_options(s.shape, scheme, patterns=patterns.get(n)) for n, s in sites.items()
+    sites: dict[str, DenseReLU | MaskedReLU] = {
+        n: s
+        for n, s in iter_sites(model)
+        if isinstance(s, DenseReLU) or (isinstance(s, MaskedReLU) and s.mask.any())
     }
+    patterns = _site_patterns(model, sites, data, device) if scheme == "cluster" else {}
+    options = {}
+    for n, s in sites.items():
+        found = grouping_options(s.shape, scheme, patterns=patterns.get(n))
+        if isinstance(s, MaskedReLU):
+            kept = torch.broadcast_to(s.mask, s.shape).to(torch.bool).cpu()
+            found = [(name, torch.where(kept, g, -1), r, p) for name, g, r, p in found]
+        options[n] = found
+    return options
 
 
 def _site(option: tuple, rule: str) -> SharedReLU:
@@ -120,8 +133,11 @@ def allocate_groups(
     def apply(names: dict[str, int]) -> None:
         swap_sites(work, lambda n, m: _site(options[n][names[n]], rule) if n in names else None)
 
+    # each option's decisions: its distinct groups (linear elements, id -1, are in none)
+    counts = {n: [len(torch.unique(o[1][o[1] >= 0])) for o in opts] for n, opts in options.items()}
+
     def decisions(names: dict[str, int]) -> int:
-        return sum(int(options[n][names[n]][1].max()) + 1 for n in names)
+        return sum(counts[n][names[n]] for n in names)
 
     while decisions(choice) > budget:
         best, best_score = None, None

@@ -22,6 +22,8 @@ from .sites import SharedReLUSite, register_site
 __all__ = ["SharedReLU", "patch_groups", "channel_groups", "grouping_options", "RULES"]
 
 RULES = ("mean", "representative", "learned")
+# (name, group index map, representatives or None, patch size or None)
+GroupingOption = tuple[str, torch.Tensor, torch.Tensor | None, tuple[int, int] | None]
 
 
 def patch_groups(feature_shape: tuple[int, ...], patch: tuple[int, int]) -> torch.Tensor:
@@ -61,11 +63,12 @@ class SharedReLU(SharedReLUSite):
     """
 
     kind = "shared_relu"
-    # buffers (read by the engines' lowerings): each element's group id, the group sizes, and
-    # the representative member of each group
+    # buffers (read by the engines' lowerings): each element's group id, the group sizes, the
+    # representative member of each group, and the elements that stay linear (no group)
     groups: torch.Tensor
     sizes: torch.Tensor
     representatives: torch.Tensor
+    linear: torch.Tensor
     weight: nn.Parameter | None  # the learned rule's per-element weights
 
     def __init__(
@@ -76,29 +79,40 @@ class SharedReLU(SharedReLUSite):
         representatives: torch.Tensor | None = None,
         patch: tuple[int, int] | None = None,
     ) -> None:
+        """``groups`` < 0 marks an element that stays linear (the identity, no decision): the
+        positions an SNL mask linearized, when sharing composes with linearization."""
         super().__init__()
-        # patch groupings with the mean rule take a pooling fast path (same bits, no scatter)
-        self.patch = (
-            tuple(patch) if patch is not None and torch.as_tensor(groups).dim() == 3 else None
-        )
         if rule not in RULES:
             raise ConfigError(f"unknown decision rule {rule!r}; choose one of {list(RULES)}")
         groups = torch.as_tensor(groups, dtype=torch.long)
-        ids = torch.unique(groups)
-        if ids.min() != 0 or ids.max() != len(ids) - 1:
-            # compact arbitrary ids (e.g. from clustering) to 0..G-1
-            groups = torch.searchsorted(ids, groups)
+        linear = groups < 0
+        if bool(linear.all()):
+            raise ConfigError("a shared ReLU site needs at least one non-linear element")
+        ids = torch.unique(groups[~linear])
+        # compact arbitrary ids (e.g. from clustering) to 0..G-1; a linear element reads group
+        # 0's bit, then is passed through (its member weight is 0 in every decision)
+        groups = torch.where(linear, 0, torch.searchsorted(ids, groups))
+        # patch groupings with the mean rule take a pooling fast path (same bits, no scatter)
+        self.patch = (
+            tuple(patch) if patch is not None and groups.dim() == 3 and not linear.any() else None
+        )
         self.rule = rule
         self.feature_shape = tuple(groups.shape)
         self.register_buffer("groups", groups)
-        self.register_buffer("sizes", torch.bincount(groups.flatten()).float())
-        if representatives is None:  # the first member of each group, in flat order
-            flat = groups.flatten()
-            order = torch.argsort(flat, stable=True)
-            starts = torch.cumsum(torch.bincount(flat), 0) - torch.bincount(flat)
-            representatives = order[starts]
+        self.register_buffer("linear", linear)
+        flat, kept = groups.flatten(), ~linear.flatten()
+        self.register_buffer("sizes", torch.bincount(flat[kept], minlength=len(ids)).float())
+        if representatives is None or linear.any():  # the first kept member of each group
+            members = torch.nonzero(kept).flatten()
+            order = members[torch.argsort(flat[members], stable=True)]
+            counts = torch.bincount(flat[members], minlength=len(ids))
+            representatives = order[torch.cumsum(counts, 0) - counts]
         self.register_buffer("representatives", torch.as_tensor(representatives, dtype=torch.long))
-        self.weight = nn.Parameter(1.0 / self.sizes[groups]) if rule == "learned" else None
+        self.weight = (
+            nn.Parameter(torch.where(linear, 0.0, 1.0 / self.sizes[groups]))
+            if rule == "learned"
+            else None
+        )
         self.temperature = 0.1  # of the straight-through surrogate (learned rule only)
 
     @property
@@ -116,6 +130,8 @@ class SharedReLU(SharedReLUSite):
             return flat[:, self.representatives]
         if self.weight is not None:  # the learned rule
             flat = flat * self.weight.flatten().to(flat.dtype)
+        elif bool(self.linear.any()):  # linear elements are in no group
+            flat = flat * (~self.linear.flatten()).to(flat.dtype)
         sums = torch.zeros(
             flat.shape[0], self.num_decisions, dtype=flat.dtype, device=flat.device
         ).index_add(1, idx, flat)
@@ -133,7 +149,10 @@ class SharedReLU(SharedReLUSite):
             bits = (d > 0).to(x.dtype) + (soft - soft.detach()).to(x.dtype)
         else:
             bits = (self.decisions(x) > 0).to(x.dtype).detach()  # the step bit: constant
-        return x * bits[:, self.groups.flatten()].view_as(x)
+        per_element = bits[:, self.groups.flatten()]
+        if bool(self.linear.any()):  # the identity where the site stays linear
+            per_element = torch.where(self.linear.flatten(), 1.0, per_element)
+        return x * per_element.view_as(x)
 
     def _patch_bits(self, x: torch.Tensor) -> torch.Tensor:
         """Bits of patch groups by pooling: the sign of a patch's average is that of its mean,
@@ -158,10 +177,15 @@ class SharedReLU(SharedReLUSite):
 
     @classmethod
     def from_spec(cls, spec: dict) -> SharedReLU:
-        # the group map, sizes and representatives are buffers: the state dict restores them
+        # the group map, sizes, representatives and linear elements are buffers: the state
+        # dict restores them (older models saved no linear buffer: none of theirs is linear)
         shape = tuple(spec["feature_shape"])
         groups = torch.arange(math.prod(shape)).view(shape) % spec["num_groups"]
         return cls(groups, rule=spec["rule"], patch=spec.get("patch"))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        state_dict.setdefault(prefix + "linear", torch.zeros_like(self.linear))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 def grouping_options(
@@ -170,7 +194,7 @@ def grouping_options(
     *,
     patterns: torch.Tensor | None = None,
     max_clusters: int = 1024,
-) -> list[tuple[str, torch.Tensor, torch.Tensor | None]]:
+) -> list[GroupingOption]:
     """Candidate groupings of one site, from plain ReLU (one element per group) to coarse:
     ``(name, group index map, representatives or None, patch size or None)``.
 

@@ -140,12 +140,13 @@ def _masked(ctx: LoweringContext, name: str, site: Any, shape: tuple[int, ...]) 
     return op
 
 
-def _group_members(groups: np.ndarray, count: int) -> np.ndarray:
-    """Members of each group as a padded (groups, largest size) index matrix; the pad points
-    one past the last feature (a zero column)."""
+def _group_members(groups: np.ndarray, count: int, kept: np.ndarray) -> np.ndarray:
+    """Members of each group (``kept`` elements only) as a padded (groups, largest size)
+    index matrix; the pad points one past the last feature (a zero column)."""
     features = groups.size
-    order = np.argsort(groups, kind="stable")
-    sizes = np.bincount(groups, minlength=count)
+    index = np.flatnonzero(kept)
+    order = index[np.argsort(groups[index], kind="stable")]
+    sizes = np.bincount(groups[index], minlength=count)
     members = np.full((count, int(sizes.max())), features)
     starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
     for g in range(count):
@@ -156,8 +157,9 @@ def _group_members(groups: np.ndarray, count: int) -> np.ndarray:
 @register_mpc_lowering("shared_relu")
 def _shared(ctx: LoweringContext, name: str, site: Any, shape: tuple[int, ...]) -> Op:
     groups = site.groups.flatten().cpu().numpy()
+    linear = site.linear.flatten().cpu().numpy()  # the identity there: no group, no decision
     features, count = groups.size, site.num_groups(shape)
-    ctx.sites.append(SiteExport(name, "shared_relu", features, count, features))
+    ctx.sites.append(SiteExport(name, "shared_relu", features, count, int((~linear).sum())))
     jnp = jax_numpy()
     if site.rule == "representative":
         reps = site.representatives.cpu().numpy()
@@ -166,7 +168,7 @@ def _shared(ctx: LoweringContext, name: str, site: Any, shape: tuple[int, ...]) 
             return flat[:, reps]
     else:
         # the sign of a group's sum is that of its mean: no division needed
-        members = _group_members(groups, count)
+        members = _group_members(groups, count, ~linear)
         w = ctx.param(f"{name}.weight", site.weight.flatten()) if site.rule == "learned" else None
 
         def decide(flat, p):
@@ -177,7 +179,8 @@ def _shared(ctx: LoweringContext, name: str, site: Any, shape: tuple[int, ...]) 
     def op(x, p):
         flat = x.reshape(x.shape[0], features)
         bits = decide(flat, p) > 0.0  # one comparison per group
-        return jnp.where(bits[:, groups], flat, 0.0).reshape(x.shape)
+        keep = bits[:, groups] | linear if linear.any() else bits[:, groups]
+        return jnp.where(keep, flat, 0.0).reshape(x.shape)
 
     return op
 
