@@ -176,13 +176,27 @@ def _shared(ctx: LoweringContext, name: str, site: Any, shape: tuple[int, ...]) 
             zero = jnp.zeros((flat.shape[0], 1), flat.dtype)
             return jnp.concatenate([weighted, zero], axis=1)[:, members].sum(axis=2)
 
-    def op(x, p):
-        flat = x.reshape(x.shape[0], features)
-        bits = decide(flat, p) > 0.0  # one comparison per group
-        keep = bits[:, groups] | linear if linear.any() else bits[:, groups]
-        return jnp.where(keep, flat, 0.0).reshape(x.shape)
+    if not linear.any():
 
-    return op
+        def op(x, p):
+            flat = x.reshape(x.shape[0], features)
+            bits = decide(flat, p) > 0.0  # one comparison per group
+            return jnp.where(bits[:, groups], flat, 0.0).reshape(x.shape)
+
+        return op
+    # linear elements pass through untouched: the multiplexers act on the others only (a select
+    # over every element would cost one per element, the linear ones included)
+    nonlinear = np.flatnonzero(~linear)
+    select = np.arange(features)
+    select[nonlinear] = features + np.arange(nonlinear.size)
+
+    def op_with_linear(x, p):
+        flat = x.reshape(x.shape[0], features)
+        bits = decide(flat, p) > 0.0
+        gated = jnp.where(bits[:, groups[nonlinear]], flat[:, nonlinear], 0.0)
+        return jnp.concatenate([flat, gated], axis=1)[:, select].reshape(x.shape)
+
+    return op_with_linear
 
 
 @register_mpc_lowering("poly")
