@@ -1,25 +1,45 @@
-"""ReLU sharing against SNL at equal numbers of sign decisions, down to 1000x fewer.
+"""ReLU sharing's accuracy claim (#28): accuracy against sign decisions, down to 1,000x fewer,
+for every sharing scheme and decision rule against SNL and the naive top-k baseline at the same
+budgets, 3 seeds (a dense model per seed), paired intervals, a Pareto plot.
 
-CPU (always): the LeNet CNN on Fashion-MNIST (18,944 ReLUs) at 18,944 / 5,000 / 1,000 / 200 / 50
-/ 19 decisions. CUDA (when a GPU is lent): ResNet18 on CIFAR-10 (JPEG) at 491,520 / 100K / 25K
-/ 5K / 1K / 492. Methods: sharing by patches (group mean), sharing by sign clusters (members copy
-their prototype), SNL (one shared search). The claim under test: sharing keeps accuracy at
-ReLU counts up to three orders of magnitude below the dense model, where linearization fails.
+Settings:
+  fashion-mnist  the demo's LeNet (18,944 ReLUs) on 12,000 Fashion-MNIST images, budgets 1,000
+                 / 200 / 50 / 19 (about 1,000x fewer); short schedules (CPU scale)
+  cifar10-cpu    ResNet18 at width 16 (SNL variant, 122,880 ReLUs) on 5,000 CIFAR-10 images,
+                 budgets 12.5K / 2.5K / 500 / 123 (CPU scale)
+  cifar10-gpu    ResNet18 on CIFAR-10 (491,520 ReLUs), budgets 100K / 25K / 5K / 1K / 492
+  tiny           a few hundred digits images: checks the script
 
-    python benchmarks/sharing.py [--dense RUN] [--out runs/bench-sharing] [--data-dir DIR]
+Each seed is one sweep (``pifair sweep``: one shared SNL search, then every method at every
+budget, the same fine-tuning for all), resumable from its run folders; seeds run ``--jobs`` at a
+time, one thread each. A budget a scheme cannot reach is reported as such. Sharing keeps at
+most the budget (its decisions can fall below it); the table gives the decisions reached.
+
+    python benchmarks/sharing.py --setting fashion-mnist [--seeds 0,1,2] [--jobs 2] [--out DIR]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import sys
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
+from multiprocessing import get_context
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import CIFAR10_RESNET18, commit, machine_line, print_table, save_results  # noqa: E402
+from _common import (  # noqa: E402
+    CIFAR10_RESNET18,
+    CIFAR10_RESNET18_CPU,
+    RESULTS_DIR,
+    machine_line,
+    print_table,
+    save_results,
+)
+from pifair.fairness.audit import mean_ci, paired_difference  # noqa: E402
 from pifair.reduce import FinetuneSettings  # noqa: E402
 from pifair.reduce.snl import SearchSettings  # noqa: E402
 from pifair.runs import MODEL, Run  # noqa: E402
@@ -28,90 +48,192 @@ from pifair.workflows.linearize import LinearizeJob  # noqa: E402
 from pifair.workflows.sweep import run_sweep  # noqa: E402
 from pifair.workflows.train import train  # noqa: E402
 
-GPU = dict(
-    dense=dict(CIFAR10_RESNET18),
-    budgets=["491520", "100k", "25k", "5k", "1k", "492"],
-    search=SearchSettings(max_epochs=30, batch_size=256),
-    finetune=FinetuneSettings(epochs=20, batch_size=256),
-)
-CPU = dict(
-    dense=dict(data="fashion-mnist", model="lenet", epochs=4, batch_size=128, lr=0.05),
-    budgets=["18944", "5000", "1000", "200", "50", "19"],
-    search=SearchSettings(
-        max_epochs=10, batch_size=256, mask_lr=1e-2, lambda_init=1e-4, lambda_growth=1.5
+SCHEMES = ("patch", "channel", "cluster")
+RULES = ("mean", "representative", "learned")
+METHODS = ["snl", "naive", *(f"share-{s}-{r}" for s in SCHEMES for r in RULES)]
+SETTINGS = {
+    "fashion-mnist": dict(
+        dense=dict(
+            data="fashion-mnist", model="lenet", limit=12000, epochs=6, batch_size=128, lr=0.05
+        ),
+        budgets=["1000", "200", "50", "19"],
+        search=SearchSettings(
+            max_epochs=6, batch_size=128, mask_lr=1e-2, lambda_init=1e-4, lambda_growth=1.5
+        ),
+        finetune=FinetuneSettings(epochs=2, batch_size=128),
     ),
-    finetune=FinetuneSettings(epochs=3, batch_size=128),
-)
-METHODS = ["share-patch", "share-cluster", "snl"]
+    "cifar10-cpu": dict(
+        dense=dict(CIFAR10_RESNET18_CPU),
+        budgets=["12500", "2500", "500", "123"],
+        search=SearchSettings(max_epochs=4, batch_size=128),
+        finetune=FinetuneSettings(epochs=3, batch_size=128),
+    ),
+    "cifar10-gpu": dict(
+        dense=dict(CIFAR10_RESNET18),
+        budgets=["100k", "25k", "5k", "1k", "492"],
+        search=SearchSettings(max_epochs=30, batch_size=256),
+        finetune=FinetuneSettings(epochs=20, batch_size=256),
+    ),
+    "tiny": dict(
+        dense=dict(data="digits", model="lenet", epochs=2, batch_size=64, lr=0.05),
+        budgets=["200", "20"],
+        search=SearchSettings(max_epochs=2, batch_size=64),
+        finetune=FinetuneSettings(epochs=1, batch_size=64),
+    ),
+}
 
 
-def _budget_count(budget: str) -> int:
-    """``"5k"`` -> 5000, ``"200"`` -> 200."""
-    return int(float(budget.rstrip("k")) * (1000 if budget.endswith("k") else 1))
+def run_seed(setting: str, seed: int, root: Path, methods: list[str]) -> list[dict]:
+    """One seed: its dense model and its sweep (both resumed when present); the sweep's rows."""
+    torch.set_num_threads(1)
+    s = SETTINGS[setting]
+    dense = root / f"seed{seed}" / "dense"
+    if not (dense / MODEL).exists():
+        resume = (dense / "checkpoint.pt").exists()
+        cfg = TrainConfig(**s["dense"], seed=seed)
+        train(cfg, out=dense, resume=resume, progress=False)
+    sweep = root / f"seed{seed}" / "sweep"
+    job = LinearizeJob(
+        from_run=str(dense),
+        budgets=s["budgets"],
+        methods=methods,
+        search=s["search"],
+        finetune=replace(s["finetune"], seed=seed),
+        seed=seed,
+    )
+    run_sweep(job, out=sweep, resume=(sweep / "config.yaml").exists(), progress=False)
+    dense_metrics = Run.open(dense).metrics
+    return [
+        r | {"seed": seed, "dense_accuracy": dense_metrics["test_accuracy"]}
+        for r in Run.open(sweep).metrics["rows"]
+    ]
+
+
+def _cell(values: list[float]) -> str:
+    mean, half = mean_ci(values)
+    return f"{100 * mean:.2f} ± {100 * half:.2f}"
+
+
+def tables(rows: list[dict], budgets: list[str], methods: list[str], seeds: list[int]):
+    """Accuracy per method and budget (mean ± 95 %), and each method minus SNL on the same
+    seeds (paired 95 %); with the summary lines."""
+    by = {(r["method"], r["budget"], r["seed"]): r for r in rows}
+    accuracy, paired, summary = [], [], []
+    for b in budgets:
+        cells = [b]
+        for m in methods:
+            got = [by[(m, b, s)] for s in seeds if (m, b, s) in by]
+            if len(got) < len(seeds):
+                cells.append("unreachable" if not got else f"{len(got)} of {len(seeds)} seeds")
+                continue
+            decisions = sorted({g["relus"] for g in got})
+            cells.append(f"{_cell([g['test_accuracy'] for g in got])} ({decisions[-1]:,})")
+        accuracy.append(cells)
+        snl = [by[("snl", b, s)]["test_accuracy"] for s in seeds if ("snl", b, s) in by]
+        best = None
+        for m in methods:
+            got = [by[(m, b, s)]["test_accuracy"] for s in seeds if (m, b, s) in by]
+            if m == "snl" or len(got) < len(seeds) or len(snl) < len(seeds):
+                continue
+            mean, lo, hi = paired_difference(snl, got)
+            paired.append([b, m, f"{100 * mean:+.2f} [{100 * lo:+.2f}, {100 * hi:+.2f}]"])
+            if m.startswith("share") and (best is None or mean > best[1]):
+                best = (m, mean, lo, hi)
+        if best is not None:
+            m, mean, lo, hi = best
+            verdict = "beats" if lo > 0 else ("is below" if hi < 0 else "does not differ from")
+            summary.append(
+                f"budget {b}: the best sharing method, {m}, {verdict} SNL: "
+                f"{100 * mean:+.2f} points [{100 * lo:+.2f}, {100 * hi:+.2f}] ({len(seeds)} seeds)"
+            )
+    header_a = ["budget", *methods]
+    return (
+        {
+            "test accuracy % (decisions reached)": (header_a, accuracy),
+            "each method minus SNL, same seeds (paired 95 %)": (
+                ["budget", "method", "accuracy - SNL (points)"],
+                paired,
+            ),
+        },
+        summary,
+    )
+
+
+def pareto_plot(rows: list[dict], methods: list[str], path: Path) -> None:
+    """Test accuracy against decisions (log scale), mean and 95 % interval over the seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for m in methods:
+        points = {}
+        for r in rows:
+            if r["method"] == m:
+                points.setdefault(r["budget"], []).append(r)
+        xs, ys, es = [], [], []
+        for group in points.values():
+            mean, half = mean_ci([g["test_accuracy"] for g in group])
+            xs.append(max(g["relus"] for g in group))
+            ys.append(100 * mean)
+            es.append(100 * half)
+        if xs:
+            order = sorted(range(len(xs)), key=xs.__getitem__)
+            style = "-o" if m in ("snl", "naive") else "--."
+            ax.errorbar(
+                [xs[i] for i in order],
+                [ys[i] for i in order],
+                yerr=[es[i] for i in order],
+                fmt=style,
+                label=m,
+                capsize=2,
+            )
+    ax.set_xscale("log")
+    ax.set_xlabel("sign decisions (ReLUs) per image")
+    ax.set_ylabel("test accuracy %")
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--dense", type=Path, help="reuse this dense run")
-    parser.add_argument("--out", type=Path, default=Path("runs/bench-sharing"))
-    parser.add_argument("--data-dir")
-    args = parser.parse_args()
-    setting = GPU if torch.cuda.is_available() else CPU
-    print(
-        f"machine: {machine_line()}\ncommit:  {commit()}\nsetting: {setting['dense']['model']} on "
-        f"{setting['dense']['data']}\n"
-    )
-    dense_dir = args.dense or args.out / "dense"
-    if not (dense_dir / MODEL).exists():
-        train(
-            TrainConfig(**setting["dense"], data_dir=args.data_dir), out=dense_dir, progress=False
+    parser.add_argument("--setting", choices=list(SETTINGS), default="fashion-mnist")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--out", type=Path)
+    ns = parser.parse_args()
+    seeds = [int(s) for s in ns.seeds.split(",")]
+    root = ns.out or Path(f"runs/bench-sharing-{ns.setting}")
+    budgets = SETTINGS[ns.setting]["budgets"]
+    print(f"machine: {machine_line()}\nsetting: {ns.setting}, seeds {seeds}, root {root}")
+    with ProcessPoolExecutor(ns.jobs, mp_context=get_context("spawn")) as pool:
+        futures = [pool.submit(run_seed, ns.setting, s, root, METHODS) for s in seeds]
+        rows = [r for f in futures for r in f.result()]
+    tabs, summary = tables(rows, budgets, METHODS, seeds)
+    first = [r for r in rows if r["method"] == "snl" and r["budget"] == budgets[0]]
+    dense = [r["dense_accuracy"] for r in first]
+    summary.insert(0, f"dense: {_cell(dense)} % test accuracy ({len(seeds)} seeds)")
+    for title, (header, body) in tabs.items():
+        print(f"\n{title}")
+        print_table(header, body)
+    print("\n" + "\n".join(summary))
+    if ns.setting != "tiny":
+        pareto_plot(rows, METHODS, RESULTS_DIR / f"sharing_{ns.setting}.png")
+        save_results(
+            f"sharing_{ns.setting}",
+            tables=tabs,
+            summary=summary,
+            data={"rows": rows},
+            setting={"seeds": seeds, "budgets": budgets, "methods": METHODS},
         )
-    dense = Run.open(dense_dir).metrics
-    sweep = args.out / "sweep"
-    job = LinearizeJob(
-        from_run=str(dense_dir),
-        budgets=setting["budgets"],
-        methods=METHODS,
-        search=setting["search"],
-        finetune=setting["finetune"],
-    )
-    run_sweep(job, out=sweep, resume=(sweep / "config.yaml").exists(), progress=False)
-    rows = Run.open(sweep).metrics["rows"]
-    table = []
-    for b in setting["budgets"]:
-        cells = [
-            b,
-            f"{dense['relus'] / max(1, _budget_count(b)):.0f}x",
-        ]
-        for method in METHODS:
-            r = next((r for r in rows if r["method"] == method and r["budget"] == b), None)
-            cells.append(
-                "unreachable" if r is None else f"{100 * r['test_accuracy']:.2f} ({r['relus']:,})"
-            )
-        table.append(cells)
-    print(f"dense: {100 * dense['test_accuracy']:.2f}% with {dense['relus']:,} ReLUs\n")
-    header = ["budget", "fewer", *[f"{m} % (decisions)" for m in METHODS]]
-    print_table(header, table)
-    (args.out / "results.json").write_text(
-        json.dumps(
-            {
-                "machine": machine_line(),
-                "commit": commit(),
-                "dense": dense["test_accuracy"],
-                "rows": rows,
-            },
-            indent=2,
-        )
-    )
-    save_results(
-        "sharing_" + ("gpu" if setting is GPU else "cpu"),
-        tables={"sharing vs SNL": (header, table)},
-        summary=[f"dense {100 * dense['test_accuracy']:.2f} % with {dense['relus']:,} ReLUs"],
-        data={"dense": dense["test_accuracy"], "rows": rows},
-        setting={k: str(v) for k, v in setting.items()},
-    )
 
 
 if __name__ == "__main__":

@@ -6,9 +6,10 @@ decisions, built three ways: SNL (a random mask keeping exactly that many positi
 (``pifair.share``: patch groups down to 200, sign clusters below) and sharing composed with SNL
 (groups among the 1,000 positions SNL-1000 keeps: ``pifair share --from SNL_RUN``). Each model
 runs under SPU's SEMI2K (2PC), ABY3 (3PC) and Cheetah (2PC) on the same test images, parties
-as threads, one image per run, one-time setup apart: bytes per image sent by all parties, split
-by op kind (linear, comparison, multiplexer or product, data movement; from the server's
-profile), seconds, agreement with the plaintext model. DELPHI's garbled-circuit model is
+as threads, one image per run, one-time setup apart: party 0's bytes per image (sent and
+received: all the traffic in 2PC, two of ABY3's three links), split by op kind (linear,
+comparison, multiplexer or product, data movement; from its SPU profile), seconds, agreement
+with the plaintext model. DELPHI's garbled-circuit model is
 computed beside them (it charges the decisions only: a member's multiplexer is free there).
 
 SPU's cost does not depend on the weights or on which positions are kept, only on the
@@ -103,11 +104,14 @@ def measure(model: torch.nn.Module, x: np.ndarray, protocol: str, log: Path) -> 
     summary = summarize(results, WORLD[protocol])
     client = next(r for r in results if r.logits is not None)
     plain = exported.run_plain(x)
+    # party 0's bytes (sent + received) per op kind, from its SPU profile: with parties as
+    # threads only one party can be profiled; in 2PC that is all the traffic, in ABY3 party 0's
+    # two links of three (its parties are symmetric)
     per_image = summary["per_image"]
     return {
         "decisions": exported.comparisons,
         "muxes": exported.muxes,
-        "bytes": sum(p.get("sent_per_image", 0.0) for p in summary["parties"]),
+        "bytes": per_image["sent"] + per_image["received"],
         "by_category": {c: per_image["by_category"][c]["bytes"] for c in CATEGORIES},
         "seconds": summary["seconds_per_image"],
         "agreement": float((client.logits.argmax(1) == plain.argmax(1)).mean()),
@@ -139,7 +143,7 @@ def main() -> None:
         "model",
         "decisions",
         "multiplexers",
-        "MB per image",
+        "party 0 MB per image",
         "vs dense",
         "linear MB",
         "comparison MB",
@@ -176,9 +180,9 @@ def main() -> None:
                 verdict = "meets" if cut > 0.5 else "does not meet"
                 summary.append(
                     f"{protocol}: {label} ({m['decisions']:,} decisions, {m['muxes']:,} "
-                    f"multiplexers) sends {m['bytes'] / 1e6:.3f} MB per image against the dense "
-                    f"model's {dense / 1e6:.3f} MB: {100 * cut:.1f} % less, {verdict} the > 50 % "
-                    "claim"
+                    f"multiplexers): party 0 sends and receives {m['bytes'] / 1e6:.3f} MB per "
+                    f"image against the dense model's {dense / 1e6:.3f} MB, {100 * cut:.1f} % "
+                    f"less: {verdict} the > 50 % claim"
                 )
     delphi = [
         [label, f"{count_relus(model, SHAPE).total:,}"]

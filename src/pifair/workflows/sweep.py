@@ -11,6 +11,7 @@ import csv
 import os
 import shutil
 import time
+import typing
 
 import torch
 
@@ -33,10 +34,16 @@ SNL_PUBLISHED_CIFAR10 = [
     (99_900, 93.50, 1.7),
 ]
 
+# a sweep's sharing methods: share-SCHEME-RULE for every scheme and rule, and the short names
+# of each scheme's usual rule
 SHARE_METHODS: dict[str, tuple[ShareScheme, ShareRule]] = {
     "share-patch": ("patch", "mean"),
     "share-channel": ("channel", "mean"),
     "share-cluster": ("cluster", "representative"),
+} | {
+    f"share-{scheme}-{rule}": (scheme, rule)
+    for scheme in typing.get_args(ShareScheme)
+    for rule in typing.get_args(ShareRule)
 }
 
 
