@@ -41,7 +41,7 @@ SHARE_METHODS: dict[str, tuple[ShareScheme, ShareRule]] = {
     "share-channel": ("channel", "mean"),
     "share-cluster": ("cluster", "representative"),
 } | {
-    f"share-{scheme}-{rule}": (scheme, rule)
+    f"share-{scheme}-{rule}": (typing.cast(ShareScheme, scheme), typing.cast(ShareRule, rule))
     for scheme in typing.get_args(ShareScheme)
     for rule in typing.get_args(ShareRule)
 }
