@@ -36,14 +36,16 @@ SNL_PUBLISHED_CIFAR10 = [
 
 # a sweep's sharing methods: share-SCHEME-RULE for every scheme and rule, and the short names
 # of each scheme's usual rule
+_EVERY_SHARING: dict[str, tuple[ShareScheme, ShareRule]] = {
+    f"share-{scheme}-{rule}": (typing.cast(ShareScheme, scheme), typing.cast(ShareRule, rule))
+    for scheme in typing.get_args(ShareScheme)
+    for rule in typing.get_args(ShareRule)
+}
 SHARE_METHODS: dict[str, tuple[ShareScheme, ShareRule]] = {
     "share-patch": ("patch", "mean"),
     "share-channel": ("channel", "mean"),
     "share-cluster": ("cluster", "representative"),
-} | {
-    f"share-{scheme}-{rule}": (typing.cast(ShareScheme, scheme), typing.cast(ShareRule, rule))
-    for scheme in typing.get_args(ShareScheme)
-    for rule in typing.get_args(ShareRule)
+    **_EVERY_SHARING,
 }
 
 
