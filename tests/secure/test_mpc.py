@@ -187,6 +187,11 @@ def test_small_cnn_under_mpc_agrees_with_plaintext(digits, protocol, tmp_path):
     server = next(r for r in results if r.rank == 0)
     assert len(server.runs) == 2 and server.setup is not None  # two batches, warm-up apart
     assert server.total.by_category()["comparison"]["bytes"] > 0
+    # the split by op kind accounts for every byte SPU's link counted (what the sharing
+    # bandwidth benchmark reads by op kind)
+    ops = server.total.ops.values()
+    assert sum(o.sent for o in ops) == server.total.sent > 0
+    assert sum(o.received for o in ops) == server.total.received > 0
 
 
 def test_a_failing_party_stops_the_run_with_its_error(tmp_path):
