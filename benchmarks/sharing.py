@@ -11,7 +11,9 @@ Settings:
   tiny           a few hundred digits images: checks the script
 
 Each seed is one sweep (``pifair sweep``: one shared SNL search, then every method at every
-budget, the same fine-tuning for all), resumable from its run folders; seeds run ``--jobs`` at a
+budget, the same fine-tuning for all), then sharing composed with SNL (``pifair share --from``
+the SNL run at the first budget, down to the others: clusters and patches with the learned rule),
+resumable from its run folders; seeds run ``--jobs`` at a
 time, one thread each. A budget a scheme cannot reach is reported as such. Sharing keeps at
 most the budget (its decisions can fall below it); the table gives the decisions reached.
 
@@ -39,18 +41,23 @@ from _common import (  # noqa: E402
     print_table,
     save_results,
 )
+from pifair.errors import BudgetError  # noqa: E402
 from pifair.fairness.audit import mean_ci, paired_difference  # noqa: E402
 from pifair.reduce import FinetuneSettings  # noqa: E402
 from pifair.reduce.snl import SearchSettings  # noqa: E402
 from pifair.runs import MODEL, Run  # noqa: E402
 from pifair.training import TrainConfig  # noqa: E402
 from pifair.workflows.linearize import LinearizeJob  # noqa: E402
+from pifair.workflows.share import ShareJob, run_share  # noqa: E402
 from pifair.workflows.sweep import run_sweep  # noqa: E402
 from pifair.workflows.train import train  # noqa: E402
 
 SCHEMES = ("patch", "channel", "cluster")
 RULES = ("mean", "representative", "learned")
 METHODS = ["snl", "naive", *(f"share-{s}-{r}" for s in SCHEMES for r in RULES)]
+# sharing after linearization (pifair share --from SNL_RUN): from the SNL run at the first
+# budget down to the others, against SNL alone at those budgets
+COMPOSED = [("cluster", "learned"), ("patch", "learned")]
 SETTINGS = {
     "fashion-mnist": dict(
         dense=dict(
@@ -102,11 +109,43 @@ def run_seed(setting: str, seed: int, root: Path, methods: list[str]) -> list[di
         seed=seed,
     )
     run_sweep(job, out=sweep, resume=(sweep / "config.yaml").exists(), progress=False)
+    rows = Run.open(sweep).metrics["rows"] + composed_rows(sweep, s, seed)
     dense_metrics = Run.open(dense).metrics
-    return [
-        r | {"seed": seed, "dense_accuracy": dense_metrics["test_accuracy"]}
-        for r in Run.open(sweep).metrics["rows"]
-    ]
+    return [r | {"seed": seed, "dense_accuracy": dense_metrics["test_accuracy"]} for r in rows]
+
+
+def composed_name(budget: str, scheme: str, rule: str) -> str:
+    return f"snl-{budget}+share-{scheme}-{rule}"
+
+
+def composed_rows(sweep: Path, s: dict, seed: int) -> list[dict]:
+    """Sharing from the SNL run at the first budget down to each lower budget (resumed from
+    its run folders), as rows like the sweep's."""
+    first, rows = s["budgets"][0], []
+    snl = sweep / f"snl-{first}"
+    for scheme, rule in COMPOSED:
+        for budget in s["budgets"][1:]:
+            path = sweep.parent / "composed" / f"{scheme}-{rule}-{budget}"
+            if not (path / MODEL).exists():
+                job = ShareJob(
+                    from_run=str(snl),
+                    budget=budget,
+                    scheme=scheme,
+                    rule=rule,
+                    seed=seed,
+                    finetune=replace(s["finetune"], seed=seed),
+                )
+                try:
+                    run_share(job, out=path, resume=(path / "config.yaml").exists(), progress=False)
+                except BudgetError:
+                    continue  # below what the scheme's coarsest grouping keeps
+            m = Run.open(path).metrics
+            name = composed_name(first, scheme, rule)
+            rows.append(
+                {"method": name, "budget": budget, "relus": m["relus"]}
+                | {"test_accuracy": m["test_accuracy"]}
+            )
+    return rows
 
 
 def _cell(values: list[float]) -> str:
@@ -137,7 +176,7 @@ def tables(rows: list[dict], budgets: list[str], methods: list[str], seeds: list
                 continue
             mean, lo, hi = paired_difference(snl, got)
             paired.append([b, m, f"{100 * mean:+.2f} [{100 * lo:+.2f}, {100 * hi:+.2f}]"])
-            if m.startswith("share") and (best is None or mean > best[1]):
+            if "share" in m and (best is None or mean > best[1]):
                 best = (m, mean, lo, hi)
         if best is not None:
             m, mean, lo, hi = best
@@ -217,7 +256,8 @@ def main() -> None:
     with ProcessPoolExecutor(ns.jobs, mp_context=get_context("spawn")) as pool:
         futures = [pool.submit(run_seed, ns.setting, s, root, METHODS) for s in seeds]
         rows = [r for f in futures for r in f.result()]
-    tabs, summary = tables(rows, budgets, METHODS, seeds)
+    methods = METHODS + [composed_name(budgets[0], *c) for c in COMPOSED]
+    tabs, summary = tables(rows, budgets, methods, seeds)
     first = [r for r in rows if r["method"] == "snl" and r["budget"] == budgets[0]]
     dense = [r["dense_accuracy"] for r in first]
     summary.insert(0, f"dense: {_cell(dense)} % test accuracy ({len(seeds)} seeds)")
@@ -226,13 +266,13 @@ def main() -> None:
         print_table(header, body)
     print("\n" + "\n".join(summary))
     if ns.setting != "tiny":
-        pareto_plot(rows, METHODS, RESULTS_DIR / f"sharing_{ns.setting}.png")
+        pareto_plot(rows, methods, RESULTS_DIR / f"sharing_{ns.setting}.png")
         save_results(
             f"sharing_{ns.setting}",
             tables=tabs,
             summary=summary,
             data={"rows": rows},
-            setting={"seeds": seeds, "budgets": budgets, "methods": METHODS},
+            setting={"seeds": seeds, "budgets": budgets, "methods": methods},
         )
 
 
