@@ -30,7 +30,6 @@ import argparse
 import contextlib
 import hashlib
 import io
-import math
 import os
 import shutil
 import signal
@@ -46,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import print_table, save_results  # noqa: E402
 from pifair.cli import build_parser, main  # noqa: E402
 from pifair.cli.flags import declared_bounds, numeric_options  # noqa: E402
+from pifair.config_types import within_bounds  # noqa: E402
 
 PIFAIR = [sys.executable, "-m", "pifair"]
 HERE = Path.cwd()
@@ -132,16 +132,7 @@ def _changed(folder: str) -> bool:
 
 
 def _refuses(bounds: dict[str, float], text: str) -> bool:
-    value = float(text)
-    if not math.isfinite(value):
-        return True
-    tests = {
-        "ge": lambda b: value >= b,
-        "gt": lambda b: value > b,
-        "le": lambda b: value <= b,
-        "lt": lambda b: value < b,
-    }
-    return not all(tests[k](b) for k, b in bounds.items())
+    return not within_bounds(float(text), bounds)
 
 
 def _parses(action: argparse.Action, text: str) -> bool:

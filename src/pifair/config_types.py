@@ -23,6 +23,7 @@ __all__ = [
     "help_of",
     "setting",
     "settings_from_dict",
+    "within_bounds",
     "without_none",
 ]
 
@@ -58,6 +59,12 @@ def help_of(cls: type, name: str) -> str:
     """The help of field ``name`` of settings dataclass ``cls`` (a job that overrides another's
     setting says the same)."""
     return next(f.metadata.get("help", "") for f in dataclasses.fields(cls) if f.name == name)
+
+
+def within_bounds(value: float, bounds: dict[str, float]) -> bool:
+    """Whether ``value`` is finite and meets every bound of a :func:`setting` declaration
+    (``{"ge": 0, "lt": 1}``)."""
+    return math.isfinite(value) and all(_BOUNDS[k][1](value, b) for k, b in bounds.items())
 
 
 def check_settings(settings: Any, *, prefix: str = "") -> None:
