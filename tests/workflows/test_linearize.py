@@ -364,6 +364,9 @@ def test_sweep_share_puts_sharing_and_snl_on_one_pareto(dense_run, tmp_path):
     } <= methods
     assert all(int(r["relus"]) <= int(r["budget"]) for r in rows)
     assert "skipped" in (out / "log.txt").read_text()
+    skipped = json.loads((out / "metrics.json").read_text())["skipped"]
+    assert list(skipped) == ["share-patch-8"]  # kept, so a resumed sweep does not retry it
+    assert "keeps 49" in skipped["share-patch-8"]
 
 
 def test_a_sweep_that_reaches_no_budget_says_so_in_one_line(dense_run, tmp_path, capsys):

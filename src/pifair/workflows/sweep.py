@@ -52,9 +52,10 @@ SHARE_METHODS: dict[str, tuple[ShareScheme, ShareRule]] = {
 def _share_budgets(root: Run, job: LinearizeJob, method: str) -> None:
     """ReLU sharing at each budget of a sweep, one ``share`` run each (same fine-tuning)."""
     scheme, rule = SHARE_METHODS[method]
+    skipped = root.metrics.get("skipped", {})  # unreachable budgets: not retried on resume
     for budget in job.budgets:
         path = root.path / f"{method}-{budget_label(budget)}"
-        if (path / MODEL).exists():
+        if (path / MODEL).exists() or path.name in skipped:
             continue
         share_job = ShareJob(
             from_run=job.from_run,
@@ -70,6 +71,7 @@ def _share_budgets(root: Run, job: LinearizeJob, method: str) -> None:
         except BudgetError as err:  # a budget below what the scheme's coarsest grouping keeps
             root.log.warning("%s at %s skipped: %s", method, budget, err)
             shutil.rmtree(path, ignore_errors=True)
+            skipped = root.update_metrics(skipped=skipped | {path.name: str(err)})["skipped"]
 
 
 def _row(method: str, budget: str, m: dict) -> dict:
