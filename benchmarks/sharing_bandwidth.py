@@ -33,6 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import print_table, save_results  # noqa: E402
 from pifair.data import load_dataset  # noqa: E402
+from pifair.errors import BudgetError  # noqa: E402
 from pifair.models import create_model  # noqa: E402
 from pifair.reduce import FinetuneSettings  # noqa: E402
 from pifair.reduce.share import share  # noqa: E402
@@ -78,7 +79,7 @@ def _shared(parent: torch.nn.Module, data, decisions: int) -> torch.nn.Module:
                 progress=False,
             )
             return result.model.eval()
-        except Exception as err:  # noqa: BLE001 - a budget the patch scheme cannot reach
+        except BudgetError as err:  # a budget the patch scheme cannot reach
             if scheme == "cluster":
                 raise
             print(f"    patch cannot reach {decisions}: {err}")

@@ -407,16 +407,21 @@ def _fresh_path(root: Path, command: str) -> Path:
     return path
 
 
+def _run_logger(path: Path) -> logging.Logger:
+    """The logger of the log file ``path`` (one per run folder)."""
+    return logging.getLogger(f"pifair.run.{path.resolve()}")
+
+
 def _close_logger(folder: Path) -> None:
     """Close the log file handler of the run in ``folder`` (its folder is being removed)."""
-    logger = logging.getLogger(f"pifair.run.{(folder / LOG).resolve()}")
+    logger = _run_logger(folder / LOG)
     for handler in list(logger.handlers):
         handler.close()
         logger.removeHandler(handler)
 
 
 def _file_logger(path: Path) -> logging.Logger:
-    logger = logging.getLogger(f"pifair.run.{path.resolve()}")
+    logger = _run_logger(path)
     if not logger.handlers:
         logger.setLevel(logging.INFO)
         handler = logging.FileHandler(path)

@@ -228,10 +228,13 @@ _RESUMES = {"mitigate": "linearize", "sweep": "sweep-linearize"}
 def _check_resumed_kind(ns: argparse.Namespace, saved: str | None) -> None:
     """Refuse ``--resume`` of a run another command wrote, naming the command that resumes it."""
     wanted = _RESUMES.get(ns.command, ns.command)
-    if saved != wanted:
-        name = {k: str(v).replace("sweep-", "sweep ") for k, v in (("s", saved), ("w", wanted))}
-        again = f"; continue it with pifair {name['s']} --resume {ns.resume}" if saved else ""
-        raise ConfigError(f"{ns.resume} holds a {name['s']} run, not a {name['w']} run{again}")
+    if saved == wanted:
+        return
+    spoken = str(saved).replace("sweep-", "sweep ")  # sweep-linearize: pifair sweep linearize
+    again = f"; continue it with pifair {spoken} --resume {ns.resume}" if saved else ""
+    raise ConfigError(
+        f"{ns.resume} holds a {spoken} run, not a {wanted.replace('sweep-', 'sweep ')} run{again}"
+    )
 
 
 def run_folder(ns: argparse.Namespace) -> Path | None:

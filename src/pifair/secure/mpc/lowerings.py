@@ -128,16 +128,28 @@ def _masked(ctx: LoweringContext, name: str, site: Any, shape: tuple[int, ...]) 
         return lambda x, _p: x
     if kept == features:
         return lambda x, _p: jnp.maximum(x, 0.0)
-    # position j of the output reads column j of [x, relu(x_kept)]: kept ones from the tail
-    select = np.arange(features)
-    select[keep] = features + np.arange(kept)
+    merge = _replacing(keep, features)
 
     def op(x, _p):
         flat = x.reshape(x.shape[0], features)
-        kept_relu = jnp.maximum(flat[:, keep], 0.0)
-        return jnp.concatenate([flat, kept_relu], axis=1)[:, select].reshape(x.shape)
+        return merge(flat, jnp.maximum(flat[:, keep], 0.0)).reshape(x.shape)
 
     return op
+
+
+def _replacing(positions: np.ndarray, features: int) -> Callable:
+    """``merge(flat, values)``: ``flat`` with its columns at ``positions`` replaced by
+    ``values``, the others passed through untouched (no select on them: under MPC a select
+    over every element costs one multiplexer per element). Position j of the output reads
+    column j of ``[flat, values]``: the replaced ones from the tail."""
+    select = np.arange(features)
+    select[positions] = features + np.arange(positions.size)
+    jnp = jax_numpy()
+
+    def merge(flat, values):
+        return jnp.concatenate([flat, values], axis=1)[:, select]
+
+    return merge
 
 
 def _group_members(groups: np.ndarray, count: int, kept: np.ndarray) -> np.ndarray:
@@ -184,17 +196,15 @@ def _shared(ctx: LoweringContext, name: str, site: Any, shape: tuple[int, ...]) 
             return jnp.where(bits[:, groups], flat, 0.0).reshape(x.shape)
 
         return op
-    # linear elements pass through untouched: the multiplexers act on the others only (a select
-    # over every element would cost one per element, the linear ones included)
+    # linear elements pass through untouched: the multiplexers act on the others only
     nonlinear = np.flatnonzero(~linear)
-    select = np.arange(features)
-    select[nonlinear] = features + np.arange(nonlinear.size)
+    merge = _replacing(nonlinear, features)
 
     def op_with_linear(x, p):
         flat = x.reshape(x.shape[0], features)
         bits = decide(flat, p) > 0.0
         gated = jnp.where(bits[:, groups[nonlinear]], flat[:, nonlinear], 0.0)
-        return jnp.concatenate([flat, gated], axis=1)[:, select].reshape(x.shape)
+        return merge(flat, gated).reshape(x.shape)
 
     return op_with_linear
 
