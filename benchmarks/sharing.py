@@ -136,7 +136,13 @@ def composed_rows(sweep: Path, s: dict, seed: int) -> list[dict]:
                     finetune=replace(s["finetune"], seed=seed),
                 )
                 try:
-                    run_share(job, out=path, resume=(path / "config.yaml").exists(), progress=False)
+                    run_share(
+                        job,
+                        out=path,
+                        resume=(path / "config.yaml").exists(),
+                        progress=False,
+                        walks=path.parent / "walks",
+                    )
                 except BudgetError:
                     continue  # below what the scheme's coarsest grouping keeps
             m = Run.open(path).metrics

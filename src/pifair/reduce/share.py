@@ -10,14 +10,21 @@ recomputed and the model is fine-tuned with CE + KD from the dense model.
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
+import logging
+import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..atomic import atomic_write_json
 from ..data import Dataset
 from ..errors import BudgetError
 from ..relu.budget import parse_budget
@@ -34,8 +41,11 @@ from ..relu.sites import (
 from ..training.loop import CheckpointStore
 from .finetune import FinetuneSettings, finetune_reduced
 from .result import ReductionResult
+from .trial_forward import TrialForward
 
-__all__ = ["ShareResult", "ShareRule", "ShareScheme", "share", "allocate_groups"]
+_log = logging.getLogger(__name__)
+
+__all__ = ["GreedyWalk", "ShareResult", "ShareRule", "ShareScheme", "share", "allocate_groups"]
 
 ShareScheme = Literal["patch", "channel", "cluster"]
 ShareRule = Literal["mean", "representative", "learned"]
@@ -50,12 +60,6 @@ class ShareResult(ReductionResult):
     scheme: str
     rule: str
     allocation: dict[str, str] = field(default_factory=dict)
-
-
-@torch.no_grad()
-def _calibration_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    model.eval()
-    return float(F.cross_entropy(model(x), y))
 
 
 @torch.no_grad()
@@ -112,6 +116,36 @@ def _site(option: tuple, rule: str) -> SharedReLU:
     return SharedReLU(groups, rule=rule, representatives=representatives, patch=patch)
 
 
+@dataclass
+class GreedyWalk:
+    """The sites the greedy allocation coarsened, in order, starting from plain ReLU
+    everywhere; ``finished`` once no site can be coarsened further.
+
+    Each step takes the site whose next grouping costs the least loss per decision saved,
+    whatever the budget, so the allocation for a budget is the walk's first state within it:
+    one walk serves every budget of a sweep, and a smaller budget extends it."""
+
+    steps: list[str] = field(default_factory=list)
+    finished: bool = False
+
+
+def walk_key(model: nn.Module, x: torch.Tensor, y: torch.Tensor, options: dict, rule: str) -> str:
+    """What a walk depends on: the parent's weights, the calibration batch, the candidate
+    groupings and the rule (a hex digest; a stored walk is reused only under the same key)."""
+    digest = hashlib.sha256(rule.encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    for tensor in (x, y):
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    for name, opts in options.items():
+        digest.update(name.encode())
+        for option in opts:
+            digest.update(option[0].encode())
+            digest.update(option[1].numpy().tobytes())
+    return digest.hexdigest()
+
+
 def allocate_groups(
     model: nn.Module,
     data: Dataset,
@@ -122,51 +156,118 @@ def allocate_groups(
     device: torch.device,
     calibration: int = 512,
     coarsest_is_cluster: bool = False,
+    walk: GreedyWalk | None = None,
+    on_step: Callable[[GreedyWalk], None] | None = None,
 ) -> dict[str, int]:
     """Choose each site's grouping (an index into its ``options``) greedily
-    (``coarsest_is_cluster``: the options are already the cluster scheme's, the coarsest)."""
+    (``coarsest_is_cluster``: the options are already the cluster scheme's, the coarsest).
+
+    ``walk`` holds the steps taken so far for this model, data and rule (replayed, then
+    extended in place; ``on_step`` sees it after each new step, to store it)."""
+    walk = walk if walk is not None else GreedyWalk()
     choice = dict.fromkeys(options, 0)
-    x = data.normalize(data.val.x[:calibration].to(device))
-    y = data.val.y[:calibration].to(device)
-    work = copy.deepcopy(model).to(device)
-
-    def apply(names: dict[str, int]) -> None:
-        swap_sites(work, lambda n, m: _site(options[n][names[n]], rule) if n in names else None)
-
     # each option's decisions: its distinct groups (linear elements, id -1, are in none)
     counts = {n: [len(torch.unique(o[1][o[1] >= 0])) for o in opts] for n, opts in options.items()}
 
     def decisions(names: dict[str, int]) -> int:
         return sum(counts[n][names[n]] for n in names)
 
+    def unreachable() -> BudgetError:
+        hint = "" if coarsest_is_cluster else "; try --scheme cluster"
+        return BudgetError(
+            f"cannot reach {budget:,} decisions: the coarsest grouping keeps "
+            f"{decisions(choice):,}{hint}"
+        )
+
+    for name in walk.steps:  # replay
+        if decisions(choice) <= budget:
+            return choice
+        if name not in choice or choice[name] + 1 >= len(options[name]):
+            raise ValueError(f"the stored greedy walk does not fit these options (site {name})")
+        choice[name] += 1
+    if decisions(choice) <= budget:
+        return choice
+    if walk.finished:
+        raise unreachable()
+
+    x = data.normalize(data.val.x[:calibration].to(device))
+    y = data.val.y[:calibration].to(device)
+    work = copy.deepcopy(model).to(device)
+    built: dict[tuple[str, int], SharedReLU] = {}  # a grouping's module, built once
+
+    def set_site(name: str, index: int) -> None:
+        if (name, index) not in built:
+            built[name, index] = _site(options[name][index], rule).to(device)
+        swap_sites(work, lambda n, m: built[name, index] if n == name else None)
+
+    for name in options:
+        set_site(name, choice[name])
+    forward = TrialForward(work, x)
+    partial = True  # recompute only what depends on the trial site
+    forward.full()
     while decisions(choice) > budget:
-        best, best_score = None, None
+        best, best_score, best_loss = None, None, None
         for n in options:
             if choice[n] + 1 >= len(options[n]):
                 continue
-            trial = dict(choice) | {n: choice[n] + 1}
-            apply(trial)
-            saved = decisions(choice) - decisions(trial)
-            score = _calibration_loss(work, x, y) / max(saved, 1)  # loss per decision saved
+            set_site(n, choice[n] + 1)
+            out = forward.with_site_changed(n) if partial else forward.full()
+            loss = float(F.cross_entropy(out, y))
+            set_site(n, choice[n])
+            saved = decisions(choice) - decisions(choice | {n: choice[n] + 1})
+            score = loss / max(saved, 1)  # loss per decision saved
             if best_score is None or score < best_score:
-                best, best_score = n, score
+                best, best_score, best_loss = n, score, loss
         if best is None:
-            hint = "" if coarsest_is_cluster else "; try --scheme cluster"
-            raise BudgetError(
-                f"cannot reach {budget:,} decisions: the coarsest grouping keeps "
-                f"{decisions(choice):,}{hint}"
-            )
+            walk.finished = True
+            if on_step is not None:
+                on_step(walk)
+            raise unreachable()
         choice[best] += 1
-        apply(choice)
+        set_site(best, choice[best])
+        full_loss = float(F.cross_entropy(forward.full(), y))
+        if partial and full_loss != best_loss:  # an op the partial pass cannot replay
+            _log.warning("partial forward passes differ from full ones; using full passes")
+            partial = False
+        walk.steps.append(best)
+        if on_step is not None:
+            on_step(walk)
     return choice
 
 
+def _load_walk(path: Path | None, key: str) -> GreedyWalk:
+    """The stored walk under ``key`` at ``path``, or a new one."""
+    if path is None or not path.exists():
+        return GreedyWalk()
+    stored = json.loads(path.read_text())
+    if stored.get("key") != key:
+        return GreedyWalk()
+    return GreedyWalk(steps=list(stored["steps"]), finished=bool(stored["finished"]))
+
+
 def _shared_model(
-    dense: nn.Module, data: Dataset, budget: int, scheme: str, rule: str, device: torch.device
+    dense: nn.Module,
+    data: Dataset,
+    budget: int,
+    scheme: str,
+    rule: str,
+    device: torch.device,
+    walks: Path | None = None,
 ) -> tuple[nn.Module, dict[str, str]]:
     """A copy of ``dense`` with each site's grouping chosen greedily for ``budget`` decisions,
-    and the name of each site's grouping."""
+    and the name of each site's grouping. ``walks``: a folder keeping the greedy walk of each
+    scheme and rule, so that the next budget replays it instead of starting over."""
     options = site_options(dense, data, scheme, device=device)
+    calibration = 512
+    key = walk_key(dense, data.val.x[:calibration], data.val.y[:calibration], options, rule)
+    path = walks / f"{scheme}-{rule}.json" if walks is not None else None
+    walk = _load_walk(path, key)
+
+    def store(walk: GreedyWalk) -> None:
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(path, {"key": key, "steps": walk.steps, "finished": walk.finished})
+
     choice = allocate_groups(
         dense,
         data,
@@ -174,7 +275,10 @@ def _shared_model(
         options=options,
         rule=rule,
         device=device,
+        calibration=calibration,
         coarsest_is_cluster=scheme == "cluster",
+        walk=walk,
+        on_step=store,
     )
     shared = copy.deepcopy(dense)
     swap_sites(shared, lambda n, m: _site(options[n][choice[n]], rule) if n in choice else None)
@@ -193,6 +297,7 @@ def share(
     progress: bool = True,
     checkpoints: CheckpointStore | None = None,
     resume: bool = False,
+    walks: str | os.PathLike | None = None,
 ) -> ShareResult:
     """A copy of ``model`` whose ReLUs share sign decisions, at most ``budget`` of them.
 
@@ -237,7 +342,9 @@ def share(
     total = count_relus(dense, train_data.input_shape).total
     k = parse_budget(budget, total)
     t0 = time.perf_counter()
-    shared, allocation = _shared_model(dense, train_data, k, scheme, rule, device)
+    shared, allocation = _shared_model(
+        dense, train_data, k, scheme, rule, device, Path(walks) if walks is not None else None
+    )
     allocate_s = time.perf_counter() - t0
     t1 = time.perf_counter()
     outcome = finetune_reduced(

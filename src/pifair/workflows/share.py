@@ -38,8 +38,10 @@ def run_share(
     out: str | os.PathLike | None = None,
     resume: bool = False,
     progress: bool = True,
+    walks: str | os.PathLike | None = None,
 ) -> Run:
-    """Run ``job``: ReLU sharing of the parent run's model into one run folder."""
+    """Run ``job``: ReLU sharing of the parent run's model into one run folder (``walks``: a
+    folder where the allocation's greedy walks are kept for other budgets of the same parent)."""
 
     def reduce(parent: Parent, run: Run, resume_finetune: bool) -> ShareResult:
         return share(
@@ -53,6 +55,7 @@ def run_share(
             progress=progress,
             checkpoints=run,
             resume=resume_finetune,
+            walks=walks,
         )
 
     run, parent, result = reduce_into_run(job, "share", out, resume=resume, reduce=reduce)

@@ -67,7 +67,13 @@ def _share_budgets(root: Run, job: LinearizeJob, method: str) -> None:
             finetune=job.finetune,
         )
         try:
-            run_share(share_job, out=path, resume=(path / "config.yaml").exists(), progress=False)
+            run_share(
+                share_job,
+                out=path,
+                resume=(path / "config.yaml").exists(),
+                progress=False,
+                walks=root.path / "walks",  # one greedy walk per method serves every budget
+            )
         except BudgetError as err:  # a budget below what the scheme's coarsest grouping keeps
             root.log.warning("%s at %s skipped: %s", method, budget, err)
             shutil.rmtree(path, ignore_errors=True)
