@@ -25,6 +25,7 @@ from pifair.secure.mpc import (  # noqa: E402
     make_link,
     parse_parties,
     parse_profile,
+    run_in_processes,
     run_in_threads,
     run_party,
 )
@@ -192,6 +193,26 @@ def test_small_cnn_under_mpc_agrees_with_plaintext(digits, protocol, tmp_path):
     ops = server.total.ops.values()
     assert sum(o.sent for o in ops) == server.total.sent > 0
     assert sum(o.received for o in ops) == server.total.received > 0
+
+
+def test_parties_as_processes_profile_every_party(digits, tmp_path):
+    """ABY3 with each party in a process of its own: every party's profile comes back, the
+    bytes one party sends are bytes another receives, and each party's split by op kind sums
+    to its link totals."""
+    model = _reduced_lenet()
+    x = digits.normalize(digits.test.x[:2]).float()
+    results = run_in_processes(
+        export_model(model, (1, 8, 8)), x.numpy(), MPCSettings(protocol="aby3"), folder=tmp_path
+    )
+    assert sorted(r.rank for r in results) == [0, 1, 2]
+    totals = [r.total for r in results]
+    assert all(t is not None and t.sent > 0 for t in totals)
+    assert sum(t.sent for t in totals) == sum(t.received for t in totals)
+    for t in totals:
+        assert sum(o.sent for o in t.ops.values()) == t.sent
+    client = next(r for r in results if r.rank == 1)
+    with torch.no_grad():
+        assert (client.logits.argmax(1) == model(x).numpy().argmax(1)).all()
 
 
 def test_a_failing_party_stops_the_run_with_its_error(tmp_path):

@@ -50,6 +50,9 @@ def test_two_processes_on_loopback_agree_with_plaintext(dense_run, tmp_path, cap
     # both parties measured their own link: what one sends the other receives
     assert server["measured"] and client["measured"]
     assert server["sent_per_image"] == client["received_per_image"] > 0
+    for party in (server, client):  # each party's own split accounts for its link totals
+        split = sum(party["bytes_by_category_per_image"].values())
+        assert split == pytest.approx(party["sent_per_image"] + party["received_per_image"])
     assert m["comparisons"] == m["relus"] > 0 and m["comparison_bytes_per_image"] > 0
     assert m["setup"]["one_time_bytes"] > 0  # Cheetah's setup is not charged to the images
     assert "agreement with plaintext 100.0%" in capsys.readouterr().out

@@ -205,6 +205,10 @@ def summarize(results: list[PartyResult], world: int) -> dict:
                 "sent_per_image": total.sent / n,
                 "received_per_image": total.received / n,
                 "messages_per_image": total.send_actions / n,
+                # this party's own split (with --parties processes every party is profiled)
+                "bytes_by_category_per_image": {
+                    c: row["bytes"] / n for c, row in total.by_category().items()
+                },
             }
         elif world == 2 and server is not None and server.total is not None:
             # 2PC: what one party sends the other receives
