@@ -146,6 +146,40 @@ def walk_key(model: nn.Module, x: torch.Tensor, y: torch.Tensor, options: dict, 
     return digest.hexdigest()
 
 
+class _Trials:
+    """The model on the calibration batch with one site's grouping changed at a time: a
+    trial's loss, and committing a change (checked against a full forward pass)."""
+
+    def __init__(self, model, options, rule, choice, x, y, device) -> None:
+        self.options, self.rule, self.y, self.device = options, rule, y, device
+        self.work = copy.deepcopy(model).to(device)
+        self.built: dict[tuple[str, int], SharedReLU] = {}  # a grouping's module, built once
+        for name in options:
+            self._set(name, choice[name])
+        self.forward = TrialForward(self.work, x)
+        self.partial = True  # recompute only what depends on the trial site
+        self.forward.full()
+
+    def _set(self, name: str, index: int) -> None:
+        if (name, index) not in self.built:
+            self.built[name, index] = _site(self.options[name][index], self.rule).to(self.device)
+        swap_sites(self.work, lambda n, m: self.built[name, index] if n == name else None)
+
+    def loss(self, name: str, index: int, current: int) -> float:
+        """The calibration loss with site ``name`` at grouping ``index`` (then back)."""
+        self._set(name, index)
+        out = self.forward.with_site_changed(name) if self.partial else self.forward.full()
+        self._set(name, current)
+        return float(F.cross_entropy(out, self.y))
+
+    def commit(self, name: str, index: int, expected_loss: float) -> None:
+        self._set(name, index)
+        full_loss = float(F.cross_entropy(self.forward.full(), self.y))
+        if self.partial and full_loss != expected_loss:  # an op partial passes cannot replay
+            _log.warning("partial forward passes differ from full ones; using full passes")
+            self.partial = False
+
+
 def allocate_groups(
     model: nn.Module,
     data: Dataset,
@@ -165,6 +199,7 @@ def allocate_groups(
     ``walk`` holds the steps taken so far for this model, data and rule (replayed, then
     extended in place; ``on_step`` sees it after each new step, to store it)."""
     walk = walk if walk is not None else GreedyWalk()
+    on_step = on_step or (lambda walk: None)
     choice = dict.fromkeys(options, 0)
     # each option's decisions: its distinct groups (linear elements, id -1, are in none)
     counts = {n: [len(torch.unique(o[1][o[1] >= 0])) for o in opts] for n, opts in options.items()}
@@ -185,53 +220,29 @@ def allocate_groups(
         if name not in choice or choice[name] + 1 >= len(options[name]):
             raise ValueError(f"the stored greedy walk does not fit these options (site {name})")
         choice[name] += 1
+    if decisions(choice) > budget and walk.finished:
+        raise unreachable()
     if decisions(choice) <= budget:
         return choice
-    if walk.finished:
-        raise unreachable()
-
     x = data.normalize(data.val.x[:calibration].to(device))
-    y = data.val.y[:calibration].to(device)
-    work = copy.deepcopy(model).to(device)
-    built: dict[tuple[str, int], SharedReLU] = {}  # a grouping's module, built once
-
-    def set_site(name: str, index: int) -> None:
-        if (name, index) not in built:
-            built[name, index] = _site(options[name][index], rule).to(device)
-        swap_sites(work, lambda n, m: built[name, index] if n == name else None)
-
-    for name in options:
-        set_site(name, choice[name])
-    forward = TrialForward(work, x)
-    partial = True  # recompute only what depends on the trial site
-    forward.full()
+    trials = _Trials(model, options, rule, choice, x, data.val.y[:calibration].to(device), device)
     while decisions(choice) > budget:
-        best, best_score, best_loss = None, None, None
+        best, best_score, best_loss = None, None, 0.0
         for n in options:
-            if choice[n] + 1 >= len(options[n]):
-                continue
-            set_site(n, choice[n] + 1)
-            out = forward.with_site_changed(n) if partial else forward.full()
-            loss = float(F.cross_entropy(out, y))
-            set_site(n, choice[n])
-            saved = decisions(choice) - decisions(choice | {n: choice[n] + 1})
-            score = loss / max(saved, 1)  # loss per decision saved
-            if best_score is None or score < best_score:
-                best, best_score, best_loss = n, score, loss
+            if choice[n] + 1 < len(options[n]):
+                loss = trials.loss(n, choice[n] + 1, choice[n])
+                saved = decisions(choice) - decisions(choice | {n: choice[n] + 1})
+                score = loss / max(saved, 1)  # loss per decision saved
+                if best_score is None or score < best_score:
+                    best, best_score, best_loss = n, score, loss
         if best is None:
             walk.finished = True
-            if on_step is not None:
-                on_step(walk)
+            on_step(walk)
             raise unreachable()
         choice[best] += 1
-        set_site(best, choice[best])
-        full_loss = float(F.cross_entropy(forward.full(), y))
-        if partial and full_loss != best_loss:  # an op the partial pass cannot replay
-            _log.warning("partial forward passes differ from full ones; using full passes")
-            partial = False
+        trials.commit(best, choice[best], best_loss)
         walk.steps.append(best)
-        if on_step is not None:
-            on_step(walk)
+        on_step(walk)
     return choice
 
 
@@ -252,7 +263,7 @@ def _shared_model(
     scheme: str,
     rule: str,
     device: torch.device,
-    walks: Path | None = None,
+    walks: str | os.PathLike | None = None,
 ) -> tuple[nn.Module, dict[str, str]]:
     """A copy of ``dense`` with each site's grouping chosen greedily for ``budget`` decisions,
     and the name of each site's grouping. ``walks``: a folder keeping the greedy walk of each
@@ -260,7 +271,7 @@ def _shared_model(
     options = site_options(dense, data, scheme, device=device)
     calibration = 512
     key = walk_key(dense, data.val.x[:calibration], data.val.y[:calibration], options, rule)
-    path = walks / f"{scheme}-{rule}.json" if walks is not None else None
+    path = Path(walks) / f"{scheme}-{rule}.json" if walks is not None else None
     walk = _load_walk(path, key)
 
     def store(walk: GreedyWalk) -> None:
@@ -310,8 +321,7 @@ def share(
     budget : int or str
         Sign decisions per sample: a count or ``"5k"``, ``"1%"``.
     scheme : {"patch", "channel", "cluster"}
-        Groups: spatial patches per channel, channel groups per pixel, or clusters of
-        activations whose signs agree on training samples.
+        Spatial patches per channel, channel groups per pixel, or sign clusters.
     rule : {"mean", "representative", "learned"}
         What decides a group's sign.
     finetune : FinetuneSettings, optional
@@ -319,6 +329,8 @@ def share(
     checkpoints : CheckpointStore, optional
         Where the fine-tuning checkpoints (a run folder); ``resume`` continues it (the
         allocation is deterministic and is recomputed).
+    walks : path, optional
+        A folder keeping the allocation's greedy walks: other budgets of the parent replay them.
 
     Returns
     -------
@@ -339,14 +351,10 @@ def share(
     device = torch.device(device)
     finetune = finetune or FinetuneSettings()
     dense = as_site_model(model, train_data.input_shape).to(device).eval()
-    total = count_relus(dense, train_data.input_shape).total
-    k = parse_budget(budget, total)
+    k = parse_budget(budget, count_relus(dense, train_data.input_shape).total)
     t0 = time.perf_counter()
-    shared, allocation = _shared_model(
-        dense, train_data, k, scheme, rule, device, Path(walks) if walks is not None else None
-    )
+    shared, allocation = _shared_model(dense, train_data, k, scheme, rule, device, walks)
     allocate_s = time.perf_counter() - t0
-    t1 = time.perf_counter()
     outcome = finetune_reduced(
         shared,
         dense,
@@ -357,14 +365,13 @@ def share(
         checkpoints=checkpoints,
         resume=resume,
     )
-    relus = count_relus(shared, train_data.input_shape).total
     return ShareResult(
         model=shared.cpu().eval(),
         budget=k,
-        relus=relus,
+        relus=count_relus(shared, train_data.input_shape).total,
         scheme=scheme,
         rule=rule,
         allocation=allocation,
         **outcome.result_fields(),
-        seconds={"reduce": allocate_s, "finetune": time.perf_counter() - t1},
+        seconds={"reduce": allocate_s, "finetune": time.perf_counter() - t0 - allocate_s},
     )
