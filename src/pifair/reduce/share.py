@@ -129,7 +129,7 @@ class GreedyWalk:
     finished: bool = False
 
 
-def walk_key(model: nn.Module, x: torch.Tensor, y: torch.Tensor, options: dict, rule: str) -> str:
+def _walk_key(model: nn.Module, x: torch.Tensor, y: torch.Tensor, options: dict, rule: str) -> str:
     """What a walk depends on: the parent's weights, the calibration batch, the candidate
     groupings and the rule (a hex digest; a stored walk is reused only under the same key)."""
     digest = hashlib.sha256(rule.encode())
@@ -150,7 +150,16 @@ class _Trials:
     """The model on the calibration batch with one site's grouping changed at a time: a
     trial's loss, and committing a change (checked against a full forward pass)."""
 
-    def __init__(self, model, options, rule, choice, x, y, device) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        options: dict[str, list],
+        rule: str,
+        choice: dict[str, int],
+        x: torch.Tensor,
+        y: torch.Tensor,
+        device: torch.device,
+    ) -> None:
         self.options, self.rule, self.y, self.device = options, rule, y, device
         self.work = copy.deepcopy(model).to(device)
         self.built: dict[tuple[str, int], SharedReLU] = {}  # a grouping's module, built once
@@ -270,7 +279,7 @@ def _shared_model(
     scheme and rule, so that the next budget replays it instead of starting over."""
     options = site_options(dense, data, scheme, device=device)
     calibration = 512
-    key = walk_key(dense, data.val.x[:calibration], data.val.y[:calibration], options, rule)
+    key = _walk_key(dense, data.val.x[:calibration], data.val.y[:calibration], options, rule)
     path = Path(walks) / f"{scheme}-{rule}.json" if walks is not None else None
     walk = _load_walk(path, key)
 
