@@ -47,6 +47,9 @@ _log = logging.getLogger(__name__)
 
 __all__ = ["GreedyWalk", "ShareResult", "ShareRule", "ShareScheme", "share", "allocate_groups"]
 
+# validation images on which the allocation scores each grouping (and keys its stored walks)
+_CALIBRATION_IMAGES = 512
+
 ShareScheme = Literal["patch", "channel", "cluster"]
 ShareRule = Literal["mean", "representative", "learned"]
 
@@ -197,7 +200,7 @@ def allocate_groups(
     options: dict[str, list],
     rule: str,
     device: torch.device,
-    calibration: int = 512,
+    calibration: int = _CALIBRATION_IMAGES,
     coarsest_is_cluster: bool = False,
     walk: GreedyWalk | None = None,
     on_step: Callable[[GreedyWalk], None] | None = None,
@@ -229,10 +232,10 @@ def allocate_groups(
         if name not in choice or choice[name] + 1 >= len(options[name]):
             raise ValueError(f"the stored greedy walk does not fit these options (site {name})")
         choice[name] += 1
-    if decisions(choice) > budget and walk.finished:
-        raise unreachable()
     if decisions(choice) <= budget:
         return choice
+    if walk.finished:
+        raise unreachable()
     x = data.normalize(data.val.x[:calibration].to(device))
     trials = _Trials(model, options, rule, choice, x, data.val.y[:calibration].to(device), device)
     while decisions(choice) > budget:
@@ -278,7 +281,7 @@ def _shared_model(
     and the name of each site's grouping. ``walks``: a folder keeping the greedy walk of each
     scheme and rule, so that the next budget replays it instead of starting over."""
     options = site_options(dense, data, scheme, device=device)
-    calibration = 512
+    calibration = _CALIBRATION_IMAGES
     key = _walk_key(dense, data.val.x[:calibration], data.val.y[:calibration], options, rule)
     path = Path(walks) / f"{scheme}-{rule}.json" if walks is not None else None
     walk = _load_walk(path, key)

@@ -99,6 +99,7 @@ class TrialForward:
         )
         self.mutating = mutating if self.partial else set()
         self.values: dict[fx.Node, Any] = {}
+        self._downstream: dict[str, set[fx.Node]] = {}  # per site: the graph does not change
 
     @torch.no_grad()
     def full(self) -> Any:
@@ -109,7 +110,9 @@ class TrialForward:
         return out
 
     def _stale(self, site: str) -> set[fx.Node]:
-        """The nodes whose value depends on the call of ``site``."""
+        """The nodes whose value depends on the call of ``site`` (found once per site)."""
+        if site in self._downstream:
+            return self._downstream[site]
         start = [n for n in self.graph.nodes if n.op == "call_module" and n.target == site]
         stale, todo = set(start), list(start)
         while todo:
@@ -117,6 +120,7 @@ class TrialForward:
                 if user not in stale:
                     stale.add(user)
                     todo.append(user)
+        self._downstream[site] = stale
         return stale
 
     @torch.no_grad()
