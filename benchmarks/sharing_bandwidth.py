@@ -107,12 +107,6 @@ def models(data) -> dict[str, torch.nn.Module]:
     return out
 
 
-def _by_category(total, images: int) -> dict[str, float]:
-    """A party's bytes (sent + received) per image by op kind."""
-    rows = total.by_category()
-    return {c: rows[c]["bytes"] / images for c in CATEGORIES}
-
-
 def measure(model: torch.nn.Module, x: np.ndarray, protocol: str, log: Path, parties: str) -> dict:
     exported = export_model(model, SHAPE)
     settings = MPCSettings(protocol=protocol, batch=1)
@@ -127,23 +121,23 @@ def measure(model: torch.nn.Module, x: np.ndarray, protocol: str, log: Path, par
     # threads only party 0 is profiled: in 2PC that is all the traffic, in ABY3 two links of
     # three. With processes every party is, and the traffic of all links is every byte sent.
     per_image = summary["per_image"]
-    n = len(x)
-    profiled = sorted((r for r in results if r.total is not None), key=lambda r: r.rank)
+    # the parties that measured their own link (summarize derives a 2PC client's from the server)
+    profiled = [q for q in summary["parties"] if "bytes_by_category_per_image" in q]
     return {
         "decisions": exported.comparisons,
         "muxes": exported.muxes,
         "bytes": per_image["sent"] + per_image["received"],
         "by_category": {c: per_image["by_category"][c]["bytes"] for c in CATEGORIES},
         "parties": {
-            r.rank: {
-                "sent": r.total.sent / n,
-                "received": r.total.received / n,
-                "by_category": _by_category(r.total, n),
+            q["rank"]: {
+                "sent": q["sent_per_image"],
+                "received": q["received_per_image"],
+                "by_category": {c: q["bytes_by_category_per_image"][c] for c in CATEGORIES},
             }
-            for r in profiled
+            for q in profiled
         },
         "all_links": (
-            sum(r.total.sent for r in profiled) / n if len(profiled) == WORLD[protocol] else None
+            sum(q["sent_per_image"] for q in profiled) if len(profiled) == WORLD[protocol] else None
         ),
         "seconds": summary["seconds_per_image"],
         "agreement": float((client.logits.argmax(1) == plain.argmax(1)).mean()),
