@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -222,14 +223,28 @@ def test_the_server_refuses_a_secret_key_among_its_keys(engine, tmp_path):
         serve(exchange)
 
 
+def _wait_for_forked_workers(process: subprocess.Popen, timeout: float = 120.0) -> None:
+    """Return once ``process`` has forked its workers, i.e. is mid-run (a fixed sleep raced: a fast
+    machine had finished the whole batch before it)."""
+    children = Path(f"/proc/{process.pid}/task/{process.pid}/children")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "the server ended before it forked its workers"
+        if children.exists() and children.read_text().strip():
+            return
+        time.sleep(0.005)
+    raise AssertionError(f"the server forked no workers within {timeout:.0f} s")
+
+
 def test_the_spawned_server_loads_only_public_files_and_leaves_nothing_in_dev_shm(engine, tmp_path):
     exchange = _exchange(engine, tmp_path)
     shm_before = set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
     command = [sys.executable, "-m", "pifair", "he-serve", str(exchange), "--workers", "2"]
     killed = subprocess.Popen(command)  # killed mid-run: nothing may stay behind
-    time.sleep(3)
+    _wait_for_forked_workers(killed)
     killed.send_signal(signal.SIGKILL)
     killed.wait()
+    assert not (exchange / "server.json").exists()  # it was killed before it answered
     shm_after = set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
     assert shm_after <= shm_before
     done = subprocess.run(command, capture_output=True, text=True)
