@@ -112,6 +112,8 @@ def dp_train(
                 }
             )
     in_sync = ranks_agree(model) if world > 1 else True
+    if world > 1:  # after the last collective: a group left to exit tore gloo down (SIGABRT)
+        torch.distributed.destroy_process_group()
     if rank != 0 or run is None:
         return None
     _finish(cfg, run, model, data, history, private, world_size=world, ranks_in_sync=in_sync)
