@@ -216,7 +216,8 @@ def pareto_plot(rows: list[dict], methods: list[str], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5))
-    for m in methods:
+    colours = plt.get_cmap("tab20").colors  # 13+ methods: the default 10 colours repeat
+    for k, m in enumerate(methods):
         points = {}
         for r in rows:
             if r["method"] == m:
@@ -237,6 +238,8 @@ def pareto_plot(rows: list[dict], methods: list[str], path: Path) -> None:
                 fmt=style,
                 label=m,
                 capsize=2,
+                color=colours[k % len(colours)],
+                linewidth=2.5 if m in ("snl", "naive") else 1.2,
             )
     ax.set_xscale("log")
     ax.set_xlabel("sign decisions (ReLUs) per image")
