@@ -12,6 +12,7 @@ SHAPES = {
     "resnet18_gn": (3, 32, 32),
     "wrn22_8": (3, 32, 32),
     "lenet": (1, 28, 28),
+    "lenet5": (1, 28, 28),
     "fairdp_cnn": (1, 28, 28),
     "he_cnn": (1, 28, 28),
     "mlp": (20,),
@@ -38,6 +39,14 @@ def test_resnet18_gn_has_group_norm_only_and_is_dp_trainable():
     assert validators.ModuleValidator.validate(model, strict=False) == []
     dense = create_model("resnet18", num_classes=10, input_shape=(3, 32, 32), width=16)
     assert count_relus(model, (3, 32, 32)).total == count_relus(dense, (3, 32, 32)).total == 139_264
+
+
+def test_lenet5_has_the_published_layout():
+    """C1 6x28x28, C3 16x10x10, F5 120, F6 84: the ReLUs and weights counted by hand."""
+    model = create_model("lenet5", num_classes=10, input_shape=(1, 28, 28))
+    assert count_relus(model, (1, 28, 28)).total == 6 * 28 * 28 + 16 * 10 * 10 + 120 + 84
+    weights = [m.weight.numel() for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+    assert weights == [6 * 25, 16 * 6 * 25, 400 * 120, 120 * 84, 84 * 10]
 
 
 def test_unknown_model_lists_the_registry():

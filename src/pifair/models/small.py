@@ -1,4 +1,5 @@
-"""Small models: a LeNet-style CNN for 28x28 images, the fair-dp CNN, an MLP for tables."""
+"""Small models: a LeNet-style CNN and LeNet-5 for 28x28 images, the fair-dp CNN, the HE CNN,
+an MLP for tables."""
 
 from __future__ import annotations
 
@@ -12,7 +13,18 @@ from ..errors import ConfigError
 from ..relu.sites import ActivationSite, DenseReLU, DenseTanh
 from ._registry import register_model
 
-__all__ = ["LeNet", "FairDPCNN", "HECNN", "MLP", "lenet", "fairdp_cnn", "he_cnn", "mlp"]
+__all__ = [
+    "LeNet",
+    "LeNet5",
+    "FairDPCNN",
+    "HECNN",
+    "MLP",
+    "lenet",
+    "lenet5",
+    "fairdp_cnn",
+    "he_cnn",
+    "mlp",
+]
 
 ActLayer = Callable[[], ActivationSite]
 
@@ -55,6 +67,40 @@ class LeNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
+
+
+class LeNet5(nn.Module):
+    """LeNet-5 as published HE benchmarks run it on 28x28 digits (LeCun et al. 1998): conv 5x5
+    to 6 channels (padding 2, so C1 is 28x28 as on the original 32x32 input), average pooling,
+    conv 5x5 to 16 channels (10x10), average pooling, dense 400 -> 120 -> 84 -> classes, an
+    activation after each convolution and hidden dense layer. Batch norm after each
+    convolution (affine at inference: folded into the convolution by the HE compiler) keeps
+    polynomial activations' inputs in range."""
+
+    def __init__(
+        self, *, num_classes: int, input_shape: tuple[int, ...], act_layer: ActLayer
+    ) -> None:
+        super().__init__()
+        c, h, w = input_shape
+        self.conv1 = nn.Conv2d(c, 6, 5, padding=2, bias=False)
+        self.bn1 = nn.BatchNorm2d(6)
+        self.act1 = act_layer()
+        self.pool1 = nn.AvgPool2d(2)
+        self.conv2 = nn.Conv2d(6, 16, 5, bias=False)
+        self.bn2 = nn.BatchNorm2d(16)
+        self.act2 = act_layer()
+        self.pool2 = nn.AvgPool2d(2)
+        side = lambda n: (n // 2 - 4) // 2  # noqa: E731
+        self.fc1 = nn.Linear(16 * side(h) * side(w), 120)
+        self.act3 = act_layer()
+        self.fc2 = nn.Linear(120, 84)
+        self.act4 = act_layer()
+        self.fc3 = nn.Linear(84, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool1(self.act1(self.bn1(self.conv1(x))))
+        x = self.pool2(self.act2(self.bn2(self.conv2(x))))
+        return self.fc3(self.act4(self.fc2(self.act3(self.fc1(torch.flatten(x, 1))))))
 
 
 class FairDPCNN(nn.Module):
@@ -155,6 +201,18 @@ def lenet(
     return LeNet(
         num_classes=num_classes, input_shape=input_shape, act_layer=_act(act_layer), width=width
     )
+
+
+@register_model(
+    "lenet5", description="LeNet-5: conv 5x5 6 -> 16 channels, avg pooling, dense 120-84"
+)
+def lenet5(
+    *,
+    num_classes: int,
+    input_shape: tuple[int, ...] = (1, 28, 28),
+    act_layer: str | ActLayer = "relu",
+) -> LeNet5:
+    return LeNet5(num_classes=num_classes, input_shape=input_shape, act_layer=_act(act_layer))
 
 
 @register_model("fairdp_cnn", description="fair-dp CNN: conv 32->16, 3x3, tanh, one linear layer")
