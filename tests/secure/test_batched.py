@@ -185,6 +185,19 @@ def test_a_full_batch_of_n_over_2_images_round_trips(engine):
     assert len(names) == len(set(names)) == 8  # every step named once: 3 linear, 3 rescale, 2 sq
 
 
+def test_a_stage_made_in_blocks_of_rows_equals_one_pass_bit_for_bit(engine, tmp_path):
+    """Outputs made and rescaled a few rows at a time, squares made limb by limb: the same
+    ciphertexts as the stage made at once."""
+    model, folded, params, client, server = engine
+    batch = client.encrypt(np.random.default_rng(2).normal(size=(64, 64)))
+    whole = server.run(folded, batch)
+    per_row = 8 * 3 * params.poly_modulus_degree * len(params.coeff_bits)
+    streamed = BatchedServer(server.keys, params.scale_bits, workers=2, block_bytes=3 * per_row)
+    out = streamed.run(folded, batch)
+    assert np.array_equal(out.data, whole.data) and np.array_equal(out.scales, whole.scales)
+    assert [t.stage for t in streamed.timings] == [t.stage for t in server.timings]
+
+
 def test_a_short_batch_pads_its_slots_and_decrypts_its_images_only(engine):
     model, folded, params, client, server = engine
     x = np.random.default_rng(1).normal(size=(5, 64))

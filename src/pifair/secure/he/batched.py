@@ -73,6 +73,14 @@ class CipherBatch:
     def features(self) -> int:
         return self.data.shape[1]
 
+    @property
+    def size(self) -> int:
+        return self.data.shape[2]
+
+    def limb(self, i: int) -> np.ndarray:
+        """Limb ``i`` of every ciphertext: (features, size, N)."""
+        return self.data[i]
+
     def save(self, folder: str | os.PathLike) -> None:
         """Write as ``ciphertexts.npy`` (raw uint64) and ``scales.npy`` plus the image count."""
         folder = Path(folder)
@@ -88,6 +96,54 @@ class CipherBatch:
         data = np.load(folder / "ciphertexts.npy", mmap_mode="r" if memory_map else None)
         tail = np.load(folder / "scales.npy")
         return cls(data, tail[:-1], int(tail[-1]))
+
+
+@dataclass
+class _SquaredBatch:
+    """``[x^2, x[kept]]`` of a batch, made one limb at a time when the next linear stage reads
+    it (never the whole squared batch: 1.5x the input's memory). The square is not
+    relinearized (size 3); the kept features are times the integer Delta, zero-padded to size
+    3, at scale Delta^2 like the squares."""
+
+    source: CipherBatch
+    kept: np.ndarray
+    moduli: list[int]
+    factor: int
+    seconds: float = 0.0  # time spent squaring, over every read
+
+    @property
+    def limbs(self) -> int:
+        return self.source.limbs
+
+    @property
+    def features(self) -> int:
+        return self.source.features + len(self.kept)
+
+    @property
+    def size(self) -> int:
+        return 3
+
+    @property
+    def images(self) -> int:
+        return self.source.images
+
+    @property
+    def scales(self) -> np.ndarray:
+        s = self.source.scales
+        return np.concatenate([s**2, s[self.kept] * self.factor])
+
+    def limb(self, i: int) -> np.ndarray:
+        t0 = time.perf_counter()
+        data, q = self.source.data[i], self.moduli[i]
+        features, _, n = data.shape
+        out = np.zeros((self.features, 3, n), dtype=np.uint64)
+        k = kernels()
+        k.tensor_square(data, q, out[:features])
+        lifted = np.empty((len(self.kept), 2, n), dtype=np.uint64)
+        k.scale_by(np.ascontiguousarray(data[self.kept]), self.factor % q, q, lifted)
+        out[features:, :2] = lifted
+        self.seconds += time.perf_counter() - t0
+        return out
 
 
 class _Context:
@@ -205,6 +261,9 @@ class BatchedServer:
     keys: Path
     scale_bits: int
     workers: int = 1
+    # at most this many bytes of a linear stage's products at once: its outputs are made and
+    # rescaled in blocks of rows (None: all at once)
+    block_bytes: int | None = None
     timings: list[StageTiming] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -224,36 +283,45 @@ class BatchedServer:
         self.scale = 2.0**self.scale_bits
         warm_up()  # kernels compiled (once per install) before any timed step
 
-    def _linear(self, stage: LinearStage, batch: CipherBatch, drops: int) -> np.ndarray:
-        """The stage's products per limb, before the rescale: (limbs, out, size, N), every
-        output at scale Delta times the ``drops`` last primes."""
-        limbs, features, size, n = batch.data.shape
-        if stage.weights.shape[1] != features:
-            raise ConfigError(f"a stage of {stage.weights.shape[1]} inputs got {features}")
+    def _linear(
+        self, weights: sparse.csr_matrix, batch: CipherBatch | _SquaredBatch, drops: int
+    ) -> np.ndarray:
+        """The products of ``weights`` (rows of a stage) per limb, before the rescale:
+        (limbs, rows, size, N), every output at scale Delta times the ``drops`` last primes."""
+        limbs, features, size, n = batch.limbs, batch.features, batch.size, self.ctx.n
+        if weights.shape[1] != features:
+            raise ConfigError(f"a stage of {weights.shape[1]} inputs got {features}")
         _, moduli = self.ctx.levels[limbs]
         target = self.scale * math.prod(float(q) for q in moduli[limbs - drops :])
-        w = stage.weights.tocsr()
+        w = weights.tocsr()
         integer = rns.scalar_weights(w.data, (target / batch.scales)[w.indices])
         grouped = rns.GroupedWeights.from_matrix(
             sparse.csr_matrix((integer, w.indices, w.indptr), shape=w.shape)
         )
         out = np.empty((limbs, w.shape[0], size, n), dtype=np.uint64)
         for i in range(limbs):  # threads: BLAS's and the kernels' (numba)
-            flat = batch.data[i].reshape(features, size * n)
+            flat = batch.limb(i).reshape(features, size * n)
             out[i] = rns.grouped_mod_matmul(grouped, flat, moduli[i]).reshape(-1, size, n)
         return out
 
-    def _rescale(self, products: np.ndarray, bias: np.ndarray, drops: int) -> np.ndarray:
+    def _rows_per_block(self, batch: CipherBatch | _SquaredBatch, rows: int) -> int:
+        """How many outputs of a linear stage fit in ``block_bytes`` of products."""
+        if self.block_bytes is None:
+            return rows
+        per_row = batch.limbs * batch.size * self.ctx.n * 8
+        return max(1, min(rows, self.block_bytes // per_row))
+
+    def _rescale(self, products: np.ndarray, bias: np.ndarray, drops: int, out: np.ndarray) -> None:
         """Per output (SEAL, for its NTTs): relinearize a size-3 output of a stage after a
         square (one key switch per output of the linear stage, not per squared input: there
         are fewer), rescale ``drops`` times to scale exactly Delta, then add the bias (a
         constant is the same integer in every NTT coefficient of c0). Rescaling before the
-        relinearization would cost precision: its rounding error is multiplied by s^2."""
+        relinearization would cost precision: its rounding error is multiplied by s^2. The
+        results go into ``out`` (limbs - drops, outputs, 2, N), shared with the workers."""
         ev, ctx = self.ctx.evaluator, self.ctx
         limbs, outputs, size, n = products.shape
         scale = self.scale * math.prod(float(q) for q in ctx.levels[limbs][1][limbs - drops :])
         moduli = np.array(ctx.levels[limbs - drops][1], dtype=np.uint64)
-        out = shared_array((limbs - drops, outputs, 2, n))
         for level in (limbs, limbs - drops):  # made before forking, shared by the workers
             ctx.template(level, self.encryptor.encrypt)
 
@@ -272,48 +340,48 @@ class BatchedServer:
         # SEAL steps (which hold the GIL) in forked workers; only SEAL and single-threaded
         # kernels run there: numba's thread pool and OpenBLAS's are started in this process
         run_forked(one, outputs, self.workers)
-        return out
 
-    def _square(self, batch: CipherBatch, kept: np.ndarray) -> CipherBatch:
-        """Every feature squared (size 3, not relinearized), then the ``kept`` features times
-        the integer Delta (zero-padded to size 3): at scale Delta^2 like the squares, so the
-        next stage's weights of both are encoded at the same (small) scale."""
-        limbs, features, _, n = batch.data.shape
-        _, moduli = self.ctx.levels[limbs]
-        out = np.zeros((limbs, features + len(kept), 3, n), dtype=np.uint64)
-        factor = int(self.scale)
-        k = kernels()
-        for i in range(limbs):  # the kernels' threads (numba)
-            k.tensor_square(batch.data[i], moduli[i], out[i, :features])
-            lifted = np.empty((len(kept), 2, n), dtype=np.uint64)
-            k.scale_by(
-                np.ascontiguousarray(batch.data[i][kept]), factor % moduli[i], moduli[i], lifted
-            )
-            out[i, features:, :2] = lifted
-        scales = np.concatenate([batch.scales**2, batch.scales[kept] * factor])
-        return CipherBatch(out, scales, batch.images)
+    def _linear_stage(
+        self, stage: LinearStage, batch: CipherBatch | _SquaredBatch, drops: int
+    ) -> CipherBatch:
+        """A linear stage and its rescale, in blocks of rows (:attr:`block_bytes`): the
+        outputs are independent, so the blocks give the same bits as one pass."""
+        w = stage.weights.tocsr()
+        rows, cols = w.shape
+        out = shared_array((batch.limbs - drops, rows, 2, self.ctx.n))
+        block = self._rows_per_block(batch, rows)
+        linear_s = rescale_s = 0.0
+        for r0 in range(0, rows, block):
+            r1 = min(rows, r0 + block)
+            t1 = time.perf_counter()
+            products = self._linear(w[r0:r1], batch, drops)
+            t2 = time.perf_counter()
+            self._rescale(products, stage.bias[r0:r1], drops, out[:, r0:r1])
+            linear_s, rescale_s = linear_s + t2 - t1, rescale_s + time.perf_counter() - t2
+            del products
+        if isinstance(batch, _SquaredBatch):  # squared limb by limb inside the products
+            self._time(f"square x{batch.source.features}", batch.seconds, batch.source.features)
+            linear_s -= batch.seconds
+        self._time(f"linear {cols}->{rows}", linear_s, stage.terms)
+        self._time(f"rescale x{rows}", rescale_s, rows * drops)
+        return CipherBatch(out, np.full(rows, self.scale), batch.images)
 
     def run(self, program: FoldedProgram, batch: CipherBatch) -> CipherBatch:
         """The program on ``batch``; :attr:`timings` has one entry per step, named once."""
         self.timings = []
-        images = batch.images
+        current: CipherBatch | _SquaredBatch = batch
         drops = 1
         for stage in program.stages:
-            t0 = time.perf_counter()
             if isinstance(stage, LinearStage):
-                rows, cols = stage.weights.shape
-                products = self._linear(stage, batch, drops)
-                t1 = time.perf_counter()
-                self._time(f"linear {cols}->{rows}", t1 - t0, stage.terms)
-                data = self._rescale(products, stage.bias, drops)
-                self._time(f"rescale x{rows}", time.perf_counter() - t1, rows * drops)
-                batch = CipherBatch(data, np.full(rows, self.scale), images)
+                current = self._linear_stage(stage, current, drops)
                 drops = 1
             else:
-                batch = self._square(batch, stage.kept)
-                self._time(f"square x{stage.features}", time.perf_counter() - t0, stage.features)
+                assert isinstance(current, CipherBatch)  # folded programs never square twice
+                _, moduli = self.ctx.levels[current.limbs]
+                current = _SquaredBatch(current, stage.kept, moduli, int(self.scale))
                 drops = 2  # the square's scale Delta^2 leaves with two primes after the next stage
-        return batch
+        assert isinstance(current, CipherBatch)  # a folded program ends with a linear stage
+        return current
 
     def _time(self, what: str, seconds: float, operations: int) -> None:
         self.timings.append(StageTiming(f"{len(self.timings) + 1}. {what}", seconds, operations))
