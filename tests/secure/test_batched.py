@@ -31,6 +31,9 @@ from tests.secure.seal_reference import (  # noqa: E402
 )
 
 from pifair.errors import ConfigError  # noqa: E402
+from pifair.models import create_model  # noqa: E402
+from pifair.relu import count_relus, replace_activations  # noqa: E402
+from pifair.relu.polynomial import PolyAct  # noqa: E402
 from pifair.secure.he import rns, seal_memory  # noqa: E402
 from pifair.secure.he.batched import (  # noqa: E402
     BatchedClient,
@@ -196,6 +199,35 @@ def test_a_stage_made_in_blocks_of_rows_equals_one_pass_bit_for_bit(engine, tmp_
     out = streamed.run(folded, batch)
     assert np.array_equal(out.data, whole.data) and np.array_equal(out.scales, whole.scales)
     assert [t.stage for t in streamed.timings] == [t.stage for t in server.timings]
+
+
+def test_blocks_bound_the_memory_of_a_stage_that_exceeds_it_in_one_pass(tmp_path):
+    """A first stage of 432 outputs: its products (340 MB) made at once exceed 250 MB; in
+    blocks of 8 rows, the next stage's squares made a few coefficients at a time, the
+    engine's own arrays (traced by numpy's allocation hooks; the stage outputs are shared
+    memory, the same in both) stay under it, same bits."""
+    import tracemalloc
+
+    torch.manual_seed(0)
+    model = create_model("he_cnn", num_classes=10, input_shape=(1, 8, 8), channels=48, hidden=6)
+    count_relus(model.eval(), (1, 8, 8))
+    replace_activations(model, lambda n, s: PolyAct(2, "element", s.feature_shape))
+    folded = fold_program(compile_model(model, (1, 8, 8)))
+    params = folded_parameters(folded.depth)
+    client = BatchedClient(params)
+    client.write_server_keys(tmp_path)
+    batch = client.encrypt(np.random.default_rng(3).normal(size=(16, 64)))
+    per_row = (len(params.coeff_bits) - 1) * 2 * params.poly_modulus_degree * 8
+    bound = 250e6
+    peaks, outputs = [], []
+    for block_bytes in (None, 8 * per_row):
+        server = BatchedServer(tmp_path, params.scale_bits, workers=2, block_bytes=block_bytes)
+        tracemalloc.start()
+        outputs.append(server.run(folded, batch).data)
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+    assert peaks[0] > bound > peaks[1]
+    assert np.array_equal(outputs[0], outputs[1])
 
 
 def test_a_short_batch_pads_its_slots_and_decrypts_its_images_only(engine):

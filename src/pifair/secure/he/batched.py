@@ -3,7 +3,7 @@
 A batch of encrypted features lives in one array ``(limbs, features, 2, N)`` of uint64 (NTT
 form, limb-major so that a limb of every ciphertext is one contiguous matrix). A linear stage
 is, per limb, one exact modular product of the integer-encoded weights with that matrix
-(:func:`pifair.secure.he.rns.grouped_mod_matmul`: a dense layer one product, a convolution a
+(:class:`pifair.secure.he.rns.ModularProduct`: a dense layer one product, a convolution a
 batched product over output positions). SEAL does only what needs its NTTs: the rescale after
 each linear stage and the square, relinearization and rescale of each activation, one
 ciphertext per feature, on views of the shared arrays (:mod:`pifair.secure.he.seal_memory`),
@@ -48,6 +48,9 @@ from .seal import (
 
 __all__ = ["CipherBatch", "BatchedClient", "BatchedServer", "shared_array"]
 
+# the bytes of a linear stage's input read at once (one limb, some NTT coefficients)
+_INPUT_CHUNK_BYTES = 32 << 20
+
 
 def shared_array(shape: tuple[int, ...], dtype=np.uint64) -> np.ndarray:
     """A zeroed array in anonymous shared memory: forked workers write it, the parent reads
@@ -77,9 +80,10 @@ class CipherBatch:
     def size(self) -> int:
         return self.data.shape[2]
 
-    def limb(self, i: int) -> np.ndarray:
-        """Limb ``i`` of every ciphertext: (features, size, N)."""
-        return self.data[i]
+    def limb(self, i: int, columns: slice = slice(None)) -> np.ndarray:
+        """Limb ``i`` of every ciphertext at the NTT coefficients ``columns``:
+        (features, size, len(columns))."""
+        return self.data[i][:, :, columns]
 
     def save(self, folder: str | os.PathLike) -> None:
         """Write as ``ciphertexts.npy`` (raw uint64) and ``scales.npy`` plus the image count."""
@@ -132,15 +136,17 @@ class _SquaredBatch:
         s = self.source.scales
         return np.concatenate([s**2, s[self.kept] * self.factor])
 
-    def limb(self, i: int) -> np.ndarray:
+    def limb(self, i: int, columns: slice = slice(None)) -> np.ndarray:
+        """Limb ``i`` at the NTT coefficients ``columns`` (a square in NTT form is a product
+        coefficient by coefficient, so any columns can be made alone)."""
         t0 = time.perf_counter()
-        data, q = self.source.data[i], self.moduli[i]
+        data, q = np.ascontiguousarray(self.source.data[i][:, :, columns]), self.moduli[i]
         features, _, n = data.shape
         out = np.zeros((self.features, 3, n), dtype=np.uint64)
         k = kernels()
         k.tensor_square(data, q, out[:features])
         lifted = np.empty((len(self.kept), 2, n), dtype=np.uint64)
-        k.scale_by(np.ascontiguousarray(data[self.kept]), self.factor % q, q, lifted)
+        k.scale_by(data[self.kept], self.factor % q, q, lifted)
         out[features:, :2] = lifted
         self.seconds += time.perf_counter() - t0
         return out
@@ -299,9 +305,15 @@ class BatchedServer:
             sparse.csr_matrix((integer, w.indices, w.indptr), shape=w.shape)
         )
         out = np.empty((limbs, w.shape[0], size, n), dtype=np.uint64)
+        # the inputs a few NTT coefficients at a time (the products are column by column):
+        # the input read at once, squared or not, stays near _INPUT_CHUNK_BYTES
+        width = max(64, min(n, _INPUT_CHUNK_BYTES // (features * size * 8)))
         for i in range(limbs):  # threads: BLAS's and the kernels' (numba)
-            flat = batch.limb(i).reshape(features, size * n)
-            out[i] = rns.grouped_mod_matmul(grouped, flat, moduli[i]).reshape(-1, size, n)
+            product = rns.ModularProduct(grouped, moduli[i])  # weight digits once per prime
+            for c0 in range(0, n, width):
+                cols = slice(c0, min(n, c0 + width))
+                flat = np.ascontiguousarray(batch.limb(i, cols)).reshape(features, -1)
+                out[i, :, :, cols] = product(flat).reshape(-1, size, cols.stop - c0)
         return out
 
     def _rows_per_block(self, batch: CipherBatch | _SquaredBatch, rows: int) -> int:

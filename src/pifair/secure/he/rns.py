@@ -15,14 +15,14 @@ matrix product of 48-bit integers; BLAS is exact on the small digits.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import sparse
 
 from .kernels import kernels
 
-__all__ = ["GroupedWeights", "grouped_mod_matmul", "scalar_weights"]
+__all__ = ["GroupedWeights", "ModularProduct", "grouped_mod_matmul", "scalar_weights"]
 
 
 def scalar_weights(weights: np.ndarray, scales: np.ndarray) -> np.ndarray:
@@ -148,51 +148,68 @@ def _coefficient_digit(block, bits: int, b: int, count: int, cache: dict) -> np.
     return cache[bits, b]
 
 
+@dataclass
+class ModularProduct:
+    """``W @ coefficients mod q`` for one ``W`` and one prime ``q``: the weight digits are made
+    once (Python integers: the slow part) and reused over any columns of coefficients."""
+
+    weights: GroupedWeights
+    q: int
+    plans: list = field(default_factory=list)
+    all_dense: bool = True
+
+    def __post_init__(self) -> None:
+        if self.q >= 1 << 48:
+            raise ValueError("moduli up to 48 bits (the float64 recombination)")
+        inner, q = self.weights.shape[1], self.q
+        for bucket in self.weights.buckets:
+            groups, width = bucket.inputs.shape
+            c_bits, c_count, w_bits = _digit_plan(q, self.weights.max_abs, width)
+            dense = groups == 1 and width == inner
+            dense = dense and np.array_equal(bucket.inputs[0], np.arange(inner))
+            digits = _weight_digits(bucket.values, q, c_bits, c_count, w_bits)
+            self.plans.append((bucket, dense, c_bits, w_bits, digits))
+        self.all_dense = all(plan[1] for plan in self.plans)
+
+    def __call__(self, coefficients: np.ndarray) -> np.ndarray:
+        """uint64 ``(out, M)`` from uint64 ``coefficients`` ``(in, M)`` below ``q``: per bucket
+        one batched float64 product per digit pair (exact: every sum below 2^51), recombined
+        modulo ``q`` by fused Horner steps (:mod:`pifair.secure.he.kernels`)."""
+        rows, inner = self.weights.shape
+        if coefficients.shape[0] != inner:
+            raise ValueError(f"{coefficients.shape[0]} coefficient rows for {inner} inputs")
+        k, q = kernels(), self.q
+        m = coefficients.shape[1]
+        # dense products in large column blocks (BLAS); grouped ones in cache-sized blocks
+        chunk_bytes = 64 << 20 if self.all_dense else _CHUNK_BYTES
+        chunk = max(1, min(m, chunk_bytes // (8 * inner)))
+        out = np.empty((rows, m), dtype=np.uint64)
+        for start in range(0, m, chunk):
+            cols = slice(start, min(m, start + chunk))
+            block = coefficients[:, cols]
+            width = cols.stop - start
+            digit_cache: dict[tuple[int, int], np.ndarray] = {}  # (bits, digit) -> float64 block
+            for bucket, dense, c_bits, w_bits, digits in self.plans:
+                total = None
+                for b, w_digits in enumerate(digits):
+                    cd = _coefficient_digit(block, c_bits, b, len(digits), digit_cache)
+                    acc = np.zeros((bucket.rows.shape[0], bucket.rows.shape[1], width))
+                    gathered = cd[None] if dense else cd[bucket.inputs]  # (G, k, cols)
+                    for wd in reversed(w_digits):
+                        k.horner_step(acc, np.matmul(wd, gathered), float(1 << w_bits), float(q))
+                    if total is None:
+                        total = acc
+                    else:
+                        k.horner_step(total, acc, 1.0, float(q))
+                assert total is not None
+                residues = np.empty(total.shape, dtype=np.uint64)
+                k.to_residues(total, float(q), residues)
+                out[bucket.rows.reshape(-1), cols] = residues.reshape(-1, width)
+        return out
+
+
 def grouped_mod_matmul(weights: GroupedWeights, coefficients: np.ndarray, q: int) -> np.ndarray:
     """``W @ coefficients mod q`` (uint64, ``(out, M)``) for integer ``W`` given as
-    :class:`GroupedWeights` and uint64 ``coefficients`` ``(in, M)`` below ``q < 2^48``: per
-    bucket one batched float64 product per digit pair (exact: every sum below 2^51),
-    recombined modulo ``q`` by fused Horner steps (:mod:`pifair.secure.he.kernels`)."""
-    if q >= 1 << 48:
-        raise ValueError("moduli up to 48 bits (the float64 recombination)")
-    rows, inner = weights.shape
-    if coefficients.shape[0] != inner:
-        raise ValueError(f"{coefficients.shape[0]} coefficient rows for {inner} inputs")
-    k = kernels()
-    m = coefficients.shape[1]
-    plans = []
-    for bucket in weights.buckets:
-        c_bits, c_count, w_bits = _digit_plan(q, weights.max_abs, bucket.inputs.shape[1])
-        groups, width = bucket.inputs.shape
-        dense = (
-            groups == 1 and width == inner and np.array_equal(bucket.inputs[0], np.arange(inner))
-        )
-        digits = _weight_digits(bucket.values, q, c_bits, c_count, w_bits)
-        plans.append((bucket, dense, c_bits, w_bits, digits))
-    all_dense = all(plan[1] for plan in plans)
-    # dense products in large column blocks (BLAS); grouped ones in cache-sized blocks
-    chunk_bytes = 64 << 20 if all_dense else _CHUNK_BYTES
-    chunk = max(1, min(m, chunk_bytes // (8 * inner)))
-    out = np.empty((rows, m), dtype=np.uint64)
-    for start in range(0, m, chunk):
-        cols = slice(start, min(m, start + chunk))
-        block = coefficients[:, cols]
-        width = cols.stop - start
-        digit_cache: dict[tuple[int, int], np.ndarray] = {}  # (bits, digit) -> float64 block
-        for bucket, dense, c_bits, w_bits, digits in plans:
-            total = None
-            for b, w_digits in enumerate(digits):
-                cd = _coefficient_digit(block, c_bits, b, len(digits), digit_cache)
-                acc = np.zeros((bucket.rows.shape[0], bucket.rows.shape[1], width))
-                gathered = cd[None] if dense else cd[bucket.inputs]  # (G, k, cols)
-                for wd in reversed(w_digits):
-                    k.horner_step(acc, np.matmul(wd, gathered), float(1 << w_bits), float(q))
-                if total is None:
-                    total = acc
-                else:
-                    k.horner_step(total, acc, 1.0, float(q))
-            assert total is not None
-            residues = np.empty(total.shape, dtype=np.uint64)
-            k.to_residues(total, float(q), residues)
-            out[bucket.rows.reshape(-1), cols] = residues.reshape(-1, width)
-    return out
+    :class:`GroupedWeights` and uint64 ``coefficients`` ``(in, M)`` below ``q < 2^48``
+    (:class:`ModularProduct` made and applied once)."""
+    return ModularProduct(weights, q)(coefficients)
