@@ -199,6 +199,13 @@ def test_a_stage_made_in_blocks_of_rows_equals_one_pass_bit_for_bit(engine, tmp_
     out = streamed.run(folded, batch)
     assert np.array_equal(out.data, whole.data) and np.array_equal(out.scales, whole.scales)
     assert [t.stage for t in streamed.timings] == [t.stage for t in server.timings]
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    spilled = BatchedServer(
+        server.keys, params.scale_bits, workers=2, spill_dir=spill, spill_bytes=0
+    ).run(folded, batch)
+    assert np.array_equal(spilled.data, whole.data)  # stage outputs in (unlinked) files
+    assert list(spill.iterdir()) == []
 
 
 def test_blocks_bound_the_memory_of_a_stage_that_exceeds_it_in_one_pass(tmp_path):

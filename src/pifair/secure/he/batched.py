@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import mmap
 import os
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,11 +53,24 @@ __all__ = ["CipherBatch", "BatchedClient", "BatchedServer", "shared_array"]
 _INPUT_CHUNK_BYTES = 32 << 20
 
 
-def shared_array(shape: tuple[int, ...], dtype=np.uint64) -> np.ndarray:
-    """A zeroed array in anonymous shared memory: forked workers write it, the parent reads
-    it; no file anywhere, released with the last reference."""
+def shared_array(
+    shape: tuple[int, ...], dtype=np.uint64, *, spill: str | os.PathLike | None = None
+) -> np.ndarray:
+    """A zeroed array in shared memory: forked workers write it, the parent reads it. In
+    anonymous memory by default; with ``spill``, in a file of that folder that is unlinked as
+    soon as it is mapped, so the kernel can write its pages out under memory pressure and
+    nothing is left behind, even by a killed run. Released with the last reference."""
     nbytes = max(1, int(np.prod(shape)) * np.dtype(dtype).itemsize)
-    buffer = mmap.mmap(-1, nbytes)
+    if spill is None:
+        buffer = mmap.mmap(-1, nbytes)
+    else:
+        fd, path = tempfile.mkstemp(prefix="pifair-stage-", dir=spill)
+        try:
+            os.unlink(path)
+            os.ftruncate(fd, nbytes)
+            buffer = mmap.mmap(fd, nbytes)  # MAP_SHARED: the workers' writes reach the parent
+        finally:
+            os.close(fd)
     return np.frombuffer(buffer, dtype=dtype, count=int(np.prod(shape))).reshape(shape)
 
 
@@ -270,6 +284,10 @@ class BatchedServer:
     # at most this many bytes of a linear stage's products at once: its outputs are made and
     # rescaled in blocks of rows (None: all at once)
     block_bytes: int | None = None
+    # stage outputs larger than spill_bytes live in unlinked files of spill_dir (pages the
+    # kernel may write out), not in anonymous memory
+    spill_dir: Path | None = None
+    spill_bytes: int = 4 << 30
     timings: list[StageTiming] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -360,7 +378,9 @@ class BatchedServer:
         outputs are independent, so the blocks give the same bits as one pass."""
         w = stage.weights.tocsr()
         rows, cols = w.shape
-        out = shared_array((batch.limbs - drops, rows, 2, self.ctx.n))
+        shape = (batch.limbs - drops, rows, 2, self.ctx.n)
+        big = self.spill_dir is not None and math.prod(shape) * 8 > self.spill_bytes
+        out = shared_array(shape, spill=self.spill_dir if big else None)
         block = self._rows_per_block(batch, rows)
         linear_s = rescale_s = 0.0
         for r0 in range(0, rows, block):
