@@ -299,11 +299,13 @@ def test_the_spawned_server_loads_only_public_files_and_leaves_nothing_in_dev_sh
     assert not (exchange / "server.json").exists()  # it was killed before it answered
     shm_after = set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
     assert shm_after <= shm_before
+    assert not list(exchange.glob("pifair-stage-*"))  # spilled stage outputs are unlinked
     done = subprocess.run(command, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     report = json.loads((exchange / "server.json").read_text())
     assert sorted(report["key_files_loaded"]) == ["parms.seal", "public.seal", "relin.seal"]
     assert report["pid"] != os.getpid()
+    assert 0 < report["peak_rss_bytes"] < report["memory_available_bytes"]
     client = engine[3]
     secret = hashlib.sha256(client.keys.secret_key_bytes()).hexdigest()
     assert secret not in report["key_files_loaded"].values()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import resource
 import time
 from pathlib import Path
 
@@ -107,6 +108,18 @@ def _check_exchange(exchange: Path) -> None:
         )
 
 
+def available_memory() -> int:
+    """Bytes of memory available to new work (the kernel's MemAvailable; the free pages where
+    /proc is not there)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
 def serve(exchange: str | os.PathLike, *, workers: int = 1, log=print) -> dict:
     """Run the program on every batch of ``exchange`` with the public files only; write each
     batch's result and ``server.json``; return what it wrote there."""
@@ -114,7 +127,17 @@ def serve(exchange: str | os.PathLike, *, workers: int = 1, log=print) -> dict:
     _check_exchange(exchange)
     request = json.loads((exchange / "request.json").read_text())
     t0 = time.perf_counter()
-    server = BatchedServer(exchange / "keys", request["scale_bits"], workers=workers)
+    available = available_memory()
+    server = BatchedServer(
+        exchange / "keys",
+        request["scale_bits"],
+        workers=workers,
+        # a stage's products a block of rows at a time, and outputs too large for memory in
+        # unlinked files beside the batches: the server's memory stays bounded by the machine
+        block_bytes=available // 8,
+        spill_dir=exchange,
+        spill_bytes=available // 2,
+    )
     program = read_program(exchange / "program.npz")
     setup = time.perf_counter() - t0
     stages: list[dict] = []
@@ -134,6 +157,11 @@ def serve(exchange: str | os.PathLike, *, workers: int = 1, log=print) -> dict:
         "batches": len(stages),
         "stages": stages,
         "workers": workers,
+        "memory_available_bytes": available,
+        # peak resident memory of this process and of its largest worker (their shared pages
+        # are counted in both)
+        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "peak_worker_rss_bytes": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024,
         "pid": os.getpid(),
         "key_files_loaded": {name: sha256(exchange / "keys" / name) for name in SERVER_KEY_FILES},
     }
