@@ -67,6 +67,8 @@ def test_polyfit_then_encrypted_inference_matches_plaintext(tmp_path, capsys):
     assert m["argmax_agreement"] == 1.0 and m["encrypted_accuracy"] == m["plaintext_accuracy"]
     assert m["max_logit_error"] < 1e-3
     assert m["params"]["log_q"] <= m["params"]["max_log_q"]
+    memory = m["server_memory"]  # measured by the server process, bounded by the machine
+    assert 0 < memory["peak_rss_bytes"] < memory["memory_available_bytes"]
     assert (
         m["image_layout"]["argmax_agreement"] == 1.0 and m["image_layout"]["max_logit_error"] < 1e-3
     )

@@ -314,6 +314,12 @@ def _batched_metrics(
         "output_ciphertext_bytes": int(result.data[:, 0].nbytes),
         "workers": server["workers"],
         "server_process": {"pid": server["pid"], "client_pid": os.getpid()},
+        # the server's peak resident memory and its largest worker's (an older server's
+        # report has none)
+        "server_memory": {
+            k: server.get(k)
+            for k in ("peak_rss_bytes", "peak_worker_rss_bytes", "memory_available_bytes")
+        },
     }
 
 
