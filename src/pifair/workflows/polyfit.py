@@ -11,6 +11,7 @@ from ..reduce.finetune import FinetuneSettings
 from ..reduce.polyfit import PolyfitResult, polyfit
 from ..relu.polynomial import PolyGranularity
 from ..runs import Run
+from ..training import evaluate
 from ._jobs import RunJob
 from ._reduce import Parent, reduce_into_run, write_reduced
 
@@ -67,5 +68,6 @@ def run_polyfit(
         poly_sites=result.sites,
         coefficients=result.coefficients,
         val_accuracy_before_finetune=result.val_accuracy_before_finetune,
+        val_accuracy=evaluate(result.model, parent.data, "val").accuracy,
     )
     return run
