@@ -327,3 +327,19 @@ def test_a_secret_key_under_a_public_name_is_refused_by_the_server(engine, tmp_p
     engine[3].keys.save_secret_key(exchange / "keys" / "relin.seal")
     with pytest.raises(ConfigError, match="relin.seal is not the relin key"):
         serve(exchange)
+
+
+def test_lenet5_folds_to_the_stages_counted_by_hand():
+    """LeNet-5 with polynomial activations: C1's 4,704 outputs, C3's 1,600 (pooling folded in),
+    120, 84, 10; one level per activation, so depth 9 and N = 16384 at 128-bit security."""
+    torch.manual_seed(0)
+    model = create_model("lenet5", num_classes=10, input_shape=(1, 28, 28)).eval()
+    count_relus(model, (1, 28, 28))
+    replace_activations(model, lambda n, s: PolyAct(2, "element", s.feature_shape))
+    for m in model.modules():
+        if isinstance(m, PolyAct):
+            m.coefficients.data[2].uniform_(0.1, 0.3)  # a square term: the square completes
+    folded = fold_program(compile_model(model, (1, 28, 28)))
+    linear = [s["out"] for s in folded.summary() if s["stage"] == "linear"]
+    assert linear == [6 * 28 * 28, 16 * 10 * 10, 120, 84, 10]
+    assert folded.depth == 9 and folded_parameters(9).poly_modulus_degree == 16384
