@@ -202,9 +202,14 @@ def test_a_stage_made_in_blocks_of_rows_equals_one_pass_bit_for_bit(engine, tmp_
     spill = tmp_path / "spill"
     spill.mkdir()
     spilled = BatchedServer(
-        server.keys, params.scale_bits, workers=2, spill_dir=spill, spill_bytes=0
+        server.keys,
+        params.scale_bits,
+        workers=2,
+        block_bytes=3 * per_row,
+        spill_dir=spill,
+        spill_bytes=0,
     ).run(folded, batch)
-    assert np.array_equal(spilled.data, whole.data)  # stage outputs in (unlinked) files
+    assert np.array_equal(spilled.data, whole.data)  # blocks written to (unlinked) files
     assert list(spill.iterdir()) == []
 
 

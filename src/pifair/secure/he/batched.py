@@ -53,25 +53,59 @@ __all__ = ["CipherBatch", "BatchedClient", "BatchedServer", "shared_array"]
 _INPUT_CHUNK_BYTES = 32 << 20
 
 
-def shared_array(
-    shape: tuple[int, ...], dtype=np.uint64, *, spill: str | os.PathLike | None = None
-) -> np.ndarray:
-    """A zeroed array in shared memory: forked workers write it, the parent reads it. In
-    anonymous memory by default; with ``spill``, in a file of that folder that is unlinked as
-    soon as it is mapped, so the kernel can write its pages out under memory pressure and
-    nothing is left behind, even by a killed run. Released with the last reference."""
+def shared_array(shape: tuple[int, ...], dtype=np.uint64) -> np.ndarray:
+    """A zeroed array in anonymous shared memory: forked workers write it, the parent reads
+    it; no file anywhere, released with the last reference."""
     nbytes = max(1, int(np.prod(shape)) * np.dtype(dtype).itemsize)
-    if spill is None:
-        buffer = mmap.mmap(-1, nbytes)
-    else:
-        fd, path = tempfile.mkstemp(prefix="pifair-stage-", dir=spill)
-        try:
-            os.unlink(path)
-            os.ftruncate(fd, nbytes)
-            buffer = mmap.mmap(fd, nbytes)  # MAP_SHARED: the workers' writes reach the parent
-        finally:
-            os.close(fd)
+    buffer = mmap.mmap(-1, nbytes)
     return np.frombuffer(buffer, dtype=dtype, count=int(np.prod(shape))).reshape(shape)
+
+
+class _StageOutput:
+    """A linear stage's outputs (limbs, rows, 2, N), filled a block of rows at a time: in
+    anonymous shared memory, or, with ``spill``, in an unlinked file of that folder (nothing
+    left behind, even by a killed run) that each block is written to with plain positioned
+    writes and that the next stage then reads through a read-only mapping: page cache the
+    kernel may drop. (Workers writing a shared file mapping directly fault in every page
+    through the file system, hundreds of times slower than sequential writes.)"""
+
+    def __init__(self, shape: tuple[int, int, int, int], spill: Path | None) -> None:
+        self.shape, self.file = shape, None
+        if spill is None:
+            self.data = shared_array(shape)
+            return
+        fd, path = tempfile.mkstemp(prefix="pifair-stage-", dir=spill)
+        os.unlink(path)
+        self.file = os.fdopen(fd, "r+b")
+        self.file.truncate(int(np.prod(shape)) * 8)
+
+    def block(self, r0: int, r1: int) -> np.ndarray:
+        """Where the workers write rows ``r0:r1``."""
+        if self.file is None:
+            return self.data[:, r0:r1]
+        limbs, _, size, n = self.shape
+        return shared_array((limbs, r1 - r0, size, n))
+
+    def commit(self, r0: int, block: np.ndarray) -> None:
+        """Rows from ``r0`` written by the workers: to the file when spilling."""
+        if self.file is None:
+            return
+        limbs, rows, size, n = self.shape
+        row_bytes = size * n * 8
+        for limb in range(limbs):
+            view = np.ascontiguousarray(block[limb]).reshape(-1).view(np.uint8).data
+            offset = (limb * rows + r0) * row_bytes
+            while view.nbytes:
+                written = os.pwrite(self.file.fileno(), view, offset)
+                view, offset = view[written:], offset + written
+
+    def array(self) -> np.ndarray:
+        """The finished outputs (a read-only mapping of the file when spilling)."""
+        if self.file is None:
+            return self.data
+        data = np.memmap(self.file, dtype=np.uint64, mode="r", shape=self.shape)
+        self.file.close()  # the mapping keeps the unlinked file alive
+        return data
 
 
 @dataclass
@@ -380,7 +414,7 @@ class BatchedServer:
         rows, cols = w.shape
         shape = (batch.limbs - drops, rows, 2, self.ctx.n)
         big = self.spill_dir is not None and math.prod(shape) * 8 > self.spill_bytes
-        out = shared_array(shape, spill=self.spill_dir if big else None)
+        out = _StageOutput(shape, self.spill_dir if big else None)
         block = self._rows_per_block(batch, rows)
         linear_s = rescale_s = 0.0
         for r0 in range(0, rows, block):
@@ -388,15 +422,17 @@ class BatchedServer:
             t1 = time.perf_counter()
             products = self._linear(w[r0:r1], batch, drops)
             t2 = time.perf_counter()
-            self._rescale(products, stage.bias[r0:r1], drops, out[:, r0:r1])
+            dest = out.block(r0, r1)
+            self._rescale(products, stage.bias[r0:r1], drops, dest)
+            out.commit(r0, dest)
             linear_s, rescale_s = linear_s + t2 - t1, rescale_s + time.perf_counter() - t2
-            del products
+            del products, dest
         if isinstance(batch, _SquaredBatch):  # squared limb by limb inside the products
             self._time(f"square x{batch.source.features}", batch.seconds, batch.source.features)
             linear_s -= batch.seconds
         self._time(f"linear {cols}->{rows}", linear_s, stage.terms)
         self._time(f"rescale x{rows}", rescale_s, rows * drops)
-        return CipherBatch(out, np.full(rows, self.scale), batch.images)
+        return CipherBatch(out.array(), np.full(rows, self.scale), batch.images)
 
     def run(self, program: FoldedProgram, batch: CipherBatch) -> CipherBatch:
         """The program on ``batch``; :attr:`timings` has one entry per step, named once."""
