@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import sparse
+from threadpoolctl import threadpool_limits
 
 from .kernels import kernels
 
@@ -172,6 +173,14 @@ class ModularProduct:
         self.all_dense = all(plan[1] for plan in self.plans)
 
     def __call__(self, coefficients: np.ndarray) -> np.ndarray:
+        if self.all_dense:  # one large product: BLAS's threads pay off
+            return self._products(coefficients)
+        # many small products (a convolution's groups): BLAS's threads cost more than they
+        # give, and spin when the cores are busy (seen: a server at a few % of a core)
+        with threadpool_limits(1, user_api="blas"):
+            return self._products(coefficients)
+
+    def _products(self, coefficients: np.ndarray) -> np.ndarray:
         """uint64 ``(out, M)`` from uint64 ``coefficients`` ``(in, M)`` below ``q``: per bucket
         one batched float64 product per digit pair (exact: every sum below 2^51), recombined
         modulo ``q`` by fused Horner steps (:mod:`pifair.secure.he.kernels`)."""
