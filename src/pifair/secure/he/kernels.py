@@ -100,6 +100,33 @@ def _add_constant(c, constants, moduli):
             c[limb, j] = v - q if v >= q else v
 
 
+def _grouped_product(rows, inputs, weights, coefficients, q, out):
+    """``out[rows[g, i]] = sum_t weights[g, i, t] coefficients[inputs[g, t]] mod q`` for every
+    group ``g`` (uint64 weights and coefficients below ``q < 2^50``). Each term's remainder is
+    made exact as in :func:`_mul_mod` and kept in [0, 3q): at most 2^14 terms of them fit in
+    64 bits, so the sum is reduced once per output. For groups too small for BLAS to pay off."""
+    groups, readers = rows.shape
+    terms = inputs.shape[1]
+    cols = coefficients.shape[1]
+    qf = np.float64(q)
+    inverse = 1.0 / qf
+    for g in _prange(groups):
+        acc = np.empty(cols, dtype=np.uint64)
+        for i in range(readers):
+            acc[:] = 0
+            for t in range(terms):
+                w = weights[g, i, t]
+                wf = np.float64(w)
+                row = coefficients[inputs[g, t]]
+                for j in range(cols):
+                    x = row[j]
+                    quotient = np.uint64(np.floor(wf * np.float64(x) * inverse))
+                    acc[j] += w * x - quotient * q + q  # wraps to the true value in [0, 3q)
+            target = out[rows[g, i]]
+            for j in range(cols):
+                target[j] = acc[j] % q
+
+
 def warm_up() -> None:
     """Compile (or load from numba's cache) every kernel now, on tiny inputs, so that no
     compilation falls inside a timed step."""
@@ -112,6 +139,15 @@ def warm_up() -> None:
     k.scale_by(residues, 3, q, residues.copy())
     k.add_constant(
         np.ones((1, 2), dtype=np.uint64), np.ones(1, dtype=np.int64), np.array([q], dtype=np.uint64)
+    )
+    one = np.zeros((1, 1), dtype=np.int64)
+    k.grouped_product(
+        one,
+        one,
+        np.ones((1, 1, 1), dtype=np.uint64),
+        np.ones((1, 2), dtype=np.uint64),
+        np.uint64(q),
+        np.zeros((1, 2), dtype=np.uint64),
     )
 
 
@@ -130,4 +166,5 @@ def kernels() -> SimpleNamespace:
         tensor_square=parallel(_tensor_square),
         scale_by=parallel(_scale_by),
         add_constant=numba.njit(cache=True, nogil=True)(_add_constant),
+        grouped_product=parallel(_grouped_product),
     )

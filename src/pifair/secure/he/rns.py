@@ -156,6 +156,8 @@ class ModularProduct:
 
     weights: GroupedWeights
     q: int
+    # groups of at most this many weights (readers x inputs) take the direct kernel
+    small_group: int = 256
     plans: list = field(default_factory=list)
     all_dense: bool = True
 
@@ -168,6 +170,11 @@ class ModularProduct:
             c_bits, c_count, w_bits = _digit_plan(q, self.weights.max_abs, width)
             dense = groups == 1 and width == inner
             dense = dense and np.array_equal(bucket.inputs[0], np.arange(inner))
+            if bucket.rows.shape[1] * width <= self.small_group and width <= 1 << 14:
+                # too small a product for BLAS: the direct kernel, weights as residues
+                residues = np.asarray(bucket.values % q, dtype=np.uint64)
+                self.plans.append((bucket, dense, 0, 0, residues))
+                continue
             digits = _weight_digits(bucket.values, q, c_bits, c_count, w_bits)
             self.plans.append((bucket, dense, c_bits, w_bits, digits))
         self.all_dense = all(plan[1] for plan in self.plans)
@@ -199,6 +206,19 @@ class ModularProduct:
             width = cols.stop - start
             digit_cache: dict[tuple[int, int], np.ndarray] = {}  # (bits, digit) -> float64 block
             for bucket, dense, c_bits, w_bits, digits in self.plans:
+                if not c_bits:  # the direct kernel
+                    part = np.empty((rows, width), dtype=np.uint64)
+                    k.grouped_product(
+                        bucket.rows,
+                        bucket.inputs,
+                        digits,
+                        np.ascontiguousarray(block),
+                        np.uint64(q),
+                        part,
+                    )
+                    index = bucket.rows.reshape(-1)
+                    out[index, cols] = part[index]
+                    continue
                 total = None
                 for b, w_digits in enumerate(digits):
                     cd = _coefficient_digit(block, c_bits, b, len(digits), digit_cache)
