@@ -10,15 +10,15 @@ weight. See :func:`pifair.he.compile` for an example; ``pifair he-infer`` runs t
 trip with the server as its own process.
 """
 
-from .secure.he.batched import BatchedClient, BatchedServer, CipherBatch, folded_parameters
+from .secure.he.batched import BatchedClient, BatchedServer, CipherBatch
 from .secure.he.compile import HEProgram, LinearStage, PolyStage
 from .secure.he.compile import compile_model as compile
 from .secure.he.engine import HEClient, HEServer
 from .secure.he.exchange import serve
-from .secure.he.fold import FoldedProgram, SquareStage
+from .secure.he.fold import FoldedProgram, SquareStage, fold_for_batching
 from .secure.he.fold import fold_program as fold
 from .secure.he.lowerings import register_he_lowering
-from .secure.he.params import CKKSParameters, choose_parameters
+from .secure.he.params import CKKSParameters, choose_parameters, folded_parameters
 
 __all__ = [
     "BatchedClient",
@@ -35,6 +35,7 @@ __all__ = [
     "choose_parameters",
     "compile",
     "fold",
+    "fold_for_batching",
     "folded_parameters",
     "register_he_lowering",
     "serve",

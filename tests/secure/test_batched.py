@@ -35,12 +35,7 @@ from pifair.models import create_model  # noqa: E402
 from pifair.relu import count_relus, replace_activations  # noqa: E402
 from pifair.relu.polynomial import PolyAct  # noqa: E402
 from pifair.secure.he import rns, seal_memory  # noqa: E402
-from pifair.secure.he.batched import (  # noqa: E402
-    BatchedClient,
-    BatchedServer,
-    CipherBatch,
-    folded_parameters,
-)
+from pifair.secure.he.batched import BatchedClient, BatchedServer, CipherBatch  # noqa: E402
 from pifair.secure.he.compile import (  # noqa: E402
     HEProgram,
     LinearStage,
@@ -48,7 +43,8 @@ from pifair.secure.he.compile import (  # noqa: E402
     compile_model,
 )
 from pifair.secure.he.exchange import read_program, serve, write_program  # noqa: E402
-from pifair.secure.he.fold import SquareStage, fold_program  # noqa: E402
+from pifair.secure.he.fold import SquareStage, fold_for_batching, fold_program  # noqa: E402
+from pifair.secure.he.params import folded_parameters  # noqa: E402
 
 pytestmark = pytest.mark.he
 
@@ -349,3 +345,70 @@ def test_lenet5_folds_to_the_stages_counted_by_hand():
     linear = [s["out"] for s in folded.summary() if s["stage"] == "linear"]
     assert linear == [6 * 28 * 28, 16 * 10 * 10, 120, 84, 10]
     assert folded.depth == 9 and folded_parameters(9).poly_modulus_degree == 16384
+    # cut at the poolings: S2 (6x14x14 = 1,176 outputs, 4 terms each) stays a stage of its own
+    # (1,176 key switches instead of C3's 1,600; C3 then reads 6x5x5 = 150 inputs per output,
+    # not 600); S4 does not pay (400 outputs > F5's 120) and folds into F5 as before
+    program = compile_model(model, (1, 28, 28), cut_at_pooling=True)
+    apart = fold_program(program)
+    linear = [(s["out"], s["terms"]) for s in apart.summary() if s["stage"] == "linear"]
+    assert linear[1:3] == [(6 * 14 * 14, 6 * 14 * 14 * 4), (16 * 10 * 10, 16 * 10 * 10 * 150)]
+    assert [o for o, _ in linear] == [4704, 1176, 1600, 120, 84, 10] and apart.depth == 10
+    merged = fold_program(program, pooling_stages=False)
+    assert [s["out"] for s in merged.summary() if s["stage"] == "linear"] == [
+        4704,
+        1600,
+        120,
+        84,
+        10,
+    ]
+    x = np.random.default_rng(0).normal(size=(4, 784))
+    np.testing.assert_allclose(apart.run_plain(x), folded.run_plain(x), rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(merged.run_plain(x), folded.run_plain(x), rtol=1e-9, atol=1e-9)
+    # the level S2 adds keeps N = 16384 (at a 34-bit scale): the batched engine keeps it apart
+    chosen, params = fold_for_batching(program)
+    assert chosen.depth == 10 and (params.poly_modulus_degree, params.scale_bits) == (16384, 34)
+    # the SEAL engine runs the program with its cut stages joined again: as compiled uncut
+    joined, uncut = program.joined(), compile_model(model, (1, 28, 28))
+    assert joined.summary() == uncut.summary()
+    np.testing.assert_allclose(joined.run_plain(x), uncut.run_plain(x), rtol=1e-9, atol=1e-9)
+
+
+def _pooling_program(sites_before: int) -> HEProgram:
+    """``sites_before`` dense square sites, then a square, a 4-to-1 pooling (its own stage), a
+    dense stage marked ``after_pooling``, a square and the logits."""
+    rng = np.random.default_rng(0)
+
+    def dense(rows: int, cols: int, **kwargs) -> LinearStage:
+        return LinearStage(
+            sparse.csr_matrix(rng.normal(size=(rows, cols))), np.zeros(rows), **kwargs
+        )
+
+    square = np.array([[0.0], [0.1], [0.2]]) * np.ones((1, 8))  # 0.2 x^2 + 0.1 x: completes
+    stages: list = [dense(8, 4)]
+    for _ in range(sites_before):
+        stages += [PolyStage(square), dense(8, 8)]
+    pooling = sparse.kron(sparse.eye(2), np.full((1, 4), 0.25)).tocsr()
+    stages += [
+        PolyStage(square),
+        LinearStage(pooling, np.zeros(2)),
+        dense(6, 2, after_pooling=True),
+    ]
+    stages += [PolyStage(square[:, :6]), dense(3, 6)]
+    return HEProgram((4,), stages)
+
+
+def test_a_pooling_is_kept_apart_only_where_n_stays_the_same():
+    """Kept apart, the pooling saves key switches (2 outputs relinearized, not 6) and products,
+    at one level more: taken only where that level fits the same N."""
+    program = _pooling_program(0)
+    apart, composed = fold_program(program), fold_program(program, pooling_stages=False)
+    assert [s["out"] for s in apart.summary() if s["stage"] == "linear"] == [8, 2, 6, 3]
+    assert [s["out"] for s in composed.summary() if s["stage"] == "linear"] == [8, 6, 3]
+    x = np.random.default_rng(1).normal(size=(5, 4))
+    np.testing.assert_allclose(apart.run_plain(x), program.run_plain(x), rtol=1e-9)
+    assert (composed.depth, apart.depth) == (5, 6)
+    chosen, params = fold_for_batching(program)  # depth 5 fits N = 8192 (28-bit scale), 6 not
+    assert chosen.depth == 5 and params.poly_modulus_degree == 8192
+    deeper = _pooling_program(1)  # depth 7 and 8 both need N = 16384: apart
+    chosen, params = fold_for_batching(deeper)
+    assert chosen.depth == 8 and params.poly_modulus_degree == 16384

@@ -52,7 +52,7 @@ def list_models() -> list[str]:
     --------
     >>> import pifair
     >>> pifair.list_models()
-    ['fairdp_cnn', 'he_cnn', 'lenet', 'mlp', 'resnet18', 'resnet18_gn', 'wrn22_8']
+    ['fairdp_cnn', 'he_cnn', 'lenet', 'lenet5', 'mlp', 'resnet18', 'resnet18_gn', 'wrn22_8']
     """
     return sorted(_MODELS)
 

@@ -19,11 +19,11 @@ from ..atomic import atomic_write_json
 from ..config_types import setting
 from ..errors import ConfigError, ServerFailedError
 from ..runs import Run
-from ..secure.he.batched import BatchedClient, CipherBatch, folded_parameters
+from ..secure.he.batched import BatchedClient, CipherBatch
 from ..secure.he.compile import HEProgram, compile_model
 from ..secure.he.engine import HEClient, HEServer
 from ..secure.he.exchange import batch_folders, write_program
-from ..secure.he.fold import FoldedProgram, fold_program
+from ..secure.he.fold import FoldedProgram, fold_for_batching
 from ..secure.he.image_layout import ImageLayout
 from ..secure.he.params import choose_parameters
 from ..secure.he.seal import key_folder_check
@@ -149,13 +149,14 @@ def run_he_infer(job: HEInferJob, *, out: str | os.PathLike | None = None) -> Ru
     model = model.eval()
     data = dataset_for_run(parent)
     t0 = time.perf_counter()
-    program = compile_model(model, data.input_shape)  # refuses layers CKKS cannot run
+    # refuses layers CKKS cannot run; the batched engine may run a pooling as its own stage
+    program = compile_model(model, data.input_shape, cut_at_pooling=True)
     program.check_encryptable()
     compile_s = time.perf_counter() - t0
     if job.engine == "batched":
-        folded = fold_program(program)
-        params = folded_parameters(folded.depth, scale_bits=job.scale_bits or None)
-    else:
+        folded, params = fold_for_batching(program, scale_bits=job.scale_bits or None)
+    program = program.joined()  # the SEAL engine's: one linear stage between two sites
+    if job.engine == "seal":
         params = choose_parameters(program.depth, scale_bits=job.scale_bits or 40)
     if job.batch > params.slots:
         raise ConfigError(

@@ -36,7 +36,7 @@ from . import rns, seal_memory
 from .compile import LinearStage
 from .fold import FoldedProgram
 from .kernels import kernels, warm_up
-from .params import MAX_LOG_Q, CKKSParameters, HEDepthError
+from .params import CKKSParameters
 from .seal import (
     ClientKeys,
     StageTiming,
@@ -453,34 +453,3 @@ class BatchedServer:
 
     def _time(self, what: str, seconds: float, operations: int) -> None:
         self.timings.append(StageTiming(f"{len(self.timings) + 1}. {what}", seconds, operations))
-
-
-def folded_parameters(
-    depth: int,
-    *,
-    scale_bits: int | None = None,
-    max_scale_bits: int = 36,
-    min_scale_bits: int = 25,
-    head_bits: int = 10,
-    min_degree: int = 8192,
-) -> CKKSParameters:
-    """The smallest N whose 128-bit limit holds ``depth`` levels at a scale of at least
-    ``min_scale_bits`` bits, with the largest scale that fits (at most ``max_scale_bits``);
-    ``scale_bits`` fixes the scale instead. The first prime holds the result (scale plus
-    ``head_bits``, at most 47 bits: the exact float64 products of the linear stages take
-    primes below 2^48), the last is the key-switching prime."""
-    scales = [scale_bits] if scale_bits else list(range(max_scale_bits, min_scale_bits - 1, -1))
-    for n in sorted(MAX_LOG_Q):
-        if n < min_degree:
-            continue
-        for k in scales:
-            first = min(47, k + head_bits)
-            bits = (first,) + (k,) * depth + (first,)
-            if sum(bits) <= MAX_LOG_Q[n]:
-                return CKKSParameters(n, bits, k, depth)
-    largest = max(MAX_LOG_Q)
-    raise HEDepthError(
-        f"the folded program needs depth {depth}: at a {scales[-1]}-bit scale that is "
-        f"{scales[-1] * (depth + 2) + 2 * head_bits} bits of modulus, more than 128-bit security "
-        f"allows even at N = {largest} ({MAX_LOG_Q[largest]} bits). Use fewer layers."
-    )

@@ -47,6 +47,9 @@ class LinearStage:
     weights: sparse.csr_matrix  # (out, in)
     bias: np.ndarray
     depth: int = 1
+    # the stage starts at an average pooling's output (compile_model(cut_at_pooling=True)):
+    # folding may keep it apart from the stage before instead of composing the two
+    after_pooling: bool = False
 
     @property
     def terms(self) -> int:
@@ -55,6 +58,12 @@ class LinearStage:
     def summary(self) -> dict:
         rows, cols = self.weights.shape
         return {"stage": "linear", "in": cols, "out": rows, "terms": self.terms, "depth": 1}
+
+    def followed_by(self, after: LinearStage) -> LinearStage:
+        """``after`` applied to this stage's output, as one stage."""
+        w = (after.weights @ self.weights).tocsr()
+        w.eliminate_zeros()
+        return LinearStage(w, after.weights @ self.bias + after.bias)
 
 
 @dataclass
@@ -123,6 +132,17 @@ class HEProgram(StagedProgram):
                     f"rate > 0) or prune those units"
                 )
 
+    def joined(self) -> HEProgram:
+        """The program with consecutive linear stages composed (one between two sites), as
+        compiled without ``cut_at_pooling``: what the SEAL engine runs."""
+        stages: list[LinearStage | PolyStage] = []
+        for s in self.stages:
+            if isinstance(s, LinearStage) and stages and isinstance(stages[-1], LinearStage):
+                stages[-1] = stages[-1].followed_by(s)
+            else:
+                stages.append(s)
+        return HEProgram(self.input_shape, stages)
+
     def run_plain(self, x: np.ndarray) -> np.ndarray:
         """The program in float64 on plaintext (B, features): the reference of the HE run."""
         x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
@@ -183,29 +203,50 @@ class _Stop(Exception):
         self.value = value
 
 
+_POOLING_TYPES = (nn.AvgPool2d, nn.AdaptiveAvgPool2d)
+
+
+@dataclass(frozen=True)
+class _Cut:
+    """A point of the forward pass where one linear stage ends and the next begins: the input
+    of ``module`` (a site: its polynomial runs between) or its output (a site's, or an average
+    pooling's where a stage is cut in two)."""
+
+    module: nn.Module
+    at_output: bool
+    shape: tuple[int, ...]  # per sample, of the value at the cut
+
+
 def _stage_map(
-    model: nn.Module, input_shape, sites: list[ActivationSite], k: int, chunk: int
+    model: nn.Module, input_shape, start: _Cut | None, stop: _Cut | None, chunk: int
 ) -> tuple[sparse.csr_matrix, np.ndarray]:
-    """The affine map from stage k's input (the image, or site k-1's output) to its output (site
-    k's input, or the logits), as (CSR weights, bias)."""
-    in_shape = tuple(input_shape) if k == 0 else sites[k - 1].shape
+    """The affine map from ``start`` (None: the image) to ``stop`` (None: the logits), as (CSR
+    weights, bias): the identity basis pushed through that part of the network."""
+    in_shape = tuple(input_shape) if start is None else start.shape
     dim = int(np.prod(in_shape))
 
     def outputs(probe: torch.Tensor) -> torch.Tensor:
         handles = []
-        if k > 0:
+        if start is not None:
             handles.append(
-                sites[k - 1].register_forward_hook(lambda m, i, o: probe.view(-1, *in_shape))
+                start.module.register_forward_hook(lambda m, i, o: probe.view(-1, *in_shape))
             )
-        if k < len(sites):
+        if stop is not None:
 
-            def stop(m, inputs):
+            def stop_before(m, inputs):
                 raise _Stop(inputs[0])
 
-            handles.append(sites[k].register_forward_pre_hook(stop))
+            def stop_after(m, inputs, output):
+                raise _Stop(output)
+
+            handles.append(
+                stop.module.register_forward_hook(stop_after)
+                if stop.at_output
+                else stop.module.register_forward_pre_hook(stop_before)
+            )
         x = (
             probe.view(-1, *input_shape)
-            if k == 0
+            if start is None
             else torch.zeros(len(probe), *input_shape, dtype=torch.float64)
         )
         try:
@@ -220,9 +261,9 @@ def _stage_map(
     with torch.no_grad():
         bias = outputs(torch.zeros(1, dim, dtype=torch.float64))[0]
         blocks = []
-        for start in range(0, dim, chunk):
-            eye = torch.zeros(min(chunk, dim - start), dim, dtype=torch.float64)
-            eye[torch.arange(len(eye)), torch.arange(start, start + len(eye))] = 1.0
+        for first in range(0, dim, chunk):
+            eye = torch.zeros(min(chunk, dim - first), dim, dtype=torch.float64)
+            eye[torch.arange(len(eye)), torch.arange(first, first + len(eye))] = 1.0
             cols = (outputs(eye) - bias).numpy()  # (chunk, out): columns of W
             blocks.append(
                 sparse.csr_matrix(
@@ -234,10 +275,65 @@ def _stage_map(
     return weights, bias.numpy()
 
 
+def _forward_events(model: nn.Module, input_shape) -> list[_Cut]:
+    """The sites (at their input) and average poolings (at their output) in the order one
+    forward pass meets them, with the shapes there."""
+    events: list[_Cut] = []
+    handles = []
+    for m in model.modules():
+        if isinstance(m, ActivationSite):
+            handles.append(
+                m.register_forward_pre_hook(
+                    lambda mod, i: events.append(_Cut(mod, False, tuple(i[0].shape[1:])))
+                )
+            )
+        elif isinstance(m, _POOLING_TYPES):
+            handles.append(
+                m.register_forward_hook(
+                    lambda mod, i, o: events.append(_Cut(mod, True, tuple(o.shape[1:])))
+                )
+            )
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, *input_shape, dtype=torch.float64))
+    finally:
+        for h in handles:
+            h.remove()
+    return events
+
+
+def _cuts(events: list[_Cut], cut_at_pooling: bool) -> list[_Cut]:
+    """Where the stages end: every site's input, its output right after, and (with
+    ``cut_at_pooling``) the output of the first average pooling after a site, when that pooling
+    runs once per forward pass."""
+    calls: dict[int, int] = {}
+    for e in events:
+        calls[id(e.module)] = calls.get(id(e.module), 0) + 1
+    cuts: list[_Cut] = []
+    after_site = False
+    for e in events:
+        if isinstance(e.module, ActivationSite):
+            cuts += [e, _Cut(e.module, True, e.shape)]
+            after_site = True
+        elif cut_at_pooling and after_site and calls[id(e.module)] == 1:
+            cuts.append(e)
+            after_site = False
+    return cuts
+
+
 def compile_model(
-    model: nn.Module, input_shape, *, chunk: int = 1024, check_samples: int = 8
+    model: nn.Module,
+    input_shape,
+    *,
+    chunk: int = 1024,
+    check_samples: int = 8,
+    cut_at_pooling: bool = False,
 ) -> HEProgram:
     """The CKKS program of an HE-ready ``model`` (checked against it on random inputs).
+
+    ``cut_at_pooling`` ends a linear stage at the first average pooling after each site (the
+    next stage is marked ``after_pooling``): the batched engine's folding may then run the
+    pooling as a stage of its own (see :func:`pifair.secure.he.fold.fold_program`).
 
     Examples
     --------
@@ -253,22 +349,18 @@ def compile_model(
     check_he_ready(model)
     m = copy.deepcopy(model).double().eval()
     _check_calls(m, tuple(input_shape))
-    order: list[ActivationSite] = []  # the sites in the order the forward pass meets them
-    handles = [
-        site.register_forward_pre_hook(lambda mod, i: order.append(mod))
-        for _, site in iter_sites(m)
-    ]
-    with torch.no_grad():
-        m(torch.zeros(1, *input_shape, dtype=torch.float64))
-    for h in handles:
-        h.remove()
     names = {id(site): name for name, site in iter_sites(m)}
+    cuts = _cuts(_forward_events(m, tuple(input_shape)), cut_at_pooling)
     program = HEProgram(tuple(input_shape))
-    for k in range(len(order) + 1):
-        w, b = _stage_map(m, input_shape, order, k, chunk)
-        program.stages.append(LinearStage(w, b))
-        if k < len(order):
-            program.stages.append(PolyStage(lower_site(names[id(order[k])], order[k])))
+    start: _Cut | None = None
+    for cut in [*cuts, None]:
+        if cut is not None and cut.module is getattr(start, "module", None):  # across a site
+            program.stages.append(PolyStage(lower_site(names[id(cut.module)], cut.module)))
+        else:
+            w, b = _stage_map(m, input_shape, start, cut, chunk)
+            after_pooling = start is not None and isinstance(start.module, _POOLING_TYPES)
+            program.stages.append(LinearStage(w, b, after_pooling=after_pooling))
+        start = cut
     x = torch.randn(
         check_samples, *input_shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0)
     )

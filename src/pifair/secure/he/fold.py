@@ -20,8 +20,9 @@ import numpy as np
 from scipy import sparse
 
 from .compile import HEProgram, LinearStage, StagedProgram
+from .params import CKKSParameters, HEDepthError, folded_parameters
 
-__all__ = ["SquareStage", "FoldedProgram", "fold_program"]
+__all__ = ["SquareStage", "FoldedProgram", "fold_program", "fold_for_batching"]
 
 # |h| = |c1 / (2 c2)| up to this (in the activation's units) completes the square; beyond it the
 # shift would make x + h large and the folded bias cancel most of c2 (x + h)^2: precision lost
@@ -62,18 +63,28 @@ class FoldedProgram(StagedProgram):
         return x
 
 
-def _compose(after: LinearStage, before: LinearStage) -> LinearStage:
-    w = (after.weights @ before.weights).tocsr()
-    w.eliminate_zeros()
-    return LinearStage(w, after.weights @ before.bias + after.bias)
-
-
 def _diagonal(values: np.ndarray) -> sparse.csr_matrix:
     return sparse.diags(values, format="csr")
 
 
-def fold_program(program: HEProgram, *, max_shift: float = MAX_SHIFT) -> FoldedProgram:
+def _pooling_apart_pays(pooling: LinearStage, after: LinearStage, composed: LinearStage) -> bool:
+    """Whether a pooling right after a square is cheaper as a stage of its own: it then reads
+    the size-3 squares, so its outputs are the ones relinearized (one key switch each), and the
+    stage after it reads size-2 ciphertexts; composed, every output of the composition is
+    relinearized and each of its terms reads a size-3 input."""
+    fewer_key_switches = pooling.weights.shape[0] < composed.weights.shape[0]
+    fewer_products = 3 * pooling.terms + 2 * after.terms < 3 * composed.terms
+    return fewer_key_switches and fewer_products
+
+
+def fold_program(
+    program: HEProgram, *, max_shift: float = MAX_SHIFT, pooling_stages: bool = True
+) -> FoldedProgram:
     """The program with every polynomial folded into its neighbouring linear stages.
+
+    Linear stages compose, except a stage marked ``after_pooling`` (compiled with
+    ``cut_at_pooling=True``) right after a square's first linear stage when keeping the pooling
+    apart saves key switches and products (and ``pooling_stages`` allows it): one level more.
 
     Examples
     --------
@@ -89,6 +100,7 @@ def fold_program(program: HEProgram, *, max_shift: float = MAX_SHIFT) -> FoldedP
     """
     stages: list[LinearStage | SquareStage] = []
     pending: LinearStage | None = None  # the linear map waiting for the next stage
+    pending_reads_square = False  # pending is the first linear map after a square
     scale_after: sparse.csr_matrix | None = None  # what the next linear stage applies first
     for stage in program.stages:
         if isinstance(stage, LinearStage):
@@ -99,7 +111,21 @@ def fold_program(program: HEProgram, *, max_shift: float = MAX_SHIFT) -> FoldedP
                     stage.weights @ scale_after[1] + stage.bias,
                 )
                 scale_after = None
-            pending = current if pending is None else _compose(current, pending)
+                pending_reads_square = True
+            if pending is None:
+                pending = current
+                continue
+            composed = pending.followed_by(current)
+            if (
+                pooling_stages
+                and stage.after_pooling
+                and pending_reads_square
+                and _pooling_apart_pays(pending, current, composed)
+            ):
+                stages.append(pending)
+                pending, pending_reads_square = current, False
+            else:
+                pending = composed
             continue
         assert pending is not None, "a program starts with a linear stage"
         c = stage.coefficients
@@ -130,3 +156,23 @@ def fold_program(program: HEProgram, *, max_shift: float = MAX_SHIFT) -> FoldedP
     if not np.allclose(got, expected, rtol=1e-8, atol=1e-8 * max(1.0, np.abs(expected).max())):
         raise AssertionError("the folded program differs from the original")  # a bug, not input
     return folded
+
+
+def fold_for_batching(
+    program: HEProgram, *, scale_bits: int | None = None
+) -> tuple[FoldedProgram, CKKSParameters]:
+    """The folded program the batched engine runs, and its parameters: poolings kept apart
+    where that pays (:func:`fold_program`), unless the levels they add need a larger N than
+    the program with every pooling composed (a larger N doubles every ciphertext)."""
+    composed = fold_program(program, pooling_stages=False)
+    params = folded_parameters(composed.depth, scale_bits=scale_bits)
+    apart = fold_program(program)
+    if apart.depth == composed.depth:
+        return composed, params
+    try:
+        apart_params = folded_parameters(apart.depth, scale_bits=scale_bits)
+    except HEDepthError:
+        return composed, params
+    if apart_params.poly_modulus_degree > params.poly_modulus_degree:
+        return composed, params
+    return apart, apart_params
