@@ -15,6 +15,7 @@ SHAPES = {
     "lenet5": (1, 28, 28),
     "fairdp_cnn": (1, 28, 28),
     "he_cnn": (1, 28, 28),
+    "he_cifar": (3, 32, 32),
     "mlp": (20,),
 }
 
@@ -47,6 +48,15 @@ def test_lenet5_has_the_published_layout():
     assert count_relus(model, (1, 28, 28)).total == 6 * 28 * 28 + 16 * 10 * 10 + 120 + 84
     weights = [m.weight.numel() for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
     assert weights == [6 * 25, 16 * 6 * 25, 400 * 120, 120 * 84, 84 * 10]
+
+
+def test_he_cifar_has_the_layout_counted_by_hand():
+    """4,096 activations after the stride-2 conv (16 x 16 x 16), 4,096 after the second (64 x
+    8 x 8, after a 2x2 pooling), 256 dense; the weights of each layer counted by hand."""
+    model = create_model("he_cifar", num_classes=10, input_shape=(3, 32, 32))
+    assert count_relus(model, (3, 32, 32)).total == 16 * 16 * 16 + 64 * 8 * 8 + 256
+    weights = [m.weight.numel() for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+    assert weights == [16 * 3 * 25, 64 * 16 * 9, 64 * 4 * 4 * 256, 256 * 10]
 
 
 def test_unknown_model_lists_the_registry():

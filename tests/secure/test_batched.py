@@ -412,3 +412,19 @@ def test_a_pooling_is_kept_apart_only_where_n_stays_the_same():
     deeper = _pooling_program(1)  # depth 7 and 8 both need N = 16384: apart
     chosen, params = fold_for_batching(deeper)
     assert chosen.depth == 8 and params.poly_modulus_degree == 16384
+
+
+def test_he_cifar_folds_with_its_first_pooling_apart():
+    """he_cifar: 4,096 conv1 outputs, P1 apart (1,024 key switches instead of conv2's 4,096),
+    conv2 4,096, P2 folded into the 256-unit layer (1,024 > 256), 10: depth 8, N = 16384."""
+    torch.manual_seed(0)
+    model = create_model("he_cifar", num_classes=10, input_shape=(3, 32, 32)).eval()
+    count_relus(model, (3, 32, 32))
+    replace_activations(model, lambda n, s: PolyAct(2, "element", s.feature_shape))
+    for m in model.modules():
+        if isinstance(m, PolyAct):
+            m.coefficients.data[2].uniform_(0.1, 0.3)
+    folded, params = fold_for_batching(compile_model(model, (3, 32, 32), cut_at_pooling=True))
+    linear = [s["out"] for s in folded.summary() if s["stage"] == "linear"]
+    assert linear == [16 * 16 * 16, 16 * 8 * 8, 64 * 8 * 8, 256, 10]
+    assert folded.depth == 8 and params.poly_modulus_degree == 16384

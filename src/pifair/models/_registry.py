@@ -51,8 +51,9 @@ def list_models() -> list[str]:
     Examples
     --------
     >>> import pifair
-    >>> pifair.list_models()
-    ['fairdp_cnn', 'he_cnn', 'lenet', 'lenet5', 'mlp', 'resnet18', 'resnet18_gn', 'wrn22_8']
+    >>> pifair.list_models()  # doctest: +NORMALIZE_WHITESPACE
+    ['fairdp_cnn', 'he_cifar', 'he_cnn', 'lenet', 'lenet5', 'mlp', 'resnet18', 'resnet18_gn',
+     'wrn22_8']
     """
     return sorted(_MODELS)
 

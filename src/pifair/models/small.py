@@ -18,11 +18,13 @@ __all__ = [
     "LeNet5",
     "FairDPCNN",
     "HECNN",
+    "HECifarCNN",
     "MLP",
     "lenet",
     "lenet5",
     "fairdp_cnn",
     "he_cnn",
+    "he_cifar",
     "mlp",
 ]
 
@@ -155,6 +157,44 @@ class HECNN(nn.Module):
         return self.fc2(self.act2(self.fc1(torch.flatten(x, 1))))
 
 
+class HECifarCNN(nn.Module):
+    """A CIFAR-10 CNN sized for CKKS with one image per slot: every activation is a ciphertext,
+    so the first stage is small (conv 5x5 stride 2 to 16 channels: 4,096 activations on
+    32x32), average pooling halves each side before the wider conv 3x3 (64 channels at 8x8),
+    then average pooling, a 256-unit dense layer and the output layer. Batch norm after each
+    convolution (folded in by the HE compiler) keeps the polynomials' inputs in range."""
+
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        input_shape: tuple[int, ...],
+        act_layer: ActLayer,
+        channels: tuple[int, int] = (16, 64),
+        hidden: int = 256,
+    ) -> None:
+        super().__init__()
+        c, h, w = input_shape
+        c1, c2 = channels
+        self.conv1 = nn.Conv2d(c, c1, 5, stride=2, padding=2, bias=False)
+        self.bn1 = nn.BatchNorm2d(c1)
+        self.act1 = act_layer()
+        self.pool1 = nn.AvgPool2d(2)
+        self.conv2 = nn.Conv2d(c1, c2, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c2)
+        self.act2 = act_layer()
+        self.pool2 = nn.AvgPool2d(2)
+        side = lambda n: ((n + 1) // 2) // 4  # noqa: E731
+        self.fc1 = nn.Linear(c2 * side(h) * side(w), hidden)
+        self.act3 = act_layer()
+        self.fc2 = nn.Linear(hidden, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool1(self.act1(self.bn1(self.conv1(x))))
+        x = self.pool2(self.act2(self.bn2(self.conv2(x))))
+        return self.fc2(self.act3(self.fc1(torch.flatten(x, 1))))
+
+
 class MLP(nn.Module):
     """Fully connected network for tabular data: (linear-act) x depth, then a linear head."""
 
@@ -239,6 +279,26 @@ def he_cnn(
         input_shape=input_shape,
         act_layer=_act(act_layer),
         channels=channels,
+        hidden=hidden,
+    )
+
+
+@register_model(
+    "he_cifar", description="CIFAR-10 CNN sized for CKKS: conv 5x5/2 16 ch, conv 3x3 64 ch, 256"
+)
+def he_cifar(
+    *,
+    num_classes: int,
+    input_shape: tuple[int, ...] = (3, 32, 32),
+    act_layer: str | ActLayer = "relu",
+    channels: tuple[int, int] = (16, 64),
+    hidden: int = 256,
+) -> HECifarCNN:
+    return HECifarCNN(
+        num_classes=num_classes,
+        input_shape=input_shape,
+        act_layer=_act(act_layer),
+        channels=tuple(channels),  # type: ignore[arg-type]
         hidden=hidden,
     )
 
