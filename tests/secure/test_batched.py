@@ -43,7 +43,12 @@ from pifair.secure.he.compile import (  # noqa: E402
     compile_model,
 )
 from pifair.secure.he.exchange import read_program, serve, write_program  # noqa: E402
-from pifair.secure.he.fold import SquareStage, fold_for_batching, fold_program  # noqa: E402
+from pifair.secure.he.fold import (  # noqa: E402
+    SquareStage,
+    estimated_cost,
+    fold_for_batching,
+    fold_program,
+)
 from pifair.secure.he.params import folded_parameters  # noqa: E402
 
 pytestmark = pytest.mark.he
@@ -345,14 +350,16 @@ def test_lenet5_folds_to_the_stages_counted_by_hand():
     linear = [s["out"] for s in folded.summary() if s["stage"] == "linear"]
     assert linear == [6 * 28 * 28, 16 * 10 * 10, 120, 84, 10]
     assert folded.depth == 9 and folded_parameters(9).poly_modulus_degree == 16384
-    # cut at the poolings: S2 (6x14x14 = 1,176 outputs, 4 terms each) stays a stage of its own
-    # (1,176 key switches instead of C3's 1,600; C3 then reads 6x5x5 = 150 inputs per output,
-    # not 600); S4 does not pay (400 outputs > F5's 120) and folds into F5 as before
+    # cut at the poolings, both stay stages of their own: S2 (6x14x14 = 1,176 outputs, 4 terms
+    # each: 1,176 key switches instead of C3's 1,600, and C3 reads 6x5x5 = 150 inputs per
+    # output, not 600); S4 (400 key switches instead of F5's 120, but F5 reads 400 size-2
+    # inputs instead of 1,600 size-3 ones)
     program = compile_model(model, (1, 28, 28), cut_at_pooling=True)
     apart = fold_program(program)
     linear = [(s["out"], s["terms"]) for s in apart.summary() if s["stage"] == "linear"]
-    assert linear[1:3] == [(6 * 14 * 14, 6 * 14 * 14 * 4), (16 * 10 * 10, 16 * 10 * 10 * 150)]
-    assert [o for o, _ in linear] == [4704, 1176, 1600, 120, 84, 10] and apart.depth == 10
+    assert linear[1:5] == [(1176, 1176 * 4), (1600, 1600 * 150), (400, 400 * 4), (120, 120 * 400)]
+    assert [o for o, _ in linear] == [4704, 1176, 1600, 400, 120, 84, 10] and apart.depth == 11
+    assert estimated_cost(apart) < estimated_cost(folded) / 2
     merged = fold_program(program, pooling_stages=False)
     assert [s["out"] for s in merged.summary() if s["stage"] == "linear"] == [
         4704,
@@ -364,9 +371,9 @@ def test_lenet5_folds_to_the_stages_counted_by_hand():
     x = np.random.default_rng(0).normal(size=(4, 784))
     np.testing.assert_allclose(apart.run_plain(x), folded.run_plain(x), rtol=1e-9, atol=1e-9)
     np.testing.assert_allclose(merged.run_plain(x), folded.run_plain(x), rtol=1e-9, atol=1e-9)
-    # the level S2 adds keeps N = 16384 (at a 34-bit scale): the batched engine keeps it apart
+    # the two levels they add keep N = 16384 (at a 32-bit scale): the batched engine keeps both
     chosen, params = fold_for_batching(program)
-    assert chosen.depth == 10 and (params.poly_modulus_degree, params.scale_bits) == (16384, 34)
+    assert chosen.depth == 11 and (params.poly_modulus_degree, params.scale_bits) == (16384, 32)
     # the SEAL engine runs the program with its cut stages joined again: as compiled uncut
     joined, uncut = program.joined(), compile_model(model, (1, 28, 28))
     assert joined.summary() == uncut.summary()
@@ -416,7 +423,8 @@ def test_a_pooling_is_kept_apart_only_where_n_stays_the_same():
 
 def test_he_cifar_folds_with_its_first_pooling_apart():
     """he_cifar: 4,096 conv1 outputs, P1 apart (1,024 key switches instead of conv2's 4,096),
-    conv2 4,096, P2 folded into the 256-unit layer (1,024 > 256), 10: depth 8, N = 16384."""
+    conv2 4,096, P2 apart (1,024 key switches instead of 256, but the dense layer reads 1,024
+    size-2 inputs, not 4,096 size-3 ones), 256, 10: depth 9, N = 16384."""
     torch.manual_seed(0)
     model = create_model("he_cifar", num_classes=10, input_shape=(3, 32, 32)).eval()
     count_relus(model, (3, 32, 32))
@@ -426,5 +434,36 @@ def test_he_cifar_folds_with_its_first_pooling_apart():
             m.coefficients.data[2].uniform_(0.1, 0.3)
     folded, params = fold_for_batching(compile_model(model, (3, 32, 32), cut_at_pooling=True))
     linear = [s["out"] for s in folded.summary() if s["stage"] == "linear"]
-    assert linear == [16 * 16 * 16, 16 * 8 * 8, 64 * 8 * 8, 256, 10]
-    assert folded.depth == 8 and params.poly_modulus_degree == 16384
+    assert linear == [16 * 16 * 16, 16 * 8 * 8, 64 * 8 * 8, 64 * 4 * 4, 256, 10]
+    assert folded.depth == 9 and params.poly_modulus_degree == 16384
+
+
+def test_of_two_poolings_the_one_that_saves_more_is_kept_apart_when_one_level_is_left():
+    """At a 24-bit scale N = 8192 holds depth 6: the composed program (5) and one pooling
+    apart (6) fit, both apart (7) do not; the one kept apart is the one whose composition
+    would relinearize 64 outputs, not 3."""
+    rng = np.random.default_rng(0)
+
+    def dense(rows: int, cols: int, **kwargs) -> LinearStage:
+        return LinearStage(
+            sparse.csr_matrix(rng.normal(size=(rows, cols))), np.zeros(rows), **kwargs
+        )
+
+    def square(features: int) -> PolyStage:
+        return PolyStage(np.array([[0.0], [0.1], [0.2]]) * np.ones((1, features)))
+
+    def pooling(features: int) -> LinearStage:
+        return LinearStage(
+            sparse.kron(sparse.eye(2), np.full((1, features // 2), 2 / features)).tocsr(),
+            np.zeros(2),
+        )
+
+    stages = [dense(8, 4), square(8), pooling(8), dense(64, 2, after_pooling=True)]
+    stages += [square(64), pooling(64), dense(3, 2, after_pooling=True)]
+    program = HEProgram((4,), stages)
+    assert fold_program(program).poolings_apart == (3, 6)  # each pays on its own
+    chosen, params = fold_for_batching(program, scale_bits=24)
+    assert chosen.poolings_apart == (3,) and chosen.depth == 6
+    assert params.poly_modulus_degree == 8192
+    x = np.random.default_rng(1).normal(size=(5, 4))
+    np.testing.assert_allclose(chosen.run_plain(x), program.run_plain(x), rtol=1e-9)

@@ -14,6 +14,8 @@ same function (checked against the original in float64 by :func:`fold_program`).
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,7 +24,13 @@ from scipy import sparse
 from .compile import HEProgram, LinearStage, StagedProgram
 from .params import CKKSParameters, HEDepthError, folded_parameters
 
-__all__ = ["SquareStage", "FoldedProgram", "fold_program", "fold_for_batching"]
+__all__ = [
+    "SquareStage",
+    "FoldedProgram",
+    "estimated_cost",
+    "fold_program",
+    "fold_for_batching",
+]
 
 # |h| = |c1 / (2 c2)| up to this (in the activation's units) completes the square; beyond it the
 # shift would make x + h large and the folded bias cancel most of c2 (x + h)^2: precision lost
@@ -51,6 +59,8 @@ class FoldedProgram(StagedProgram):
     """Linear stages and bare squares: the program the batched engine runs."""
 
     stages: list[LinearStage | SquareStage] = field(default_factory=list)
+    # the indices of the compiled program's stages that start after a pooling kept apart
+    poolings_apart: tuple[int, ...] = ()
 
     def run_plain(self, x: np.ndarray) -> np.ndarray:
         """The folded program in float64 on plaintext (B, features)."""
@@ -67,24 +77,57 @@ def _diagonal(values: np.ndarray) -> sparse.csr_matrix:
     return sparse.diags(values, format="csr")
 
 
+# The batched server's costs in one unit, a product term over a size-1 ciphertext (one
+# modular multiply-add per NTT coefficient and limb): SEAL's key switch and rescale cost about
+# KEY_SWITCH_TERMS and RESCALE_TERMS of them (measured at N = 16384, 11 primes, on the 2-core
+# machine: relinearize 90.8 ms, rescale 13.1 ms, products 0.24 ms per size-1 term); the ratios
+# change little with N and the number of primes
+KEY_SWITCH_TERMS = 400
+RESCALE_TERMS = 50
+
+
+def stage_cost(stage: LinearStage, reads_square: bool) -> float:
+    """A linear stage's estimated cost on the batched server: its products over size-3 (after
+    a square) or size-2 inputs, then per output a key switch after a square, and one rescale
+    per level it drops (two after a square)."""
+    outputs = stage.weights.shape[0]
+    if reads_square:
+        return 3 * stage.terms + (KEY_SWITCH_TERMS + 2 * RESCALE_TERMS) * outputs
+    return 2 * stage.terms + RESCALE_TERMS * outputs
+
+
+def estimated_cost(program: FoldedProgram) -> float:
+    """The folded program's estimated server cost, in :func:`stage_cost`'s units."""
+    cost, after_square = 0.0, False
+    for s in program.stages:
+        if isinstance(s, LinearStage):
+            cost += stage_cost(s, after_square)
+        after_square = isinstance(s, SquareStage)
+    return cost
+
+
 def _pooling_apart_pays(pooling: LinearStage, after: LinearStage, composed: LinearStage) -> bool:
     """Whether a pooling right after a square is cheaper as a stage of its own: it then reads
-    the size-3 squares, so its outputs are the ones relinearized (one key switch each), and the
-    stage after it reads size-2 ciphertexts; composed, every output of the composition is
-    relinearized and each of its terms reads a size-3 input."""
-    fewer_key_switches = pooling.weights.shape[0] < composed.weights.shape[0]
-    fewer_products = 3 * pooling.terms + 2 * after.terms < 3 * composed.terms
-    return fewer_key_switches and fewer_products
+    the size-3 squares, so its outputs are the ones relinearized, and the stage after it reads
+    size-2 ciphertexts; composed, every output of the composition is relinearized and each of
+    its (more) terms reads a size-3 input."""
+    apart = stage_cost(pooling, True) + stage_cost(after, False)
+    return apart < stage_cost(composed, True)
 
 
 def fold_program(
-    program: HEProgram, *, max_shift: float = MAX_SHIFT, pooling_stages: bool = True
+    program: HEProgram,
+    *,
+    max_shift: float = MAX_SHIFT,
+    pooling_stages: bool | Collection[int] = True,
 ) -> FoldedProgram:
     """The program with every polynomial folded into its neighbouring linear stages.
 
     Linear stages compose, except a stage marked ``after_pooling`` (compiled with
     ``cut_at_pooling=True``) right after a square's first linear stage when keeping the pooling
-    apart saves key switches and products (and ``pooling_stages`` allows it): one level more.
+    apart is cheaper (:func:`stage_cost`) and ``pooling_stages`` allows it (True: any; a
+    collection: those stage indices of ``program``): one level more each. The folded program
+    lists the stages kept apart in ``poolings_apart``.
 
     Examples
     --------
@@ -102,7 +145,8 @@ def fold_program(
     pending: LinearStage | None = None  # the linear map waiting for the next stage
     pending_reads_square = False  # pending is the first linear map after a square
     scale_after: sparse.csr_matrix | None = None  # what the next linear stage applies first
-    for stage in program.stages:
+    apart: list[int] = []
+    for index, stage in enumerate(program.stages):
         if isinstance(stage, LinearStage):
             current = stage
             if scale_after is not None:
@@ -117,13 +161,14 @@ def fold_program(
                 continue
             composed = pending.followed_by(current)
             if (
-                pooling_stages
+                (pooling_stages is True or (pooling_stages and index in pooling_stages))
                 and stage.after_pooling
                 and pending_reads_square
                 and _pooling_apart_pays(pending, current, composed)
             ):
                 stages.append(pending)
                 pending, pending_reads_square = current, False
+                apart.append(index)
             else:
                 pending = composed
             continue
@@ -150,7 +195,7 @@ def fold_program(
         pending = None
     assert pending is not None and scale_after is None, "a program ends with a linear stage"
     stages.append(pending)
-    folded = FoldedProgram(program.input_shape, stages)
+    folded = FoldedProgram(program.input_shape, stages, tuple(apart))
     probe = np.random.default_rng(0).normal(size=(8, program.input_features))
     expected, got = program.run_plain(probe), folded.run_plain(probe)
     if not np.allclose(got, expected, rtol=1e-8, atol=1e-8 * max(1.0, np.abs(expected).max())):
@@ -161,18 +206,23 @@ def fold_program(
 def fold_for_batching(
     program: HEProgram, *, scale_bits: int | None = None
 ) -> tuple[FoldedProgram, CKKSParameters]:
-    """The folded program the batched engine runs, and its parameters: poolings kept apart
-    where that pays (:func:`fold_program`), unless the levels they add need a larger N than
-    the program with every pooling composed (a larger N doubles every ciphertext)."""
-    composed = fold_program(program, pooling_stages=False)
-    params = folded_parameters(composed.depth, scale_bits=scale_bits)
-    apart = fold_program(program)
-    if apart.depth == composed.depth:
-        return composed, params
-    try:
-        apart_params = folded_parameters(apart.depth, scale_bits=scale_bits)
-    except HEDepthError:
-        return composed, params
-    if apart_params.poly_modulus_degree > params.poly_modulus_degree:
-        return composed, params
-    return apart, apart_params
+    """The folded program the batched engine runs, and its parameters: of the poolings
+    :func:`fold_program` would keep apart, the set with the smallest N (a larger N doubles every
+    ciphertext) and then the lowest :func:`estimated_cost` (each pooling kept apart is one
+    level more)."""
+    candidates = fold_program(program).poolings_apart
+    best: tuple[tuple[int, float], FoldedProgram, CKKSParameters] | None = None
+    for k in range(len(candidates) + 1):
+        for chosen in itertools.combinations(candidates, k):
+            folded = fold_program(program, pooling_stages=chosen)
+            try:
+                params = folded_parameters(folded.depth, scale_bits=scale_bits)
+            except HEDepthError:
+                if not chosen:
+                    raise  # too deep even with every pooling composed
+                continue
+            rank = (params.poly_modulus_degree, estimated_cost(folded))
+            if best is None or rank < best[0]:
+                best = (rank, folded, params)
+    assert best is not None
+    return best[1], best[2]
