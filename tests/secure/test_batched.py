@@ -467,3 +467,23 @@ def test_of_two_poolings_the_one_that_saves_more_is_kept_apart_when_one_level_is
     assert params.poly_modulus_degree == 8192
     x = np.random.default_rng(1).normal(size=(5, 4))
     np.testing.assert_allclose(chosen.run_plain(x), program.run_plain(x), rtol=1e-9)
+
+
+def test_a_pooling_kept_apart_runs_encrypted_as_in_plaintext(tmp_path):
+    """The pooling stage reads the size-3 squares (its outputs relinearized, two rescales), the
+    stage after it size-2 ciphertexts (one rescale): the decrypted logits match the program."""
+    program = _pooling_program(0)
+    folded = fold_program(program)
+    assert folded.poolings_apart and folded.depth == 6
+    params = folded_parameters(folded.depth)
+    client = BatchedClient(params)
+    client.write_server_keys(tmp_path / "keys")
+    server = BatchedServer(tmp_path / "keys", params.scale_bits, workers=2)
+    x = np.random.default_rng(3).normal(size=(64, 4))
+    logits = client.decrypt(server.run(folded, client.encrypt(x)))
+    expected = program.run_plain(x)
+    assert np.abs(logits - expected).max() <= 1e-4 * max(1.0, np.abs(expected).max())
+    rescales = [
+        (t.stage.split(". ")[1], t.operations) for t in server.timings if "rescale" in t.stage
+    ]
+    assert rescales == [("rescale x8", 8), ("rescale x2", 4), ("rescale x6", 6), ("rescale x3", 6)]
