@@ -3,6 +3,7 @@ results file in ``benchmarks/results/`` (the only source of the numbers README q
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import os
 import platform
@@ -155,3 +156,19 @@ def _relative_script(script: str) -> str:
         return str(p.relative_to(Path(__file__).resolve().parent.parent))
     except ValueError:
         return script
+
+
+def settings_parser(
+    doc: str | None, settings: dict, default: str, *, seeds: str = "0,1,2", jobs: bool = False
+) -> argparse.ArgumentParser:
+    """The arguments every seeded benchmark takes: ``--setting`` (one of ``settings``),
+    ``--seeds`` (comma list) and, with ``jobs``, ``--jobs`` (seeds at a time); the benchmark
+    adds its own."""
+    parser = argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--setting", choices=sorted(settings), default=default)
+    parser.add_argument("--seeds", default=seeds, help="comma list of seeds")
+    if jobs:
+        parser.add_argument("--jobs", type=int, default=2, help="seeds run at a time")
+    return parser

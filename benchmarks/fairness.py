@@ -33,7 +33,6 @@ Resumes from its run folders: a finished arm is read, not rerun.
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import sys
 import time
@@ -41,7 +40,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import CIFAR10_RESNET18, RESULTS_DIR, commit, machine_line, print_table, save_results  # noqa: E402
+from _common import (  # noqa: E402
+    CIFAR10_RESNET18,
+    RESULTS_DIR,
+    commit,
+    machine_line,
+    print_table,
+    save_results,
+    settings_parser,
+)
 from pifair.data import parse_keep  # noqa: E402
 from pifair.fairness import GroupReport  # noqa: E402
 from pifair.fairness.audit import mean_ci, minority_gap, minority_groups, paired_difference  # noqa: E402
@@ -407,11 +414,7 @@ def write_results(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--setting", choices=sorted(SETTINGS), default="fashion-mnist")
-    parser.add_argument("--seeds", default="0,1,2,3,4")
+    parser = settings_parser(__doc__, SETTINGS, "fashion-mnist", seeds="0,1,2,3,4")
     parser.add_argument(
         "--arms",
         help=f"comma list of {', '.join(a.key for a in ARMS)} (default: the setting's; plain "

@@ -23,7 +23,6 @@ The script resumes from its own run folders: a row whose model exists is read, n
 
 from __future__ import annotations
 
-import argparse
 import math
 import statistics
 import sys
@@ -34,7 +33,14 @@ from pathlib import Path
 from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import CIFAR10_RESNET18_CPU, commit, machine_line, print_table, save_results  # noqa: E402
+from _common import (  # noqa: E402
+    CIFAR10_RESNET18_CPU,
+    commit,
+    machine_line,
+    print_table,
+    save_results,
+    settings_parser,
+)
 from pifair.reduce import FinetuneSettings  # noqa: E402
 from pifair.reduce.snl import SearchSettings  # noqa: E402
 from pifair.runs import MODEL, Run  # noqa: E402
@@ -203,11 +209,7 @@ def spread(values: list[float]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--setting", choices=sorted(SETTINGS), default="cifar10-cpu")
-    parser.add_argument("--seeds", default="0,1,2")
+    parser = settings_parser(__doc__, SETTINGS, "cifar10-cpu")
     parser.add_argument("--rows", help="comma list of row keys (default: all)")
     parser.add_argument("--out", type=Path, help="run folders (default runs/ablation-SETTING)")
     parser.add_argument(

@@ -19,7 +19,6 @@ Settings:
 
 from __future__ import annotations
 
-import argparse
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
@@ -28,7 +27,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine_line, print_table, save_results  # noqa: E402
+from _common import machine_line, print_table, save_results, settings_parser  # noqa: E402
 from pifair.fairness.audit import mean_ci, paired_difference  # noqa: E402
 from pifair.reduce import FinetuneSettings  # noqa: E402
 from pifair.runs import MODEL, Run  # noqa: E402
@@ -129,12 +128,7 @@ def tables(rows: list[dict], seeds: list[int]) -> tuple[dict, list[str]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--setting", choices=list(SETTINGS), default="fashion-mnist")
-    parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--jobs", type=int, default=2)
+    parser = settings_parser(__doc__.split("\n\n")[0], SETTINGS, "fashion-mnist", jobs=True)
     parser.add_argument("--lrs", default="0.01,0.003", help="KD fine-tuning rates to choose from")
     parser.add_argument("--out", type=Path)
     ns = parser.parse_args()

@@ -24,7 +24,6 @@ each budget the summary compares SNL with the sharing method chosen on validatio
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
@@ -42,6 +41,7 @@ from _common import (  # noqa: E402
     machine_line,
     print_table,
     save_results,
+    settings_parser,
 )
 from pifair.errors import BudgetError  # noqa: E402
 from pifair.fairness.audit import mean_ci, paired_difference  # noqa: E402
@@ -254,12 +254,7 @@ def pareto_plot(rows: list[dict], methods: list[str], path: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--setting", choices=list(SETTINGS), default="fashion-mnist")
-    parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--jobs", type=int, default=2)
+    parser = settings_parser(__doc__.split("\n\n")[0], SETTINGS, "fashion-mnist", jobs=True)
     parser.add_argument("--out", type=Path)
     ns = parser.parse_args()
     seeds = [int(s) for s in ns.seeds.split(",")]

@@ -336,16 +336,23 @@ def test_a_secret_key_under_a_public_name_is_refused_by_the_server(engine, tmp_p
         serve(exchange)
 
 
-def test_lenet5_folds_to_the_stages_counted_by_hand():
-    """LeNet-5 with polynomial activations: C1's 4,704 outputs, C3's 1,600 (pooling folded in),
-    120, 84, 10; one level per activation, so depth 9 and N = 16384 at 128-bit security."""
+def _squaring_model(name: str, input_shape: tuple[int, ...]) -> torch.nn.Module:
+    """A registered model with element-wise degree-2 polynomials whose square terms complete
+    (0.1 to 0.3), seeded."""
     torch.manual_seed(0)
-    model = create_model("lenet5", num_classes=10, input_shape=(1, 28, 28)).eval()
-    count_relus(model, (1, 28, 28))
+    model = create_model(name, num_classes=10, input_shape=input_shape).eval()
+    count_relus(model, input_shape)
     replace_activations(model, lambda n, s: PolyAct(2, "element", s.feature_shape))
     for m in model.modules():
         if isinstance(m, PolyAct):
-            m.coefficients.data[2].uniform_(0.1, 0.3)  # a square term: the square completes
+            m.coefficients.data[2].uniform_(0.1, 0.3)
+    return model
+
+
+def test_lenet5_folds_to_the_stages_counted_by_hand():
+    """LeNet-5 with polynomial activations: C1's 4,704 outputs, C3's 1,600 (pooling folded in),
+    120, 84, 10; one level per activation, so depth 9 and N = 16384 at 128-bit security."""
+    model = _squaring_model("lenet5", (1, 28, 28))
     folded = fold_program(compile_model(model, (1, 28, 28)))
     linear = [s["out"] for s in folded.summary() if s["stage"] == "linear"]
     assert linear == [6 * 28 * 28, 16 * 10 * 10, 120, 84, 10]
@@ -425,13 +432,7 @@ def test_he_cifar_folds_with_its_first_pooling_apart():
     """he_cifar: 4,096 conv1 outputs, P1 apart (1,024 key switches instead of conv2's 4,096),
     conv2 4,096, P2 apart (1,024 key switches instead of 256, but the dense layer reads 1,024
     size-2 inputs, not 4,096 size-3 ones), 256, 10: depth 9, N = 16384."""
-    torch.manual_seed(0)
-    model = create_model("he_cifar", num_classes=10, input_shape=(3, 32, 32)).eval()
-    count_relus(model, (3, 32, 32))
-    replace_activations(model, lambda n, s: PolyAct(2, "element", s.feature_shape))
-    for m in model.modules():
-        if isinstance(m, PolyAct):
-            m.coefficients.data[2].uniform_(0.1, 0.3)
+    model = _squaring_model("he_cifar", (3, 32, 32))
     folded, params = fold_for_batching(compile_model(model, (3, 32, 32), cut_at_pooling=True))
     linear = [s["out"] for s in folded.summary() if s["stage"] == "linear"]
     assert linear == [16 * 16 * 16, 16 * 8 * 8, 64 * 8 * 8, 64 * 4 * 4, 256, 10]
