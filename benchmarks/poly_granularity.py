@@ -11,6 +11,7 @@ folder is kept: a rerun resumes.
 
 Settings:
   fashion-mnist  LeNet-5 (lenet5) on 12,000 Fashion-MNIST images, 6 ReLU epochs, 3 KD epochs
+  cifar10-cpu    he_cifar on 10,000 CIFAR-10 images, 15 ReLU epochs, 3 KD epochs (CPU scale)
   tiny           he_cnn on digits: checks the script
 
     python benchmarks/poly_granularity.py --setting fashion-mnist [--seeds 0,1,2] [--jobs 2]
@@ -40,6 +41,12 @@ SETTINGS = {
     "fashion-mnist": dict(
         parent=dict(
             data="fashion-mnist", model="lenet5", limit=12000, epochs=6, batch_size=128, lr=0.05
+        ),
+        finetune=dict(epochs=3, batch_size=128),
+    ),
+    "cifar10-cpu": dict(
+        parent=dict(
+            data="cifar10", model="he_cifar", limit=10000, epochs=15, batch_size=128, lr=0.05
         ),
         finetune=dict(epochs=3, batch_size=128),
     ),
