@@ -19,9 +19,7 @@ product has scale ``Delta q`` and the rescale by q leaves exactly Delta; squares
 from __future__ import annotations
 
 import math
-import mmap
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,9 +28,9 @@ from typing import Any
 import numpy as np
 from scipy import sparse
 
-from ...atomic import atomic_open
 from ...errors import ConfigError
 from . import rns, seal_memory
+from .cipher_batch import INPUT_CHUNK_BYTES, CipherBatch, SquaredBatch, StageOutput
 from .compile import LinearStage
 from .fold import FoldedProgram
 from .kernels import kernels, warm_up
@@ -47,157 +45,7 @@ from .seal import (
     sealapi,
 )
 
-__all__ = ["CipherBatch", "BatchedClient", "BatchedServer", "shared_array"]
-
-# the bytes of a linear stage's input read at once (one limb, some NTT coefficients)
-_INPUT_CHUNK_BYTES = 32 << 20
-
-
-def shared_array(shape: tuple[int, ...], dtype=np.uint64) -> np.ndarray:
-    """A zeroed array in anonymous shared memory: forked workers write it, the parent reads
-    it; no file anywhere, released with the last reference."""
-    nbytes = max(1, int(np.prod(shape)) * np.dtype(dtype).itemsize)
-    buffer = mmap.mmap(-1, nbytes)
-    return np.frombuffer(buffer, dtype=dtype, count=int(np.prod(shape))).reshape(shape)
-
-
-class _StageOutput:
-    """A linear stage's outputs (limbs, rows, 2, N), filled a block of rows at a time: in
-    anonymous shared memory, or, with ``spill``, in an unlinked file of that folder (nothing
-    left behind, even by a killed run) that each block is written to with plain positioned
-    writes and that the next stage then reads through a read-only mapping: page cache the
-    kernel may drop. (Workers writing a shared file mapping directly fault in every page
-    through the file system, hundreds of times slower than sequential writes.)"""
-
-    def __init__(self, shape: tuple[int, int, int, int], spill: Path | None) -> None:
-        self.shape, self.file = shape, None
-        if spill is None:
-            self.data = shared_array(shape)
-            return
-        fd, path = tempfile.mkstemp(prefix="pifair-stage-", dir=spill)
-        os.unlink(path)
-        self.file = os.fdopen(fd, "r+b")
-        self.file.truncate(int(np.prod(shape)) * 8)
-
-    def block(self, r0: int, r1: int) -> np.ndarray:
-        """Where the workers write rows ``r0:r1``."""
-        if self.file is None:
-            return self.data[:, r0:r1]
-        limbs, _, size, n = self.shape
-        return shared_array((limbs, r1 - r0, size, n))
-
-    def commit(self, r0: int, block: np.ndarray) -> None:
-        """Rows from ``r0`` written by the workers: to the file when spilling."""
-        if self.file is None:
-            return
-        limbs, rows, size, n = self.shape
-        row_bytes = size * n * 8
-        for limb in range(limbs):
-            view = np.ascontiguousarray(block[limb]).reshape(-1).view(np.uint8).data
-            offset = (limb * rows + r0) * row_bytes
-            while view.nbytes:
-                written = os.pwrite(self.file.fileno(), view, offset)
-                view, offset = view[written:], offset + written
-
-    def array(self) -> np.ndarray:
-        """The finished outputs (a read-only mapping of the file when spilling)."""
-        if self.file is None:
-            return self.data
-        data = np.memmap(self.file, dtype=np.uint64, mode="r", shape=self.shape)
-        self.file.close()  # the mapping keeps the unlinked file alive
-        return data
-
-
-@dataclass
-class CipherBatch:
-    """Encrypted features of a batch of images: one ciphertext per feature, image b in slot b."""
-
-    data: np.ndarray  # (limbs, features, 2, N) uint64, NTT form
-    scales: np.ndarray  # (features,) the CKKS scale of each ciphertext
-    images: int
-
-    @property
-    def limbs(self) -> int:
-        return self.data.shape[0]
-
-    @property
-    def features(self) -> int:
-        return self.data.shape[1]
-
-    @property
-    def size(self) -> int:
-        return self.data.shape[2]
-
-    def limb(self, i: int, columns: slice = slice(None)) -> np.ndarray:
-        """Limb ``i`` of every ciphertext at the NTT coefficients ``columns``:
-        (features, size, len(columns))."""
-        return self.data[i][:, :, columns]
-
-    def save(self, folder: str | os.PathLike) -> None:
-        """Write as ``ciphertexts.npy`` (raw uint64) and ``scales.npy`` plus the image count."""
-        folder = Path(folder)
-        with atomic_open(folder / "ciphertexts.npy") as f:
-            np.save(f, self.data)
-        with atomic_open(folder / "scales.npy") as f:
-            np.save(f, np.append(self.scales, float(self.images)))
-
-    @classmethod
-    def load(cls, folder: str | os.PathLike, *, memory_map: bool = True) -> CipherBatch:
-        """Read a saved batch; with ``memory_map`` the ciphertexts stay on disk until read."""
-        folder = Path(folder)
-        data = np.load(folder / "ciphertexts.npy", mmap_mode="r" if memory_map else None)
-        tail = np.load(folder / "scales.npy")
-        return cls(data, tail[:-1], int(tail[-1]))
-
-
-@dataclass
-class _SquaredBatch:
-    """``[x^2, x[kept]]`` of a batch, made one limb at a time when the next linear stage reads
-    it (never the whole squared batch: 1.5x the input's memory). The square is not
-    relinearized (size 3); the kept features are times the integer Delta, zero-padded to size
-    3, at scale Delta^2 like the squares."""
-
-    source: CipherBatch
-    kept: np.ndarray
-    moduli: list[int]
-    factor: int
-    seconds: float = 0.0  # time spent squaring, over every read
-
-    @property
-    def limbs(self) -> int:
-        return self.source.limbs
-
-    @property
-    def features(self) -> int:
-        return self.source.features + len(self.kept)
-
-    @property
-    def size(self) -> int:
-        return 3
-
-    @property
-    def images(self) -> int:
-        return self.source.images
-
-    @property
-    def scales(self) -> np.ndarray:
-        s = self.source.scales
-        return np.concatenate([s**2, s[self.kept] * self.factor])
-
-    def limb(self, i: int, columns: slice = slice(None)) -> np.ndarray:
-        """Limb ``i`` at the NTT coefficients ``columns`` (a square in NTT form is a product
-        coefficient by coefficient, so any columns can be made alone)."""
-        t0 = time.perf_counter()
-        data, q = np.ascontiguousarray(self.source.data[i][:, :, columns]), self.moduli[i]
-        features, _, n = data.shape
-        out = np.zeros((self.features, 3, n), dtype=np.uint64)
-        k = kernels()
-        k.tensor_square(data, q, out[:features])
-        lifted = np.empty((len(self.kept), 2, n), dtype=np.uint64)
-        k.scale_by(data[self.kept], self.factor % q, q, lifted)
-        out[features:, :2] = lifted
-        self.seconds += time.perf_counter() - t0
-        return out
+__all__ = ["CipherBatch", "BatchedClient", "BatchedServer"]
 
 
 class _Context:
@@ -342,7 +190,7 @@ class BatchedServer:
         warm_up()  # kernels compiled (once per install) before any timed step
 
     def _linear(
-        self, weights: sparse.csr_matrix, batch: CipherBatch | _SquaredBatch, drops: int
+        self, weights: sparse.csr_matrix, batch: CipherBatch | SquaredBatch, drops: int
     ) -> np.ndarray:
         """The products of ``weights`` (rows of a stage) per limb, before the rescale:
         (limbs, rows, size, N), every output at scale Delta times the ``drops`` last primes."""
@@ -358,8 +206,8 @@ class BatchedServer:
         )
         out = np.empty((limbs, w.shape[0], size, n), dtype=np.uint64)
         # the inputs a few NTT coefficients at a time (the products are column by column):
-        # the input read at once, squared or not, stays near _INPUT_CHUNK_BYTES
-        width = max(64, min(n, _INPUT_CHUNK_BYTES // (features * size * 8)))
+        # the input read at once, squared or not, stays near INPUT_CHUNK_BYTES
+        width = max(64, min(n, INPUT_CHUNK_BYTES // (features * size * 8)))
         for i in range(limbs):  # threads: BLAS's and the kernels' (numba)
             product = rns.ModularProduct(grouped, moduli[i])  # weight digits once per prime
             for c0 in range(0, n, width):
@@ -368,7 +216,7 @@ class BatchedServer:
                 out[i, :, :, cols] = product(flat).reshape(-1, size, cols.stop - c0)
         return out
 
-    def _rows_per_block(self, batch: CipherBatch | _SquaredBatch, rows: int) -> int:
+    def _rows_per_block(self, batch: CipherBatch | SquaredBatch, rows: int) -> int:
         """How many outputs of a linear stage fit in ``block_bytes`` of products."""
         if self.block_bytes is None:
             return rows
@@ -406,7 +254,7 @@ class BatchedServer:
         run_forked(one, outputs, self.workers)
 
     def _linear_stage(
-        self, stage: LinearStage, batch: CipherBatch | _SquaredBatch, drops: int
+        self, stage: LinearStage, batch: CipherBatch | SquaredBatch, drops: int
     ) -> CipherBatch:
         """A linear stage and its rescale, in blocks of rows (:attr:`block_bytes`): the
         outputs are independent, so the blocks give the same bits as one pass."""
@@ -414,7 +262,7 @@ class BatchedServer:
         rows, cols = w.shape
         shape = (batch.limbs - drops, rows, 2, self.ctx.n)
         big = self.spill_dir is not None and math.prod(shape) * 8 > self.spill_bytes
-        out = _StageOutput(shape, self.spill_dir if big else None)
+        out = StageOutput(shape, self.spill_dir if big else None)
         block = self._rows_per_block(batch, rows)
         linear_s = rescale_s = 0.0
         for r0 in range(0, rows, block):
@@ -427,7 +275,7 @@ class BatchedServer:
             out.commit(r0, dest)
             linear_s, rescale_s = linear_s + t2 - t1, rescale_s + time.perf_counter() - t2
             del products, dest
-        if isinstance(batch, _SquaredBatch):  # squared limb by limb inside the products
+        if isinstance(batch, SquaredBatch):  # squared limb by limb inside the products
             self._time(f"square x{batch.source.features}", batch.seconds, batch.source.features)
             linear_s -= batch.seconds
         self._time(f"linear {cols}->{rows}", linear_s, stage.terms)
@@ -437,7 +285,7 @@ class BatchedServer:
     def run(self, program: FoldedProgram, batch: CipherBatch) -> CipherBatch:
         """The program on ``batch``; :attr:`timings` has one entry per step, named once."""
         self.timings = []
-        current: CipherBatch | _SquaredBatch = batch
+        current: CipherBatch | SquaredBatch = batch
         drops = 1
         for stage in program.stages:
             if isinstance(stage, LinearStage):
@@ -446,7 +294,7 @@ class BatchedServer:
             else:
                 assert isinstance(current, CipherBatch)  # folded programs never square twice
                 _, moduli = self.ctx.levels[current.limbs]
-                current = _SquaredBatch(current, stage.kept, moduli, int(self.scale))
+                current = SquaredBatch(current, stage.kept, moduli, int(self.scale))
                 drops = 2  # the square's scale Delta^2 leaves with two primes after the next stage
         assert isinstance(current, CipherBatch)  # a folded program ends with a linear stage
         return current
