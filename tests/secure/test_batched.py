@@ -34,8 +34,14 @@ from pifair.errors import ConfigError  # noqa: E402
 from pifair.models import create_model  # noqa: E402
 from pifair.relu import count_relus, replace_activations  # noqa: E402
 from pifair.relu.polynomial import PolyAct  # noqa: E402
+from pifair.secure.he import batched as batched_module  # noqa: E402
 from pifair.secure.he import rns, seal_memory  # noqa: E402
-from pifair.secure.he.batched import BatchedClient, BatchedServer, CipherBatch  # noqa: E402
+from pifair.secure.he.batched import (  # noqa: E402
+    BatchedClient,
+    BatchedServer,
+    CipherBatch,
+    restrict_to_sources,
+)
 from pifair.secure.he.compile import (  # noqa: E402
     HEProgram,
     LinearStage,
@@ -387,9 +393,10 @@ def test_lenet5_folds_to_the_stages_counted_by_hand():
     np.testing.assert_allclose(joined.run_plain(x), uncut.run_plain(x), rtol=1e-9, atol=1e-9)
 
 
-def _pooling_program(sites_before: int) -> HEProgram:
+def _pooling_program(sites_before: int, linear_feature: int | None = None) -> HEProgram:
     """``sites_before`` dense square sites, then a square, a 4-to-1 pooling (its own stage), a
-    dense stage marked ``after_pooling``, a square and the logits."""
+    dense stage marked ``after_pooling``, a square and the logits. ``linear_feature``: that
+    feature of the square before the pooling has no x^2 term (folding keeps x beside it)."""
     rng = np.random.default_rng(0)
 
     def dense(rows: int, cols: int, **kwargs) -> LinearStage:
@@ -402,8 +409,11 @@ def _pooling_program(sites_before: int) -> HEProgram:
     for _ in range(sites_before):
         stages += [PolyStage(square), dense(8, 8)]
     pooling = sparse.kron(sparse.eye(2), np.full((1, 4), 0.25)).tocsr()
+    before_pooling = square.copy()
+    if linear_feature is not None:
+        before_pooling[:, linear_feature] = [0.05, 0.5, 0.0]
     stages += [
-        PolyStage(square),
+        PolyStage(before_pooling),
         LinearStage(pooling, np.zeros(2)),
         dense(6, 2, after_pooling=True),
     ]
@@ -488,3 +498,52 @@ def test_a_pooling_kept_apart_runs_encrypted_as_in_plaintext(tmp_path):
         (t.stage.split(". ")[1], t.operations) for t in server.timings if "rescale" in t.stage
     ]
     assert rescales == [("rescale x8", 8), ("rescale x2", 4), ("rescale x6", 6), ("rescale x3", 6)]
+
+
+def test_restricted_rows_read_the_square_of_their_sources_only():
+    rng = np.random.default_rng(0)
+    features, kept = 10, np.array([2, 7])
+    weights = sparse.random(4, features + len(kept), density=0.3, random_state=1, format="csr")
+    weights[3, features + 1] = 1.5  # reads x[7] as kept
+    source, restricted, kept_sub = restrict_to_sources(weights, features, kept)
+    x = rng.normal(size=(5, features))
+    full = np.concatenate([x**2, x[:, kept]], axis=1)
+    sub = x[:, source]
+    np.testing.assert_allclose(
+        (restricted @ np.concatenate([sub**2, sub[:, kept_sub]], axis=1).T).T,
+        (weights @ full.T).T,
+        rtol=1e-12,
+    )
+    assert set(source) <= set(range(features)) and 7 in source
+
+
+def test_a_stage_fused_with_the_pooling_after_its_square_equals_both_bit_for_bit(
+    tmp_path, monkeypatch
+):
+    """Over fuse_bytes, the stage before a square and the pooling after it run a block of
+    pooling rows at a time: only the outputs a block reads are made, and the ciphertexts are
+    the same bits as the stages run one after the other (a feature kept beside its square
+    included)."""
+    folded = fold_program(_pooling_program(0, linear_feature=5))
+    assert folded.poolings_apart and len(folded.stages[1].kept) == 1
+    params = folded_parameters(folded.depth)
+    client = BatchedClient(params)
+    client.write_server_keys(tmp_path / "keys")
+    batch = client.encrypt(np.random.default_rng(3).normal(size=(64, 4)))
+    whole = BatchedServer(tmp_path / "keys", params.scale_bits, workers=2)
+    expected = whole.run(folded, batch)
+    made = []
+    real = batched_module.StageOutput
+
+    def recording(shape, spill):
+        made.append(shape[1])
+        return real(shape, spill)
+
+    monkeypatch.setattr(batched_module, "StageOutput", recording)
+    fused = BatchedServer(tmp_path / "keys", params.scale_bits, workers=2, fuse_bytes=1)
+    got = fused.run(folded, batch)
+    np.testing.assert_array_equal(got.data, expected.data)
+    assert made[:3] == [2, 4, 4]  # the pooling's 2 rows, then the 4 first-stage rows each reads
+    assert [t.stage.replace(" (fused)", "") for t in fused.timings] == [
+        t.stage for t in whole.timings
+    ]

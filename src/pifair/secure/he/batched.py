@@ -32,7 +32,7 @@ from ...errors import ConfigError
 from . import rns, seal_memory
 from .cipher_batch import INPUT_CHUNK_BYTES, CipherBatch, SquaredBatch, StageOutput
 from .compile import LinearStage
-from .fold import FoldedProgram
+from .fold import FoldedProgram, SquareStage
 from .kernels import kernels, warm_up
 from .params import CKKSParameters
 from .seal import (
@@ -45,7 +45,30 @@ from .seal import (
     sealapi,
 )
 
-__all__ = ["CipherBatch", "BatchedClient", "BatchedServer"]
+__all__ = ["CipherBatch", "BatchedClient", "BatchedServer", "restrict_to_sources"]
+
+# a stage whose rows read at most this many inputs on average is local (a pooling reads 4)
+_LOCAL_TERMS = 16
+
+
+def restrict_to_sources(
+    weights: sparse.csr_matrix, features: int, kept: np.ndarray
+) -> tuple[np.ndarray, sparse.csr_matrix, np.ndarray]:
+    """The rows ``weights`` of a stage reading a square ``[x^2 (features), x[kept]]``,
+    rewritten to read the square of only the features they need: returns those features of
+    ``x`` (sorted), the weights over ``[x[src]^2, x[src][kept_sub]]`` and ``kept_sub``."""
+    columns = np.unique(weights.indices)
+    squares = columns[columns < features]
+    kept_read = columns[columns >= features] - features  # positions in kept, sorted
+    source = np.union1d(squares, kept[kept_read]).astype(np.int64)
+    indices = np.where(
+        weights.indices < features,
+        np.searchsorted(source, weights.indices),
+        len(source) + np.searchsorted(kept_read, weights.indices - features),
+    )
+    shape = (weights.shape[0], len(source) + len(kept_read))
+    restricted = sparse.csr_matrix((weights.data, indices, weights.indptr), shape=shape)
+    return source, restricted, np.searchsorted(source, kept[kept_read]).astype(np.int64)
 
 
 class _Context:
@@ -170,6 +193,9 @@ class BatchedServer:
     # kernel may write out), not in anonymous memory
     spill_dir: Path | None = None
     spill_bytes: int = 4 << 30
+    # a linear stage whose outputs are over fuse_bytes, squared, then read by a local stage (a
+    # pooling) runs with it a block of the local stage's rows at a time (None: never)
+    fuse_bytes: int | None = None
     timings: list[StageTiming] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -201,18 +227,23 @@ class BatchedServer:
         target = self.scale * math.prod(float(q) for q in moduli[limbs - drops :])
         w = weights.tocsr()
         integer = rns.scalar_weights(w.data, (target / batch.scales)[w.indices])
+        # only the inputs these rows read (a block of a local stage reads a few of them)
+        used = np.unique(w.indices)
+        read = used if len(used) < features else None
+        indices = w.indices if read is None else np.searchsorted(read, w.indices)
+        inputs = features if read is None else len(read)
         grouped = rns.GroupedWeights.from_matrix(
-            sparse.csr_matrix((integer, w.indices, w.indptr), shape=w.shape)
+            sparse.csr_matrix((integer, indices, w.indptr), shape=(w.shape[0], inputs))
         )
         out = np.empty((limbs, w.shape[0], size, n), dtype=np.uint64)
         # the inputs a few NTT coefficients at a time (the products are column by column):
         # the input read at once, squared or not, stays near INPUT_CHUNK_BYTES
-        width = max(64, min(n, INPUT_CHUNK_BYTES // (features * size * 8)))
+        width = max(64, min(n, INPUT_CHUNK_BYTES // (max(1, inputs) * size * 8)))
         for i in range(limbs):  # threads: BLAS's and the kernels' (numba)
             product = rns.ModularProduct(grouped, moduli[i])  # weight digits once per prime
             for c0 in range(0, n, width):
                 cols = slice(c0, min(n, c0 + width))
-                flat = np.ascontiguousarray(batch.limb(i, cols)).reshape(features, -1)
+                flat = np.ascontiguousarray(batch.limb(i, cols, read)).reshape(inputs, -1)
                 out[i, :, :, cols] = product(flat).reshape(-1, size, cols.stop - c0)
         return out
 
@@ -253,28 +284,45 @@ class BatchedServer:
         # kernels run there: numba's thread pool and OpenBLAS's are started in this process
         run_forked(one, outputs, self.workers)
 
-    def _linear_stage(
-        self, stage: LinearStage, batch: CipherBatch | SquaredBatch, drops: int
-    ) -> CipherBatch:
-        """A linear stage and its rescale, in blocks of rows (:attr:`block_bytes`): the
-        outputs are independent, so the blocks give the same bits as one pass."""
-        w = stage.weights.tocsr()
-        rows, cols = w.shape
-        shape = (batch.limbs - drops, rows, 2, self.ctx.n)
-        big = self.spill_dir is not None and math.prod(shape) * 8 > self.spill_bytes
-        out = StageOutput(shape, self.spill_dir if big else None)
+    def _fill(
+        self,
+        weights: sparse.csr_matrix,
+        bias: np.ndarray,
+        batch: CipherBatch | SquaredBatch,
+        drops: int,
+        out: StageOutput,
+        offset: int = 0,
+    ) -> tuple[float, float]:
+        """Rows of a linear stage and their rescale into ``out`` from row ``offset``, in
+        blocks of rows (:attr:`block_bytes`): the outputs are independent, so the blocks give
+        the same bits as one pass. Returns the seconds of the products and of the rescales."""
+        rows = weights.shape[0]
         block = self._rows_per_block(batch, rows)
         linear_s = rescale_s = 0.0
         for r0 in range(0, rows, block):
             r1 = min(rows, r0 + block)
             t1 = time.perf_counter()
-            products = self._linear(w[r0:r1], batch, drops)
+            products = self._linear(weights[r0:r1], batch, drops)
             t2 = time.perf_counter()
-            dest = out.block(r0, r1)
-            self._rescale(products, stage.bias[r0:r1], drops, dest)
-            out.commit(r0, dest)
+            dest = out.block(offset + r0, offset + r1)
+            self._rescale(products, bias[r0:r1], drops, dest)
+            out.commit(offset + r0, dest)
             linear_s, rescale_s = linear_s + t2 - t1, rescale_s + time.perf_counter() - t2
             del products, dest
+        return linear_s, rescale_s
+
+    def _output(self, limbs: int, rows: int) -> StageOutput:
+        shape = (limbs, rows, 2, self.ctx.n)
+        big = self.spill_dir is not None and math.prod(shape) * 8 > self.spill_bytes
+        return StageOutput(shape, self.spill_dir if big else None)
+
+    def _linear_stage(
+        self, stage: LinearStage, batch: CipherBatch | SquaredBatch, drops: int
+    ) -> CipherBatch:
+        """A linear stage and its rescale (spilled to :attr:`spill_dir` when large)."""
+        rows, cols = stage.weights.shape
+        out = self._output(batch.limbs - drops, rows)
+        linear_s, rescale_s = self._fill(stage.weights.tocsr(), stage.bias, batch, drops, out)
         if isinstance(batch, SquaredBatch):  # squared limb by limb inside the products
             self._time(f"square x{batch.source.features}", batch.seconds, batch.source.features)
             linear_s -= batch.seconds
@@ -282,20 +330,80 @@ class BatchedServer:
         self._time(f"rescale x{rows}", rescale_s, rows * drops)
         return CipherBatch(out.array(), np.full(rows, self.scale), batch.images)
 
+    def _fusion(
+        self, stages: list, i: int, batch: CipherBatch | SquaredBatch, drops: int
+    ) -> tuple[SquareStage, LinearStage] | None:
+        """The square and local stage that stage ``i`` (linear) runs with block by block, if
+        any: when its outputs are over :attr:`fuse_bytes` and each row of stage i + 2 reads
+        only a few of them (a pooling), so that a block of its rows needs a block of stage i."""
+        if self.fuse_bytes is None or i + 2 >= len(stages):
+            return None
+        first, square, local = stages[i : i + 3]
+        if not (isinstance(square, SquareStage) and isinstance(local, LinearStage)):
+            return None
+        first_bytes = (batch.limbs - drops) * first.weights.shape[0] * 2 * self.ctx.n * 8
+        if first_bytes <= self.fuse_bytes:
+            return None
+        return (square, local) if local.terms <= _LOCAL_TERMS * local.weights.shape[0] else None
+
+    def _fused_stages(
+        self,
+        first: LinearStage,
+        square: SquareStage,
+        local: LinearStage,
+        batch: CipherBatch | SquaredBatch,
+        drops: int,
+    ) -> CipherBatch:
+        """Stages ``first``, ``square``, ``local`` a block of ``local``'s rows at a time: of
+        ``first``, only the outputs that block reads are made (never all of them at once).
+        The same bits as the stages one after the other (each output is made the same way)."""
+        w = local.weights.tocsr()
+        rows, features = w.shape
+        mid_limbs = batch.limbs - drops
+        out = self._output(mid_limbs - 2, rows)
+        row_bytes = mid_limbs * 2 * self.ctx.n * 8
+        reads = max(1, -(-local.terms // rows))
+        block = max(1, min(rows, (self.fuse_bytes or 0) // 2 // (reads * row_bytes)))
+        seconds = np.zeros(5)  # first's products and rescales, squares, local's products, rescales
+        for r0 in range(0, rows, block):
+            r1 = min(rows, r0 + block)
+            source, weights, kept = restrict_to_sources(w[r0:r1], square.features, square.kept)
+            mid_out = StageOutput((mid_limbs, len(source), 2, self.ctx.n), None)
+            rows_first = first.weights.tocsr()[source]
+            seconds[:2] += self._fill(rows_first, first.bias[source], batch, drops, mid_out)
+            mid = CipherBatch(mid_out.array(), np.full(len(source), self.scale), batch.images)
+            squared = SquaredBatch(mid, kept, self.ctx.levels[mid_limbs][1], int(self.scale))
+            seconds[3:] += self._fill(weights, local.bias[r0:r1], squared, 2, out, offset=r0)
+            seconds[2] += squared.seconds
+            seconds[3] -= squared.seconds
+            del mid_out, mid, squared
+        (first_rows, first_cols), kinds = first.weights.shape, "linear {}->{} (fused)"
+        self._time(kinds.format(first_cols, first_rows), seconds[0], first.terms)
+        self._time(f"rescale x{first_rows}", seconds[1], first_rows * drops)
+        self._time(f"square x{square.features}", seconds[2], square.features)
+        self._time(kinds.format(features, rows), seconds[3], local.terms)
+        self._time(f"rescale x{rows}", seconds[4], rows * 2)
+        return CipherBatch(out.array(), np.full(rows, self.scale), batch.images)
+
     def run(self, program: FoldedProgram, batch: CipherBatch) -> CipherBatch:
         """The program on ``batch``; :attr:`timings` has one entry per step, named once."""
         self.timings = []
         current: CipherBatch | SquaredBatch = batch
-        drops = 1
-        for stage in program.stages:
-            if isinstance(stage, LinearStage):
+        drops, i, stages = 1, 0, program.stages
+        while i < len(stages):
+            stage = stages[i]
+            fusion = self._fusion(stages, i, current, drops)
+            if isinstance(stage, LinearStage) and fusion is not None:
+                current = self._fused_stages(stage, *fusion, current, drops)
+                drops, i = 1, i + 3
+            elif isinstance(stage, LinearStage):
                 current = self._linear_stage(stage, current, drops)
-                drops = 1
+                drops, i = 1, i + 1
             else:
                 assert isinstance(current, CipherBatch)  # folded programs never square twice
                 _, moduli = self.ctx.levels[current.limbs]
                 current = SquaredBatch(current, stage.kept, moduli, int(self.scale))
-                drops = 2  # the square's scale Delta^2 leaves with two primes after the next stage
+                drops, i = 2, i + 1  # Delta^2 leaves with two primes after the next stage
         assert isinstance(current, CipherBatch)  # a folded program ends with a linear stage
         return current
 

@@ -102,10 +102,14 @@ class CipherBatch:
     def size(self) -> int:
         return self.data.shape[2]
 
-    def limb(self, i: int, columns: slice = slice(None)) -> np.ndarray:
-        """Limb ``i`` of every ciphertext at the NTT coefficients ``columns``:
-        (features, size, len(columns))."""
-        return self.data[i][:, :, columns]
+    def limb(
+        self, i: int, columns: slice = slice(None), features: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Limb ``i`` of the ciphertexts ``features`` (sorted; None: all) at the NTT
+        coefficients ``columns``: (features, size, len(columns))."""
+        if features is None:
+            return self.data[i][:, :, columns]
+        return self.data[i][:, :, columns][features]  # the chunk first: only it is copied
 
     def save(self, folder: str | os.PathLike) -> None:
         """Write as ``ciphertexts.npy`` (raw uint64) and ``scales.npy`` plus the image count."""
@@ -158,17 +162,32 @@ class SquaredBatch:
         s = self.source.scales
         return np.concatenate([s**2, s[self.kept] * self.factor])
 
-    def limb(self, i: int, columns: slice = slice(None)) -> np.ndarray:
-        """Limb ``i`` at the NTT coefficients ``columns`` (a square in NTT form is a product
-        coefficient by coefficient, so any columns can be made alone)."""
+    def limb(
+        self, i: int, columns: slice = slice(None), features: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Limb ``i`` of the squared features ``features`` (sorted indices into ``[x^2,
+        x[kept]]``; None: all) at the NTT coefficients ``columns`` (a square in NTT form is a
+        product coefficient by coefficient, so any columns can be made alone)."""
         t0 = time.perf_counter()
-        data, q = np.ascontiguousarray(self.source.data[i][:, :, columns]), self.moduli[i]
-        features, _, n = data.shape
-        out = np.zeros((self.features, 3, n), dtype=np.uint64)
+        count = self.source.features
+        squares: slice | np.ndarray
+        if features is None:
+            squares, kept = slice(None), self.kept
+        else:
+            squares, kept = (
+                features[features < count],
+                self.kept[features[features >= count] - count],
+            )
+        chunk = self.source.data[i][:, :, columns]  # a view; indexing below copies the chunk
+        data, q = np.ascontiguousarray(chunk[squares]), self.moduli[i]
+        n_squares, _, n = data.shape
+        out = np.zeros((n_squares + len(kept), 3, n), dtype=np.uint64)
         k = kernels()
-        k.tensor_square(data, q, out[:features])
-        lifted = np.empty((len(self.kept), 2, n), dtype=np.uint64)
-        k.scale_by(data[self.kept], self.factor % q, q, lifted)
-        out[features:, :2] = lifted
+        k.tensor_square(data, q, out[:n_squares])
+        if len(kept):
+            source = np.ascontiguousarray(chunk[kept])
+            lifted = np.empty((len(kept), 2, n), dtype=np.uint64)
+            k.scale_by(source, self.factor % q, q, lifted)
+            out[n_squares:, :2] = lifted
         self.seconds += time.perf_counter() - t0
         return out

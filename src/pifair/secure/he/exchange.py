@@ -137,13 +137,18 @@ def serve(exchange: str | os.PathLike, *, workers: int = 1, log=print) -> dict:
         block_bytes=available // 8,
         spill_dir=exchange,
         spill_bytes=available // 2,
+        # a stage whose outputs would take over a quarter of it runs with the pooling after
+        # its square, a block of pooling rows at a time
+        fuse_bytes=available // 4,
     )
     program = read_program(exchange / "program.npz")
     setup = time.perf_counter() - t0
     stages: list[dict] = []
     seconds = 0.0
     for folder in batch_folders(exchange):
-        batch = CipherBatch.load(folder, memory_map=False)
+        # a batch over a quarter of the memory is read from the page cache as it is used
+        large = (folder / "ciphertexts.npy").stat().st_size > available // 4
+        batch = CipherBatch.load(folder, memory_map=large)
         t0 = time.perf_counter()
         result = server.run(program, batch)
         elapsed = time.perf_counter() - t0
