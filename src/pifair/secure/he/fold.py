@@ -115,6 +115,26 @@ def _pooling_apart_pays(pooling: LinearStage, after: LinearStage, composed: Line
     return apart < stage_cost(composed, True)
 
 
+def _square_site(
+    before: LinearStage, c: np.ndarray, max_shift: float
+) -> tuple[LinearStage, SquareStage, tuple[sparse.csr_matrix, np.ndarray]]:
+    """A degree-2 site ``c`` (3, features) after the linear stage ``before``, folded: that
+    stage with the shifts ``h`` in its bias, the bare square, and what the next linear stage
+    applies first (weights and bias over the square's outputs)."""
+    c0, c1, c2 = c[0], c[1], c[2]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        shift = np.where(c2 != 0, c1 / (2 * c2), np.inf)
+    square = np.abs(shift) <= max_shift  # written as c2 (x + h)^2 + e
+    kept = np.flatnonzero(~square)
+    h = np.where(square, shift, 0.0)
+    # the next stage reads c2 s + (c1 x where kept) + (c0 - c2 h^2) of the square s
+    x_terms = sparse.csr_matrix(
+        (c1[kept], (kept, np.arange(len(kept)))), shape=(len(c0), len(kept))
+    )
+    after = (sparse.hstack([_diagonal(c2), x_terms]).tocsr(), c0 - c2 * h**2)
+    return LinearStage(before.weights, before.bias + h), SquareStage(len(c0), kept), after
+
+
 def fold_program(
     program: HEProgram,
     *,
@@ -179,19 +199,8 @@ def fold_program(
                 (_diagonal(c[1]) @ pending.weights).tocsr(), c[1] * pending.bias + c[0]
             )
             continue
-        c0, c1, c2 = c[0], c[1], c[2]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            shift = np.where(c2 != 0, c1 / (2 * c2), np.inf)
-        square = np.abs(shift) <= max_shift  # written as c2 (x + h)^2 + e
-        kept = np.flatnonzero(~square)
-        h = np.where(square, shift, 0.0)
-        pending = LinearStage(pending.weights, pending.bias + h)
-        stages += [pending, SquareStage(len(c0), kept)]
-        # the next stage reads c2 s + (c1 x where kept) + (c0 - c2 h^2) of the square s
-        x_terms = sparse.csr_matrix(
-            (c1[kept], (kept, np.arange(len(kept)))), shape=(len(c0), len(kept))
-        )
-        scale_after = (sparse.hstack([_diagonal(c2), x_terms]).tocsr(), c0 - c2 * h**2)
+        shifted, square, scale_after = _square_site(pending, c, max_shift)
+        stages += [shifted, square]
         pending = None
     assert pending is not None and scale_after is None, "a program ends with a linear stage"
     stages.append(pending)
