@@ -3,6 +3,8 @@ limits, a server without the secret key, and clear refusals of layers CKKS canno
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -100,3 +102,74 @@ class _Residual(nn.Module):
 def test_branching_models_are_refused():
     with pytest.raises(UnsupportedLayerError, match="sequential models only"):
         compile_model(_Residual(), (4,))
+
+
+def test_forked_work_fills_shared_memory_and_a_failing_child_is_raised(capfd):
+    from pifair.secure.he.cipher_batch import shared_array
+    from pifair.secure.he.seal import run_forked
+
+    out = shared_array((10,))
+
+    def square(i: int) -> None:
+        out[i] = i * i
+
+    run_forked(square, 10, 3)
+    assert out.tolist() == [i * i for i in range(10)]
+
+    def fails(i: int) -> None:
+        if i == 7:
+            raise ValueError("seven")
+
+    with pytest.raises(RuntimeError, match="1 of 2 forked workers failed"):
+        run_forked(fails, 10, 2)
+    assert "ValueError: seven" in capfd.readouterr().err
+
+
+def test_forked_children_die_of_sigterm_even_under_a_raising_handler(tmp_path):
+    """The CLI's SIGTERM handler raises an exception; a child inherits it but must die of the
+    signal, not run the exception through whatever it is in (a pool's lock hung the server)."""
+    import signal
+    import time
+
+    from pifair.secure.he.seal import run_forked
+
+    pids = tmp_path / "pids"
+    pids.mkdir()
+
+    def sleeps(i: int) -> None:
+        (pids / str(os.getpid())).touch()
+        time.sleep(60)
+
+    class Stop(Exception):
+        pass
+
+    def raising(signum, frame):
+        raise Stop
+
+    previous = signal.signal(signal.SIGTERM, raising)
+    try:
+        child = os.fork()
+        if child == 0:  # a parent of workers, killed: its workers must go with it
+            try:
+                run_forked(sleeps, 2, 2)
+            finally:
+                os._exit(3)
+        deadline = time.monotonic() + 30
+        while len(list(pids.iterdir())) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        workers = [int(p.name) for p in pids.iterdir()]
+        assert len(workers) == 2
+        os.kill(child, signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while (done := os.waitpid(child, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if done[0] == 0:
+            os.kill(child, signal.SIGKILL)
+            os.waitpid(child, 0)
+            pytest.fail("the parent of forked workers hung after SIGTERM")
+        assert os.waitstatus_to_exitcode(done[1]) == 3  # Stop raised in the parent: cleaned up
+        for pid in workers:
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)  # no worker left behind
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -10,13 +10,15 @@ copy-on-write copy of the parent's memory.
 from __future__ import annotations
 
 import hashlib
-import multiprocessing as mp
 import os
+import signal
+import sys
 import tempfile
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -160,16 +162,6 @@ class StageTiming:
     operations: int
 
 
-# the work forked children run, found in their copy of this module
-_WORK: Callable[[int], None] | None = None
-
-
-def _run_slice(indices: list[int]) -> None:
-    assert _WORK is not None
-    for i in indices:
-        _WORK(i)
-
-
 def worth_forking(count: int, workers: int, *, min_per_worker: int = 1) -> bool:
     """Whether ``count`` items are worth ``workers`` forked processes: at least
     ``min_per_worker`` items each."""
@@ -181,15 +173,51 @@ def run_forked(
 ) -> None:
     """``work(i)`` for every ``i < count``: in ``workers`` forked processes, each a slice,
     when :func:`worth_forking`; here otherwise. ``work`` returns nothing: children write
-    their results (files, shared memory)."""
+    their results (files, shared memory). Plain ``os.fork`` and ``waitpid``, no
+    ``multiprocessing.Pool``: a pool ends its workers with SIGTERM, which the CLI's handler
+    turns into an exception inside the pool's queue locks, and a worker could then wait on a
+    lock no one would release (the server hung). A child that fails prints its traceback and
+    the parent raises; a parent interrupted kills its children."""
     if not worth_forking(count, workers, min_per_worker=min_per_worker):
         for i in range(count):
             work(i)
         return
-    global _WORK
-    _WORK = work
+    children: list[int] = []
+    failed: list[int] = []
     try:
-        with mp.get_context("fork").Pool(workers) as pool:
-            pool.map(_run_slice, [c.tolist() for c in np.array_split(np.arange(count), workers)])
+        for part in np.array_split(np.arange(count), workers):
+            pid = os.fork()
+            if pid == 0:
+                _child(work, part)  # never returns
+            children.append(pid)
+        while children:
+            _, status = os.waitpid(children[0], 0)
+            children.pop(0)
+            if os.waitstatus_to_exitcode(status) != 0:
+                failed.append(os.waitstatus_to_exitcode(status))
     finally:
-        _WORK = None
+        for pid in children:  # interrupted: nothing may outlive the parent
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+    if failed:
+        raise RuntimeError(
+            f"{len(failed)} of {workers} forked workers failed (exit status {failed[0]}); "
+            "their traceback is above"
+        )
+
+
+def _child(work: Callable[[int], None], part: np.ndarray) -> NoReturn:
+    """A forked worker: its slice, then out at once (no cleanup of the parent's state)."""
+    code = 1
+    try:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the parent's handler would raise here
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+        for i in part:
+            work(int(i))
+        code = 0
+    except BaseException:  # noqa: BLE001 - reported, then the exit status says it
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
