@@ -535,9 +535,9 @@ def test_a_stage_fused_with_the_pooling_after_its_square_equals_both_bit_for_bit
     made = []
     real = batched_module.StageOutput
 
-    def recording(shape, spill):
+    def recording(shape, spill, **kwargs):
         made.append(shape[1])
-        return real(shape, spill)
+        return real(shape, spill, **kwargs)
 
     monkeypatch.setattr(batched_module, "StageOutput", recording)
     fused = BatchedServer(tmp_path / "keys", params.scale_bits, workers=2, fuse_bytes=1)

@@ -30,7 +30,13 @@ from scipy import sparse
 
 from ...errors import ConfigError
 from . import rns, seal_memory
-from .cipher_batch import INPUT_CHUNK_BYTES, CipherBatch, SquaredBatch, StageOutput
+from .cipher_batch import (
+    INPUT_CHUNK_BYTES,
+    CipherBatch,
+    SquaredBatch,
+    StageOutput,
+    shared_array,
+)
 from .compile import LinearStage
 from .fold import FoldedProgram, SquareStage
 from .kernels import kernels, warm_up
@@ -197,6 +203,9 @@ class BatchedServer:
     # pooling) runs with it a block of the local stage's rows at a time (None: never)
     fuse_bytes: int | None = None
     timings: list[StageTiming] = field(default_factory=list)
+    # the products of a block, reused from block to block and stage to stage: the first touch
+    # of fresh pages costs seconds per GB on this VM, more than the products' own copies
+    _scratch: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.uint64), repr=False)
 
     def __post_init__(self) -> None:
         s = sealapi()
@@ -235,7 +244,7 @@ class BatchedServer:
         grouped = rns.GroupedWeights.from_matrix(
             sparse.csr_matrix((integer, indices, w.indptr), shape=(w.shape[0], inputs))
         )
-        out = np.empty((limbs, w.shape[0], size, n), dtype=np.uint64)
+        out = self._products_buffer((limbs, w.shape[0], size, n))
         # the inputs a few NTT coefficients at a time (the products are column by column):
         # the input read at once, squared or not, stays near INPUT_CHUNK_BYTES
         width = max(64, min(n, INPUT_CHUNK_BYTES // (max(1, inputs) * size * 8)))
@@ -246,6 +255,15 @@ class BatchedServer:
                 flat = np.ascontiguousarray(batch.limb(i, cols, read)).reshape(inputs, -1)
                 out[i, :, :, cols] = product(flat).reshape(-1, size, cols.stop - c0)
         return out
+
+    def _products_buffer(self, shape: tuple[int, ...]) -> np.ndarray:
+        """An uninitialised array of ``shape`` in the reused scratch buffer (grown as needed;
+        the previous block's products are done with when the next block asks)."""
+        size = math.prod(shape)
+        if self._scratch.size < size:
+            self._scratch = np.empty(0, dtype=np.uint64)  # the old one freed first
+            self._scratch = np.empty(size, dtype=np.uint64)
+        return self._scratch[:size].reshape(shape)
 
     def _rows_per_block(self, batch: CipherBatch | SquaredBatch, rows: int) -> int:
         """How many outputs of a linear stage fit in ``block_bytes`` of products."""
@@ -365,10 +383,14 @@ class BatchedServer:
         reads = max(1, -(-local.terms // rows))
         block = max(1, min(rows, (self.fuse_bytes or 0) // 2 // (reads * row_bytes)))
         seconds = np.zeros(5)  # first's products and rescales, squares, local's products, rescales
+        blocks = []
         for r0 in range(0, rows, block):
             r1 = min(rows, r0 + block)
-            source, weights, kept = restrict_to_sources(w[r0:r1], square.features, square.kept)
-            mid_out = StageOutput((mid_limbs, len(source), 2, self.ctx.n), None)
+            blocks.append((r0, r1, *restrict_to_sources(w[r0:r1], square.features, square.kept)))
+        # one shared array for every block's first-stage outputs (pages touched once)
+        mid_space = shared_array((mid_limbs, max(len(b[2]) for b in blocks), 2, self.ctx.n))
+        for r0, r1, source, weights, kept in blocks:
+            mid_out = StageOutput((mid_limbs, len(source), 2, self.ctx.n), None, within=mid_space)
             rows_first = first.weights.tocsr()[source]
             seconds[:2] += self._fill(rows_first, first.bias[source], batch, drops, mid_out)
             mid = CipherBatch(mid_out.array(), np.full(len(source), self.scale), batch.images)

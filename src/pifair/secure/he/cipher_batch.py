@@ -43,8 +43,19 @@ class StageOutput:
     kernel may drop. (Workers writing a shared file mapping directly fault in every page
     through the file system, hundreds of times slower than sequential writes.)"""
 
-    def __init__(self, shape: tuple[int, int, int, int], spill: Path | None) -> None:
+    def __init__(
+        self,
+        shape: tuple[int, int, int, int],
+        spill: Path | None,
+        *,
+        within: np.ndarray | None = None,
+    ) -> None:
+        """``within``: a shared array of at least ``shape[1]`` rows to write into instead of
+        a new one (its pages already touched: fresh pages cost this VM seconds per GB)."""
         self.shape, self.file = shape, None
+        if within is not None:
+            self.data = within[:, : shape[1]]
+            return
         if spill is None:
             self.data = shared_array(shape)
             return
