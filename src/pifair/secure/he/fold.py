@@ -219,11 +219,13 @@ def fold_for_batching(
     :func:`fold_program` would keep apart, the set with the smallest N (a larger N doubles every
     ciphertext) and then the lowest :func:`estimated_cost` (each pooling kept apart is one
     level more)."""
-    candidates = fold_program(program).poolings_apart
+    every = fold_program(program)
+    candidates = every.poolings_apart
     best: tuple[tuple[int, float], FoldedProgram, CKKSParameters] | None = None
     for k in range(len(candidates) + 1):
         for chosen in itertools.combinations(candidates, k):
-            folded = fold_program(program, pooling_stages=chosen)
+            # the full set is the fold already made (each fold also checks itself in float64)
+            folded = every if k == len(candidates) else fold_program(program, pooling_stages=chosen)
             try:
                 params = folded_parameters(folded.depth, scale_bits=scale_bits)
             except HEDepthError:
