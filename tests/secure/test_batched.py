@@ -98,6 +98,25 @@ def test_grouped_mod_matmul_is_exact(q, shape):
     assert got.dtype == np.uint64 and got.tolist() == want
 
 
+def test_direct_kernel_writes_in_place_over_many_column_calls_as_blas_does():
+    q = PRIMES[1]
+    rng = np.random.default_rng(5)
+    w = _conv_weights(rng)
+    grouped = rns.GroupedWeights.from_matrix(sparse.csr_matrix(w))
+    columns = 2 * rns._DIRECT_COLUMNS + 77  # three kernel calls, the last one short
+    x = rng.integers(0, q, size=(w.shape[1], columns), dtype=np.uint64)
+    direct = rns.ModularProduct(grouped, q)
+    assert direct.direct and not rns.ModularProduct(grouped, q, small_group=0).direct
+    space = np.full((w.shape[0] + 2, columns + 5), 7, dtype=np.uint64)
+    view = space[1:-1, 2:-3]  # a strided view of a larger array
+    direct(x, view)
+    np.testing.assert_array_equal(view, rns.ModularProduct(grouped, q, small_group=0)(x))
+    assert (space[0] == 7).all() and (space[-1] == 7).all() and (space[:, :2] == 7).all()
+    sample = [0, rns._DIRECT_COLUMNS - 1, rns._DIRECT_COLUMNS, columns - 1]
+    want = [[sum(int(a) * int(b) for a, b in zip(row, x[:, j])) % q for j in sample] for row in w]
+    assert view[:, sample].tolist() == want
+
+
 def test_scalar_weights_round_half_away_from_zero_like_seal():
     got = rns.scalar_weights(np.array([0.5, -0.5, 1.5, -2.5, 0.25]), np.ones(5))
     assert got.tolist() == [1, -1, 2, -3, 0]

@@ -77,6 +77,20 @@ def restrict_to_sources(
     return source, restricted, np.searchsorted(source, kept[kept_read]).astype(np.int64)
 
 
+def _grouped_reads(
+    w: sparse.csr_matrix, integer: np.ndarray, batch: CipherBatch | SquaredBatch
+) -> tuple[rns.GroupedWeights, np.ndarray | None]:
+    """The integer weights of rows ``w`` grouped for :class:`rns.ModularProduct`, and the
+    inputs they read (None: indices into every feature). A squared batch makes only the
+    inputs read (its squares are computed chunk by chunk); a plain batch is read in place."""
+    used = np.unique(w.indices)
+    read = used if isinstance(batch, SquaredBatch) and len(used) < batch.features else None
+    indices = w.indices if read is None else np.searchsorted(read, w.indices)
+    inputs = batch.features if read is None else len(read)
+    matrix = sparse.csr_matrix((integer, indices, w.indptr), shape=(w.shape[0], inputs))
+    return rns.GroupedWeights.from_matrix(matrix), read
+
+
 class _Context:
     """SEAL's context, its levels (by number of limbs) and a ciphertext template per level."""
 
@@ -236,20 +250,18 @@ class BatchedServer:
         target = self.scale * math.prod(float(q) for q in moduli[limbs - drops :])
         w = weights.tocsr()
         integer = rns.scalar_weights(w.data, (target / batch.scales)[w.indices])
-        # only the inputs these rows read (a block of a local stage reads a few of them)
-        used = np.unique(w.indices)
-        read = used if len(used) < features else None
-        indices = w.indices if read is None else np.searchsorted(read, w.indices)
+        grouped, read = _grouped_reads(w, integer, batch)
         inputs = features if read is None else len(read)
-        grouped = rns.GroupedWeights.from_matrix(
-            sparse.csr_matrix((integer, indices, w.indptr), shape=(w.shape[0], inputs))
-        )
         out = self._products_buffer((limbs, w.shape[0], size, n))
         # the inputs a few NTT coefficients at a time (the products are column by column):
         # the input read at once, squared or not, stays near INPUT_CHUNK_BYTES
         width = max(64, min(n, INPUT_CHUNK_BYTES // (max(1, inputs) * size * 8)))
         for i in range(limbs):  # threads: BLAS's and the kernels' (numba)
             product = rns.ModularProduct(grouped, moduli[i])  # weight digits once per prime
+            if product.direct and isinstance(batch, CipherBatch):  # read and written in place
+                limb = np.asarray(batch.data[i]).reshape(features, -1)
+                product(limb, out[i].reshape(w.shape[0], -1))
+                continue
             for c0 in range(0, n, width):
                 cols = slice(c0, min(n, c0 + width))
                 flat = np.ascontiguousarray(batch.limb(i, cols, read)).reshape(inputs, -1)

@@ -100,29 +100,28 @@ def _add_constant(c, constants, moduli):
             c[limb, j] = v - q if v >= q else v
 
 
-def _grouped_product(rows, inputs, weights, coefficients, q, out):
-    """``out[rows[g, i]] = sum_t weights[g, i, t] coefficients[inputs[g, t]] mod q`` for every
-    group ``g`` (uint64 weights and coefficients below ``q < 2^50``). Each term's remainder is
-    made exact as in :func:`_mul_mod` and kept in [0, 3q): at most 2^14 terms of them fit in
-    64 bits, so the sum is reduced once per output. For groups too small for BLAS to pay off."""
+def _grouped_product(rows, inputs, weights, ratios, coefficients, q, out, start, stop):
+    """``out[rows[g, i], j] = sum_t weights[g, i, t] coefficients[inputs[g, t], j] mod q`` for
+    every group ``g`` and the columns ``start <= j < stop`` (uint64 weights and coefficients
+    below ``q < 2^50``; ``ratios`` = weights / q in float64, so that a quotient costs one
+    multiplication). Each term's remainder is made exact as in :func:`_mul_mod` and kept in
+    [0, 3q): at most 2^14 terms of them fit in 64 bits, so the sum is reduced once per output.
+    The coefficients are read and the outputs written in place: no gathered copy."""
     groups, readers = rows.shape
     terms = inputs.shape[1]
-    cols = coefficients.shape[1]
-    qf = np.float64(q)
-    inverse = 1.0 / qf
+    cols = stop - start
     for g in _prange(groups):
         acc = np.empty(cols, dtype=np.uint64)
         for i in range(readers):
             acc[:] = 0
             for t in range(terms):
-                w = weights[g, i, t]
-                wf = np.float64(w)
-                row = coefficients[inputs[g, t]]
+                w, ratio = weights[g, i, t], ratios[g, i, t]
+                row = coefficients[inputs[g, t], start:stop]
                 for j in range(cols):
                     x = row[j]
-                    quotient = np.uint64(np.floor(wf * np.float64(x) * inverse))
+                    quotient = np.uint64(np.float64(x) * ratio)  # off by at most one
                     acc[j] += w * x - quotient * q + q  # wraps to the true value in [0, 3q)
-            target = out[rows[g, i]]
+            target = out[rows[g, i], start:stop]
             for j in range(cols):
                 target[j] = acc[j] % q
 
@@ -141,14 +140,21 @@ def warm_up() -> None:
         np.ones((1, 2), dtype=np.uint64), np.ones(1, dtype=np.int64), np.array([q], dtype=np.uint64)
     )
     one = np.zeros((1, 1), dtype=np.int64)
-    k.grouped_product(
-        one,
-        one,
-        np.ones((1, 1, 1), dtype=np.uint64),
-        np.ones((1, 2), dtype=np.uint64),
-        np.uint64(q),
-        np.zeros((1, 2), dtype=np.uint64),
-    )
+    coefficients = np.ones((1, 2), dtype=np.uint64)
+    read_only = coefficients.copy()
+    read_only.flags.writeable = False  # spilled stage outputs are read-only maps
+    for source in (coefficients, read_only):
+        k.grouped_product(
+            one,
+            one,
+            np.ones((1, 1, 1), dtype=np.uint64),
+            np.full((1, 1, 1), 1.0 / q),
+            source,
+            np.uint64(q),
+            np.zeros((1, 2), dtype=np.uint64),
+            0,
+            2,
+        )
 
 
 @functools.cache
