@@ -202,7 +202,7 @@ class ModularProduct:
             raise ValueError(f"{coefficients.shape[0]} coefficient rows for {inner} inputs")
         if out is None:
             out = np.empty((rows, coefficients.shape[1]), dtype=np.uint64)
-        if self.all_dense:  # one large product: BLAS's threads pay off
+        if self.all_dense or self.direct:  # one large product (BLAS's threads pay off) or none
             self._products(coefficients, out)
             return out
         # many small products (a convolution's groups): BLAS's threads cost more than they
