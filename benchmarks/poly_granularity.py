@@ -15,7 +15,7 @@ Settings:
   tiny           he_cnn on digits: checks the script
 
     python benchmarks/poly_granularity.py --setting fashion-mnist [--seeds 0,1,2] [--jobs 2]
-        [--lrs 0.01,0.003] [--out DIR]
+        [--lrs 0.1,0.03,0.01,0.003] [--out DIR]
 """
 
 from __future__ import annotations
@@ -136,7 +136,9 @@ def tables(rows: list[dict], seeds: list[int]) -> tuple[dict, list[str]]:
 
 def main() -> None:
     parser = settings_parser(__doc__.split("\n\n")[0], SETTINGS, "fashion-mnist", jobs=True)
-    parser.add_argument("--lrs", default="0.01,0.003", help="KD fine-tuning rates to choose from")
+    parser.add_argument(
+        "--lrs", default="0.1,0.03,0.01,0.003", help="KD fine-tuning rates to choose from"
+    )
     parser.add_argument("--out", type=Path)
     ns = parser.parse_args()
     seeds = [int(s) for s in ns.seeds.split(",")]
