@@ -63,3 +63,18 @@ def test_demo_end_to_end(tmp_path):
     mtime = (tmp_path / "demo" / "train" / "model.pt").stat().st_mtime
     run_demo(tmp_path / "demo", epochs=1, limit=3000, progress=False)
     assert (tmp_path / "demo" / "train" / "model.pt").stat().st_mtime == mtime
+
+
+@pytest.mark.parametrize("world, ends_by", [("1", SystemExit), ("2", OSError)])
+def test_a_torchrun_worker_ends_without_the_interpreters_teardown(monkeypatch, world, ends_by):
+    import pifair.cli as cli
+
+    def fast_exit(code):  # os._exit would end pytest: stands for it, keeping the code
+        raise OSError(code)
+
+    monkeypatch.setenv("WORLD_SIZE", world)
+    monkeypatch.setattr(cli, "main", lambda: 2)
+    monkeypatch.setattr(cli.os, "_exit", fast_exit)
+    with pytest.raises(ends_by) as ended:
+        cli.entry()
+    assert ended.value.args[0] == 2  # main's exit code either way

@@ -16,7 +16,7 @@ from ..errors import PifairError, Terminated
 from ..runs import release_locks, removing_refused_runs
 from .commands import COMMANDS
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "entry", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,3 +65,19 @@ def main(argv: list[str] | None = None) -> int:
 
 def _raise_terminated(signum: int, frame: object) -> None:
     raise Terminated
+
+
+def entry() -> None:
+    """The console script and ``python -m pifair``: :func:`main`, then the process ends.
+
+    A torchrun worker ends without the interpreter's teardown (``os._exit``), once its command
+    is over (run folder written, locks released, process group destroyed): gloo's threads,
+    destroyed during that teardown, abort the process now and then ("terminate called without
+    an active exception", SIGABRT, seen in about one test suite in three), and torchrun then
+    stops the other rank mid-run."""
+    code = main()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
