@@ -46,6 +46,8 @@ def test_two_processes_on_loopback_agree_with_plaintext(dense_run, tmp_path, cap
     m = Run.open(out).metrics
     assert m["argmax_agreement"] == 1.0 and m["max_relative_error"] < 2e-3
     assert m["placement"].startswith("one process per party")
+    # every party's own SPU log (its profile) is kept in the run
+    assert {f.name for f in (out / "parties").glob("party*.log")} == {"party0.log", "party1.log"}
     server, client = m["parties"]
     # both parties measured their own link: what one sends the other receives
     assert server["measured"] and client["measured"]

@@ -1,25 +1,23 @@
 """``pifair mpc-infer``: a run's model under 2PC/3PC (SPU), measured against the plaintext model.
 
 One command for the three placements: ``--parties threads`` runs every party here;
-``--parties processes`` starts this same command once per party (``--rank R``) on loopback
-sockets and merges what they measured; ``--parties host:port,...`` with ``--rank R`` plays one
-party of a deployment across machines (each machine runs the command with its own rank).
+``--parties processes`` runs the server here and every other party in a process of its own on
+loopback sockets, every party profiled (:func:`~pifair.secure.mpc.placement.run_in_processes`);
+``--parties host:port,...`` with ``--rank R`` plays one party of a deployment across machines
+(each machine runs the command with its own rank).
 """
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
 
-from ..atomic import atomic_write_json, atomic_write_yaml
+from ..atomic import atomic_write_json
 from ..config_types import setting
 from ..data import Dataset
 from ..errors import ConfigError, PartyFailedError
@@ -35,7 +33,7 @@ from ..secure.mpc.engine import (
     run_party,
 )
 from ..secure.mpc.export import ExportedModel, export_model
-from ..secure.mpc.placement import Placement, free_loopback_addresses, parse_parties, run_in_threads
+from ..secure.mpc.placement import Placement, parse_parties, run_in_processes, run_in_threads
 from ..secure.mpc.profile import RunProfile
 from ..secure.mpc.protocols import get_protocol
 from ._jobs import RunJob
@@ -82,56 +80,6 @@ class MPCInferJob(RunJob):
 
     def settings(self) -> MPCSettings:
         return MPCSettings(self.protocol, self.ot, self.fraction_bits, self.batch, self.warmup)
-
-
-def _party_command(job: MPCInferJob, addresses: list[str], rank: int, run: Run) -> list[str]:
-    """This command for party ``rank``: its job, the loopback addresses and its rank set, in a
-    config file of its own (not rebuilt flags: renaming a flag cannot break the parties)."""
-    config = run.path / f"party{rank}.yaml"
-    atomic_write_yaml(config, job.as_config() | {"parties": ",".join(addresses), "rank": rank})
-    out = run.path / f"party{rank}"
-    return [sys.executable, "-m", "pifair", "mpc-infer", "--config", str(config), "--out", str(out)]
-
-
-def _run_processes(job: MPCInferJob, run: Run, world: int) -> list[PartyResult]:
-    """This command once per party, on loopback sockets; their party.json files merged."""
-    addresses = free_loopback_addresses(world)
-    run.log.info("parties on %s", ", ".join(addresses))
-    folders = [run.path / f"party{r}" for r in range(world)]
-    logs = [open(run.file(f"party{r}.err"), "w") for r in range(world)]  # noqa: SIM115 - closed below
-    procs = [
-        subprocess.Popen(
-            _party_command(job, addresses, r, run), stdout=subprocess.DEVNULL, stderr=logs[r]
-        )
-        for r in range(world)
-    ]
-    try:
-        # a party that fails leaves the others waiting on it: stop them all at the first failure
-        failed = None
-        while failed is None and any(p.poll() is None for p in procs):
-            failed = next((r for r, p in enumerate(procs) if p.poll() not in (None, 0)), None)
-            time.sleep(0.2)
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-        for f in logs:
-            f.close()
-    if failed is None:
-        failed = next((r for r, p in enumerate(procs) if p.returncode != 0), None)
-    if failed is not None:
-        tail = (
-            Path(run.file(f"party{failed}.err"))
-            .read_text(errors="replace")
-            .strip()
-            .splitlines()[-5:]
-        )
-        raise PartyFailedError(
-            f"party {failed} exited with {procs[failed].returncode} (the others were stopped): "
-            + " | ".join(tail)
-        )
-    return [PartyResult.from_dict(Run.open(f).metrics["party"]) for f in folders]
 
 
 def _play_one(
@@ -301,7 +249,7 @@ def run_mpc_infer(job: MPCInferJob, *, out: str | os.PathLike | None = None) -> 
         if job.rank != CLIENT:
             return run  # the server or helper measured its side; the client has the outputs
     elif placement.mode == "processes":
-        results = _run_processes(job, run, protocol.parties)
+        results = run_in_processes(program, images, settings, folder=run.path / "parties")
     else:
         results = run_in_threads(program, images, settings, log_path=run.file("spu.log"))
     client = next(r for r in results if r.rank == CLIENT)

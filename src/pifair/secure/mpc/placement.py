@@ -1,11 +1,11 @@
 """Where the parties run: threads of this process, or one party per process or host.
 
 ``--parties threads`` (simulation: memory links, one process), ``--parties processes`` (one OS
-process per party on loopback sockets; the workflow spawns them) or ``--parties
-host0:port,host1:port[,host2:port]`` with ``--rank R`` on each machine (the same command, the
-deployment case). This module parses the choice and runs the threads case, and, for a program
-held in memory, the processes case with every party profiled (:func:`run_in_processes`); socket
-links come from :func:`~pifair.secure.mpc.engine.make_link`.
+process per party on loopback sockets) or ``--parties host0:port,host1:port[,host2:port]`` with
+``--rank R`` on each machine (the same command, the deployment case). This module parses the
+choice and runs the threads case (:func:`run_in_threads`) and the processes case with every
+party profiled (:func:`run_in_processes`); socket links come from
+:func:`~pifair.secure.mpc.engine.make_link`.
 """
 
 from __future__ import annotations
