@@ -505,11 +505,11 @@ def test_the_ckks_client_stops_its_server_and_reports_its_failure(monkeypatch, t
         started.append(real([sys.executable, "-c", "import time; time.sleep(60)"], **kwargs))
         return started[-1]
 
-    def terminated(self, *args, **kwargs):
+    def terminated(*args, **kwargs):  # SIGTERM while the client waits on its server
         raise Terminated
 
     monkeypatch.setattr(subprocess, "Popen", popen)
-    monkeypatch.setattr(real, "communicate", terminated)
+    monkeypatch.setattr(he, "_watch", terminated)
     with pytest.raises(Terminated):
         he._serve_here(run, tmp_path / "nothing", 1)
     assert started[0].poll() is not None  # stopped with its client, not left running

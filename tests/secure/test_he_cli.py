@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 pytest.importorskip("tenseal")
@@ -64,6 +66,8 @@ def test_polyfit_then_encrypted_inference_matches_plaintext(tmp_path, capsys):
     )
     m = Run.open(out).metrics
     assert m["batches"] == 2 and m["images"] == 40
+    progress = json.loads((out / "exchange" / "progress.json").read_text())
+    assert progress["done"] == progress["total"] > 0 and progress["total"] % m["batches"] == 0
     assert m["argmax_agreement"] == 1.0 and m["encrypted_accuracy"] == m["plaintext_accuracy"]
     assert m["max_logit_error"] < 1e-3
     assert m["params"]["log_q"] <= m["params"]["max_log_q"]
@@ -116,3 +120,6 @@ def test_client_and_server_as_two_roles_with_files_between(tmp_path, capsys):
     assert m["images"] == 30 and m["argmax_agreement"] == 1.0
     assert m["server_key_check"]["server_holds_no_secret_key"] is True
     assert not list(exchange.glob("batch-*"))  # ciphertexts removed once decrypted
+    # the server's progress, for a client that waits on it: every stage of every batch done
+    progress = json.loads((exchange / "progress.json").read_text())
+    assert progress["done"] == progress["total"] > 0

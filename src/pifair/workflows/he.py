@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from ..atomic import atomic_write_json
 from ..config_types import setting
@@ -22,7 +23,7 @@ from ..runs import Run
 from ..secure.he.batched import BatchedClient, CipherBatch
 from ..secure.he.compile import HEProgram, compile_model
 from ..secure.he.engine import HEClient, HEServer
-from ..secure.he.exchange import batch_folders, write_program
+from ..secure.he.exchange import PROGRESS_FILE, batch_folders, write_program
 from ..secure.he.fold import FoldedProgram, fold_for_batching
 from ..secure.he.image_layout import ImageLayout
 from ..secure.he.params import choose_parameters
@@ -233,8 +234,12 @@ def _encrypt_request(
     }
     atomic_write_json(exchange / "request.json", request)
     t0 = time.perf_counter()
-    for i, start in enumerate(range(0, len(x), batch)):
-        client.encrypt(x[start : start + batch]).save(exchange / f"batch-{i:04d}")
+    starts = range(0, len(x), batch)
+    features = int(np.prod(x.shape[1:]))  # one ciphertext per feature and batch
+    with tqdm(total=len(starts) * features, desc="encrypt", unit="ct", disable=None) as bar:
+        for i, start in enumerate(starts):
+            batch_cts = client.encrypt(x[start : start + batch], progress=bar.update)
+            batch_cts.save(exchange / f"batch-{i:04d}")
     seconds["encrypt"] = time.perf_counter() - t0
     run.log.info(
         "client: %d images encrypted into %s (%.1f s)", len(x), exchange, seconds["encrypt"]
@@ -244,26 +249,43 @@ def _encrypt_request(
 
 
 def _serve_here(run: Run, exchange: Path, workers: int) -> None:
-    """The server as its own process on this host (``pifair he-serve``)."""
+    """The server as its own process on this host (``pifair he-serve``), its progress shown
+    from the file it keeps in the exchange folder."""
     command = [sys.executable, "-m", "pifair", "he-serve", str(exchange), "--workers", str(workers)]
     run.log.info("server: %s", " ".join(command))
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        _, err = server.communicate()
-    except BaseException:  # Ctrl-C or SIGTERM here: the server must not run on alone
-        server.terminate()
+    (exchange / PROGRESS_FILE).unlink(missing_ok=True)  # a stopped server's, if any
+    with tempfile.TemporaryFile("w+") as err:  # a file, not a pipe: it cannot fill and block
+        server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err, text=True)
         try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-        run.log.warning("stopped; the CKKS server process %d was stopped too", server.pid)
-        raise
+            _watch(server, exchange / PROGRESS_FILE)
+        except BaseException:  # Ctrl-C or SIGTERM here: the server must not run on alone
+            server.terminate()
+            try:
+                server.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+            run.log.warning("stopped; the CKKS server process %d was stopped too", server.pid)
+            raise
+        err.seek(0)
+        tail = " | ".join(err.read().strip().splitlines()[-5:]) or "no output"
     if server.returncode != 0:
         code = server.returncode
         how = f"was killed by signal {-code}" if code < 0 else f"exited with {code}"
-        tail = " | ".join(err.strip().splitlines()[-5:]) or "no output"
         raise ServerFailedError(f"the CKKS server process {how}: {tail}")
+
+
+def _watch(server: subprocess.Popen, progress: Path) -> None:
+    """Wait for ``server``, a bar (on a terminal) following the stages it has done."""
+    with tqdm(desc="CKKS server", unit="stage", disable=None) as bar:
+        while server.poll() is None:
+            time.sleep(0.5)
+            try:
+                state = json.loads(progress.read_text())
+            except (OSError, ValueError):  # not written yet
+                continue
+            bar.total, bar.n = state["total"], state["done"]
+            bar.refresh()
 
 
 def _batched_metrics(

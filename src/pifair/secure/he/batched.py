@@ -419,8 +419,9 @@ class BatchedServer:
         self._time(f"rescale x{rows}", seconds[4], rows * 2)
         return CipherBatch(out.array(), np.full(rows, self.scale), batch.images)
 
-    def run(self, program: FoldedProgram, batch: CipherBatch) -> CipherBatch:
-        """The program on ``batch``; :attr:`timings` has one entry per step, named once."""
+    def run(self, program: FoldedProgram, batch: CipherBatch, *, on_stage=None) -> CipherBatch:
+        """The program on ``batch``; :attr:`timings` has one entry per step, named once.
+        ``on_stage(done, total)``, if given, is called as the program's stages are done."""
         self.timings = []
         current: CipherBatch | SquaredBatch = batch
         drops, i, stages = 1, 0, program.stages
@@ -438,6 +439,8 @@ class BatchedServer:
                 _, moduli = self.ctx.levels[current.limbs]
                 current = SquaredBatch(current, stage.kept, moduli, int(self.scale))
                 drops, i = 2, i + 1  # Delta^2 leaves with two primes after the next stage
+            if on_stage is not None:
+                on_stage(i, len(stages))
         assert isinstance(current, CipherBatch)  # a folded program ends with a linear stage
         return current
 

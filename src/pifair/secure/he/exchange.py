@@ -15,6 +15,7 @@ SHA-256 of every key file it loaded, so the client can check that none is its se
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 from scipy import sparse
+from tqdm.auto import tqdm
 
 from ...atomic import atomic_open, atomic_write_json
 from ...errors import ConfigError
@@ -31,6 +33,9 @@ from .batched import BatchedServer, CipherBatch
 from .compile import LinearStage
 from .fold import FoldedProgram, SquareStage
 from .seal import SERVER_KEY_FILES
+
+# the server's progress in its exchange folder, for a client that waits on it
+PROGRESS_FILE = "progress.json"
 
 __all__ = [
     "read_program",
@@ -145,17 +150,29 @@ def serve(exchange: str | os.PathLike, *, workers: int = 1, log=print) -> dict:
     setup = time.perf_counter() - t0
     stages: list[dict] = []
     seconds = 0.0
-    for folder in batch_folders(exchange):
+    folders = batch_folders(exchange)
+    total = len(folders) * len(program.stages)
+    bar = tqdm(total=total, desc="server", unit="stage", disable=None)  # off unless a terminal
+
+    def show(name: str, done: int, stages_per_batch: int) -> None:
+        """The bar here (a terminal), and the progress file for a client that waits."""
+        bar.set_postfix_str(name, refresh=False)
+        bar.n = len(stages) * stages_per_batch + done  # the batches done are in ``stages``
+        bar.refresh()
+        atomic_write_json(exchange / PROGRESS_FILE, {"done": bar.n, "total": total})
+
+    for folder in folders:
         # a batch over a quarter of the memory is read from the page cache as it is used
         large = (folder / "ciphertexts.npy").stat().st_size > available // 4
         batch = CipherBatch.load(folder, memory_map=large)
         t0 = time.perf_counter()
-        result = server.run(program, batch)
+        result = server.run(program, batch, on_stage=functools.partial(show, folder.name))
         elapsed = time.perf_counter() - t0
         seconds += elapsed
         result.save(folder / "result")
         stages.append({t.stage: t.seconds for t in server.timings})
         log(f"server: {folder.name}, {batch.images} images, {elapsed:.1f} s")
+    bar.close()
     report = {
         "seconds": seconds,
         "setup_seconds": setup,
