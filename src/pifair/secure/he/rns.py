@@ -154,6 +154,24 @@ _DIRECT_COLUMNS = 2048
 
 
 @dataclass
+class _Plan:
+    """How one bucket's product is made: the direct kernel on residues (``c_bits`` 0), or
+    float64 digit products through BLAS."""
+
+    bucket: _Bucket
+    dense: bool  # one group reading every input, in order (a dense layer)
+    c_bits: int = 0  # bits of a coefficient digit; 0: the direct kernel
+    w_bits: int = 0  # bits of a weight digit
+    digits: list = field(default_factory=list)  # per coefficient digit, the weight digits
+    residues: np.ndarray | None = None  # the direct kernel's weights mod q, and them over q
+    ratios: np.ndarray | None = None
+
+    @property
+    def direct(self) -> bool:
+        return self.c_bits == 0
+
+
+@dataclass
 class ModularProduct:
     """``W @ coefficients mod q`` for one ``W`` and one prime ``q``: the weight digits are made
     once (Python integers: the slow part) and reused over any columns of coefficients.
@@ -168,7 +186,7 @@ class ModularProduct:
     q: int
     # groups of at most this many weights (readers x inputs) take the direct kernel; 0: none
     small_group: int = 1 << 20
-    plans: list = field(default_factory=list)
+    plans: list[_Plan] = field(default_factory=list)
     all_dense: bool = True
 
     def __post_init__(self) -> None:
@@ -182,17 +200,17 @@ class ModularProduct:
             small = bucket.rows.shape[1] * width <= self.small_group and width <= 1 << 14
             if small and not dense:  # the direct kernel, weights as residues
                 residues = np.asarray(bucket.values % q, dtype=np.uint64)
-                self.plans.append((bucket, dense, 0, 0, (residues, residues / float(q))))
+                self.plans.append(_Plan(bucket, dense, residues=residues, ratios=residues / q))
                 continue
             c_bits, c_count, w_bits = _digit_plan(q, self.weights.max_abs, width)
             digits = _weight_digits(bucket.values, q, c_bits, c_count, w_bits)
-            self.plans.append((bucket, dense, c_bits, w_bits, digits))
-        self.all_dense = all(plan[1] for plan in self.plans)
+            self.plans.append(_Plan(bucket, dense, c_bits, w_bits, digits))
+        self.all_dense = all(plan.dense for plan in self.plans)
 
     @property
     def direct(self) -> bool:
         """Whether every group takes the direct kernel (which reads whole rows in place)."""
-        return all(not plan[2] for plan in self.plans)
+        return all(plan.direct for plan in self.plans)
 
     def __call__(self, coefficients: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """uint64 ``(out, M)`` from uint64 ``coefficients`` ``(in, M)`` below ``q``, written
@@ -213,7 +231,7 @@ class ModularProduct:
 
     def _direct(self, coefficients: np.ndarray, out: np.ndarray) -> None:
         """The groups of the direct kernel, ``_DIRECT_COLUMNS`` columns per call."""
-        plans = [(plan[0], *plan[4]) for plan in self.plans if not plan[2]]
+        plans = [plan for plan in self.plans if plan.direct]
         if not plans:
             return
         k, q = kernels(), np.uint64(self.q)
@@ -221,9 +239,10 @@ class ModularProduct:
         m = source.shape[1]
         for start in range(0, m, _DIRECT_COLUMNS):
             stop = min(m, start + _DIRECT_COLUMNS)
-            for bucket, residues, ratios in plans:
+            for plan in plans:
+                b = plan.bucket
                 k.grouped_product(
-                    bucket.rows, bucket.inputs, residues, ratios, source, q, out, start, stop
+                    b.rows, b.inputs, plan.residues, plan.ratios, source, q, out, start, stop
                 )
 
     def _products(self, coefficients: np.ndarray, out: np.ndarray) -> None:
@@ -233,7 +252,6 @@ class ModularProduct:
         self._direct(coefficients, out)
         if self.direct:
             return
-        k, q = kernels(), self.q
         inner, m = coefficients.shape
         # dense products in large column blocks (BLAS); grouped ones in cache-sized blocks
         chunk_bytes = 64 << 20 if self.all_dense else _CHUNK_BYTES
@@ -243,24 +261,29 @@ class ModularProduct:
             block = coefficients[:, cols]
             width = cols.stop - start
             digit_cache: dict[tuple[int, int], np.ndarray] = {}  # (bits, digit) -> float64 block
-            for bucket, dense, c_bits, w_bits, digits in self.plans:
-                if not c_bits:  # made by the direct kernel above
-                    continue
-                total = None
-                for b, w_digits in enumerate(digits):
-                    cd = _coefficient_digit(block, c_bits, b, len(digits), digit_cache)
-                    acc = np.zeros((bucket.rows.shape[0], bucket.rows.shape[1], width))
-                    gathered = cd[None] if dense else cd[bucket.inputs]  # (G, k, cols)
-                    for wd in reversed(w_digits):
-                        k.horner_step(acc, np.matmul(wd, gathered), float(1 << w_bits), float(q))
-                    if total is None:
-                        total = acc
-                    else:
-                        k.horner_step(total, acc, 1.0, float(q))
-                assert total is not None
-                residues = np.empty(total.shape, dtype=np.uint64)
-                k.to_residues(total, float(q), residues)
-                out[bucket.rows.reshape(-1), cols] = residues.reshape(-1, width)
+            for plan in self.plans:
+                if not plan.direct:  # the direct kernel's were made above
+                    residues = self._digit_product(plan, block, digit_cache)
+                    out[plan.bucket.rows.reshape(-1), cols] = residues.reshape(-1, width)
+
+    def _digit_product(self, plan: _Plan, block: np.ndarray, digit_cache: dict) -> np.ndarray:
+        """One bucket's outputs (G, m, cols) at the columns of ``block``, as residues."""
+        k, q, bucket = kernels(), float(self.q), plan.bucket
+        total = None
+        for b, w_digits in enumerate(plan.digits):
+            cd = _coefficient_digit(block, plan.c_bits, b, len(plan.digits), digit_cache)
+            acc = np.zeros((*bucket.rows.shape, block.shape[1]))
+            gathered = cd[None] if plan.dense else cd[bucket.inputs]  # (G, k, cols)
+            for wd in reversed(w_digits):
+                k.horner_step(acc, np.matmul(wd, gathered), float(1 << plan.w_bits), q)
+            if total is None:
+                total = acc
+            else:
+                k.horner_step(total, acc, 1.0, q)
+        assert total is not None
+        residues = np.empty(total.shape, dtype=np.uint64)
+        k.to_residues(total, q, residues)
+        return residues
 
 
 def grouped_mod_matmul(weights: GroupedWeights, coefficients: np.ndarray, q: int) -> np.ndarray:
