@@ -103,9 +103,10 @@ def _add_constant(c, constants, moduli):
 def _grouped_product(rows, inputs, weights, ratios, coefficients, q, out, start, stop):
     """``out[rows[g, i], j] = sum_t weights[g, i, t] coefficients[inputs[g, t], j] mod q`` for
     every group ``g`` and the columns ``start <= j < stop`` (uint64 weights and coefficients
-    below ``q < 2^50``; ``ratios`` = weights / q in float64, so that a quotient costs one
+    below ``q < 2^48``; ``ratios`` = weights / q in float64, so that a quotient costs one
     multiplication). Each term's remainder is made exact as in :func:`_mul_mod` and kept in
-    [0, 3q): at most 2^14 terms of them fit in 64 bits, so the sum is reduced once per output.
+    [0, 3q): 2^14 terms of them (the most a group has) stay below 3 2^62 < 2^64, so the sum is
+    reduced once per output.
     The coefficients are read and the outputs written in place: no gathered copy."""
     groups, readers = rows.shape
     terms = inputs.shape[1]

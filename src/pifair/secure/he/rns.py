@@ -186,8 +186,7 @@ class ModularProduct:
     q: int
     # groups of at most this many weights (readers x inputs) take the direct kernel; 0: none
     small_group: int = 1 << 20
-    plans: list[_Plan] = field(default_factory=list)
-    all_dense: bool = True
+    plans: list[_Plan] = field(init=False, default_factory=list)
 
     def __post_init__(self) -> None:
         if self.q >= 1 << 48:
@@ -205,7 +204,11 @@ class ModularProduct:
             c_bits, c_count, w_bits = _digit_plan(q, self.weights.max_abs, width)
             digits = _weight_digits(bucket.values, q, c_bits, c_count, w_bits)
             self.plans.append(_Plan(bucket, dense, c_bits, w_bits, digits))
-        self.all_dense = all(plan.dense for plan in self.plans)
+
+    @property
+    def all_dense(self) -> bool:
+        """Whether every product is one dense layer's (BLAS with its threads)."""
+        return all(plan.dense for plan in self.plans)
 
     @property
     def direct(self) -> bool:
